@@ -1,0 +1,191 @@
+"""The Nomos client against a real local server: version pin, auth, pacing and every fault."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.support import (
+    Action,
+    API_VERSION,
+    STATIC_TOKEN,
+    ScriptedUpstream,
+    drop,
+    error,
+    make_settings,
+    ok,
+    raw,
+    stall,
+)
+from tracker.errors import (
+    AuthFailed,
+    InvalidOrderId,
+    MalformedAnswer,
+    OrderNotFound,
+    RateLimited,
+    RequestRejected,
+    TransientError,
+)
+from tracker.httpserver import HttpServer
+from tracker.pacing import Pacer
+from tracker.upstream import build_client
+
+ID = "prdo_x83bmixgdcktlpxli778vvgo"
+
+Upstream = tuple[ScriptedUpstream, str]
+
+
+class TestFetch:
+    """A good answer parses; the version header and the token go with every request."""
+
+    async def test_static_token_and_version(self, upstream: Upstream, tmp_path: Path) -> None:
+        scripted, url = upstream
+        scripted.script(ID, ok("checked"))
+        client, http = build_client(make_settings(tmp_path, url).upstream)
+        async with http:
+            order = await client.fetch(ID)
+        assert order.status == "checked"
+        assert scripted.seen[0].version == API_VERSION
+        assert scripted.seen[0].authorization == f"Bearer {STATIC_TOKEN}"
+
+    async def test_oauth_token_is_fetched_once_and_renewed_once_on_401(
+        self, upstream: Upstream, tmp_path: Path
+    ) -> None:
+        scripted, url = upstream
+        scripted.script(ID, ok("checked"))
+        client, http = build_client(make_settings(tmp_path, url, oauth=True).upstream)
+        async with http:
+            await client.fetch(ID)
+            await client.fetch(ID)
+            assert scripted.token_requests == 1
+            scripted.expire_tokens()
+            order = await client.fetch(ID)
+        assert order.status == "checked"
+        assert scripted.token_requests == 2
+
+    async def test_oauth_renewed_before_expiry(self, tmp_path: Path) -> None:
+        scripted = ScriptedUpstream(token_lifetime=1)
+        scripted.script(ID, ok())
+        async with HttpServer(scripted) as server:
+            client, http = build_client(make_settings(tmp_path, server.url, oauth=True).upstream)
+            async with http:
+                await client.fetch(ID)
+                await asyncio.sleep(0.6)
+                await client.fetch(ID)
+        assert scripted.token_requests == 2
+        assert all(s.path != f"/meter-orders/{ID}" or s.authorization for s in scripted.seen)
+
+
+class TestFaults:
+    """Each fault becomes its own typed error with a reason; nothing crashes."""
+
+    @pytest.mark.parametrize(
+        ("action", "kind", "reason"),
+        [
+            (error(500), TransientError, "HTTP 500"),
+            (error(503), TransientError, "HTTP 503"),
+            (drop(), TransientError, "connection failed"),
+            (stall(2.0, ok()), TransientError, "timed out"),
+            (error(429, {"retry-after": "7"}), RateLimited, "HTTP 429"),
+            (raw(b"{not json"), MalformedAnswer, "not JSON"),
+            (raw(b'{"object": "list", "items": []}'), MalformedAnswer, "object is 'list'"),
+            (ok(id="prdo_someoneelse"), MalformedAnswer, "not the requested"),
+            (ok(customer=None), MalformedAnswer, "'customer' is missing"),
+            (error(404), OrderNotFound, "does not know this order"),
+            (error(403), AuthFailed, "refused the credentials"),
+            (error(422), RequestRejected, "HTTP 422"),
+        ],
+    )
+    async def test_fault(
+        self, upstream: Upstream, tmp_path: Path, action: Action, kind: type[Exception], reason: str
+    ) -> None:
+        scripted, url = upstream
+        scripted.script(ID, action)
+        client, http = build_client(make_settings(tmp_path, url).upstream)
+        async with http:
+            with pytest.raises(kind, match=reason) as caught:
+                await client.fetch(ID)
+        assert type(caught.value) is kind
+
+    async def test_error_carries_the_request_id(self, upstream: Upstream, tmp_path: Path) -> None:
+        scripted, url = upstream
+        scripted.script(ID, error(500, request_id="req_trace_me"))
+        client, http = build_client(make_settings(tmp_path, url).upstream)
+        async with http:
+            with pytest.raises(TransientError) as caught:
+                await client.fetch(ID)
+        assert caught.value.request_id == "req_trace_me"
+
+    async def test_rate_limit_pauses_every_request(
+        self, upstream: Upstream, tmp_path: Path
+    ) -> None:
+        scripted, url = upstream
+        other = "prdo_other0000000000000000000"
+        scripted.script(ID, error(429, {"retry-after": "1"}), ok())
+        scripted.script(other, ok())
+        client, http = build_client(make_settings(tmp_path, url).upstream)
+        async with http:
+            with pytest.raises(RateLimited) as caught:
+                await client.fetch(ID)
+            assert caught.value.retry_after == 1
+            started = time.monotonic()
+            await client.fetch(other)
+            assert time.monotonic() - started >= 0.9
+
+    async def test_repeated_401_with_static_token_is_auth_failed(self, tmp_path: Path) -> None:
+        scripted = ScriptedUpstream()
+        scripted.script(ID, ok())
+        async with HttpServer(scripted) as server:
+            settings = make_settings(tmp_path, server.url, upstream={"token": "nom_wrong"})
+            client, http = build_client(settings.upstream)
+            async with http:
+                with pytest.raises(AuthFailed, match="HTTP 401"):
+                    await client.fetch(ID)
+        assert scripted.polls(ID) == 2  # the first try and one retry, no spinning
+
+    async def test_invalid_id_never_reaches_a_url(self, upstream: Upstream, tmp_path: Path) -> None:
+        scripted, url = upstream
+        client, http = build_client(make_settings(tmp_path, url).upstream)
+        async with http:
+            with pytest.raises(InvalidOrderId, match="invalid order id"):
+                await client.fetch("prdo_../../oauth/token")
+        assert scripted.seen == []
+
+
+class TestPacer:
+    """At most `rate` requests in any one-second window, bursts included."""
+
+    async def test_window_and_concurrency(self) -> None:
+        pacer = Pacer(5, 3)
+        starts: list[float] = []
+        active = 0
+        most = 0
+
+        async def one() -> None:
+            nonlocal active, most
+            async with pacer.slot():
+                starts.append(time.monotonic())
+                active += 1
+                most = max(most, active)
+                await asyncio.sleep(0.01)
+                active -= 1
+
+        await asyncio.gather(*(one() for _ in range(16)))
+        assert most <= 3
+        for first in starts:
+            assert sum(1 for t in starts if first <= t < first + 1.0) <= 5
+
+    async def test_fractional_rate(self) -> None:
+        pacer = Pacer(2.5, 2)
+        starts: list[float] = []
+
+        async def one() -> None:
+            async with pacer.slot():
+                starts.append(time.monotonic())
+
+        await asyncio.gather(*(one() for _ in range(5)))
+        # Two per 0.8 s window: the fifth starts no earlier than 1.6 s after the first.
+        assert starts[-1] - starts[0] >= 1.55

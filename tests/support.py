@@ -1,0 +1,249 @@
+"""Real local peers for the tests: a scripted Nomos upstream and settings pointing at it."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import itertools
+import json
+import os
+import sys
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tracker.config import Settings, from_mapping
+from tracker.httpserver import Request, Response
+
+API_VERSION = "2026-01-29.edison"
+STATIC_TOKEN = "nom_static_9f8e7d6c5b4a"
+CLIENT_ID = "client-under-test"
+CLIENT_SECRET = "client-secret-under-test"
+ROOT = Path(__file__).parents[1]
+
+Action = Callable[[str], Awaitable[Response | None]]
+
+
+def order_body(order_id: str, status: str = "waiting", **changes: Any) -> dict[str, Any]:
+    """A documented meter order, with ``changes`` applied (``None`` removes a field)."""
+    body: dict[str, Any] = {
+        "object": "meter_order",
+        "id": order_id,
+        "subscription": "sub_vzyqxohw546im28zwyhn04ei",
+        "customer": "cus_qacki3zcrkc9r41qt44ngl9d",
+        "provider": "energy-metering",
+        "status": status,
+        "created_at": "2024-03-14T12:00:00Z",
+        "updated_at": "2024-03-14T12:00:00Z",
+    }
+    body.update(changes)
+    return {k: v for k, v in body.items() if v is not None}
+
+
+def _json(status: int, body: object, headers: dict[str, str] | None = None) -> Response:
+    return Response(
+        status=status,
+        body=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json", **(headers or {})},
+    )
+
+
+def ok(status: str = "waiting", **changes: Any) -> Action:
+    """Answer 200 with the order in ``status``."""
+
+    async def act(order_id: str) -> Response:
+        return _json(200, order_body(order_id, status, **changes))
+
+    return act
+
+
+def error(
+    code: int, headers: dict[str, str] | None = None, request_id: str = "req_abc123"
+) -> Action:
+    """Answer ``code`` with the provider's documented error body."""
+
+    async def act(_order_id: str) -> Response:
+        body = {"code": "ERR", "message": f"scripted {code}", "requestId": request_id}
+        return _json(code, body, headers)
+
+    return act
+
+
+def raw(body: bytes, code: int = 200) -> Action:
+    """Answer with exactly ``body``."""
+
+    async def act(_order_id: str) -> Response:
+        return Response(status=code, body=body, headers={"Content-Type": "application/json"})
+
+    return act
+
+
+def drop() -> Action:
+    """Close the connection without answering."""
+
+    async def act(_order_id: str) -> None:
+        return None
+
+    return act
+
+
+def stall(seconds: float, then: Action) -> Action:
+    """Wait ``seconds`` before answering like ``then``."""
+
+    async def act(order_id: str) -> Response | None:
+        await asyncio.sleep(seconds)
+        return await then(order_id)
+
+    return act
+
+
+@dataclass
+class Seen:
+    """One request the upstream received."""
+
+    path: str
+    version: str | None
+    authorization: str | None
+
+
+class ScriptedUpstream:
+    """Plays the Nomos API: each order answers its scripted actions in turn, the last repeating."""
+
+    def __init__(self, token_lifetime: int = 3600) -> None:
+        self.scripts: dict[str, list[Action]] = {}
+        self.seen: list[Seen] = []
+        self.tokens: set[str] = set()
+        self.token_requests = 0
+        self.token_lifetime = token_lifetime
+        self._counter = itertools.count(1)
+
+    def script(self, order_id: str, *actions: Action) -> None:
+        """Set what ``order_id`` answers, in order; the last action repeats."""
+        self.scripts[order_id] = list(actions)
+
+    def expire_tokens(self) -> None:
+        """Forget every issued OAuth token, as if they had expired."""
+        self.tokens.clear()
+
+    def polls(self, order_id: str) -> int:
+        """How many GETs ``order_id`` received."""
+        return sum(1 for s in self.seen if s.path == f"/meter-orders/{order_id}")
+
+    async def __call__(self, request: Request) -> Response | None:
+        self.seen.append(
+            Seen(
+                path=request.path,
+                version=request.headers.get("x-api-version"),
+                authorization=request.headers.get("authorization"),
+            )
+        )
+        if request.path == "/oauth/token":
+            return self._token(request)
+        header = request.headers.get("authorization", "")
+        token = header.removeprefix("Bearer ")
+        if token != STATIC_TOKEN and token not in self.tokens:
+            return await error(401, request_id="req_unauth")("")
+        order_id = request.path.removeprefix("/meter-orders/")
+        actions = self.scripts.get(order_id)
+        if not actions:
+            return await error(404, request_id="req_missing")(order_id)
+        action = actions.pop(0) if len(actions) > 1 else actions[0]
+        return await action(order_id)
+
+    def _token(self, request: Request) -> Response:
+        self.token_requests += 1
+        expected = "Basic " + base64.b64encode(f"{CLIENT_ID}:{CLIENT_SECRET}".encode()).decode()
+        if (
+            request.headers.get("authorization") != expected
+            or b"client_credentials" not in request.body
+        ):
+            return _json(401, {"code": "UNAUTHORIZED", "message": "bad client", "requestId": "r"})
+        token = f"tok_{next(self._counter)}_secretpart"
+        self.tokens.add(token)
+        return _json(
+            200,
+            {
+                "access_token": token,
+                "token_type": "Bearer",
+                "expires_in": self.token_lifetime,
+                "refresh_token": "ref",
+            },
+        )
+
+
+def settings_mapping(
+    tmp_path: Path, upstream_url: str, *, oauth: bool = False, **sections: dict[str, Any]
+) -> dict[str, Any]:
+    """A configuration for the tests: fast timeouts, a SQLite file in ``tmp_path``."""
+    upstream: dict[str, Any] = {
+        "base_url": upstream_url,
+        "timeout": 0.5,
+        "requests_per_second": 200,
+        "max_concurrency": 4,
+    }
+    if oauth:
+        upstream |= {"client_id": CLIENT_ID, "client_secret": CLIENT_SECRET}
+    else:
+        upstream["token"] = STATIC_TOKEN
+    upstream |= sections.pop("upstream", {})
+    mapping: dict[str, Any] = {
+        "upstream": upstream,
+        "database": {"url": f"sqlite:///{tmp_path / 'tracker.db'}"},
+        "polling": {"interval": 60, "jitter": 0},
+        "log": {"format": "json", "level": "debug"},
+    }
+    for name, section in sections.items():
+        mapping[name] = mapping.get(name, {}) | section
+    return mapping
+
+
+def make_settings(tmp_path: Path, upstream_url: str, **kwargs: Any) -> Settings:
+    """Validated settings from :func:`settings_mapping`."""
+    return from_mapping(settings_mapping(tmp_path, upstream_url, **kwargs), {}, origin="test")
+
+
+def write_config(path: Path, mapping: dict[str, Any]) -> Path:
+    """Write ``mapping`` as a TOML file (the few shapes the tests need)."""
+    lines: list[str] = []
+    tables = {k: v for k, v in mapping.items() if isinstance(v, dict)}
+    for name, section in tables.items():
+        nested = {k: v for k, v in section.items() if isinstance(v, dict)}
+        lines.append(f"[{name}]")
+        lines += [f"{k} = {json.dumps(v)}" for k, v in section.items() if k not in nested]
+        for sub, values in nested.items():
+            lines.append(f"[{name}.{sub}]")
+            lines += [f"{k} = {json.dumps(v)}" for k, v in values.items()]
+    for name, entries in mapping.items():
+        if isinstance(entries, list):
+            for entry in entries:
+                lines.append(f"[[{name}]]")
+                lines += [f"{k} = {json.dumps(v)}" for k, v in entry.items()]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@dataclass
+class Ran:
+    """A finished CLI run."""
+
+    code: int
+    out: str
+    err: str
+
+
+async def tracker_cli(*args: str, env: dict[str, str] | None = None, limit: float = 60) -> Ran:
+    """Run ``python -m tracker ARGS`` as a user would, without blocking the event loop."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "tracker",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "COLUMNS": "200", **(env or {})},
+        cwd=ROOT,
+    )
+    out, err = await asyncio.wait_for(process.communicate(), limit)
+    assert process.returncode is not None
+    return Ran(process.returncode, out.decode(), err.decode())

@@ -1,0 +1,144 @@
+"""Configuration: TOML, ${VAR} expansion, durations, refusals that name the key."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from tracker.config import load, parse_duration, resolve_path
+from tracker.errors import ConfigError
+
+SECRET = "whsec_" + "c2VjcmV0LXNlY3JldC1zZWNyZXQ="  # base64 of a 21-byte key
+EXAMPLE = Path(__file__).parents[2] / "config.example.toml"
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "tracker.toml"
+    path.write_text(text)
+    return path
+
+
+def refusal(tmp_path: Path, text: str, environ: dict[str, str] | None = None) -> str:
+    with pytest.raises(ConfigError) as caught:
+        load(write(tmp_path, text), environ or {})
+    message = str(caught.value)
+    assert "\n" not in message
+    return message
+
+
+class TestDurations:
+    """A number of seconds or a string with a unit."""
+
+    @pytest.mark.parametrize(
+        ("given", "seconds"),
+        [
+            (90, 90),
+            (0.5, 0.5),
+            ("15m", 900),
+            ("6h", 21600),
+            ("7d", 604800),
+            ("30s", 30),
+            ("250ms", 0.25),
+            ("45", 45),
+        ],
+    )
+    def test_valid(self, given: object, seconds: float) -> None:
+        assert parse_duration(given) == timedelta(seconds=seconds)
+
+    @pytest.mark.parametrize("given", ["15 minutes", "-5", -5, True, "", "1w", None])
+    def test_invalid(self, given: object) -> None:
+        with pytest.raises(ValueError, match="invalid duration"):
+            parse_duration(given)
+
+
+class TestLoad:
+    """Valid files load; every mistake is one line naming the key."""
+
+    def test_example_file_loads_with_its_variables_set(self) -> None:
+        environ = {
+            "NOMOS_API_TOKEN": "nom_live_abc",
+            "SMTP_USER": "u",
+            "SMTP_PASSWORD": "p",
+            "OPS_WEBHOOK_SECRET": SECRET,
+        }
+        settings = load(EXAMPLE, environ)
+        assert settings.upstream.api_version == "2026-01-29.edison"
+        assert settings.upstream.token is not None
+        assert settings.upstream.token.get_secret_value() == "nom_live_abc"
+        assert [sink.name for sink in settings.sinks] == ["ops", "support"]
+
+    def test_secrets_never_print(self, tmp_path: Path) -> None:
+        settings = load(write(tmp_path, '[upstream]\ntoken = "${T}"\n'), {"T": "nom_supersecret"})
+        assert "nom_supersecret" not in repr(settings)
+        assert "nom_supersecret" not in str(settings.upstream)
+
+    def test_defaults(self, tmp_path: Path) -> None:
+        settings = load(write(tmp_path, ""), {})
+        policy = settings.polling.policy()
+        assert policy.interval == timedelta(hours=1)
+        assert policy.jitter == timedelta(minutes=6)
+        assert policy.final_grace == timedelta(days=7)
+        assert settings.database.url == "sqlite:///tracker.db"
+
+    def test_per_status_intervals(self, tmp_path: Path) -> None:
+        settings = load(
+            write(tmp_path, '[polling.intervals]\ninstallation_scheduled = "15m"\n'), {}
+        )
+        assert settings.polling.policy().interval_for("installation_scheduled") == timedelta(
+            minutes=15
+        )
+
+    @pytest.mark.parametrize(
+        ("text", "named"),
+        [
+            ("[upstream]\ntimoeut = 5\n", "upstream.timoeut: unknown key"),
+            ("[upstrem]\n", "upstrem: unknown key"),
+            ('[polling]\ninterval = "soon"\n', "polling.interval: invalid duration 'soon'"),
+            (
+                "[polling.intervals]\ninstalled_x = 5\n",
+                "polling.intervals: unknown status 'installed_x'",
+            ),
+            ('[watch]\norders = ["prdo_OK"]\n', "watch.orders: invalid order id 'prdo_OK'"),
+            ("[upstream]\nrequests_per_second = 0\n", "upstream.requests_per_second: "),
+            ('[upstream]\nbase_url = "ftp://x"\n', "upstream.base_url: 'ftp://x' is not an http"),
+            (
+                '[upstream]\ntoken = "a"\nclient_id = "b"\nclient_secret = "c"\n',
+                "upstream: set either token or client_id",
+            ),
+            ('[upstream]\nclient_id = "b"\n', "upstream: client_id and client_secret go together"),
+            ('[log]\nformat = "xml"\n', "log.format: "),
+            (
+                '[[sinks]]\nname = "a"\ntype = "webhook"\nurl = "http://x"\nsecret = "abc"\n',
+                "sinks[0].secret: must be whsec_",
+            ),
+            (
+                '[[sinks]]\nname = "a"\ntype = "email"\nto = ["x@y"]\non = ["ordered->chekced"]\n',
+                "sinks[0].on: pattern 'ordered->chekced' names unknown status 'chekced'",
+            ),
+            (
+                '[[sinks]]\nname = "a"\ntype = "email"\nto = ["x@y"]\non = ["ordered"]\n',
+                "sinks[0].on: pattern 'ordered' is not FROM->TO",
+            ),
+            ('[[sinks]]\nname = "a"\ntype = "pager"\n', "sinks[0]: "),
+            ("[smtp]\nstarttls = true\ntls = true\n", "smtp: starttls and tls exclude each other"),
+            ('[database]\nurl = "mysql://x"\n', "database.url: 'mysql://x'"),
+            ("this is = not toml =", "is not valid TOML"),
+        ],
+    )
+    def test_refusals_name_the_key(self, tmp_path: Path, text: str, named: str) -> None:
+        assert named in refusal(tmp_path, text)
+
+    def test_unset_variable_is_named(self, tmp_path: Path) -> None:
+        message = refusal(tmp_path, '[upstream]\ntoken = "${NOMOS_API_TOKEN}"\n')
+        assert "upstream.token: environment variable NOMOS_API_TOKEN is not set" in message
+
+    def test_missing_file_points_to_the_example(self, tmp_path: Path) -> None:
+        with pytest.raises(ConfigError, match=r"not found: copy config.example.toml"):
+            load(tmp_path / "nope.toml", {})
+
+    def test_path_resolution(self) -> None:
+        assert resolve_path("a.toml", {"TRACKER_CONFIG": "b.toml"}) == Path("a.toml")
+        assert resolve_path(None, {"TRACKER_CONFIG": "b.toml"}) == Path("b.toml")
+        assert resolve_path(None, {}) == Path("tracker.toml")

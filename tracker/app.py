@@ -1,0 +1,79 @@
+"""The one place that wires settings, store, upstream client, poller and daemon together."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from tracker.config import Settings
+from tracker.daemon import Daemon, TransitionListener
+from tracker.poller import Poller
+from tracker.store import Store, connect, upgrade
+from tracker.upstream import build_client
+
+#: How long a claimed order stays hidden from other ticks beyond two request timeouts.
+LEASE_MARGIN = timedelta(seconds=60)
+
+
+def utc_now() -> datetime:
+    """The wall clock, aware UTC (tests move it with time-machine)."""
+    return datetime.now(UTC)
+
+
+@asynccontextmanager
+async def open_store(settings: Settings) -> AsyncIterator[Store]:
+    """Apply pending migrations, then yield a store that is closed afterwards."""
+    upgrade(settings.database.url)
+    store = Store(connect(settings.database.url))
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Polling:
+    """What polling needs: the store and a poller on an open upstream client."""
+
+    settings: Settings
+    store: Store
+    poller: Poller
+
+    @property
+    def lease(self) -> timedelta:
+        """How long a claim hides an order from other ticks."""
+        return 2 * self.settings.upstream.timeout + LEASE_MARGIN
+
+    def daemon(self, on_transition: TransitionListener | None = None) -> Daemon:
+        """A daemon over this store and poller, sized from the settings."""
+        upstream = self.settings.upstream
+        # Enough queued work for two seconds at the budget keeps the workers busy between ticks.
+        capacity = max(2 * int(upstream.requests_per_second) + upstream.max_concurrency, 4)
+        return Daemon(
+            store=self.store,
+            poller=self.poller,
+            clock=utc_now,
+            workers=upstream.max_concurrency,
+            capacity=min(capacity, 2000),
+            lease=self.lease,
+            stop_grace=upstream.timeout.total_seconds() + 1,
+            on_transition=on_transition,
+        )
+
+
+@asynccontextmanager
+async def open_polling(settings: Settings) -> AsyncIterator[Polling]:
+    """Yield the store and a poller; configured orders are watched first."""
+    async with open_store(settings) as store:
+        client, http = build_client(settings.upstream)
+        try:
+            await store.watch_from_config(settings.watch.orders, now=utc_now())
+            poller = Poller(
+                client=client, policy=settings.polling.policy(), clock=utc_now, rng=random.Random()
+            )
+            yield Polling(settings=settings, store=store, poller=poller)
+        finally:
+            await http.aclose()

@@ -1,0 +1,257 @@
+"""The command line: parses, calls, prints. Exit 0 success, 1 runtime failure, 2 usage/config."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+
+from tracker import config as config_module
+from tracker.app import open_polling, open_store, utc_now
+from tracker.config import LogSettings, Settings
+from tracker.errors import ConfigError, TrackerError
+from tracker.logs import configure as configure_logs
+from tracker.model import validate_order_id
+from tracker.poller import poll_now
+from tracker.store import upgrade
+from tracker.views import history_json, history_rich, outcome_line, watched_json, watched_table
+
+T = TypeVar("T")
+
+app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    help="Tracks Nomos smart-meter orders and delivers every status change.",
+)
+db_app = typer.Typer(no_args_is_help=True, help="The database.")
+watch_app = typer.Typer(no_args_is_help=True, help="Which orders are watched.")
+app.add_typer(db_app, name="db")
+app.add_typer(watch_app, name="watch")
+
+ConfigOption = Annotated[
+    str | None,
+    typer.Option(
+        "--config",
+        metavar="PATH",
+        help="Configuration file (default: $TRACKER_CONFIG, else ./tracker.toml).",
+    ),
+]
+out = Console(highlight=False, soft_wrap=True)
+
+
+def _settings(ctx: typer.Context, config: str | None) -> Settings:
+    """Load the settings named after the command, else before it, else the default path."""
+    chosen = config or (ctx.find_root().obj or {}).get("config")
+    settings = config_module.load(config_module.resolve_path(chosen, os.environ))
+    configure_logs(settings.log, stream=sys.stderr)
+    return settings
+
+
+def _run(coroutine: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run(coroutine)
+
+
+@app.callback()
+def _root(ctx: typer.Context, config: ConfigOption = None) -> None:
+    ctx.obj = {"config": config}
+
+
+@db_app.command("upgrade")
+def db_upgrade(ctx: typer.Context, config: ConfigOption = None) -> None:
+    """Apply pending database migrations."""
+    settings = _settings(ctx, config)
+    applied = upgrade(settings.database.url)
+    out.print(f"migrated: {applied[0]}" if applied else "database is up to date")
+
+
+def _ids_from(ids: list[str], file: Path | None) -> list[str]:
+    wanted = list(ids)
+    if file is not None:
+        try:
+            lines = file.read_text(encoding="utf-8").splitlines()
+        except OSError as exc:
+            raise ConfigError(f"--file {file}: cannot read it ({exc.strerror})") from exc
+        wanted += [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+    if not wanted:
+        raise ConfigError("no order ids given: pass IDs or --file FILE")
+    return [validate_order_id(order_id) for order_id in wanted]
+
+
+IdsArgument = Annotated[list[str] | None, typer.Argument(metavar="ID...", show_default=False)]
+FileOption = Annotated[
+    Path | None, typer.Option("--file", help="Read order ids from FILE, one per line.")
+]
+
+
+@watch_app.command("add")
+def watch_add(
+    ctx: typer.Context,
+    ids: IdsArgument = None,
+    file: FileOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Watch orders; they are polled at the next tick of `tracker run`."""
+    settings = _settings(ctx, config)
+    wanted = _ids_from(ids or [], file)
+
+    async def add() -> list[str]:
+        async with open_store(settings) as store:
+            return await store.watch(wanted, source="cli", now=utc_now())
+
+    added = _run(add())
+    out.print(f"watching {len(added)} new order(s); {len(wanted) - len(added)} already watched")
+
+
+@watch_app.command("remove")
+def watch_remove(
+    ctx: typer.Context,
+    ids: IdsArgument = None,
+    file: FileOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Stop watching orders; their history is kept."""
+    settings = _settings(ctx, config)
+    wanted = _ids_from(ids or [], file)
+
+    async def remove() -> list[str]:
+        async with open_store(settings) as store:
+            return await store.unwatch(wanted, now=utc_now())
+
+    removed = _run(remove())
+    out.print(f"stopped watching {len(removed)} order(s)")
+    if in_config := sorted(set(removed) & set(settings.watch.orders)):
+        out.print(f"note: {', '.join(in_config)} stay listed in [watch] orders but stay removed")
+
+
+@watch_app.command("list")
+def watch_list(
+    ctx: typer.Context,
+    status: Annotated[str | None, typer.Option("--status", help="Only orders in STATUS.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON array.")] = False,
+    config: ConfigOption = None,
+) -> None:
+    """The watched orders with status, last poll, last change and last error."""
+    settings = _settings(ctx, config)
+
+    async def listing() -> None:
+        async with open_store(settings) as store:
+            rows = store.watched(status=status)
+            if as_json:
+                await watched_json(rows, sys.stdout)
+            else:
+                out.print(await watched_table(rows))
+
+    _run(listing())
+
+
+@app.command("poll")
+def poll(
+    ctx: typer.Context,
+    ids: IdsArgument = None,
+    all_orders: Annotated[bool, typer.Option("--all", help="Poll every active order.")] = False,
+    config: ConfigOption = None,
+) -> None:
+    """Poll orders now, once, and print what changed."""
+    settings = _settings(ctx, config)
+    if all_orders == bool(ids):
+        raise ConfigError("give order IDs or --all (one of them)")
+    wanted = [validate_order_id(i) for i in ids or []]
+
+    async def once() -> bool:
+        async with open_polling(settings) as polling:
+            lease = utc_now() + polling.lease
+            if all_orders:
+                claims = await polling.store.claim_all(lease_until=lease)
+            else:
+                claims = await polling.store.claim(wanted, lease_until=lease)
+                missing = sorted(set(wanted) - {c.order_id for c in claims})
+                if missing:
+                    await polling.store.release([c.order_id for c in claims], now=utc_now())
+                    raise ConfigError(
+                        f"not watched: {', '.join(missing)}; run `tracker watch add ID` first"
+                    )
+            outcomes, transitions = await poll_now(polling.store, polling.poller, claims)
+            changes = {t.order_id: t for t in transitions}
+            for outcome in outcomes:
+                out.print(outcome_line(outcome, changes.get(outcome.claim.order_id)))
+            return all(outcome.error_kind is None for outcome in outcomes)
+
+    if not _run(once()):
+        raise typer.Exit(1)
+
+
+@app.command("history")
+def history(
+    ctx: typer.Context,
+    order_id: Annotated[str, typer.Argument(metavar="ID")],
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object.")] = False,
+    config: ConfigOption = None,
+) -> None:
+    """The order's timeline: snapshots, transitions and their deliveries."""
+    settings = _settings(ctx, config)
+    validate_order_id(order_id)
+
+    async def read() -> None:
+        async with open_store(settings) as store:
+            found = await store.history(order_id)
+        if found is None:
+            raise ConfigError(f"{order_id} has never been watched; see `tracker watch list`")
+        if as_json:
+            sys.stdout.write(json.dumps(history_json(found), indent=2) + "\n")
+        else:
+            out.print(history_rich(found))
+
+    _run(read())
+
+
+@app.command("run")
+def run(ctx: typer.Context, config: ConfigOption = None) -> None:
+    """The daemon: polls on schedule until SIGTERM or SIGINT."""
+    settings = _settings(ctx, config)
+    configure_logs(settings.log)
+    from tracker.daemon import run_until_signalled  # noqa: PLC0415 - only `run` needs it
+
+    async def daemon() -> None:
+        async with open_polling(settings) as polling:
+            await run_until_signalled(polling.daemon())
+
+    _run(daemon())
+
+
+@app.command("demo")
+def demo(
+    duration: Annotated[
+        float, typer.Option("--duration", help="Stop after this many seconds at the latest.")
+    ] = 75.0,
+    config: ConfigOption = None,  # noqa: ARG001 - accepted like everywhere; the demo brings its own
+) -> None:
+    """Everything on the embedded default: simulated upstream, temporary SQLite, local sinks."""
+    from tracker.demo import run_demo  # noqa: PLC0415 - only the demo needs the simulator
+
+    configure_logs(LogSettings(format="console", level="warning"), stream=sys.stderr)
+    _run(run_demo(duration=duration, console=out))
+
+
+def main() -> None:
+    """Console entry point: maps tracker errors to one line and an exit code."""
+    try:
+        app()
+    except ConfigError as exc:
+        _fail(str(exc), 2)
+    except TrackerError as exc:
+        _fail(str(exc), 1)
+    except KeyboardInterrupt:
+        _fail("interrupted", 1)
+
+
+def _fail(message: str, code: int) -> None:
+    sys.stderr.write(f"tracker: error: {message.splitlines()[0] if message else 'failed'}\n")
+    sys.exit(code)

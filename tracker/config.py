@@ -1,0 +1,345 @@
+"""TOML file -> validated, frozen settings. The only module that reads files and the environment."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from tracker.errors import ConfigError, InvalidOrderId
+from tracker.lifecycle import Status, is_known
+from tracker.model import validate_order_id
+from tracker.schedule import PollingPolicy
+
+DEFAULT_PATH = Path("tracker.toml")
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?")
+_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
+_VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_KNOWN_STATUS_NAMES = ", ".join(sorted(Status))
+
+
+def parse_duration(value: object) -> timedelta:
+    """A number of seconds (``90``, ``0.5``) or a string with a unit (``"15m"``, ``"7d"``)."""
+    if isinstance(value, timedelta):
+        return value
+    if isinstance(value, int | float) and not isinstance(value, bool) and value >= 0:
+        return timedelta(seconds=value)
+    if isinstance(value, str) and (match := _DURATION.fullmatch(value.strip())):
+        return timedelta(seconds=float(match.group(1)) * _UNITS[match.group(2)])
+    raise ValueError(
+        f"invalid duration {value!r}: use seconds (90, 0.5) or a number with a unit "
+        '("30s", "15m", "6h", "7d")'
+    )
+
+
+Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class UpstreamSettings(_Section):
+    """``[upstream]``: where the Nomos API is and how to talk to it."""
+
+    base_url: str = "https://api.nomos.energy"
+    api_version: str = "2026-01-29.edison"
+    token: SecretStr | None = None
+    client_id: str | None = None
+    client_secret: SecretStr | None = None
+    timeout: Duration = timedelta(seconds=10)
+    requests_per_second: float = Field(default=8, gt=0)
+    max_concurrency: int = Field(default=8, ge=1, le=256)
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not re.fullmatch(r"https?://[^\s/]+(/\S*)?", value):
+            raise ValueError(f"{value!r} is not an http(s) URL")
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _one_kind_of_auth(self) -> UpstreamSettings:
+        if self.token is not None and (self.client_id or self.client_secret):
+            raise ValueError("set either token or client_id and client_secret, not both")
+        if (self.client_id is None) != (self.client_secret is None):
+            raise ValueError("client_id and client_secret go together: set both")
+        return self
+
+
+class DatabaseSettings(_Section):
+    """``[database]``: the SQLAlchemy URL of the store."""
+
+    url: str = "sqlite:///tracker.db"
+
+    @field_validator("url")
+    @classmethod
+    def _supported(cls, value: str) -> str:
+        if not re.match(r"(sqlite|postgresql)(\+\w+)?://", value):
+            raise ValueError(f"{value!r}: use sqlite:///PATH or postgresql+psycopg://USER@HOST/DB")
+        return value
+
+
+class PollingSettings(_Section):
+    """``[polling]``: how often orders are polled, and when final ones are retired."""
+
+    interval: Duration = timedelta(hours=1)
+    jitter: Duration | None = None
+    intervals: dict[str, Duration] = Field(default_factory=dict)
+    final_grace: Duration = timedelta(days=7)
+
+    @field_validator("intervals")
+    @classmethod
+    def _statuses(cls, value: dict[str, timedelta]) -> dict[str, timedelta]:
+        for status in value:
+            if not is_known(status):
+                raise ValueError(f"unknown status {status!r}; known: {_KNOWN_STATUS_NAMES}")
+        return value
+
+    def policy(self) -> PollingPolicy:
+        """These settings as a :class:`PollingPolicy`."""
+        jitter = self.jitter if self.jitter is not None else self.interval / 10
+        return PollingPolicy(
+            interval=self.interval,
+            jitter=jitter,
+            intervals=dict(self.intervals),
+            final_grace=self.final_grace,
+        )
+
+
+class WatchSettings(_Section):
+    """``[watch]``: order ids watched from the configuration."""
+
+    orders: tuple[str, ...] = ()
+
+    @field_validator("orders")
+    @classmethod
+    def _ids(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for order_id in value:
+            try:
+                validate_order_id(order_id)
+            except InvalidOrderId as exc:
+                raise ValueError(str(exc)) from None
+        return value
+
+
+class DeliverySettings(_Section):
+    """``[delivery]``: how failed deliveries are retried."""
+
+    backoff: tuple[Duration, ...] = tuple(
+        parse_duration(d) for d in ("5s", "5m", "30m", "2h", "5h", "10h", "10h")
+    )
+    max_concurrency: int = Field(default=8, ge=1, le=256)
+    timeout: Duration = timedelta(seconds=10)
+
+
+class LogSettings(_Section):
+    """``[log]``: format and level of the structured log."""
+
+    format: Literal["json", "console"] | None = None
+    level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class SmtpSettings(_Section):
+    """``[smtp]``: the mail server e-mail sinks send through."""
+
+    host: str = "localhost"
+    port: int = Field(default=25, ge=1, le=65535)
+    starttls: bool = False
+    tls: bool = False
+    username: str | None = None
+    password: SecretStr | None = None
+    sender: str = Field(default="Meter order tracker <tracker@localhost>", alias="from")
+    timeout: Duration = timedelta(seconds=10)
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _one_tls(self) -> SmtpSettings:
+        if self.starttls and self.tls:
+            raise ValueError("starttls and tls exclude each other: set one")
+        return self
+
+
+class _SinkBase(_Section):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    on: tuple[str, ...] = ("*",)
+
+    @field_validator("on")
+    @classmethod
+    def _patterns(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for pattern in value:
+            if pattern == "*":  # the contract's own example: every transition, same as "*->*"
+                continue
+            sides = pattern.split("->")
+            if len(sides) != 2:
+                raise ValueError(f"pattern {pattern!r} is not FROM->TO (each a status or *)")
+            for side in sides:
+                if side != "*" and not is_known(side):
+                    raise ValueError(
+                        f"pattern {pattern!r} names unknown status {side!r}; "
+                        f"known: {_KNOWN_STATUS_NAMES}"
+                    )
+        return value
+
+
+class WebhookSinkSettings(_SinkBase):
+    """A ``[[sinks]]`` entry of ``type = "webhook"``: Standard Webhooks POSTs."""
+
+    type: Literal["webhook"]
+    url: str
+    secret: SecretStr
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not re.fullmatch(r"https?://\S+", value):
+            raise ValueError(f"{value!r} is not an http(s) URL")
+        return value
+
+    @field_validator("secret")
+    @classmethod
+    def _whsec(cls, value: SecretStr) -> SecretStr:
+        text = value.get_secret_value()
+        if not text.startswith("whsec_"):
+            raise ValueError("must be whsec_ followed by base64 (a Standard Webhooks secret)")
+        try:
+            key = base64.b64decode(text.removeprefix("whsec_"), validate=True)
+        except (binascii.Error, ValueError):
+            raise ValueError("the part after whsec_ is not valid base64") from None
+        if len(key) < 16:
+            raise ValueError("the key after whsec_ is shorter than 16 bytes")
+        return value
+
+
+class EmailSinkSettings(_SinkBase):
+    """A ``[[sinks]]`` entry of ``type = "email"``: one message per transition."""
+
+    type: Literal["email"]
+    to: tuple[str, ...] = Field(min_length=1)
+    templates: Path | None = None
+
+    @field_validator("to")
+    @classmethod
+    def _addresses(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for address in value:
+            if not re.fullmatch(r"[^@\s<>\r\n]+@[^@\s<>\r\n]+", address):
+                raise ValueError(f"{address!r} is not an e-mail address")
+        return value
+
+
+SinkSettings = Annotated[WebhookSinkSettings | EmailSinkSettings, Field(discriminator="type")]
+
+
+class Settings(_Section):
+    """The whole configuration file."""
+
+    upstream: UpstreamSettings = UpstreamSettings()
+    database: DatabaseSettings = DatabaseSettings()
+    polling: PollingSettings = PollingSettings()
+    watch: WatchSettings = WatchSettings()
+    delivery: DeliverySettings = DeliverySettings()
+    log: LogSettings = LogSettings()
+    smtp: SmtpSettings = SmtpSettings()
+    sinks: tuple[SinkSettings, ...] = ()
+
+    @field_validator("sinks")
+    @classmethod
+    def _unique_names(cls, value: tuple[SinkSettings, ...]) -> tuple[SinkSettings, ...]:
+        names = [sink.name for sink in value]
+        for name in names:
+            if names.count(name) > 1:
+                raise ValueError(f"sink name {name!r} is used twice; names must be unique")
+        return value
+
+
+def resolve_path(explicit: str | None, environ: Mapping[str, str]) -> Path:
+    """``--config``, else ``$TRACKER_CONFIG``, else ``./tracker.toml``."""
+    if explicit:
+        return Path(explicit)
+    if environ.get("TRACKER_CONFIG"):
+        return Path(environ["TRACKER_CONFIG"])
+    return DEFAULT_PATH
+
+
+def load(path: Path, environ: Mapping[str, str] | None = None) -> Settings:
+    """Read, expand and validate the configuration file at ``path``."""
+    env = os.environ if environ is None else environ
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(
+            f"config file {path} not found: copy config.example.toml to {path} "
+            "or pass --config PATH"
+        ) from None
+    except OSError as exc:
+        raise ConfigError(f"config file {path} cannot be read: {exc.strerror}") from exc
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+    return from_mapping(raw, env, origin=str(path))
+
+
+def from_mapping(raw: Mapping[str, Any], environ: Mapping[str, str], origin: str) -> Settings:
+    """Validate an already parsed configuration, expanding ``${VAR}`` from ``environ``."""
+    expanded = _expand(raw, environ, ())
+    try:
+        return Settings.model_validate(expanded)
+    except ValidationError as exc:
+        raise ConfigError(f"{origin}: {_first_error(exc)}") from None
+
+
+def _expand(value: Any, environ: Mapping[str, str], where: tuple[str | int, ...]) -> Any:
+    if isinstance(value, str):
+        return _VARIABLE.sub(lambda match: _variable(match.group(1), environ, where), value)
+    if isinstance(value, Mapping):
+        return {key: _expand(item, environ, (*where, key)) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_expand(item, environ, (*where, index)) for index, item in enumerate(value)]
+    return value
+
+
+def _variable(name: str, environ: Mapping[str, str], where: tuple[str | int, ...]) -> str:
+    if name not in environ:
+        raise ConfigError(
+            f"{_dotted(where)}: environment variable {name} is not set; export it or remove the key"
+        )
+    return environ[name]
+
+
+def _dotted(location: tuple[str | int, ...]) -> str:
+    text = ""
+    for part in location:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else part)
+    return text or "(top level)"
+
+
+def _first_error(exc: ValidationError) -> str:
+    error = exc.errors(include_url=False)[0]
+    # A discriminated union puts the sink type into the location; users never wrote it.
+    location = tuple(part for part in error["loc"] if part not in {"webhook", "email"})
+    key = _dotted(location)
+    if error["type"] == "extra_forbidden":
+        return f"{key}: unknown key; see config.example.toml for the keys"
+    if error["type"] == "missing":
+        return f"{key}: required key is missing"
+    message = str(error["msg"]).removeprefix("Value error, ")
+    return f"{key}: {message}"

@@ -1,0 +1,195 @@
+"""The daemon: an APScheduler tick claims due orders; workers poll them; a writer records."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
+
+import structlog
+from apscheduler.job import Job
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+from tracker.model import Claim, Transition
+from tracker.poller import Clock, Poller, log_transitions
+from tracker.store import PollOutcome, Store
+
+log = structlog.get_logger("tracker.daemon")
+
+TransitionListener = Callable[[Transition], None]
+
+#: How many outcomes the writer puts into one transaction at most.
+WRITE_BATCH = 200
+
+
+class Daemon:
+    """Polls every watched order on its schedule until asked to stop.
+
+    The database is the schedule: each tick claims the due orders (``next_poll_at``) that fit
+    into the in-memory queue, hiding them behind a lease so a later tick does not take them
+    again. Workers poll within the upstream's pace and hand outcomes to one writer, which
+    records them in batches. A crash loses at most unwritten outcomes; their leases expire
+    and the orders are polled again, so no transition is lost or stored twice.
+    """
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        poller: Poller,
+        clock: Clock,
+        workers: int,
+        capacity: int,
+        lease: timedelta,
+        stop_grace: float,
+        tick: float = 1.0,
+        on_transition: TransitionListener | None = None,
+    ) -> None:
+        self._store = store
+        self._poller = poller
+        self._clock = clock
+        self._workers = workers
+        self._capacity = capacity
+        self._lease = lease
+        self._stop_grace = stop_grace
+        self._tick_seconds = tick
+        self._on_transition = on_transition
+        self._queue: asyncio.Queue[Claim | None] = asyncio.Queue(maxsize=capacity)
+        self._results: asyncio.Queue[PollOutcome | None] = asyncio.Queue()
+        self._in_flight: dict[str, Claim] = {}
+        self._stopping = False
+        self._tick_idle = asyncio.Event()
+        self._tick_idle.set()
+        self._more_due = False
+        self._job: Job | None = None
+        self.polls = 0
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Run until ``stop`` is set, then finish or hand back what is in flight."""
+        scheduler = AsyncIOScheduler(timezone=UTC)
+        self._job = scheduler.add_job(
+            self._tick,
+            "interval",
+            seconds=self._tick_seconds,
+            next_run_time=datetime.now(UTC),
+            max_instances=1,
+            coalesce=True,
+            misfire_grace_time=None,
+        )
+        workers = [asyncio.create_task(self._work()) for _ in range(self._workers)]
+        writer = asyncio.create_task(self._write())
+        scheduler.start()
+        log.info("daemon_started", workers=self._workers, capacity=self._capacity)
+        try:
+            await stop.wait()
+        finally:
+            self._stopping = True
+            scheduler.pause()
+            await self._tick_idle.wait()  # a claim in progress lands before claims are handed back
+            scheduler.shutdown(wait=False)
+            await self._shut_down(workers, writer)
+        log.info("daemon_stopped", polls=self.polls)
+
+    async def _tick(self) -> None:
+        if self._stopping:
+            return
+        self._tick_idle.clear()
+        try:
+            room = self._capacity - self._queue.qsize()
+            if room <= 0:
+                return
+            now = self._clock()
+            claims = await self._store.claim_due(now=now, limit=room, lease_until=now + self._lease)
+            for claim in claims:
+                self._queue.put_nowait(claim)
+            self._more_due = len(claims) == room
+        except Exception:
+            log.exception("tick_failed")
+        finally:
+            self._tick_idle.set()
+
+    def _refill_soon(self) -> None:
+        """Run the tick now rather than at its next interval when more orders are due."""
+        if (
+            self._more_due
+            and self._tick_idle.is_set()
+            and self._job is not None
+            and self._queue.qsize() <= self._capacity // 2
+        ):
+            self._more_due = False
+            self._job.modify(next_run_time=datetime.now(UTC))
+
+    async def _work(self) -> None:
+        while (claim := await self._queue.get()) is not None:
+            self._refill_soon()
+            self._in_flight[claim.order_id] = claim
+            try:
+                outcome = await self._poller.poll(claim)
+            finally:
+                del self._in_flight[claim.order_id]
+            self._results.put_nowait(outcome)
+            self.polls += 1
+
+    async def _write(self) -> None:
+        """Record outcomes in batches until the ``None`` that ends the run."""
+        done = False
+        while not done:
+            batch: list[PollOutcome] = []
+            item = await self._results.get()
+            while item is not None:
+                batch.append(item)
+                if len(batch) >= WRITE_BATCH or self._results.empty():
+                    break
+                item = self._results.get_nowait()
+            done = item is None
+            if batch:
+                await self._record(batch)
+
+    async def _record(self, batch: Sequence[PollOutcome]) -> None:
+        try:
+            transitions = await self._store.record(batch)
+        except Exception:
+            # The claims' leases expire and the orders are polled again: nothing is lost.
+            log.exception("record_failed", outcomes=len(batch))
+            return
+        log_transitions(transitions)
+        if self._on_transition is not None:
+            for transition in transitions:
+                self._on_transition(transition)
+
+    async def _shut_down(
+        self, workers: list[asyncio.Task[None]], writer: asyncio.Task[None]
+    ) -> None:
+        waiting: list[str] = []
+        while not self._queue.empty():
+            if (claim := self._queue.get_nowait()) is not None:
+                waiting.append(claim.order_id)
+        for _ in workers:
+            self._queue.put_nowait(None)
+        # In-flight polls may finish within the grace; the rest are abandoned unwritten.
+        _done, late = await asyncio.wait(workers, timeout=self._stop_grace)
+        abandoned = list(self._in_flight)
+        for task in late:
+            task.cancel()
+        await asyncio.gather(*workers, return_exceptions=True)
+        self._results.put_nowait(None)
+        await writer
+        if waiting or abandoned:
+            await self._store.release(waiting + abandoned, now=self._clock())
+            log.info("polls_handed_back", waiting=len(waiting), abandoned=len(abandoned))
+
+
+async def run_until_signalled(daemon: Daemon) -> None:
+    """Run ``daemon`` until SIGTERM or SIGINT."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await daemon.run(stop)
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(RuntimeError):
+                loop.remove_signal_handler(sig)

@@ -1,0 +1,88 @@
+"""The exceptions the tracker raises.
+
+Every error the tracker raises on purpose derives from :class:`TrackerError`::
+
+    TrackerError
+    ├── ConfigError             the configuration file or a command-line value is wrong (exit 2)
+    │   └── InvalidOrderId      an order id is not ``prdo_`` + lower-case letters and digits
+    ├── UpstreamError           one request to the Nomos API failed; ``kind`` says how
+    │   ├── TransientError      5xx, timeout or dropped connection: retry with backoff
+    │   │   └── RateLimited     429: every request pauses for ``retry_after``
+    │   ├── AuthFailed          401 after one token renewal, or 403
+    │   ├── OrderNotFound       404 for the order id
+    │   ├── RequestRejected     another 4xx: retrying the same request will not help
+    │   └── MalformedAnswer     a 2xx whose body is not a valid meter order for the id asked
+    └── StoreError              the database is missing, unreachable or not migrated
+
+Third-party errors are wrapped with ``raise ... from exc`` so the cause stays visible.
+"""
+
+from __future__ import annotations
+
+
+class TrackerError(Exception):
+    """Root of every error the tracker raises on purpose."""
+
+
+class ConfigError(TrackerError):
+    """The configuration (file, environment or command line) is wrong; the message says how."""
+
+
+class InvalidOrderId(ConfigError):
+    """An order id does not have the documented shape."""
+
+
+class StoreError(TrackerError):
+    """The database cannot be used; the message says what to do."""
+
+
+class UpstreamError(TrackerError):
+    """One request to the upstream failed."""
+
+    #: Stable short name of the failure, stored as the order's ``last_error_kind``.
+    kind = "upstream_error"
+
+    def __init__(self, reason: str, *, request_id: str | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.request_id = request_id
+
+
+class TransientError(UpstreamError):
+    """A failure that may pass: a 5xx answer, a timeout or a dropped connection."""
+
+    kind = "transient"
+
+
+class RateLimited(TransientError):
+    """The upstream answered 429; every request waits ``retry_after`` seconds."""
+
+    kind = "rate_limited"
+
+    def __init__(self, reason: str, *, retry_after: float, request_id: str | None = None) -> None:
+        super().__init__(reason, request_id=request_id)
+        self.retry_after = retry_after
+
+
+class AuthFailed(UpstreamError):
+    """The credentials were refused (401 after one renewal, or 403)."""
+
+    kind = "auth_failed"
+
+
+class OrderNotFound(UpstreamError):
+    """The upstream does not know the order id (404)."""
+
+    kind = "not_found"
+
+
+class RequestRejected(UpstreamError):
+    """Another 4xx answer: the request itself is wrong and retrying it will not help soon."""
+
+    kind = "rejected"
+
+
+class MalformedAnswer(UpstreamError):
+    """A 2xx answer whose body is not a valid meter order for the requested id."""
+
+    kind = "malformed"

@@ -1,0 +1,43 @@
+"""structlog setup: JSON or console lines with stable snake_case event names."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import TextIO
+
+import structlog
+
+from tracker.config import LogSettings
+
+_LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+}
+
+
+def configure(settings: LogSettings, *, stream: TextIO | None = None) -> None:
+    """Send log lines to ``stream`` (stdout by default) in the configured format and level."""
+    out = stream if stream is not None else sys.stdout
+    fmt = settings.format or ("console" if out.isatty() else "json")
+    renderer: structlog.typing.Processor = (
+        structlog.dev.ConsoleRenderer(colors=out.isatty())
+        if fmt == "console"
+        else structlog.processors.JSONRenderer()
+    )
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[settings.level]),
+        logger_factory=structlog.PrintLoggerFactory(out),
+        cache_logger_on_first_use=True,
+    )
+    # Libraries that use the standard library (APScheduler) speak only when something is wrong.
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, force=True)

@@ -1,0 +1,166 @@
+"""Domain values: the meter order as the upstream tells it, and what the tracker derives from it.
+
+Pure: standard library only, no I/O.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from tracker.errors import InvalidOrderId, MalformedAnswer
+from tracker.lifecycle import Classification, is_known
+
+#: ``prdo_`` followed by lower-case letters and digits (24 of them in every documented example).
+ORDER_ID = re.compile(r"prdo_[a-z0-9]{1,64}")
+#: The providers documented for API version ``2026-01-29.edison``.
+KNOWN_PROVIDERS = frozenset({"energy-metering", "metrify", "inexogy"})
+_REQUIRED = ("subscription", "customer", "provider", "status", "created_at", "updated_at")
+
+
+def validate_order_id(order_id: str) -> str:
+    """Return ``order_id`` if it has the documented shape, else raise :class:`InvalidOrderId`."""
+    if not ORDER_ID.fullmatch(order_id):
+        raise InvalidOrderId(
+            f"invalid order id {order_id!r}: expected 'prdo_' followed by lower-case letters "
+            "and digits, e.g. prdo_x83bmixgdcktlpxli778vvgo"
+        )
+    return order_id
+
+
+def parse_timestamp(value: str) -> datetime | None:
+    """Parse an RFC 3339 timestamp into aware UTC; ``None`` when it is not one."""
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    if parsed.tzinfo is None or parsed.utcoffset() is None:
+        return None
+    return parsed.astimezone(UTC)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MeterOrder:
+    """One meter order as the upstream answered it; ``raw`` is the body exactly as received."""
+
+    id: str
+    subscription: str
+    customer: str
+    provider: str
+    status: str
+    created_at: str
+    updated_at: str
+    raw: str
+
+    @classmethod
+    def from_json(cls, body: bytes, *, expected_id: str) -> MeterOrder:
+        """Parse an upstream body strictly, or raise :class:`MalformedAnswer` saying why."""
+        try:
+            data = json.loads(body)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise MalformedAnswer(f"body is not JSON: {exc}") from exc
+        if not isinstance(data, dict):
+            raise MalformedAnswer(f"body is a JSON {type(data).__name__}, not an object")
+        if data.get("object") != "meter_order":
+            raise MalformedAnswer(f"object is {data.get('object')!r}, not 'meter_order'")
+        if data.get("id") != expected_id:
+            raise MalformedAnswer(f"id is {data.get('id')!r}, not the requested {expected_id!r}")
+        fields: dict[str, str] = {}
+        for name in _REQUIRED:
+            value = data.get(name)
+            if not isinstance(value, str) or not value:
+                raise MalformedAnswer(f"field {name!r} is missing or not a non-empty string")
+            fields[name] = value
+        return cls(id=expected_id, raw=body.decode(), **fields)
+
+    @property
+    def fingerprint(self) -> str:
+        """A digest of the parsed fields: equal fingerprints mean nothing we track changed."""
+        text = "\x1f".join(
+            (
+                self.subscription,
+                self.customer,
+                self.provider,
+                self.status,
+                self.created_at,
+                self.updated_at,
+            )
+        )
+        return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
+
+    @property
+    def status_known(self) -> bool:
+        """Whether the status is one of the 14 documented ones."""
+        return is_known(self.status)
+
+    @property
+    def provider_known(self) -> bool:
+        """Whether the provider is one of the documented ones."""
+        return self.provider in KNOWN_PROVIDERS
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StatusChange:
+    """A status change found by comparing an answer with the last snapshot."""
+
+    from_status: str
+    to_status: str
+    classification: Classification
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Transition:
+    """A stored status change with its stable event id."""
+
+    event_id: str
+    order_id: str
+    from_status: str
+    to_status: str
+    kind: str
+    skipped: tuple[str, ...]
+    detected_at: datetime
+    snapshot_id: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Snapshot:
+    """A stored version of an order, kept because it differed from the one before."""
+
+    id: int
+    order_id: str
+    status: str
+    provider: str
+    observed_at: datetime
+    raw: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WatchedOrder:
+    """An order the tracker watches, with its polling bookkeeping."""
+
+    order_id: str
+    active: bool
+    source: str
+    status: str | None
+    added_at: datetime
+    next_poll_at: datetime | None
+    last_polled_at: datetime | None
+    last_change_at: datetime | None
+    consecutive_failures: int
+    last_error: str | None
+    retired_at: datetime | None
+    removed_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Claim:
+    """What a poll needs to know of an order it is about to poll."""
+
+    order_id: str
+    status: str | None
+    fingerprint: str | None
+    final_since: datetime | None
+    consecutive_failures: int

@@ -1,0 +1,79 @@
+"""One pace for every request to the upstream: a rate budget, a concurrency cap and pauses."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+
+class Pacer:
+    """Admits requests so that at most ``rate`` reach the upstream in any one-second window.
+
+    A request counts against the window from the moment it is admitted until one window after
+    its answer came back. The upstream sees it arrive somewhere in between (the bytes may leave
+    late when the event loop is busy or a connection is being opened), so counting the whole
+    span keeps the promise at the upstream's end too, bursts after an idle spell or a restart
+    included. A rate below one becomes one request per ``1 / rate`` seconds. :meth:`pause`
+    holds every request back, e.g. after a 429.
+    """
+
+    def __init__(
+        self, rate: float, concurrency: int, clock: Callable[[], float] | None = None
+    ) -> None:
+        self._burst = max(1, math.floor(rate))
+        self._window = self._burst / rate
+        self._finished: deque[float] = deque()
+        self._in_flight = 0
+        self._slots = asyncio.Semaphore(concurrency)
+        self._turn = asyncio.Lock()
+        self._done = asyncio.Event()
+        self._clock = clock or asyncio.get_running_loop().time
+        self._paused_until = 0.0
+
+    def pause(self, seconds: float) -> None:
+        """Start no request for ``seconds`` from now (a longer pause already set stays)."""
+        self._paused_until = max(self._paused_until, self._clock() + seconds)
+
+    @property
+    def paused_for(self) -> float:
+        """Seconds left of the current pause (0 when not paused)."""
+        return max(0.0, self._paused_until - self._clock())
+
+    @asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        """Wait for a concurrency slot and for the budget, then hold the slot while in use."""
+        async with self._slots:
+            await self._admit()
+            try:
+                yield
+            finally:
+                self._in_flight -= 1
+                self._finished.append(self._clock())
+                self._done.set()
+
+    async def _admit(self) -> None:
+        async with self._turn:
+            while (wait := self._wait()) != 0:
+                if wait is None:
+                    self._done.clear()
+                    await self._done.wait()
+                else:
+                    await asyncio.sleep(wait)
+            self._in_flight += 1
+
+    def _wait(self) -> float | None:
+        """Seconds to wait before the next admission; ``None``: until a request finishes."""
+        now = self._clock()
+        horizon = now - self._window
+        while self._finished and self._finished[0] <= horizon:
+            self._finished.popleft()
+        pause = self._paused_until - now
+        excess = self._in_flight + len(self._finished) - self._burst
+        if excess < 0:
+            return pause if pause > 0 else 0
+        if excess >= len(self._finished):
+            return None
+        return max(pause, self._finished[excess] + self._window - now)

@@ -1,0 +1,103 @@
+"""One poll of one order: fetch, compare with the last snapshot, and say what to store."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Callable, Sequence
+from datetime import datetime
+
+import structlog
+
+from tracker.diff import decide
+from tracker.errors import RateLimited, UpstreamError
+from tracker.model import Claim, Transition
+from tracker.schedule import PollingPolicy
+from tracker.store import PollOutcome, Store
+from tracker.upstream import NomosClient
+
+log = structlog.get_logger("tracker.poller")
+
+Clock = Callable[[], datetime]
+
+
+class Poller:
+    """Turns a claimed order into a :class:`PollOutcome`; it writes nothing itself."""
+
+    def __init__(
+        self, *, client: NomosClient, policy: PollingPolicy, clock: Clock, rng: random.Random
+    ) -> None:
+        self._client = client
+        self._policy = policy
+        self._clock = clock
+        self._rng = rng
+
+    async def poll(self, claim: Claim) -> PollOutcome:
+        """Fetch the order and decide; an upstream failure becomes a failed outcome."""
+        with structlog.contextvars.bound_contextvars(order_id=claim.order_id):
+            try:
+                order = await self._client.fetch(claim.order_id)
+            except UpstreamError as exc:
+                return self._failed(claim, exc)
+            now = self._clock()
+            decision = decide(claim.status, claim.fingerprint, order)
+            if decision.store_snapshot and not order.status_known:
+                log.warning("unknown_status", status=order.status)
+            if decision.store_snapshot and not order.provider_known:
+                log.warning("unknown_provider", provider=order.provider)
+            final_since = self._policy.final_since(claim.final_since, order.status, now)
+            return PollOutcome(
+                claim=claim,
+                polled_at=now,
+                next_poll_at=self._policy.next_poll(now, order.status, self._rng),
+                order=order,
+                decision=decision,
+                final_since=final_since,
+                retire=decision.change is None and self._policy.should_retire(final_since, now),
+            )
+
+    def _failed(self, claim: Claim, exc: UpstreamError) -> PollOutcome:
+        now = self._clock()
+        failures = claim.consecutive_failures + 1
+        retry_after = exc.retry_after if isinstance(exc, RateLimited) else None
+        next_poll_at = self._policy.retry_at(
+            now, exc.kind, failures, claim.status, self._rng, retry_after
+        )
+        log.warning(
+            "poll_failed",
+            kind=exc.kind,
+            reason=exc.reason,
+            request_id=exc.request_id,
+            failures=failures,
+            retry_at=next_poll_at.isoformat(),
+        )
+        return PollOutcome(
+            claim=claim,
+            polled_at=now,
+            next_poll_at=next_poll_at,
+            error_kind=exc.kind,
+            error=exc.reason,
+        )
+
+
+def log_transitions(transitions: Sequence[Transition]) -> None:
+    """One ``transition_detected`` line per stored transition."""
+    for t in transitions:
+        log.info(
+            "transition_detected",
+            order_id=t.order_id,
+            event_id=t.event_id,
+            from_status=t.from_status,
+            to_status=t.to_status,
+            kind=t.kind,
+        )
+
+
+async def poll_now(
+    store: Store, poller: Poller, claims: Sequence[Claim]
+) -> tuple[list[PollOutcome], list[Transition]]:
+    """Poll the claimed orders concurrently (within the pace) and record all outcomes."""
+    outcomes = await asyncio.gather(*(poller.poll(claim) for claim in claims))
+    transitions = await store.record(outcomes)
+    log_transitions(transitions)
+    return outcomes, transitions

@@ -1,0 +1,91 @@
+"""Engines and migrations: the one door to the database."""
+
+from __future__ import annotations
+
+import sqlite3
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from tracker.errors import StoreError
+
+_ASYNC_DRIVERS = {"sqlite": "sqlite+aiosqlite", "postgresql": "postgresql+psycopg"}
+_SYNC_DRIVERS = {"sqlite": "sqlite", "postgresql": "postgresql+psycopg"}
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+
+def _with_driver(url: str, drivers: dict[str, str]) -> str:
+    parsed = make_url(url)
+    backend = parsed.get_backend_name()
+    if backend not in drivers:
+        raise StoreError(f"database.url: unsupported backend {backend!r}; use sqlite or postgresql")
+    return parsed.set(drivername=drivers[backend]).render_as_string(hide_password=False)
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+def _check_sqlite_folder(url: str) -> None:
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite" and parsed.database not in {None, "", ":memory:"}:
+        folder = Path(str(parsed.database)).parent
+        if not folder.is_dir():
+            raise StoreError(f"database.url: folder {folder} does not exist; create it first")
+
+
+def connect(url: str) -> AsyncEngine:
+    """An async engine for ``url``; SQLite runs in WAL mode with a busy timeout."""
+    _check_sqlite_folder(url)
+    engine = create_async_engine(_with_driver(url, _ASYNC_DRIVERS), pool_pre_ping=False)
+    if engine.dialect.name == "sqlite":
+        event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+    return engine
+
+
+def _sync_engine(url: str) -> Engine:
+    _check_sqlite_folder(url)
+    engine = create_engine(_with_driver(url, _SYNC_DRIVERS))
+    if engine.dialect.name == "sqlite":
+        event.listen(engine, "connect", _sqlite_pragmas)
+    return engine
+
+
+def _alembic_config() -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(resources.files("tracker.migrations")))
+    return config
+
+
+def upgrade(url: str) -> list[str]:
+    """Apply pending migrations; returns the revisions applied (empty when up to date)."""
+    config = _alembic_config()
+    head = ScriptDirectory.from_config(config).get_current_head()
+    engine = _sync_engine(url)
+    try:
+        with engine.begin() as connection:
+            current = MigrationContext.configure(connection).get_current_revision()
+            if current == head:
+                return []
+            config.attributes["connection"] = connection
+            command.upgrade(config, "head")
+            applied = MigrationContext.configure(connection).get_current_revision()
+    except (SQLAlchemyError, sqlite3.Error) as exc:
+        raise StoreError(f"database.url: cannot migrate the database: {exc}") from exc
+    finally:
+        engine.dispose()
+    return [f"{current or 'empty'} -> {applied}"]

@@ -1,0 +1,434 @@
+"""The repository: watched orders, snapshots and transitions in domain words."""
+
+from __future__ import annotations
+
+import base64
+import os
+from collections.abc import AsyncIterator, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import ColumnElement, Row, and_, bindparam, func, insert, literal, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from tracker.diff import Decision
+from tracker.model import (
+    Claim,
+    MeterOrder,
+    Snapshot,
+    Transition,
+    WatchedOrder,
+    parse_timestamp,
+)
+from tracker.store.tables import snapshots, transitions, watched_orders
+
+w = watched_orders
+
+#: How many rows one statement writes or one fetch reads at most.
+BATCH = 500
+
+
+def new_event_id() -> str:
+    """A fresh, unguessable event id: ``evt_`` + 24 lower-case base32 characters."""
+    return "evt_" + base64.b32encode(os.urandom(15)).decode().lower()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PollOutcome:
+    """The result of one poll, ready to be written in one transaction."""
+
+    claim: Claim
+    polled_at: datetime
+    next_poll_at: datetime
+    #: Set on success.
+    order: MeterOrder | None = None
+    decision: Decision | None = None
+    final_since: datetime | None = None
+    retire: bool = False
+    #: Set on failure.
+    error_kind: str | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class History:
+    """An order's stored timeline."""
+
+    order: WatchedOrder
+    snapshots: tuple[Snapshot, ...]
+    transitions: tuple[Transition, ...]
+
+
+_QUIET = (
+    update(w)
+    .where(w.c.order_id == bindparam("b_id"))
+    .values(
+        next_poll_at=bindparam("b_next"),
+        last_polled_at=bindparam("b_at"),
+        last_success_at=bindparam("b_at"),
+        consecutive_failures=0,
+        last_error_kind=None,
+        last_error=None,
+        active=and_(w.c.active, bindparam("b_keep")),
+        retired_at=bindparam("b_retired"),
+    )
+)
+_FAILED = (
+    update(w)
+    .where(w.c.order_id == bindparam("b_id"))
+    .values(
+        next_poll_at=bindparam("b_next"),
+        last_polled_at=bindparam("b_at"),
+        consecutive_failures=bindparam("b_failures"),
+        last_error_kind=bindparam("b_kind"),
+        last_error=bindparam("b_error"),
+    )
+)
+
+
+class Store:
+    """Every read and write the tracker makes, over one async engine."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+
+    async def close(self) -> None:
+        """Release the engine's connections."""
+        await self._engine.dispose()
+
+    # -- watching ---------------------------------------------------------------------------
+
+    async def watch(self, order_ids: Iterable[str], *, source: str, now: datetime) -> list[str]:
+        """Watch orders (again); returns the ids that were not watched before."""
+        wanted = list(dict.fromkeys(order_ids))
+        added: list[str] = []
+        async with self._engine.begin() as conn:
+            for chunk in _chunks(wanted):
+                rows = await conn.execute(
+                    select(w.c.order_id, w.c.active).where(w.c.order_id.in_(chunk))
+                )
+                existing = {row.order_id: row.active for row in rows}
+                fresh = [i for i in chunk if i not in existing]
+                revived = [i for i in chunk if existing.get(i) is False]
+                if fresh:
+                    await conn.execute(
+                        insert(w),
+                        [
+                            {
+                                "order_id": i,
+                                "active": True,
+                                "source": source,
+                                "added_at": now,
+                                "next_poll_at": now,
+                                "consecutive_failures": 0,
+                            }
+                            for i in fresh
+                        ],
+                    )
+                if revived:
+                    await conn.execute(
+                        update(w)
+                        .where(w.c.order_id.in_(revived))
+                        .values(active=True, removed_at=None, retired_at=None, next_poll_at=now)
+                    )
+                added += fresh + revived
+        return added
+
+    async def watch_from_config(self, order_ids: Iterable[str], *, now: datetime) -> list[str]:
+        """Watch configured orders never seen before; one removed by hand stays removed."""
+        wanted = list(dict.fromkeys(order_ids))
+        known: set[str] = set()
+        async with self._engine.connect() as conn:
+            for chunk in _chunks(wanted):
+                rows = await conn.execute(select(w.c.order_id).where(w.c.order_id.in_(chunk)))
+                known.update(rows.scalars())
+        return await self.watch([i for i in wanted if i not in known], source="config", now=now)
+
+    async def unwatch(self, order_ids: Iterable[str], *, now: datetime) -> list[str]:
+        """Stop polling orders, keeping their history; returns the ids that were active."""
+        removed: list[str] = []
+        async with self._engine.begin() as conn:
+            for chunk in _chunks(list(dict.fromkeys(order_ids))):
+                rows = await conn.execute(
+                    update(w)
+                    .where(w.c.order_id.in_(chunk), w.c.active)
+                    .values(active=False, removed_at=now)
+                    .returning(w.c.order_id)
+                )
+                removed += rows.scalars().all()
+        return removed
+
+    async def watched(self, *, status: str | None = None) -> AsyncIterator[WatchedOrder]:
+        """Every watched order (retired and removed too), streamed in id order."""
+        query = select(w).order_by(w.c.order_id)
+        if status is not None:
+            query = query.where(w.c.status == status)
+        async with self._engine.connect() as conn:
+            result = await conn.stream(query.execution_options(yield_per=BATCH))
+            async for row in result:
+                yield _watched(row)
+
+    async def get(self, order_id: str) -> WatchedOrder | None:
+        """One watched order, or ``None``."""
+        async with self._engine.connect() as conn:
+            row = (await conn.execute(select(w).where(w.c.order_id == order_id))).first()
+        return _watched(row) if row is not None else None
+
+    # -- polling ----------------------------------------------------------------------------
+
+    async def claim_due(self, *, now: datetime, limit: int, lease_until: datetime) -> list[Claim]:
+        """Take up to ``limit`` due orders, oldest due first, hiding them until ``lease_until``."""
+        due = (
+            select(*_CLAIM_COLUMNS)
+            .where(w.c.active, w.c.next_poll_at <= now)
+            .order_by(w.c.next_poll_at)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+        return await self._claim(due, lease_until)
+
+    async def claim(self, order_ids: Sequence[str], *, lease_until: datetime) -> list[Claim]:
+        """Take the given watched orders now, due or not (``tracker poll``)."""
+        chosen = select(*_CLAIM_COLUMNS).where(w.c.order_id.in_(order_ids), w.c.active)
+        return await self._claim(chosen, lease_until)
+
+    async def claim_all(self, *, lease_until: datetime) -> list[Claim]:
+        """Take every active order (``tracker poll --all``)."""
+        return await self._claim(select(*_CLAIM_COLUMNS).where(w.c.active), lease_until)
+
+    async def _claim(self, query: Any, lease_until: datetime) -> list[Claim]:
+        async with self._engine.begin() as conn:
+            claims = [_claim(row) for row in await conn.execute(query)]
+            for chunk in _chunks([c.order_id for c in claims]):
+                await conn.execute(
+                    update(w).where(w.c.order_id.in_(chunk)).values(next_poll_at=lease_until)
+                )
+        return claims
+
+    async def release(self, order_ids: Sequence[str], *, now: datetime) -> None:
+        """Hand claimed orders back unpolled, due at once."""
+        async with self._engine.begin() as conn:
+            for chunk in _chunks(list(order_ids)):
+                await conn.execute(
+                    update(w).where(w.c.order_id.in_(chunk)).values(next_poll_at=now)
+                )
+
+    async def record(self, outcomes: Sequence[PollOutcome]) -> list[Transition]:
+        """Write poll outcomes in one transaction; returns the transitions stored."""
+        quiet: list[dict[str, Any]] = []
+        failed: list[dict[str, Any]] = []
+        stored: list[Transition] = []
+        async with self._engine.begin() as conn:
+            for outcome in outcomes:
+                if outcome.error_kind is not None:
+                    failed.append(_failed_params(outcome))
+                elif outcome.decision is not None and outcome.decision.store_snapshot:
+                    stored += await _record_change(conn, outcome)
+                else:
+                    quiet.append(_quiet_params(outcome))
+            if quiet:
+                await conn.execute(_QUIET, quiet)
+            if failed:
+                await conn.execute(_FAILED, failed)
+        return stored
+
+    # -- reading history --------------------------------------------------------------------
+
+    async def history(self, order_id: str) -> History | None:
+        """The order's snapshots and transitions, oldest first; ``None`` if never watched."""
+        async with self._engine.connect() as conn:
+            row = (await conn.execute(select(w).where(w.c.order_id == order_id))).first()
+            if row is None:
+                return None
+            snaps = await conn.execute(
+                select(snapshots).where(snapshots.c.order_id == order_id).order_by(snapshots.c.id)
+            )
+            moves = await conn.execute(
+                select(transitions)
+                .where(transitions.c.order_id == order_id)
+                .order_by(transitions.c.id)
+            )
+            return History(
+                order=_watched(row),
+                snapshots=tuple(_snapshot(s) for s in snaps),
+                transitions=tuple(_transition(t) for t in moves),
+            )
+
+    async def counts(self) -> dict[str, int]:
+        """How many watched orders, snapshots and transitions are stored."""
+        async with self._engine.connect() as conn:
+            return {
+                table.name: (
+                    await conn.execute(select(func.count()).select_from(table))
+                ).scalar_one()
+                for table in (watched_orders, snapshots, transitions)
+            }
+
+
+_CLAIM_COLUMNS = (
+    w.c.order_id,
+    w.c.status,
+    w.c.fingerprint,
+    w.c.final_since,
+    w.c.consecutive_failures,
+)
+
+
+async def _record_change(conn: AsyncConnection, outcome: PollOutcome) -> list[Transition]:
+    order, decision, claim = outcome.order, outcome.decision, outcome.claim
+    assert order is not None  # noqa: S101 - record() checked
+    assert decision is not None  # noqa: S101 - record() checked
+    # Only the poll that saw the previous fingerprint may write: a concurrent poll of the
+    # same order (the daemon and `tracker poll`) must not store the same transition twice.
+    same_base: ColumnElement[bool] = (
+        w.c.fingerprint.is_(None)
+        if claim.fingerprint is None
+        else w.c.fingerprint == claim.fingerprint
+    )
+    updated = await conn.execute(
+        update(w)
+        .where(w.c.order_id == claim.order_id, same_base)
+        .values(
+            status=order.status,
+            fingerprint=order.fingerprint,
+            final_since=outcome.final_since,
+            last_change_at=outcome.polled_at,
+            **_quiet_values(outcome),
+        )
+    )
+    if updated.rowcount == 0:
+        return []
+    snapshot_id = (
+        await conn.execute(
+            insert(snapshots)
+            .values(
+                order_id=order.id,
+                observed_at=outcome.polled_at,
+                status=order.status,
+                status_known=order.status_known,
+                provider=order.provider,
+                provider_known=order.provider_known,
+                upstream_updated_at=parse_timestamp(order.updated_at),
+                fingerprint=order.fingerprint,
+                raw=order.raw,
+            )
+            .returning(snapshots.c.id)
+        )
+    ).scalar_one()
+    change = decision.change
+    if change is None:
+        return []
+    transition = Transition(
+        event_id=new_event_id(),
+        order_id=order.id,
+        from_status=change.from_status,
+        to_status=change.to_status,
+        kind=change.classification.kind.value,
+        skipped=tuple(change.classification.skipped),
+        detected_at=outcome.polled_at,
+        snapshot_id=snapshot_id,
+    )
+    await conn.execute(
+        insert(transitions).values(
+            event_id=transition.event_id,
+            order_id=transition.order_id,
+            from_status=transition.from_status,
+            to_status=transition.to_status,
+            kind=transition.kind,
+            skipped=",".join(transition.skipped),
+            detected_at=transition.detected_at,
+            snapshot_id=snapshot_id,
+        )
+    )
+    return [transition]
+
+
+def _quiet_values(outcome: PollOutcome) -> dict[str, Any]:
+    return {
+        "next_poll_at": outcome.next_poll_at,
+        "last_polled_at": outcome.polled_at,
+        "last_success_at": outcome.polled_at,
+        "consecutive_failures": 0,
+        "last_error_kind": None,
+        "last_error": None,
+        "active": and_(w.c.active, literal(not outcome.retire)),
+        "retired_at": outcome.polled_at if outcome.retire else None,
+    }
+
+
+def _quiet_params(outcome: PollOutcome) -> dict[str, Any]:
+    return {
+        "b_id": outcome.claim.order_id,
+        "b_next": outcome.next_poll_at,
+        "b_at": outcome.polled_at,
+        "b_keep": not outcome.retire,
+        "b_retired": outcome.polled_at if outcome.retire else None,
+    }
+
+
+def _failed_params(outcome: PollOutcome) -> dict[str, Any]:
+    return {
+        "b_id": outcome.claim.order_id,
+        "b_next": outcome.next_poll_at,
+        "b_at": outcome.polled_at,
+        "b_failures": outcome.claim.consecutive_failures + 1,
+        "b_kind": outcome.error_kind,
+        "b_error": outcome.error,
+    }
+
+
+def _chunks(items: list[str]) -> Iterable[list[str]]:
+    for start in range(0, len(items), BATCH):
+        yield items[start : start + BATCH]
+
+
+def _claim(row: Row[Any]) -> Claim:
+    return Claim(
+        order_id=row.order_id,
+        status=row.status,
+        fingerprint=row.fingerprint,
+        final_since=row.final_since,
+        consecutive_failures=row.consecutive_failures,
+    )
+
+
+def _watched(row: Row[Any]) -> WatchedOrder:
+    return WatchedOrder(
+        order_id=row.order_id,
+        active=row.active,
+        source=row.source,
+        status=row.status,
+        added_at=row.added_at,
+        next_poll_at=row.next_poll_at,
+        last_polled_at=row.last_polled_at,
+        last_change_at=row.last_change_at,
+        consecutive_failures=row.consecutive_failures,
+        last_error=row.last_error,
+        retired_at=row.retired_at,
+        removed_at=row.removed_at,
+    )
+
+
+def _snapshot(row: Row[Any]) -> Snapshot:
+    return Snapshot(
+        id=row.id,
+        order_id=row.order_id,
+        status=row.status,
+        provider=row.provider,
+        observed_at=row.observed_at,
+        raw=row.raw,
+    )
+
+
+def _transition(row: Row[Any]) -> Transition:
+    return Transition(
+        event_id=row.event_id,
+        order_id=row.order_id,
+        from_status=row.from_status,
+        to_status=row.to_status,
+        kind=row.kind,
+        skipped=tuple(s for s in row.skipped.split(",") if s),
+        detected_at=row.detected_at,
+        snapshot_id=row.snapshot_id,
+    )

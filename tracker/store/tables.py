@@ -1,0 +1,111 @@
+"""SQLAlchemy table metadata; Alembic migrations import only this module."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    Dialect,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    TypeDecorator,
+)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Aware UTC datetimes on every backend (SQLite keeps no zone, so it is stored as UTC)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        """Refuse naive datetimes and store UTC."""
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the store; use aware UTC")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        """Attach UTC to what SQLite returns without a zone."""
+        if value is None:
+            return None
+        assert isinstance(value, datetime)  # noqa: S101 - the impl type guarantees it
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+#: Row ids: BIGINT on PostgreSQL, INTEGER on SQLite (where only INTEGER is the rowid alias).
+RowId = BigInteger().with_variant(Integer(), "sqlite")
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+    }
+)
+
+watched_orders = Table(
+    "watched_orders",
+    metadata,
+    Column("order_id", String(80), primary_key=True),
+    Column("active", Boolean, nullable=False),
+    Column("source", String(16), nullable=False),
+    Column("added_at", UTCDateTime, nullable=False),
+    Column("removed_at", UTCDateTime),
+    Column("retired_at", UTCDateTime),
+    Column("status", String(64)),
+    Column("fingerprint", String(32)),
+    Column("final_since", UTCDateTime),
+    Column("next_poll_at", UTCDateTime),
+    Column("last_polled_at", UTCDateTime),
+    Column("last_success_at", UTCDateTime),
+    Column("last_change_at", UTCDateTime),
+    Column("consecutive_failures", Integer, nullable=False, default=0),
+    Column("last_error_kind", String(32)),
+    Column("last_error", Text),
+    Index(None, "active", "next_poll_at"),
+)
+
+snapshots = Table(
+    "snapshots",
+    metadata,
+    Column("id", RowId, primary_key=True, autoincrement=True),
+    Column("order_id", String(80), ForeignKey("watched_orders.order_id"), nullable=False),
+    Column("observed_at", UTCDateTime, nullable=False),
+    Column("status", String(64), nullable=False),
+    Column("status_known", Boolean, nullable=False),
+    Column("provider", String(64), nullable=False),
+    Column("provider_known", Boolean, nullable=False),
+    Column("upstream_updated_at", UTCDateTime),
+    Column("fingerprint", String(32), nullable=False),
+    Column("raw", Text, nullable=False),
+    Index(None, "order_id", "id"),
+)
+
+transitions = Table(
+    "transitions",
+    metadata,
+    Column("id", RowId, primary_key=True, autoincrement=True),
+    Column("event_id", String(40), nullable=False, unique=True),
+    Column("order_id", String(80), ForeignKey("watched_orders.order_id"), nullable=False),
+    Column("from_status", String(64), nullable=False),
+    Column("to_status", String(64), nullable=False),
+    Column("kind", String(32), nullable=False),
+    Column("skipped", String(400), nullable=False, default=""),
+    Column("detected_at", UTCDateTime, nullable=False),
+    Column("snapshot_id", RowId, ForeignKey("snapshots.id"), nullable=False),
+    Index(None, "order_id", "id"),
+)

@@ -1,0 +1,243 @@
+"""The Nomos API client: version pin, authentication, pacing, and errors as typed exceptions."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Protocol
+
+import httpx
+import structlog
+
+from tracker.config import UpstreamSettings
+from tracker.errors import (
+    AuthFailed,
+    ConfigError,
+    MalformedAnswer,
+    OrderNotFound,
+    RateLimited,
+    RequestRejected,
+    TransientError,
+    UpstreamError,
+)
+from tracker.model import MeterOrder, validate_order_id
+from tracker.pacing import Pacer
+
+log = structlog.get_logger("tracker.upstream")
+
+DEFAULT_RETRY_AFTER = 30.0
+#: Renew an OAuth token this long before it expires.
+RENEW_MARGIN = 120.0
+#: After credentials are refused, every request waits this long (doubling up to the cap).
+AUTH_PAUSE, AUTH_PAUSE_CAP = 60.0, 3600.0
+
+
+class Credentials(Protocol):
+    """Something that yields the ``Authorization`` header value for a request."""
+
+    async def header(self) -> str:
+        """The current header value, renewing the token first when it is due."""
+        ...
+
+    async def renew(self, refused: str) -> None:
+        """The upstream refused ``refused``: get a new token unless that already happened."""
+        ...
+
+
+class StaticToken:
+    """A long-lived bearer token from the configuration; it cannot be renewed."""
+
+    def __init__(self, token: str) -> None:
+        self._header = f"Bearer {token}"
+
+    async def header(self) -> str:
+        """The configured token."""
+        return self._header
+
+    async def renew(self, refused: str) -> None:
+        """Nothing to renew: a static token stays what it is."""
+
+
+class ClientCredentials:
+    """OAuth2 client credentials: ``POST /oauth/token`` with Basic auth, renewed before expiry."""
+
+    def __init__(
+        self, *, http: httpx.AsyncClient, pacer: Pacer, client_id: str, client_secret: str
+    ) -> None:
+        self._http = http
+        self._pacer = pacer
+        self._auth = httpx.BasicAuth(client_id, client_secret)
+        self._header: str | None = None
+        self._expires = 0.0
+        self._lock = asyncio.Lock()
+
+    async def header(self) -> str:
+        """The current access token, fetched or renewed when missing or about to expire."""
+        if self._header is None or time.monotonic() >= self._expires:
+            async with self._lock:
+                if self._header is None or time.monotonic() >= self._expires:
+                    await self._fetch()
+        assert self._header is not None  # noqa: S101 - _fetch sets it or raises
+        return self._header
+
+    async def renew(self, refused: str) -> None:
+        """Fetch a new token unless another request already replaced the refused one."""
+        async with self._lock:
+            if self._header == refused:
+                await self._fetch()
+
+    async def _fetch(self) -> None:
+        async with self._pacer.slot():
+            try:
+                response = await self._http.post(
+                    "/oauth/token", auth=self._auth, data={"grant_type": "client_credentials"}
+                )
+            except httpx.TransportError as exc:
+                raise TransientError(f"token request failed: {_describe(exc)}") from exc
+        if response.status_code in {401, 403}:
+            raise AuthFailed(
+                f"token request refused with {response.status_code}: check client_id and "
+                "client_secret",
+                request_id=_request_id(response),
+            )
+        _raise_for_status(response)
+        try:
+            answer = response.json()
+            token, lifetime = answer["access_token"], float(answer.get("expires_in", 3600))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise MalformedAnswer("token answer lacks access_token") from exc
+        self._header = f"Bearer {token}"
+        self._expires = time.monotonic() + max(lifetime - RENEW_MARGIN, lifetime / 2)
+        log.info("upstream_token_renewed", expires_in=lifetime)
+
+
+class NomosClient:
+    """``GET /meter-orders/{id}`` with the version pinned, paced and parsed strictly."""
+
+    def __init__(self, *, http: httpx.AsyncClient, pacer: Pacer, credentials: Credentials) -> None:
+        self._http = http
+        self._pacer = pacer
+        self._credentials = credentials
+        self._auth_pause = AUTH_PAUSE
+
+    async def fetch(self, order_id: str) -> MeterOrder:
+        """Fetch and parse one meter order, or raise an :class:`UpstreamError` subclass."""
+        path = f"/meter-orders/{validate_order_id(order_id)}"
+        header = await self._credentials.header()
+        response = await self._get(path, header)
+        if response.status_code == 401:
+            await self._credentials.renew(header)
+            response = await self._get(path, await self._credentials.header())
+        try:
+            _raise_for_status(response)
+        except RateLimited as exc:
+            self._pacer.pause(exc.retry_after)
+            raise
+        except AuthFailed:
+            self._pacer.pause(self._auth_pause)
+            self._auth_pause = min(self._auth_pause * 2, AUTH_PAUSE_CAP)
+            raise
+        self._auth_pause = AUTH_PAUSE
+        try:
+            return MeterOrder.from_json(response.content, expected_id=order_id)
+        except MalformedAnswer as exc:
+            exc.request_id = _request_id(response)
+            raise
+
+    async def _get(self, path: str, authorization: str) -> httpx.Response:
+        async with self._pacer.slot():
+            try:
+                return await self._http.get(path, headers={"Authorization": authorization})
+            except httpx.TimeoutException as exc:
+                raise TransientError(f"timed out: {_describe(exc)}") from exc
+            except httpx.TransportError as exc:
+                raise TransientError(f"connection failed: {_describe(exc)}") from exc
+
+
+def build_client(
+    settings: UpstreamSettings, *, transport: httpx.AsyncBaseTransport | None = None
+) -> tuple[NomosClient, httpx.AsyncClient]:
+    """Wire a :class:`NomosClient` from settings; the caller closes the returned httpx client."""
+    timeout = settings.timeout.total_seconds()
+    http = httpx.AsyncClient(
+        base_url=settings.base_url,
+        headers={"X-API-Version": settings.api_version, "Accept": "application/json"},
+        timeout=httpx.Timeout(timeout),
+        limits=httpx.Limits(
+            max_connections=settings.max_concurrency,
+            max_keepalive_connections=settings.max_concurrency,
+        ),
+        transport=transport,
+        trust_env=False,
+    )
+    pacer = Pacer(settings.requests_per_second, settings.max_concurrency)
+    credentials: Credentials
+    if settings.token is not None:
+        credentials = StaticToken(settings.token.get_secret_value())
+    elif settings.client_id is not None and settings.client_secret is not None:
+        credentials = ClientCredentials(
+            http=http,
+            pacer=pacer,
+            client_id=settings.client_id,
+            client_secret=settings.client_secret.get_secret_value(),
+        )
+    else:
+        raise ConfigError(
+            "upstream.token: no credentials; set token, or client_id and client_secret"
+        )
+    return NomosClient(http=http, pacer=pacer, credentials=credentials), http
+
+
+def _raise_for_status(response: httpx.Response) -> None:
+    status = response.status_code
+    if 200 <= status < 300:
+        return
+    request_id = _request_id(response)
+    detail = f"HTTP {status}{_error_message(response)}"
+    if status == 429:
+        raise RateLimited(detail, retry_after=_retry_after(response), request_id=request_id)
+    if status >= 500:
+        raise TransientError(detail, request_id=request_id)
+    if status in {401, 403}:
+        raise AuthFailed(f"{detail}: the upstream refused the credentials", request_id=request_id)
+    if status == 404:
+        raise OrderNotFound(
+            f"{detail}: the upstream does not know this order", request_id=request_id
+        )
+    raise RequestRejected(detail, request_id=request_id)
+
+
+def _request_id(response: httpx.Response) -> str | None:
+    header: str | None = response.headers.get("x-request-id")
+    try:
+        body = response.json()
+    except ValueError:
+        return header
+    value = body.get("requestId") if isinstance(body, dict) else None
+    return value if isinstance(value, str) else header
+
+
+def _error_message(response: httpx.Response) -> str:
+    try:
+        body = response.json()
+    except ValueError:
+        return ""
+    if isinstance(body, dict) and isinstance(body.get("message"), str):
+        return f" {body.get('code', '')}: {body['message'][:200]}".replace("\n", " ")
+    return ""
+
+
+def _retry_after(response: httpx.Response) -> float:
+    value = response.headers.get("retry-after", "")
+    try:
+        seconds = float(value)
+    except ValueError:
+        return DEFAULT_RETRY_AFTER
+    return seconds if 0 <= seconds <= 86400 else DEFAULT_RETRY_AFTER
+
+
+def _describe(exc: Exception) -> str:
+    return f"{type(exc).__name__}: {exc}".rstrip(": ")
+
+
+__all__ = ["ClientCredentials", "NomosClient", "StaticToken", "UpstreamError", "build_client"]
