@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from tests.support import (
-    Action,
     API_VERSION,
     STATIC_TOKEN,
+    Action,
     ScriptedUpstream,
     drop,
     error,
