@@ -25,7 +25,7 @@ ROOT = Path(__file__).parents[1]
 Action = Callable[[str], Awaitable[Response | None]]
 
 
-def order_body(order_id: str, status: str = "waiting", **changes: Any) -> dict[str, Any]:
+def order_body(order_id: str, status: str | None = "waiting", **changes: Any) -> dict[str, Any]:
     """A documented meter order, with ``changes`` applied (``None`` removes a field)."""
     body: dict[str, Any] = {
         "object": "meter_order",

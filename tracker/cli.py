@@ -174,7 +174,7 @@ def poll(
                 claims = await polling.store.claim(wanted, lease_until=lease)
                 missing = sorted(set(wanted) - {c.order_id for c in claims})
                 if missing:
-                    await polling.store.release([c.order_id for c in claims], now=utc_now())
+                    await polling.store.release([c.order_id for c in claims])
                     raise ConfigError(
                         f"not watched: {', '.join(missing)}; run `tracker watch add ID` first"
                     )

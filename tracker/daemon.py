@@ -68,6 +68,8 @@ class Daemon:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run until ``stop`` is set, then finish or hand back what is in flight."""
+        if taken_over := await self._store.release_all():
+            log.info("leases_taken_over", orders=taken_over)
         scheduler = AsyncIOScheduler(timezone=UTC)
         self._job = scheduler.add_job(
             self._tick,
@@ -177,7 +179,7 @@ class Daemon:
         self._results.put_nowait(None)
         await writer
         if waiting or abandoned:
-            await self._store.release(waiting + abandoned, now=self._clock())
+            await self._store.release(waiting + abandoned)
             log.info("polls_handed_back", waiting=len(waiting), abandoned=len(abandoned))
 
 

@@ -150,6 +150,7 @@ class WatchedOrder:
     last_polled_at: datetime | None
     last_change_at: datetime | None
     consecutive_failures: int
+    last_error_kind: str | None
     last_error: str | None
     retired_at: datetime | None
     removed_at: datetime | None

@@ -44,6 +44,7 @@ def watched_dict(order: WatchedOrder) -> dict[str, Any]:
         "last_change_at": iso(order.last_change_at),
         "next_poll_at": iso(order.next_poll_at) if order.active else None,
         "consecutive_failures": order.consecutive_failures,
+        "last_error_kind": order.last_error_kind,
         "last_error": order.last_error,
     }
 
@@ -69,7 +70,7 @@ async def watched_table(rows: AsyncIterator[WatchedOrder]) -> Table:
             _short(order.last_polled_at),
             _short(order.last_change_at),
             str(order.consecutive_failures),
-            Text(order.last_error or ""),
+            Text(f"{order.last_error_kind}: {order.last_error}" if order.last_error else ""),
         )
     return table
 

@@ -30,6 +30,7 @@ def upgrade() -> None:
         sa.Column("fingerprint", sa.String(length=32), nullable=True),
         sa.Column("final_since", sa.DateTime(timezone=True), nullable=True),
         sa.Column("next_poll_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("leased_until", sa.DateTime(timezone=True), nullable=True),
         sa.Column("last_polled_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("last_success_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("last_change_at", sa.DateTime(timezone=True), nullable=True),

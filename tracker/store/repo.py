@@ -9,7 +9,18 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Row, and_, bindparam, func, insert, literal, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Row,
+    and_,
+    bindparam,
+    func,
+    insert,
+    literal,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from tracker.diff import Decision
@@ -67,6 +78,7 @@ _QUIET = (
         next_poll_at=bindparam("b_next"),
         last_polled_at=bindparam("b_at"),
         last_success_at=bindparam("b_at"),
+        leased_until=None,
         consecutive_failures=0,
         last_error_kind=None,
         last_error=None,
@@ -79,6 +91,7 @@ _FAILED = (
     .where(w.c.order_id == bindparam("b_id"))
     .values(
         next_poll_at=bindparam("b_next"),
+        leased_until=None,
         last_polled_at=bindparam("b_at"),
         consecutive_failures=bindparam("b_failures"),
         last_error_kind=bindparam("b_kind"),
@@ -181,7 +194,11 @@ class Store:
         """Take up to ``limit`` due orders, oldest due first, hiding them until ``lease_until``."""
         due = (
             select(*_CLAIM_COLUMNS)
-            .where(w.c.active, w.c.next_poll_at <= now)
+            .where(
+                w.c.active,
+                w.c.next_poll_at <= now,
+                or_(w.c.leased_until.is_(None), w.c.leased_until <= now),
+            )
             .order_by(w.c.next_poll_at)
             .limit(limit)
             .with_for_update(skip_locked=True)
@@ -202,17 +219,25 @@ class Store:
             claims = [_claim(row) for row in await conn.execute(query)]
             for chunk in _chunks([c.order_id for c in claims]):
                 await conn.execute(
-                    update(w).where(w.c.order_id.in_(chunk)).values(next_poll_at=lease_until)
+                    update(w).where(w.c.order_id.in_(chunk)).values(leased_until=lease_until)
                 )
         return claims
 
-    async def release(self, order_ids: Sequence[str], *, now: datetime) -> None:
-        """Hand claimed orders back unpolled, due at once."""
+    async def release(self, order_ids: Sequence[str]) -> None:
+        """Hand claimed orders back unpolled; their schedule is unchanged."""
         async with self._engine.begin() as conn:
             for chunk in _chunks(list(order_ids)):
                 await conn.execute(
-                    update(w).where(w.c.order_id.in_(chunk)).values(next_poll_at=now)
+                    update(w).where(w.c.order_id.in_(chunk)).values(leased_until=None)
                 )
+
+    async def release_all(self) -> int:
+        """Drop every lease: a starting daemon takes over what a crashed one had claimed."""
+        async with self._engine.begin() as conn:
+            result = await conn.execute(
+                update(w).where(w.c.leased_until.is_not(None)).values(leased_until=None)
+            )
+        return result.rowcount
 
     async def record(self, outcomes: Sequence[PollOutcome]) -> list[Transition]:
         """Write poll outcomes in one transaction; returns the transitions stored."""
@@ -347,6 +372,7 @@ async def _record_change(conn: AsyncConnection, outcome: PollOutcome) -> list[Tr
 def _quiet_values(outcome: PollOutcome) -> dict[str, Any]:
     return {
         "next_poll_at": outcome.next_poll_at,
+        "leased_until": None,
         "last_polled_at": outcome.polled_at,
         "last_success_at": outcome.polled_at,
         "consecutive_failures": 0,
@@ -404,6 +430,7 @@ def _watched(row: Row[Any]) -> WatchedOrder:
         last_polled_at=row.last_polled_at,
         last_change_at=row.last_change_at,
         consecutive_failures=row.consecutive_failures,
+        last_error_kind=row.last_error_kind,
         last_error=row.last_error,
         retired_at=row.retired_at,
         removed_at=row.removed_at,

@@ -70,6 +70,7 @@ watched_orders = Table(
     Column("fingerprint", String(32)),
     Column("final_since", UTCDateTime),
     Column("next_poll_at", UTCDateTime),
+    Column("leased_until", UTCDateTime),
     Column("last_polled_at", UTCDateTime),
     Column("last_success_at", UTCDateTime),
     Column("last_change_at", UTCDateTime),

@@ -1,0 +1,177 @@
+"""The command line as a user runs it: a subprocess, a config file, a real upstream server."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+
+from tests.support import (
+    ROOT,
+    STATIC_TOKEN,
+    ScriptedUpstream,
+    error,
+    ok,
+    settings_mapping,
+    tracker_cli,
+    write_config,
+)
+
+A = "prdo_aaaaaaaaaaaaaaaaaaaaaaaa"
+B = "prdo_bbbbbbbbbbbbbbbbbbbbbbbb"
+Upstream = tuple[ScriptedUpstream, str]
+
+
+def config(tmp_path: Path, url: str, *, oauth: bool = False, **sections: dict[str, object]) -> str:
+    mapping = settings_mapping(tmp_path, url, oauth=oauth, **sections)
+    return str(write_config(tmp_path / "c.toml", mapping))
+
+
+class TestConfigurationErrors:
+    """Configuration and usage errors: one line naming what is wrong, exit 2."""
+
+    async def test_missing_config_names_the_path(self, tmp_path: Path) -> None:
+        ran = await tracker_cli("watch", "list", "--config", str(tmp_path / "none.toml"))
+        assert ran.code == 2
+        assert ran.err.strip().count("\n") == 0
+        assert "none.toml not found" in ran.err
+        assert "config.example.toml" in ran.err
+
+    async def test_unknown_key_names_the_key(self, tmp_path: Path) -> None:
+        path = tmp_path / "bad.toml"
+        path.write_text("[polling]\nintreval = 5\n")
+        ran = await tracker_cli("--config", str(path), "watch", "list")
+        assert ran.code == 2
+        assert "polling.intreval: unknown key" in ran.err
+        assert "Traceback" not in ran.err
+
+    async def test_env_config_is_used(self, tmp_path: Path) -> None:
+        path = tmp_path / "bad.toml"
+        path.write_text('[upstream]\ntoken = "${NOT_SET_ANYWHERE}"\n')
+        ran = await tracker_cli("watch", "list", env={"TRACKER_CONFIG": str(path)})
+        assert ran.code == 2
+        assert "NOT_SET_ANYWHERE is not set" in ran.err
+
+    async def test_invalid_order_id_is_refused(self, upstream: Upstream, tmp_path: Path) -> None:
+        _scripted, url = upstream
+        ran = await tracker_cli("watch", "add", "prdo_NOPE", "--config", config(tmp_path, url))
+        assert ran.code == 2
+        assert "invalid order id 'prdo_NOPE'" in ran.err
+
+    async def test_usage_error_is_exit_2(self, tmp_path: Path) -> None:
+        ran = await tracker_cli("watch", "list", "--bogus")
+        assert ran.code == 2
+
+
+class TestWatchPollHistory:
+    """watch add/list/remove, poll and history, with --config before or after the command."""
+
+    async def test_round_trip(self, upstream: Upstream, tmp_path: Path) -> None:
+        scripted, url = upstream
+        scripted.script(A, ok("ordered"), ok("checked"))
+        scripted.script(B, error(404))
+        path = config(tmp_path, url)
+        ids = tmp_path / "ids.txt"
+        ids.write_text(f"{B}\n\n# comment\n")
+
+        ran = await tracker_cli("--config", path, "watch", "add", A, "--file", str(ids))
+        assert ran.code == 0, ran.err
+        assert "watching 2 new order(s)" in ran.out
+
+        ran = await tracker_cli("poll", A, "--config", path)
+        assert ran.code == 0, ran.err
+        assert "first snapshot: ordered" in ran.out
+        ran = await tracker_cli("poll", "--all", "--config", path)
+        assert ran.code == 1  # B failed
+        assert f"{A}: ordered → checked (advance)" in ran.out
+        assert f"{B}: failed (not_found)" in ran.out
+
+        ran = await tracker_cli("watch", "list", "--json", "--config", path)
+        listed = {row["order_id"]: row for row in json.loads(ran.out)}
+        assert listed[A]["status"] == "checked"
+        assert listed[B]["last_error_kind"] == "not_found"
+        assert listed[B]["consecutive_failures"] == 1
+
+        ran = await tracker_cli("watch", "list", "--status", "checked", "--config", path)
+        assert A in ran.out
+        assert B not in ran.out
+
+        ran = await tracker_cli("history", A, "--json", "--config", path)
+        history = json.loads(ran.out)
+        assert history["order_id"] == A
+        assert history["status"] == "checked"
+        [moved] = history["transitions"]
+        assert moved["from_status"] == "ordered"
+        assert moved["to_status"] == "checked"
+        assert moved["event_id"].startswith("evt_")
+        assert moved["deliveries"] == []
+        assert [s["status"] for s in history["snapshots"]] == ["ordered", "checked"]
+
+        ran = await tracker_cli("history", A, "--config", path)
+        assert "ordered → checked" in ran.out
+
+        ran = await tracker_cli("watch", "remove", A, "--config", path)
+        assert "stopped watching 1 order(s)" in ran.out
+        ran = await tracker_cli("poll", A, "--config", path)
+        assert ran.code == 2
+        assert "not watched" in ran.err
+        ran = await tracker_cli("history", A, "--json", "--config", path)
+        assert json.loads(ran.out)["state"] == "removed"
+
+    async def test_db_upgrade(self, upstream: Upstream, tmp_path: Path) -> None:
+        _scripted, url = upstream
+        path = config(tmp_path, url)
+        first = await tracker_cli("db", "upgrade", "--config", path)
+        again = await tracker_cli("--config", path, "db", "upgrade")
+        assert first.code == again.code == 0
+        assert "migrated" in first.out
+        assert "up to date" in again.out
+
+
+class TestRunAsDaemon:
+    """`tracker run` polls on schedule, logs JSON without secrets, and stops cleanly on SIGTERM."""
+
+    async def test_sigterm_and_logs(self, upstream: Upstream, tmp_path: Path) -> None:
+        scripted, url = upstream
+        scripted.script(A, ok("ordered"), ok("checked"))
+        scripted.script(B, error(500))
+        path = config(
+            tmp_path, url, oauth=True, polling={"interval": 0.3}, watch={"orders": [A, B]}
+        )
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "tracker",
+            "run",
+            "--config",
+            path,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env={**os.environ},
+            cwd=ROOT,
+        )
+        for _ in range(100):
+            if scripted.polls(A) >= 2 and scripted.polls(B) >= 1:
+                break
+            await asyncio.sleep(0.1)
+        process.send_signal(signal.SIGTERM)
+        out, err = await asyncio.wait_for(process.communicate(), 15)
+        assert process.returncode == 0, err.decode()
+        events = [json.loads(line) for line in out.decode().splitlines()]
+        names = [e["event"] for e in events]
+        assert names[0] == "upstream_token_renewed" or "daemon_started" in names
+        assert "daemon_stopped" in names
+        detected = [e for e in events if e["event"] == "transition_detected"]
+        assert [(e["order_id"], e["from_status"], e["to_status"]) for e in detected] == [
+            (A, "ordered", "checked")
+        ]
+        failed = [e for e in events if e["event"] == "poll_failed"]
+        assert failed
+        assert failed[0]["order_id"] == B
+        assert failed[0]["request_id"] == "req_abc123"
+        logged = out.decode() + err.decode()
+        for secret in ("client-secret-under-test", STATIC_TOKEN, "_secretpart"):
+            assert secret not in logged

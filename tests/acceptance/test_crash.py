@@ -1,0 +1,85 @@
+"""The daemon SIGKILLed at random moments and restarted neither loses nor doubles a transition."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import signal
+import sys
+import time
+from pathlib import Path
+
+from tests.support import ROOT, settings_mapping, tracker_cli, write_config
+from tracker.simulator import demo_scripts
+
+STEP = 3.0  # seconds per simulated status; much longer than a restart takes
+TOKEN = "nom_crash_test_token"
+
+
+async def start(*args: str) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
+        env={**os.environ},
+        cwd=ROOT,
+    )
+
+
+class TestKillAndRestart:
+    """Every simulated status change is recorded exactly once across SIGKILLs."""
+
+    async def test_sigkill_loop(self, tmp_path: Path) -> None:
+        simulator = await start(
+            "-m", "tracker.simulator", "--port", "0", "--step", str(STEP), "--token", TOKEN
+        )
+        assert simulator.stdout is not None
+        announced = json.loads(await simulator.stdout.readline())
+        began = time.monotonic()
+        scripts = {s.order_id: s for s in demo_scripts(STEP)}
+        assert set(announced["orders"]) == set(scripts)
+        path = write_config(
+            tmp_path / "c.toml",
+            settings_mapping(
+                tmp_path,
+                announced["url"],
+                upstream={"token": TOKEN, "requests_per_second": 50, "timeout": 2},
+                polling={"interval": 0.4, "jitter": 0.1},
+                watch={"orders": announced["orders"]},
+                log={"level": "warning"},
+            ),
+        )
+        finish = max(sum(d for _s, d in s.steps[:-1]) for s in scripts.values()) + 3
+        rng = random.Random(7)
+        kills = 0
+        try:
+            while time.monotonic() - began < finish:
+                daemon = await start("-m", "tracker", "run", "--config", str(path))
+                await asyncio.sleep(rng.uniform(0.6, 2.5))
+                daemon.kill()
+                await daemon.wait()
+                kills += 1
+            daemon = await start("-m", "tracker", "run", "--config", str(path))
+            await asyncio.sleep(2.0)
+            daemon.send_signal(signal.SIGTERM)
+            assert await asyncio.wait_for(daemon.wait(), 15) == 0
+        finally:
+            simulator.kill()
+            await simulator.wait()
+        assert kills >= 5
+
+        for order_id, script in scripts.items():
+            ran = await tracker_cli("history", order_id, "--json", "--config", str(path))
+            history = json.loads(ran.out)
+            moves = [(t["from_status"], t["to_status"]) for t in history["transitions"]]
+            expected = [
+                (a, b) for (a, _), (b, _) in zip(script.steps, script.steps[1:], strict=False)
+            ]
+            assert moves == expected, order_id
+            assert len({t["event_id"] for t in history["transitions"]}) == len(moves)
+            times = [t["detected_at"] for t in history["transitions"]]
+            assert times == sorted(times)
+            assert history["status"] == script.steps[-1][0]
