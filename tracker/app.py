@@ -8,9 +8,13 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+import httpx
+
 from tracker.config import Settings
 from tracker.daemon import Daemon, TransitionListener
+from tracker.outbox import Dispatcher
 from tracker.poller import Poller
+from tracker.sinks import build_sinks, routes
 from tracker.store import Store, connect, upgrade
 from tracker.upstream import build_client
 
@@ -34,13 +38,43 @@ async def open_store(settings: Settings) -> AsyncIterator[Store]:
         await store.close()
 
 
+def delivery_lease(settings: Settings) -> timedelta:
+    """How long a claimed delivery is hidden from other ticks."""
+    return 2 * max(settings.delivery.timeout, settings.smtp.timeout) + LEASE_MARGIN
+
+
+@asynccontextmanager
+async def open_outbox(settings: Settings, store: Store) -> AsyncIterator[Dispatcher]:
+    """A dispatcher over the configured sinks; their HTTP client is closed afterwards."""
+    limit = settings.delivery.max_concurrency * max(len(settings.sinks), 1)
+    http = httpx.AsyncClient(
+        timeout=httpx.Timeout(settings.delivery.timeout.total_seconds()),
+        limits=httpx.Limits(max_connections=limit, max_keepalive_connections=limit),
+        follow_redirects=False,
+        trust_env=False,
+        headers={"User-Agent": "meter-order-tracker"},
+    )
+    try:
+        yield Dispatcher(
+            store=store,
+            sinks=build_sinks(settings, http),
+            backoff=settings.delivery.backoff,
+            clock=utc_now,
+            concurrency=settings.delivery.max_concurrency,
+            lease=delivery_lease(settings),
+        )
+    finally:
+        await http.aclose()
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Polling:
-    """What polling needs: the store and a poller on an open upstream client."""
+    """What polling needs: the store, a poller on an open upstream client, the outbox."""
 
     settings: Settings
     store: Store
     poller: Poller
+    dispatcher: Dispatcher
 
     @property
     def lease(self) -> timedelta:
@@ -61,19 +95,24 @@ class Polling:
             lease=self.lease,
             stop_grace=upstream.timeout.total_seconds() + 1,
             on_transition=on_transition,
+            dispatcher=self.dispatcher,
         )
 
 
 @asynccontextmanager
 async def open_polling(settings: Settings) -> AsyncIterator[Polling]:
     """Yield the store and a poller; configured orders are watched first."""
-    async with open_store(settings) as store:
+    async with open_store(settings) as store, open_outbox(settings, store) as dispatcher:
         client, http = build_client(settings.upstream)
         try:
             await store.watch_from_config(settings.watch.orders, now=utc_now())
             poller = Poller(
-                client=client, policy=settings.polling.policy(), clock=utc_now, rng=random.Random()
+                client=client,
+                policy=settings.polling.policy(),
+                clock=utc_now,
+                rng=random.Random(),
+                routes=routes(settings),
             )
-            yield Polling(settings=settings, store=store, poller=poller)
+            yield Polling(settings=settings, store=store, poller=poller, dispatcher=dispatcher)
         finally:
             await http.aclose()

@@ -5,23 +5,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import structlog
 from apscheduler.job import Job
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
+from tracker.batching import BatchWriter
 from tracker.model import Claim, Transition
+from tracker.outbox import Dispatcher
 from tracker.poller import Clock, Poller, log_transitions
 from tracker.store import PollOutcome, Store
 
 log = structlog.get_logger("tracker.daemon")
 
 TransitionListener = Callable[[Transition], None]
-
-#: How many outcomes the writer puts into one transaction at most.
-WRITE_BATCH = 200
 
 
 class Daemon:
@@ -46,6 +45,7 @@ class Daemon:
         stop_grace: float,
         tick: float = 1.0,
         on_transition: TransitionListener | None = None,
+        dispatcher: Dispatcher | None = None,
     ) -> None:
         self._store = store
         self._poller = poller
@@ -57,11 +57,15 @@ class Daemon:
         self._tick_seconds = tick
         self._on_transition = on_transition
         self._queue: asyncio.Queue[Claim | None] = asyncio.Queue(maxsize=capacity)
-        self._results: asyncio.Queue[PollOutcome | None] = asyncio.Queue()
+        self._writer: BatchWriter[PollOutcome] = BatchWriter(self._record, name="polls")
+        self._dispatcher = dispatcher
+        self._dispatch_job: Job | None = None
         self._in_flight: dict[str, Claim] = {}
         self._stopping = False
         self._tick_idle = asyncio.Event()
         self._tick_idle.set()
+        self._dispatch_idle = asyncio.Event()
+        self._dispatch_idle.set()
         self._more_due = False
         self._job: Job | None = None
         self.polls = 0
@@ -80,8 +84,19 @@ class Daemon:
             coalesce=True,
             misfire_grace_time=None,
         )
+        if self._dispatcher is not None:
+            self._dispatcher.start()
+            self._dispatch_job = scheduler.add_job(
+                self._dispatch,
+                "interval",
+                seconds=self._tick_seconds,
+                next_run_time=datetime.now(UTC),
+                max_instances=1,
+                coalesce=True,
+                misfire_grace_time=None,
+            )
         workers = [asyncio.create_task(self._work()) for _ in range(self._workers)]
-        writer = asyncio.create_task(self._write())
+        self._writer.start()
         scheduler.start()
         log.info("daemon_started", workers=self._workers, capacity=self._capacity)
         try:
@@ -90,8 +105,9 @@ class Daemon:
             self._stopping = True
             scheduler.pause()
             await self._tick_idle.wait()  # a claim in progress lands before claims are handed back
+            await self._dispatch_idle.wait()
             scheduler.shutdown(wait=False)
-            await self._shut_down(workers, writer)
+            await self._shut_down(workers)
         log.info("daemon_stopped", polls=self.polls)
 
     async def _tick(self) -> None:
@@ -112,6 +128,22 @@ class Daemon:
         finally:
             self._tick_idle.set()
 
+    async def _dispatch(self) -> None:
+        if self._stopping or self._dispatcher is None:
+            return
+        self._dispatch_idle.clear()
+        try:
+            await self._dispatcher.tick()
+        except Exception:
+            log.exception("dispatch_failed")
+        finally:
+            self._dispatch_idle.set()
+
+    def _dispatch_soon(self) -> None:
+        """New deliveries were stored: send them now rather than at the next interval."""
+        if self._dispatch_job is not None and not self._stopping:
+            self._dispatch_job.modify(next_run_time=datetime.now(UTC))
+
     def _refill_soon(self) -> None:
         """Run the tick now rather than at its next interval when more orders are due."""
         if (
@@ -131,39 +163,19 @@ class Daemon:
                 outcome = await self._poller.poll(claim)
             finally:
                 del self._in_flight[claim.order_id]
-            self._results.put_nowait(outcome)
+            self._writer.put(outcome)
             self.polls += 1
 
-    async def _write(self) -> None:
-        """Record outcomes in batches until the ``None`` that ends the run."""
-        done = False
-        while not done:
-            batch: list[PollOutcome] = []
-            item = await self._results.get()
-            while item is not None:
-                batch.append(item)
-                if len(batch) >= WRITE_BATCH or self._results.empty():
-                    break
-                item = self._results.get_nowait()
-            done = item is None
-            if batch:
-                await self._record(batch)
-
-    async def _record(self, batch: Sequence[PollOutcome]) -> None:
-        try:
-            transitions = await self._store.record(batch)
-        except Exception:
-            # The claims' leases expire and the orders are polled again: nothing is lost.
-            log.exception("record_failed", outcomes=len(batch))
-            return
+    async def _record(self, batch: list[PollOutcome]) -> None:
+        transitions = await self._store.record(batch)
         log_transitions(transitions)
         if self._on_transition is not None:
             for transition in transitions:
                 self._on_transition(transition)
+        if any(outcome.sinks for outcome in batch):
+            self._dispatch_soon()
 
-    async def _shut_down(
-        self, workers: list[asyncio.Task[None]], writer: asyncio.Task[None]
-    ) -> None:
+    async def _shut_down(self, workers: list[asyncio.Task[None]]) -> None:
         waiting: list[str] = []
         while not self._queue.empty():
             if (claim := self._queue.get_nowait()) is not None:
@@ -176,8 +188,9 @@ class Daemon:
         for task in late:
             task.cancel()
         await asyncio.gather(*workers, return_exceptions=True)
-        self._results.put_nowait(None)
-        await writer
+        await self._writer.close()
+        if self._dispatcher is not None:
+            await self._dispatcher.stop(self._stop_grace)
         if waiting or abandoned:
             await self._store.release(waiting + abandoned)
             log.info("polls_handed_back", waiting=len(waiting), abandoned=len(abandoned))

@@ -5,6 +5,7 @@ Pure: standard library only, no I/O.
 
 from __future__ import annotations
 
+import enum
 import hashlib
 import json
 import re
@@ -165,3 +166,54 @@ class Claim:
     fingerprint: str | None
     final_since: datetime | None
     consecutive_failures: int
+
+
+class DeliveryState(enum.StrEnum):
+    """Where a delivery of one event to one sink stands."""
+
+    #: Not yet delivered; attempted when ``next_attempt_at`` comes.
+    PENDING = "pending"
+    #: The sink accepted it.
+    DELIVERED = "delivered"
+    #: Every attempt failed (or the receiver answered 410 Gone); retried only by hand.
+    DEAD = "dead"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Delivery:
+    """One event's delivery to one sink, as stored."""
+
+    event_id: str
+    order_id: str
+    sink: str
+    state: DeliveryState
+    attempts: int
+    next_attempt_at: datetime
+    last_attempt_at: datetime | None
+    last_status: int | None
+    last_error: str | None
+    delivered_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DueDelivery:
+    """A delivery claimed for an attempt, with the event body to send."""
+
+    id: int
+    event_id: str
+    sink: str
+    attempts: int
+    payload: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SendResult:
+    """What one attempt got from the receiver."""
+
+    ok: bool
+    status: int | None = None
+    error: str | None = None
+    #: Seconds the receiver asked us to wait (``Retry-After``).
+    retry_after: float | None = None
+    #: The receiver asked us to stop for good (410 Gone).
+    gone: bool = False

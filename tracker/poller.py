@@ -3,20 +3,31 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import os
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
+from typing import Any
 
 import structlog
 
 from tracker.diff import decide
 from tracker.errors import RateLimited, UpstreamError
-from tracker.model import Claim, Transition
+from tracker.model import Claim, MeterOrder, StatusChange, Transition
+from tracker.routing import route
 from tracker.schedule import PollingPolicy
+from tracker.sinks.render import event_body
 from tracker.store import PollOutcome, Store
 from tracker.upstream import NomosClient
 
 log = structlog.get_logger("tracker.poller")
+
+
+def new_event_id() -> str:
+    """A fresh, unguessable event id: ``evt_`` + 24 lower-case base32 characters."""
+    return "evt_" + base64.b32encode(os.urandom(15)).decode().lower()
+
 
 Clock = Callable[[], datetime]
 
@@ -25,12 +36,19 @@ class Poller:
     """Turns a claimed order into a :class:`PollOutcome`; it writes nothing itself."""
 
     def __init__(
-        self, *, client: NomosClient, policy: PollingPolicy, clock: Clock, rng: random.Random
+        self,
+        *,
+        client: NomosClient,
+        policy: PollingPolicy,
+        clock: Clock,
+        rng: random.Random,
+        routes: Mapping[str, Sequence[str]] | None = None,
     ) -> None:
         self._client = client
         self._policy = policy
         self._clock = clock
         self._rng = rng
+        self._routes = routes or {}
 
     async def poll(self, claim: Claim) -> PollOutcome:
         """Fetch the order and decide; an upstream failure becomes a failed outcome."""
@@ -46,6 +64,9 @@ class Poller:
             if decision.store_snapshot and not order.provider_known:
                 log.warning("unknown_provider", provider=order.provider)
             final_since = self._policy.final_since(claim.final_since, order.status, now)
+            event: dict[str, Any] = {}
+            if decision.change is not None:
+                event = self._event(order, decision.change, now)
             return PollOutcome(
                 claim=claim,
                 polled_at=now,
@@ -54,7 +75,22 @@ class Poller:
                 decision=decision,
                 final_since=final_since,
                 retire=decision.change is None and self._policy.should_retire(final_since, now),
+                **event,
             )
+
+    def _event(self, order: MeterOrder, change: StatusChange, now: datetime) -> dict[str, Any]:
+        """A fresh event id, the body every sink gets, and the sinks whose patterns match."""
+        event_id = new_event_id()
+        payload = event_body(
+            event_id=event_id,
+            order_id=order.id,
+            from_status=change.from_status,
+            to_status=change.to_status,
+            detected_at=now,
+            order_raw=order.raw,
+        )
+        sinks = route(self._routes, change.from_status, change.to_status)
+        return {"event_id": event_id, "payload": payload, "sinks": sinks}
 
     def _failed(self, claim: Claim, exc: UpstreamError) -> PollOutcome:
         now = self._clock()

@@ -6,7 +6,7 @@ Pure: standard library only, no I/O. Randomness comes from the ``random.Random``
 from __future__ import annotations
 
 import random
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -77,3 +77,35 @@ class PollingPolicy:
     def _jittered(interval: timedelta, jitter: timedelta, rng: random.Random) -> timedelta:
         offset = (rng.random() * 2 - 1) * jitter
         return max(interval + offset, _SHORTEST)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DeliveryPlan:
+    """What to do with a delivery after an attempt."""
+
+    state: str
+    next_attempt_at: datetime
+
+
+def plan_delivery(
+    backoff: Sequence[timedelta],
+    attempts: int,
+    now: datetime,
+    *,
+    ok: bool,
+    gone: bool = False,
+    retry_after: float | None = None,
+) -> DeliveryPlan:
+    """After the ``attempts``-th attempt: delivered, retried after ``backoff``, or dead.
+
+    ``backoff`` lists the waits between attempts, so a delivery gets ``len(backoff) + 1``
+    attempts. A longer ``Retry-After`` from the receiver wins over the scheduled wait.
+    """
+    if ok:
+        return DeliveryPlan(state="delivered", next_attempt_at=now)
+    if gone or attempts > len(backoff):
+        return DeliveryPlan(state="dead", next_attempt_at=now)
+    wait = backoff[attempts - 1]
+    if retry_after is not None:
+        wait = max(wait, timedelta(seconds=retry_after))
+    return DeliveryPlan(state="pending", next_attempt_at=now + wait)

@@ -18,7 +18,7 @@ class TestMigrations:
 
     def test_migrations_build_exactly_the_models(self, tmp_path: Path) -> None:
         url = f"sqlite:///{tmp_path / 'm.db'}"
-        assert upgrade(url) == ["empty -> 0001"]
+        assert upgrade(url) == ["empty -> 0002"]
         engine = create_engine(url)
         with engine.connect() as conn:
             context = MigrationContext.configure(conn, opts={"compare_type": True})

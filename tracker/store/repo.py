@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import os
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -26,23 +24,21 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from tracker.diff import Decision
 from tracker.model import (
     Claim,
+    Delivery,
+    DeliveryState,
+    DueDelivery,
     MeterOrder,
     Snapshot,
     Transition,
     WatchedOrder,
     parse_timestamp,
 )
-from tracker.store.tables import snapshots, transitions, watched_orders
+from tracker.store.tables import deliveries, snapshots, transitions, watched_orders
 
 w = watched_orders
 
 #: How many rows one statement writes or one fetch reads at most.
 BATCH = 500
-
-
-def new_event_id() -> str:
-    """A fresh, unguessable event id: ``evt_`` + 24 lower-case base32 characters."""
-    return "evt_" + base64.b32encode(os.urandom(15)).decode().lower()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -55,6 +51,10 @@ class PollOutcome:
     #: Set on success.
     order: MeterOrder | None = None
     decision: Decision | None = None
+    #: Set when the status changed: the event's id, its body and the sinks it goes to.
+    event_id: str | None = None
+    payload: str | None = None
+    sinks: tuple[str, ...] = ()
     final_since: datetime | None = None
     retire: bool = False
     #: Set on failure.
@@ -69,6 +69,21 @@ class History:
     order: WatchedOrder
     snapshots: tuple[Snapshot, ...]
     transitions: tuple[Transition, ...]
+    #: Each transition's deliveries, by event id.
+    deliveries: dict[str, tuple[Delivery, ...]]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Attempt:
+    """One finished delivery attempt and what follows from it."""
+
+    delivery_id: int
+    at: datetime
+    attempts: int
+    state: str
+    next_attempt_at: datetime
+    status: int | None
+    error: str | None
 
 
 _QUIET = (
@@ -234,10 +249,13 @@ class Store:
     async def release_all(self) -> int:
         """Drop every lease: a starting daemon takes over what a crashed one had claimed."""
         async with self._engine.begin() as conn:
-            result = await conn.execute(
-                update(w).where(w.c.leased_until.is_not(None)).values(leased_until=None)
-            )
-        return result.rowcount
+            taken = 0
+            for table in (w, deliveries):
+                result = await conn.execute(
+                    update(table).where(table.c.leased_until.is_not(None)).values(leased_until=None)
+                )
+                taken += result.rowcount
+        return taken
 
     async def record(self, outcomes: Sequence[PollOutcome]) -> list[Transition]:
         """Write poll outcomes in one transaction; returns the transitions stored."""
@@ -258,6 +276,124 @@ class Store:
                 await conn.execute(_FAILED, failed)
         return stored
 
+    # -- the outbox -------------------------------------------------------------------------
+
+    async def claim_deliveries(
+        self, *, sink: str, now: datetime, limit: int, lease_until: datetime
+    ) -> list[DueDelivery]:
+        """Take up to ``limit`` due pending deliveries of one sink, oldest due first."""
+        d = deliveries
+        async with self._engine.begin() as conn:
+            rows = (
+                await conn.execute(
+                    select(d.c.id, d.c.event_id, d.c.sink, d.c.attempts, transitions.c.payload)
+                    .join(transitions, transitions.c.event_id == d.c.event_id)
+                    .where(
+                        d.c.state == DeliveryState.PENDING,
+                        d.c.sink == sink,
+                        d.c.next_attempt_at <= now,
+                        or_(d.c.leased_until.is_(None), d.c.leased_until <= now),
+                    )
+                    .order_by(d.c.next_attempt_at)
+                    .limit(limit)
+                    .with_for_update(skip_locked=True, of=d)
+                )
+            ).all()
+            if rows:
+                await conn.execute(
+                    update(d)
+                    .where(d.c.id.in_([row.id for row in rows]))
+                    .values(leased_until=lease_until)
+                )
+        return [
+            DueDelivery(
+                id=row.id,
+                event_id=row.event_id,
+                sink=row.sink,
+                attempts=row.attempts,
+                payload=row.payload or "",
+            )
+            for row in rows
+        ]
+
+    async def record_attempts(self, attempts: Sequence[Attempt]) -> None:
+        """Write finished attempts in one transaction."""
+        if not attempts:
+            return
+        d = deliveries
+        statement = (
+            update(d)
+            .where(d.c.id == bindparam("b_id"))
+            .values(
+                state=bindparam("b_state"),
+                attempts=bindparam("b_attempts"),
+                next_attempt_at=bindparam("b_next"),
+                leased_until=None,
+                last_attempt_at=bindparam("b_at"),
+                last_status=bindparam("b_status"),
+                last_error=bindparam("b_error"),
+                delivered_at=bindparam("b_delivered"),
+            )
+        )
+        params = [
+            {
+                "b_id": a.delivery_id,
+                "b_state": a.state,
+                "b_attempts": a.attempts,
+                "b_next": a.next_attempt_at,
+                "b_at": a.at,
+                "b_status": a.status,
+                "b_error": a.error,
+                "b_delivered": a.at if a.state == DeliveryState.DELIVERED else None,
+            }
+            for a in attempts
+        ]
+        async with self._engine.begin() as conn:
+            await conn.execute(statement, params)
+
+    async def release_deliveries(self, delivery_ids: Sequence[int]) -> None:
+        """Hand claimed deliveries back unattempted."""
+        async with self._engine.begin() as conn:
+            for start in range(0, len(delivery_ids), BATCH):
+                chunk = delivery_ids[start : start + BATCH]
+                await conn.execute(
+                    update(deliveries).where(deliveries.c.id.in_(chunk)).values(leased_until=None)
+                )
+
+    async def retry_deliveries(
+        self, *, event_ids: Sequence[str] = (), all_dead: bool = False, now: datetime
+    ) -> int:
+        """Make dead (or the given events') undelivered deliveries pending again, due now."""
+        d = deliveries
+        chosen = (
+            d.c.state == DeliveryState.DEAD
+            if all_dead
+            else and_(d.c.event_id.in_(event_ids), d.c.state != DeliveryState.DELIVERED)
+        )
+        async with self._engine.begin() as conn:
+            result = await conn.execute(
+                update(d)
+                .where(chosen)
+                .values(
+                    state=DeliveryState.PENDING, attempts=0, next_attempt_at=now, leased_until=None
+                )
+            )
+        return result.rowcount
+
+    async def deliveries(
+        self, *, state: str | None = None, sink: str | None = None
+    ) -> AsyncIterator[Delivery]:
+        """Deliveries, oldest first, streamed."""
+        query = _DELIVERY_ROWS.order_by(deliveries.c.id)
+        if state is not None:
+            query = query.where(deliveries.c.state == state)
+        if sink is not None:
+            query = query.where(deliveries.c.sink == sink)
+        async with self._engine.connect() as conn:
+            result = await conn.stream(query.execution_options(yield_per=BATCH))
+            async for row in result:
+                yield _delivery(row)
+
     # -- reading history --------------------------------------------------------------------
 
     async def history(self, order_id: str) -> History | None:
@@ -274,10 +410,17 @@ class Store:
                 .where(transitions.c.order_id == order_id)
                 .order_by(transitions.c.id)
             )
+            sent = await conn.execute(
+                _DELIVERY_ROWS.where(transitions.c.order_id == order_id).order_by(deliveries.c.id)
+            )
+            by_event: dict[str, list[Delivery]] = {}
+            for delivery in sent:
+                by_event.setdefault(delivery.event_id, []).append(_delivery(delivery))
             return History(
                 order=_watched(row),
                 snapshots=tuple(_snapshot(s) for s in snaps),
                 transitions=tuple(_transition(t) for t in moves),
+                deliveries={event: tuple(items) for event, items in by_event.items()},
             )
 
     async def counts(self) -> dict[str, int]:
@@ -290,6 +433,19 @@ class Store:
                 for table in (watched_orders, snapshots, transitions)
             }
 
+
+_DELIVERY_ROWS = select(
+    deliveries.c.event_id,
+    transitions.c.order_id,
+    deliveries.c.sink,
+    deliveries.c.state,
+    deliveries.c.attempts,
+    deliveries.c.next_attempt_at,
+    deliveries.c.last_attempt_at,
+    deliveries.c.last_status,
+    deliveries.c.last_error,
+    deliveries.c.delivered_at,
+).join(transitions, transitions.c.event_id == deliveries.c.event_id)
 
 _CLAIM_COLUMNS = (
     w.c.order_id,
@@ -342,10 +498,10 @@ async def _record_change(conn: AsyncConnection, outcome: PollOutcome) -> list[Tr
         )
     ).scalar_one()
     change = decision.change
-    if change is None:
+    if change is None or outcome.event_id is None:
         return []
     transition = Transition(
-        event_id=new_event_id(),
+        event_id=outcome.event_id,
         order_id=order.id,
         from_status=change.from_status,
         to_status=change.to_status,
@@ -364,8 +520,25 @@ async def _record_change(conn: AsyncConnection, outcome: PollOutcome) -> list[Tr
             skipped=",".join(transition.skipped),
             detected_at=transition.detected_at,
             snapshot_id=snapshot_id,
+            payload=outcome.payload,
         )
     )
+    if outcome.sinks:
+        # The outbox rows land in the same transaction as the transition: none can be lost.
+        await conn.execute(
+            insert(deliveries),
+            [
+                {
+                    "event_id": transition.event_id,
+                    "sink": sink,
+                    "state": DeliveryState.PENDING,
+                    "attempts": 0,
+                    "created_at": outcome.polled_at,
+                    "next_attempt_at": outcome.polled_at,
+                }
+                for sink in outcome.sinks
+            ],
+        )
     return [transition]
 
 
@@ -445,6 +618,21 @@ def _snapshot(row: Row[Any]) -> Snapshot:
         provider=row.provider,
         observed_at=row.observed_at,
         raw=row.raw,
+    )
+
+
+def _delivery(row: Row[*tuple[Any, ...]]) -> Delivery:
+    return Delivery(
+        event_id=row.event_id,
+        order_id=row.order_id,
+        sink=row.sink,
+        state=DeliveryState(row.state),
+        attempts=row.attempts,
+        next_attempt_at=row.next_attempt_at,
+        last_attempt_at=row.last_attempt_at,
+        last_status=row.last_status,
+        last_error=row.last_error,
+        delivered_at=row.delivered_at,
     )
 
 

@@ -19,6 +19,7 @@ from sqlalchemy import (
     Table,
     Text,
     TypeDecorator,
+    UniqueConstraint,
 )
 
 
@@ -108,5 +109,26 @@ transitions = Table(
     Column("skipped", String(400), nullable=False, default=""),
     Column("detected_at", UTCDateTime, nullable=False),
     Column("snapshot_id", RowId, ForeignKey("snapshots.id"), nullable=False),
+    #: The webhook body, rendered once so that every attempt sends the same bytes.
+    Column("payload", Text),
     Index(None, "order_id", "id"),
+)
+
+deliveries = Table(
+    "deliveries",
+    metadata,
+    Column("id", RowId, primary_key=True, autoincrement=True),
+    Column("event_id", String(40), ForeignKey("transitions.event_id"), nullable=False),
+    Column("sink", String(64), nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("next_attempt_at", UTCDateTime, nullable=False),
+    Column("leased_until", UTCDateTime),
+    Column("last_attempt_at", UTCDateTime),
+    Column("last_status", Integer),
+    Column("last_error", Text),
+    Column("delivered_at", UTCDateTime),
+    UniqueConstraint("event_id", "sink"),
+    Index(None, "state", "sink", "next_attempt_at"),
 )

@@ -1,0 +1,68 @@
+"""Event payloads and message texts, rendered from stored values only.
+
+Pure: standard library only, no I/O.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import datetime
+from typing import Any
+
+EVENT_TYPE = "meter_order.status_changed"
+TEST_EVENT_TYPE = "meter_order.test"
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
+
+
+def timestamp(moment: datetime) -> str:
+    """``2026-11-29T12:00:00.123456Z``: UTC with microseconds, as the contract shows."""
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def event_body(
+    *,
+    event_id: str,
+    order_id: str,
+    from_status: str,
+    to_status: str,
+    detected_at: datetime,
+    order_raw: str,
+    event_type: str = EVENT_TYPE,
+) -> str:
+    """The webhook body of a transition; stored once so every attempt sends the same bytes."""
+    body = {
+        "type": event_type,
+        "timestamp": timestamp(detected_at),
+        "data": {
+            "event_id": event_id,
+            "order_id": order_id,
+            "from_status": from_status,
+            "to_status": to_status,
+            "detected_at": timestamp(detected_at),
+            "order": json.loads(order_raw),
+        },
+    }
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":"))
+
+
+def one_line(value: object, limit: int = 200) -> str:
+    """A value made safe for a mail header: no CR, LF or other control characters."""
+    return _CONTROL.sub(" ", str(value)).strip()[:limit]
+
+
+def message_context(payload: str) -> dict[str, Any]:
+    """What the e-mail templates see, taken from the stored event body."""
+    body = json.loads(payload)
+    data = body["data"]
+    order = data.get("order") or {}
+    return {
+        "test": body.get("type") == TEST_EVENT_TYPE,
+        "event_id": data["event_id"],
+        "order_id": data["order_id"],
+        "from_status": data["from_status"],
+        "to_status": data["to_status"],
+        "detected_at": data["detected_at"],
+        "provider": order.get("provider", "unknown") if isinstance(order, dict) else "unknown",
+        "order": order,
+    }

@@ -1,0 +1,73 @@
+"""Standard Webhooks: signed POSTs of the stored event body."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import time
+from collections.abc import Callable
+
+import httpx
+
+from tracker.config import WebhookSinkSettings
+from tracker.model import DueDelivery, SendResult
+
+
+def sign(key: bytes, event_id: str, timestamp: int, body: bytes) -> str:
+    """The ``webhook-signature`` value: ``v1,`` + base64 HMAC-SHA256 of ``id.timestamp.body``."""
+    message = b"%s.%d.%s" % (event_id.encode(), timestamp, body)
+    return "v1," + base64.b64encode(hmac.digest(key, message, hashlib.sha256)).decode()
+
+
+class WebhookSink:
+    """POSTs each event to ``url`` with Standard Webhooks headers."""
+
+    def __init__(
+        self,
+        settings: WebhookSinkSettings,
+        http: httpx.AsyncClient,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.name = settings.name
+        self._url = settings.url
+        self._key = base64.b64decode(settings.secret.get_secret_value().removeprefix("whsec_"))
+        self._http = http
+        self._clock = clock
+
+    async def send(self, delivery: DueDelivery) -> SendResult:
+        """POST once; 2xx is success, 410 asks us to stop, anything else is retried."""
+        body = delivery.payload.encode()
+        timestamp = int(self._clock())
+        headers = {
+            "webhook-id": delivery.event_id,
+            "webhook-timestamp": str(timestamp),
+            "webhook-signature": sign(self._key, delivery.event_id, timestamp, body),
+            "content-type": "application/json",
+        }
+        try:
+            response = await self._http.post(self._url, content=body, headers=headers)
+        except httpx.TimeoutException as exc:
+            return SendResult(ok=False, error=f"timed out: {type(exc).__name__}")
+        except httpx.TransportError as exc:
+            return SendResult(ok=False, error=f"connection failed: {type(exc).__name__}: {exc}")
+        status = response.status_code
+        if 200 <= status < 300:
+            return SendResult(ok=True, status=status)
+        return SendResult(
+            ok=False,
+            status=status,
+            error=f"HTTP {status}",
+            retry_after=_retry_after(response.headers.get("retry-after")),
+            gone=status == 410,
+        )
+
+
+def _retry_after(value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        return None
+    return seconds if 0 <= seconds <= 86400 else None
