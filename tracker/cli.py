@@ -14,14 +14,24 @@ import typer
 from rich.console import Console
 
 from tracker import config as config_module
-from tracker.app import open_polling, open_store, utc_now
+from tracker.app import delivery_lease, open_outbox, open_polling, open_store, utc_now
 from tracker.config import LogSettings, Settings
 from tracker.errors import ConfigError, TrackerError
 from tracker.logs import configure as configure_logs
-from tracker.model import validate_order_id
+from tracker.model import DeliveryState, SendResult, validate_order_id
 from tracker.poller import poll_now
 from tracker.store import upgrade
-from tracker.views import history_json, history_rich, outcome_line, watched_json, watched_table
+from tracker.views import (
+    attempt_line,
+    deliveries_json,
+    deliveries_table,
+    history_json,
+    history_rich,
+    outcome_line,
+    test_delivery,
+    watched_json,
+    watched_table,
+)
 
 T = TypeVar("T")
 
@@ -33,8 +43,12 @@ app = typer.Typer(
 )
 db_app = typer.Typer(no_args_is_help=True, help="The database.")
 watch_app = typer.Typer(no_args_is_help=True, help="Which orders are watched.")
+deliveries_app = typer.Typer(no_args_is_help=True, help="The delivery outbox.")
+sinks_app = typer.Typer(no_args_is_help=True, help="The configured sinks.")
 app.add_typer(db_app, name="db")
 app.add_typer(watch_app, name="watch")
+app.add_typer(deliveries_app, name="deliveries")
+app.add_typer(sinks_app, name="sinks")
 
 ConfigOption = Annotated[
     str | None,
@@ -210,6 +224,88 @@ def history(
             out.print(history_rich(found))
 
     _run(read())
+
+
+@deliveries_app.command("list")
+def deliveries_list(
+    ctx: typer.Context,
+    state: Annotated[
+        DeliveryState | None, typer.Option("--state", help="Only deliveries in STATE.")
+    ] = None,
+    sink: Annotated[str | None, typer.Option("--sink", help="Only deliveries to SINK.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON array.")] = False,
+    config: ConfigOption = None,
+) -> None:
+    """Deliveries, oldest first, with their state, attempts and last answer."""
+    settings = _settings(ctx, config)
+
+    async def listing() -> None:
+        async with open_store(settings) as store:
+            rows = store.deliveries(state=state.value if state else None, sink=sink)
+            if as_json:
+                await deliveries_json(rows, sys.stdout)
+            else:
+                out.print(await deliveries_table(rows))
+
+    _run(listing())
+
+
+@deliveries_app.command("retry")
+def deliveries_retry(
+    ctx: typer.Context,
+    event_ids: Annotated[list[str] | None, typer.Argument(metavar="EVENT_ID...")] = None,
+    all_dead: Annotated[bool, typer.Option("--all-dead", help="Every dead delivery.")] = False,
+    config: ConfigOption = None,
+) -> None:
+    """Make deliveries pending again and attempt them once now."""
+    settings = _settings(ctx, config)
+    if all_dead == bool(event_ids):
+        raise ConfigError("give EVENT_IDs or --all-dead (one of them)")
+
+    async def retry() -> bool:
+        async with open_store(settings) as store, open_outbox(settings, store) as dispatcher:
+            count = await store.retry_deliveries(
+                event_ids=event_ids or (), all_dead=all_dead, now=utc_now()
+            )
+            out.print(f"{count} delivery(ies) pending again")
+            attempts = []
+            for name in dispatcher.sinks:
+                now = utc_now()
+                due = await store.claim_deliveries(
+                    sink=name, now=now, limit=10_000, lease_until=now + delivery_lease(settings)
+                )
+                attempts += await dispatcher.deliver(due)
+            for attempt in attempts:
+                out.print(attempt_line(attempt))
+            return all(a.state == DeliveryState.DELIVERED for a in attempts)
+
+    if not _run(retry()):
+        raise typer.Exit(1)
+
+
+@sinks_app.command("test")
+def sinks_test(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(metavar="NAME")],
+    config: ConfigOption = None,
+) -> None:
+    """Send a clearly marked test event to one sink and show the receiver's answer."""
+    settings = _settings(ctx, config)
+
+    async def send() -> SendResult:
+        async with open_store(settings) as store, open_outbox(settings, store) as dispatcher:
+            sink = dispatcher.sinks.get(name)
+            if sink is None:
+                known = ", ".join(dispatcher.sinks) or "none configured"
+                raise ConfigError(f"no sink named {name!r}; sinks: {known}")
+            return await sink.send(test_delivery(name, utc_now()))
+
+    result = _run(send())
+    if result.ok:
+        out.print(f"{name}: delivered (answer {result.status})")
+        return
+    out.print(f"{name}: failed: {result.error}")
+    raise typer.Exit(1)
 
 
 @app.command("run")

@@ -66,6 +66,7 @@ class Daemon:
         self._tick_idle.set()
         self._dispatch_idle = asyncio.Event()
         self._dispatch_idle.set()
+        self._dispatch_again = False
         self._more_due = False
         self._job: Job | None = None
         self.polls = 0
@@ -133,7 +134,10 @@ class Daemon:
             return
         self._dispatch_idle.clear()
         try:
-            await self._dispatcher.tick()
+            self._dispatch_again = True
+            while self._dispatch_again and not self._stopping:
+                self._dispatch_again = False
+                await self._dispatcher.tick()
         except Exception:
             log.exception("dispatch_failed")
         finally:
@@ -141,8 +145,12 @@ class Daemon:
 
     def _dispatch_soon(self) -> None:
         """New deliveries were stored: send them now rather than at the next interval."""
-        if self._dispatch_job is not None and not self._stopping:
+        if self._dispatch_job is None or self._stopping:
+            return
+        if self._dispatch_idle.is_set():
             self._dispatch_job.modify(next_run_time=datetime.now(UTC))
+        else:
+            self._dispatch_again = True  # the running dispatch goes round once more
 
     def _refill_soon(self) -> None:
         """Run the tick now rather than at its next interval when more orders are due."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import signal
 import tempfile
@@ -11,12 +12,14 @@ from collections import Counter
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from tracker.app import open_polling
 from tracker.config import Settings
 from tracker.httpserver import HttpServer
 from tracker.model import Transition
+from tracker.receivers import MailCatcher, WebhookReceiver, start_mail_catcher
 from tracker.simulator import DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, Simulator, demo_scripts
 
 #: Seconds each simulated status lasts, before per-order staggering.
@@ -32,7 +35,12 @@ _STYLE = {
 }
 
 
-def demo_settings(base_url: str, database: Path, order_ids: list[str]) -> Settings:
+DEMO_WEBHOOK_SECRET = "whsec_" + base64.b64encode(b"tracker-demo-signing-key").decode()
+
+
+def demo_settings(
+    base_url: str, database: Path, order_ids: list[str], webhook_url: str, smtp_port: int
+) -> Settings:
     """The embedded default: OAuth against the simulator, fast polling, the real budget."""
     return Settings.model_validate(
         {
@@ -47,6 +55,27 @@ def demo_settings(base_url: str, database: Path, order_ids: list[str]) -> Settin
             "database": {"url": f"sqlite:///{database}"},
             "polling": {"interval": 2, "jitter": 0.3, "final_grace": 6},
             "watch": {"orders": order_ids},
+            "delivery": {"backoff": ["1s", "2s", "5s"], "timeout": 5},
+            "smtp": {
+                "host": "127.0.0.1",
+                "port": smtp_port,
+                "from": "Tracker demo <demo@localhost>",
+            },
+            "sinks": [
+                {
+                    "name": "ops",
+                    "type": "webhook",
+                    "url": webhook_url,
+                    "secret": DEMO_WEBHOOK_SECRET,
+                    "on": ["*"],
+                },
+                {
+                    "name": "support",
+                    "type": "email",
+                    "to": ["support@example.com"],
+                    "on": ["*->blocked", "*->blocked_wim", "*->cancelled"],
+                },
+            ],
         }
     )
 
@@ -59,21 +88,35 @@ async def run_demo(*, duration: float, console: Console) -> None:
     started = time.monotonic()
     seen: list[Transition] = []
 
+    def elapsed() -> str:
+        return f"[dim]{time.monotonic() - started:5.1f}s[/dim]"
+
+    def receiver_says(text: str) -> None:
+        console.print(f"{elapsed()}      [cyan]↳ {escape(text)}[/cyan]")
+
     def show(transition: Transition) -> None:
         seen.append(transition)
         style = _STYLE.get(transition.kind, "white")
         console.print(
-            f"[dim]{time.monotonic() - started:5.1f}s[/dim]  {transition.order_id}  "
+            f"{elapsed()}  {transition.order_id}  "
             f"{transition.from_status} → [{style}]{transition.to_status}[/{style}]  "
             f"[dim]({transition.kind})[/dim]"
         )
 
+    receiver = WebhookReceiver(DEMO_WEBHOOK_SECRET, receiver_says, fail_first=1)
+    catcher = MailCatcher(receiver_says)
+    mail_server, smtp_port = await start_mail_catcher(catcher)
     with tempfile.TemporaryDirectory(prefix="tracker-demo-") as folder:
-        async with HttpServer(simulator) as server:
-            settings = demo_settings(server.url, Path(folder) / "demo.db", simulator.order_ids)
+        async with HttpServer(simulator) as server, HttpServer(receiver) as hooks:
+            settings = demo_settings(
+                server.url, Path(folder) / "demo.db", simulator.order_ids, hooks.url, smtp_port
+            )
             console.print(
                 f"[bold]tracker demo[/bold]: {len(scripts)} simulated orders at {server.url}, "
-                f"polled every 2 s within 8 requests/s; Ctrl-C ends it early.\n"
+                f"polled every 2 s within 8 requests/s.\nSinks: webhook [bold]ops[/bold] "
+                f"(every transition, signed, to {hooks.url}) and e-mail [bold]support[/bold] "
+                f"(blocked and cancelled, to a local SMTP catcher on port {smtp_port}).\n"
+                "Ctrl-C ends it early.\n"
             )
             async with open_polling(settings) as polling:
                 stop = asyncio.Event()
@@ -88,7 +131,15 @@ async def run_demo(*, duration: float, console: Console) -> None:
                         loop.remove_signal_handler(sig)
                 counts = await polling.store.counts()
                 statuses = {order.order_id: order.status async for order in polling.store.watched()}
-        _summary(console, simulator, statuses, seen, counts, daemon.polls)
+                states = Counter([d.state.value async for d in polling.store.deliveries()])
+    mail_server.close()
+    await mail_server.wait_closed()
+    _summary(console, simulator, statuses, seen, counts, daemon.polls)
+    console.print(
+        f"deliveries: {len(receiver.received)} webhooks received with verified signatures, "
+        f"{len(catcher.messages)} mails caught; outbox: "
+        + ", ".join(f"{n} {state}" for state, n in sorted(states.items()))
+    )
 
 
 def _summary(  # noqa: PLR0917 - one call site; the pieces of the report

@@ -11,9 +11,9 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from tracker.model import Transition, WatchedOrder
-from tracker.store import PollOutcome
-from tracker.store.repo import History
+from tracker.model import Delivery, DeliveryState, DueDelivery, Transition, WatchedOrder
+from tracker.sinks.render import TEST_EVENT_TYPE, event_body
+from tracker.store import Attempt, History, PollOutcome
 
 
 def iso(moment: datetime | None) -> str | None:
@@ -120,11 +120,65 @@ def history_json(history: History) -> dict[str, Any]:
                 "kind": t.kind,
                 "skipped": list(t.skipped),
                 "detected_at": iso(t.detected_at),
-                "deliveries": [],
+                "deliveries": [
+                    delivery_dict(d, brief=True) for d in history.deliveries.get(t.event_id, ())
+                ],
             }
             for t in history.transitions
         ],
     }
+
+
+def delivery_dict(delivery: Delivery, *, brief: bool = False) -> dict[str, Any]:
+    """One delivery as JSON-ready data (``brief``: as nested in a history)."""
+    data: dict[str, Any] = {
+        "sink": delivery.sink,
+        "state": delivery.state.value,
+        "attempts": delivery.attempts,
+        "last_status": delivery.last_status,
+        "last_error": delivery.last_error,
+        "delivered_at": iso(delivery.delivered_at),
+        "next_attempt_at": iso(delivery.next_attempt_at)
+        if delivery.state is DeliveryState.PENDING
+        else None,
+    }
+    if not brief:
+        data = {"event_id": delivery.event_id, "order_id": delivery.order_id, **data}
+    return data
+
+
+async def deliveries_json(rows: AsyncIterator[Delivery], stream: TextIO) -> None:
+    """Write a JSON array of deliveries, one row at a time."""
+    stream.write("[")
+    first = True
+    async for delivery in rows:
+        stream.write(("\n  " if first else ",\n  ") + json.dumps(delivery_dict(delivery)))
+        first = False
+    stream.write("\n]\n" if not first else "]\n")
+
+
+async def deliveries_table(rows: AsyncIterator[Delivery]) -> Table:
+    """A table of deliveries."""
+    table = Table("event", "order", "sink", "state", "attempts", "last answer", "next attempt")
+    async for d in rows:
+        answer = d.last_error or (f"HTTP {d.last_status}" if d.last_status else "-")
+        table.add_row(
+            d.event_id,
+            d.order_id,
+            d.sink,
+            Text(d.state.value, style=_STATE_STYLE[d.state]),
+            str(d.attempts),
+            Text(answer),
+            _short(d.next_attempt_at) if d.state is DeliveryState.PENDING else "-",
+        )
+    return table
+
+
+_STATE_STYLE = {
+    DeliveryState.PENDING: "yellow",
+    DeliveryState.DELIVERED: "green",
+    DeliveryState.DEAD: "bold red",
+}
 
 
 def history_rich(history: History) -> Group:
@@ -147,6 +201,63 @@ def history_rich(history: History) -> Group:
             Text(f"  {when}  {move.from_status} → {move.to_status}  [{move.kind}{skipped}]  ")
             + Text(move.event_id, style="dim")
         )
+        for d in history.deliveries.get(move.event_id, ()):
+            note = (
+                f" ({d.last_error})"
+                if d.last_error and d.state is not DeliveryState.DELIVERED
+                else ""
+            )
+            lines.append(
+                Text("      → ")
+                + Text(f"{d.sink}: {d.state.value}", style=_STATE_STYLE[d.state])
+                + Text(f", {d.attempts} attempt(s){note}")
+            )
     if order.last_error:
         lines.append(Text(f"  last error: {order.last_error}", style="red"))
     return Group(*lines)
+
+
+def _delivery_line(d: Delivery) -> Text:
+    failed = d.last_error is not None and d.state is not DeliveryState.DELIVERED
+    note = f" ({d.last_error})" if failed else ""
+    return (
+        Text("      → ")
+        + Text(f"{d.sink}: {d.state.value}", style=_STATE_STYLE[d.state])
+        + Text(f", {d.attempts} attempt(s){note}")
+    )
+
+
+def attempt_line(attempt: Attempt) -> Text:
+    """One line saying how a delivery attempt went."""
+    answer = attempt.error or (f"answer {attempt.status}" if attempt.status else "")
+    style = _STATE_STYLE[DeliveryState(attempt.state)]
+    return (
+        Text(f"delivery {attempt.delivery_id}: ")
+        + Text(attempt.state, style=style)
+        + Text(f" after attempt {attempt.attempts} {answer}".rstrip())
+    )
+
+
+TEST_ORDER_ID = "prdo_test0000000000000000000"
+
+
+def test_delivery(sink: str, now: datetime) -> DueDelivery:
+    """A clearly marked test event (type ``meter_order.test``) for ``tracker sinks test``."""
+    event_id = "evt_test" + now.strftime("%Y%m%d%H%M%S%f")
+    order = {
+        "object": "meter_order",
+        "id": TEST_ORDER_ID,
+        "status": "checked",
+        "provider": "test",
+        "test": True,
+    }
+    payload = event_body(
+        event_id=event_id,
+        order_id=TEST_ORDER_ID,
+        from_status="ordered",
+        to_status="checked",
+        detected_at=now,
+        order_raw=json.dumps(order),
+        event_type=TEST_EVENT_TYPE,
+    )
+    return DueDelivery(id=0, event_id=event_id, sink=sink, attempts=0, payload=payload)

@@ -6,7 +6,7 @@ import base64
 import hashlib
 import hmac
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import httpx
 
@@ -71,3 +71,29 @@ def _retry_after(value: str | None) -> float | None:
     except ValueError:
         return None
     return seconds if 0 <= seconds <= 86400 else None
+
+
+class InvalidSignature(ValueError):
+    """A webhook's signature does not match its body (or is too old)."""
+
+
+def verify(
+    key: bytes, headers: Mapping[str, str], body: bytes, *, now: float, tolerance: float = 300
+) -> str:
+    """Check Standard Webhooks headers as a receiver would; returns the event id."""
+    event_id = headers.get("webhook-id", "")
+    try:
+        timestamp = int(headers.get("webhook-timestamp", ""))
+    except ValueError:
+        raise InvalidSignature("webhook-timestamp is missing or not a number") from None
+    if abs(now - timestamp) > tolerance:
+        raise InvalidSignature("webhook-timestamp is too far from now")
+    expected = sign(key, event_id, timestamp, body).removeprefix("v1,")
+    offered = [
+        part.removeprefix("v1,")
+        for part in headers.get("webhook-signature", "").split()
+        if part.startswith("v1,")
+    ]
+    if not any(hmac.compare_digest(expected, candidate) for candidate in offered):
+        raise InvalidSignature("no webhook-signature matches the body")
+    return event_id
