@@ -173,7 +173,7 @@ class ScriptedUpstream:
 
 
 def settings_mapping(
-    tmp_path: Path, upstream_url: str, *, oauth: bool = False, **sections: dict[str, Any]
+    tmp_path: Path, upstream_url: str, *, oauth: bool = False, **sections: Any
 ) -> dict[str, Any]:
     """A configuration for the tests: fast timeouts, a SQLite file in ``tmp_path``."""
     upstream: dict[str, Any] = {
@@ -194,7 +194,7 @@ def settings_mapping(
         "log": {"format": "json", "level": "debug"},
     }
     for name, section in sections.items():
-        mapping[name] = mapping.get(name, {}) | section
+        mapping[name] = section if isinstance(section, list) else mapping.get(name, {}) | section
     return mapping
 
 
@@ -247,3 +247,55 @@ async def tracker_cli(*args: str, env: dict[str, str] | None = None, limit: floa
     out, err = await asyncio.wait_for(process.communicate(), limit)
     assert process.returncode is not None
     return Ran(process.returncode, out.decode(), err.decode())
+
+
+WEBHOOK_SECRET = "whsec_" + base64.b64encode(b"receiver-side-secret-key-32bytes").decode()
+
+
+@dataclass
+class Hook:
+    """One POST the receiver got."""
+
+    event_id: str
+    body: bytes
+    verified: bool
+    answered: int
+
+
+class HookReceiver:
+    """A customer's webhook endpoint: verifies with the ``standardwebhooks`` package.
+
+    ``answers`` are the status codes to give, in turn (the last repeats; default 204).
+    """
+
+    def __init__(
+        self, secret: str = WEBHOOK_SECRET, answers: tuple[int, ...] = (204,), delay: float = 0.0
+    ) -> None:
+        from standardwebhooks.webhooks import Webhook  # noqa: PLC0415 - a dev-only package
+
+        self._webhook = Webhook(secret)
+        self.answers = list(answers)
+        self.delay = delay
+        self.hooks: list[Hook] = []
+
+    @property
+    def accepted(self) -> list[Hook]:
+        """The hooks answered with 2xx."""
+        return [h for h in self.hooks if 200 <= h.answered < 300]
+
+    async def __call__(self, request: Request) -> Response:
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        try:
+            self._webhook.verify(request.body, request.headers)
+            verified = True
+        except Exception:
+            verified = False
+        answer = self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
+        if not verified:
+            answer = 401
+        self.hooks.append(
+            Hook(request.headers.get("webhook-id", ""), request.body, verified, answer)
+        )
+        headers = {"Retry-After": "0"} if answer in {429, 503} else {}
+        return Response(status=answer, headers=headers)

@@ -11,10 +11,18 @@ import sys
 import time
 from pathlib import Path
 
-from tests.support import ROOT, settings_mapping, tracker_cli, write_config
+from tests.support import (
+    ROOT,
+    WEBHOOK_SECRET,
+    HookReceiver,
+    settings_mapping,
+    tracker_cli,
+    write_config,
+)
+from tracker.httpserver import HttpServer
 from tracker.simulator import demo_scripts
 
-STEP = 3.0  # seconds per simulated status; much longer than a restart takes
+STEP = 3.5  # seconds per simulated status; well above the gap a kill and restart leave
 TOKEN = "nom_crash_test_token"
 
 
@@ -29,10 +37,20 @@ async def start(*args: str) -> asyncio.subprocess.Process:
     )
 
 
+async def pending_deliveries(path: Path) -> int:
+    ran = await tracker_cli(
+        "deliveries", "list", "--state", "pending", "--json", "--config", str(path)
+    )
+    return len(json.loads(ran.out))
+
+
 class TestKillAndRestart:
-    """Every simulated status change is recorded exactly once across SIGKILLs."""
+    """Every status change is recorded once and delivered at least once, across SIGKILLs."""
 
     async def test_sigkill_loop(self, tmp_path: Path) -> None:
+        # A slow receiver, so that kills land in the middle of bursts of deliveries.
+        receiver = HookReceiver(delay=0.15)
+        hooks = await HttpServer(receiver).start()
         simulator = await start(
             "-m", "tracker.simulator", "--port", "0", "--step", str(STEP), "--token", TOKEN
         )
@@ -50,6 +68,16 @@ class TestKillAndRestart:
                 polling={"interval": 0.4, "jitter": 0.1},
                 watch={"orders": announced["orders"]},
                 log={"level": "warning"},
+                delivery={"backoff": ["0.5s"] * 10, "max_concurrency": 2, "timeout": 2},
+                sinks=[
+                    {
+                        "name": "ops",
+                        "type": "webhook",
+                        "url": hooks.url,
+                        "secret": WEBHOOK_SECRET,
+                        "on": ["*"],
+                    }
+                ],
             ),
         )
         finish = max(sum(d for _s, d in s.steps[:-1]) for s in scripts.values()) + 3
@@ -58,18 +86,25 @@ class TestKillAndRestart:
         try:
             while time.monotonic() - began < finish:
                 daemon = await start("-m", "tracker", "run", "--config", str(path))
-                await asyncio.sleep(rng.uniform(0.6, 2.5))
+                await asyncio.sleep(rng.uniform(1.2, 3.0))
                 daemon.kill()
                 await daemon.wait()
                 kills += 1
             daemon = await start("-m", "tracker", "run", "--config", str(path))
             await asyncio.sleep(2.0)
+            for _ in range(60):
+                if await pending_deliveries(path) == 0:
+                    break
+                await asyncio.sleep(0.5)
             daemon.send_signal(signal.SIGTERM)
             assert await asyncio.wait_for(daemon.wait(), 15) == 0
         finally:
             simulator.kill()
             await simulator.wait()
+            await hooks.close()
         assert kills >= 5
+        assert all(hook.verified for hook in receiver.hooks)
+        stored: set[str] = set()
 
         for order_id, script in scripts.items():
             ran = await tracker_cli("history", order_id, "--json", "--config", str(path))
@@ -83,3 +118,8 @@ class TestKillAndRestart:
             times = [t["detected_at"] for t in history["transitions"]]
             assert times == sorted(times)
             assert history["status"] == script.steps[-1][0]
+            stored |= {t["event_id"] for t in history["transitions"]}
+            for move in history["transitions"]:
+                assert [d["state"] for d in move["deliveries"]] == ["delivered"]
+        # At least once each, and never under an id that the store does not know.
+        assert {hook.event_id for hook in receiver.accepted} == stored

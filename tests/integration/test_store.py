@@ -7,9 +7,11 @@ from pathlib import Path
 
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine, inspect
 
 from tracker.store import upgrade
+from tracker.store.db import SCHEMA_HEAD, _alembic_config
 from tracker.store.tables import metadata
 
 
@@ -25,6 +27,10 @@ class TestMigrations:
             assert compare_metadata(context, metadata) == []
             assert set(inspect(conn).get_table_names()) >= set(metadata.tables)
         engine.dispose()
+
+    def test_schema_head_is_alembics_head(self) -> None:
+        config = _alembic_config()
+        assert ScriptDirectory.from_config(config).get_current_head() == SCHEMA_HEAD
 
     def test_upgrade_is_idempotent(self, tmp_path: Path) -> None:
         url = f"sqlite:///{tmp_path / 'm.db'}"

@@ -1,0 +1,344 @@
+"""The outbox against real receivers: a webhook endpoint verifying signatures, an SMTP server."""
+
+from __future__ import annotations
+
+import asyncio
+import email
+import email.policy
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+from tests.support import (
+    WEBHOOK_SECRET,
+    HookReceiver,
+    ScriptedUpstream,
+    make_settings,
+    ok,
+    settings_mapping,
+    tracker_cli,
+    write_config,
+)
+from tracker.app import Polling, open_polling, utc_now
+from tracker.httpserver import HttpServer
+from tracker.model import DeliveryState
+from tracker.poller import poll_now
+
+A = "prdo_aaaaaaaaaaaaaaaaaaaaaaaa"
+B = "prdo_bbbbbbbbbbbbbbbbbbbbbbbb"
+Upstream = tuple[ScriptedUpstream, str]
+FAST = {"backoff": ["0.1s", "0.1s"], "timeout": 1}
+
+
+class Mailbox:
+    """An aiosmtpd handler: refuses the first ``refuse`` messages with 451, then accepts."""
+
+    def __init__(self, refuse: int = 0) -> None:
+        self.refuse = refuse
+        self.messages: list[email.message.EmailMessage] = []
+        self.refused = 0
+
+    async def handle_DATA(  # noqa: N802 - aiosmtpd's name
+        self, server: SMTP, session: Session, envelope: Envelope
+    ) -> str:
+        if self.refused < self.refuse:
+            self.refused += 1
+            return "451 4.3.0 try again later"
+        message = email.message_from_bytes(
+            envelope.original_content or b"", policy=email.policy.default
+        )
+        assert isinstance(message, email.message.EmailMessage)
+        self.messages.append(message)
+        return "250 OK"
+
+
+@asynccontextmanager
+async def smtp_server(mailbox: Mailbox) -> AsyncIterator[int]:
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(lambda: SMTP(mailbox), host="127.0.0.1", port=0)
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+def hook_sink(name: str, url: str, on: list[str]) -> dict[str, Any]:
+    return {"name": name, "type": "webhook", "url": url, "secret": WEBHOOK_SECRET, "on": on}
+
+
+async def poll(polling: Polling, *ids: str) -> None:
+    claims = await polling.store.claim(list(ids), lease_until=utc_now() + polling.lease)
+    await poll_now(polling.store, polling.poller, claims)
+
+
+async def deliver_all(polling: Polling, seconds: float = 5.0) -> None:
+    """Run the dispatcher until nothing is pending (or ``seconds`` pass)."""
+    dispatcher = polling.dispatcher
+    dispatcher.start()
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    while loop.time() < deadline:
+        await dispatcher.tick()
+        await asyncio.sleep(0.05)
+        pending = [d async for d in polling.store.deliveries(state="pending")]
+        if not pending:
+            break
+    await dispatcher.stop(1.0)
+
+
+async def states(polling: Polling) -> dict[tuple[str, str], Any]:
+    return {(d.event_id, d.sink): d async for d in polling.store.deliveries()}
+
+
+class TestRoutingAndFanOut:
+    """Every transition reaches every matching sink, and no other."""
+
+    async def test_fan_out(self, upstream: Upstream, tmp_path: Path) -> None:
+        scripted, url = upstream
+        scripted.script(A, ok("ordered"), ok("checked"), ok("blocked"))
+        scripted.script(B, ok("ordered"), ok("cancelled"))
+        everything, blocked = HookReceiver(), HookReceiver()
+        mailbox = Mailbox()
+        async with (
+            HttpServer(everything) as all_url,
+            HttpServer(blocked) as blocked_url,
+            smtp_server(mailbox) as port,
+        ):
+            settings = make_settings(
+                tmp_path,
+                url,
+                delivery=FAST,
+                smtp={"host": "127.0.0.1", "port": port},
+                sinks=[
+                    hook_sink("all", all_url.url, ["*"]),
+                    hook_sink("blocked", blocked_url.url, ["*->blocked", "*->blocked_wim"]),
+                    {
+                        "name": "mail",
+                        "type": "email",
+                        "to": ["support@example.com"],
+                        "on": ["*->cancelled"],
+                    },
+                ],
+            )
+            async with open_polling(settings) as polling:
+                await polling.store.watch([A, B], source="cli", now=utc_now())
+                for _ in range(3):
+                    await poll(polling, A, B)
+                await deliver_all(polling)
+                history = await polling.store.history(A)
+        assert history is not None
+        moves = {(t.from_status, t.to_status): t.event_id for t in history.transitions}
+        assert set(moves) == {("ordered", "checked"), ("checked", "blocked")}
+        assert all(h.verified for h in everything.hooks)
+        assert len(everything.accepted) == 3  # A twice, B once
+        assert [h.event_id for h in blocked.accepted] == [moves[("checked", "blocked")]]
+        [mail] = mailbox.messages
+        assert mail["Subject"] == f"{B}: ordered → cancelled"
+        assert mail["To"] == "support@example.com"
+        text = mail.get_body(("plain",))
+        assert text is not None
+        content = text.get_content()
+        for needle in (B, "ordered", "cancelled", "energy-metering", "detected"):
+            assert needle in content
+        html = mail.get_body(("html",))
+        assert html is not None
+        assert B in html.get_content()
+        body = json.loads(everything.accepted[0].body)
+        assert body["type"] == "meter_order.status_changed"
+        assert body["data"]["order"]["id"] in {A, B}
+
+
+class TestRetries:
+    """Failed attempts are retried with the same id and body; the last one dead-letters."""
+
+    async def test_503_twice_then_delivered(self, upstream: Upstream, tmp_path: Path) -> None:
+        scripted, url = upstream
+        scripted.script(A, ok("ordered"), ok("checked"))
+        receiver = HookReceiver(answers=(503, 503, 204))
+        async with HttpServer(receiver) as hooks:
+            settings = make_settings(
+                tmp_path,
+                url,
+                delivery={"backoff": ["0.1s", "0.1s", "0.1s"]},
+                sinks=[hook_sink("ops", hooks.url, ["*"])],
+            )
+            async with open_polling(settings) as polling:
+                await polling.store.watch([A], source="cli", now=utc_now())
+                await poll(polling, A)
+                await poll(polling, A)
+                await deliver_all(polling)
+                [delivery] = (await states(polling)).values()
+        assert [h.answered for h in receiver.hooks] == [503, 503, 204]
+        assert len({h.event_id for h in receiver.hooks}) == 1
+        assert len({h.body for h in receiver.hooks}) == 1
+        assert all(h.verified for h in receiver.hooks)
+        assert delivery.state is DeliveryState.DELIVERED
+        assert delivery.attempts == 3
+        assert delivery.last_status == 204
+
+    async def test_410_stops_at_once(self, upstream: Upstream, tmp_path: Path) -> None:
+        scripted, url = upstream
+        scripted.script(A, ok("ordered"), ok("checked"))
+        receiver = HookReceiver(answers=(410,))
+        async with HttpServer(receiver) as hooks:
+            settings = make_settings(
+                tmp_path, url, delivery=FAST, sinks=[hook_sink("ops", hooks.url, ["*"])]
+            )
+            async with open_polling(settings) as polling:
+                await polling.store.watch([A], source="cli", now=utc_now())
+                await poll(polling, A)
+                await poll(polling, A)
+                await deliver_all(polling)
+                [delivery] = (await states(polling)).values()
+        assert len(receiver.hooks) == 1
+        assert delivery.state is DeliveryState.DEAD
+        assert delivery.attempts == 1
+
+    async def test_refused_connection_is_retried_then_dead(
+        self, upstream: Upstream, tmp_path: Path
+    ) -> None:
+        scripted, url = upstream
+        scripted.script(A, ok("ordered"), ok("checked"))
+        async with HttpServer(HookReceiver()) as closed:
+            dead_url = closed.url  # nothing listens here once the block ends
+        settings = make_settings(
+            tmp_path, url, delivery=FAST, sinks=[hook_sink("ops", dead_url, ["*"])]
+        )
+        async with open_polling(settings) as polling:
+            await polling.store.watch([A], source="cli", now=utc_now())
+            await poll(polling, A)
+            await poll(polling, A)
+            await deliver_all(polling)
+            [delivery] = (await states(polling)).values()
+        assert delivery.state is DeliveryState.DEAD
+        assert delivery.attempts == 3
+        assert delivery.last_error is not None
+        assert "connection failed" in delivery.last_error
+
+    async def test_dead_letter_then_retry_by_hand(self, upstream: Upstream, tmp_path: Path) -> None:
+        scripted, url = upstream
+        scripted.script(A, ok("ordered"), ok("checked"))
+        receiver = HookReceiver(answers=(500,))
+        async with HttpServer(receiver) as hooks:
+            mapping = settings_mapping(
+                tmp_path, url, delivery=FAST, sinks=[hook_sink("ops", hooks.url, ["*"])]
+            )
+            path = str(write_config(tmp_path / "c.toml", mapping))
+            ran = await tracker_cli("watch", "add", A, "--config", path)
+            assert ran.code == 0, ran.err
+            await tracker_cli("poll", A, "--config", path)
+            await tracker_cli("poll", A, "--config", path)
+            settings = make_settings(
+                tmp_path, url, delivery=FAST, sinks=[hook_sink("ops", hooks.url, ["*"])]
+            )
+            async with open_polling(settings) as polling:
+                await deliver_all(polling)
+            assert len(receiver.hooks) == 3
+            ran = await tracker_cli(
+                "deliveries", "list", "--state", "dead", "--json", "--config", path
+            )
+            [dead] = json.loads(ran.out)
+            assert dead["sink"] == "ops"
+            assert dead["attempts"] == 3
+            receiver.answers = [204]
+            ran = await tracker_cli("deliveries", "retry", "--all-dead", "--config", path)
+            assert ran.code == 0, ran.out + ran.err
+            assert "delivered" in ran.out
+        assert [h.answered for h in receiver.hooks] == [500, 500, 500, 204]
+        assert len({h.event_id for h in receiver.hooks}) == 1
+        assert len({h.body for h in receiver.hooks}) == 1
+        ran = await tracker_cli("history", A, "--json", "--config", path)
+        [moved] = json.loads(ran.out)["transitions"]
+        [delivered] = moved["deliveries"]
+        assert (delivered["sink"], delivered["state"], delivered["attempts"]) == (
+            "ops",
+            "delivered",
+            1,
+        )
+
+
+class TestEmail:
+    """Mail through a real SMTP server: retried when refused, never with injected headers."""
+
+    async def test_refused_then_accepted(self, upstream: Upstream, tmp_path: Path) -> None:
+        scripted, url = upstream
+        scripted.script(A, ok("ordered"), ok("blocked"))
+        mailbox = Mailbox(refuse=1)
+        async with smtp_server(mailbox) as port:
+            settings = make_settings(
+                tmp_path,
+                url,
+                delivery=FAST,
+                smtp={"host": "127.0.0.1", "port": port},
+                sinks=[
+                    {
+                        "name": "mail",
+                        "type": "email",
+                        "to": ["a@example.com", "b@example.com"],
+                        "on": ["*->blocked"],
+                    }
+                ],
+            )
+            async with open_polling(settings) as polling:
+                await polling.store.watch([A], source="cli", now=utc_now())
+                await poll(polling, A)
+                await poll(polling, A)
+                await deliver_all(polling)
+                [delivery] = (await states(polling)).values()
+        assert mailbox.refused == 1
+        [mail] = mailbox.messages
+        assert delivery.state is DeliveryState.DELIVERED
+        assert delivery.attempts == 2
+        assert mail["Message-ID"] == f"<{delivery.event_id}.mail@meter-order-tracker>"
+
+    async def test_no_header_injection(self, upstream: Upstream, tmp_path: Path) -> None:
+        scripted, url = upstream
+        scripted.script(A, ok("ordered"), ok("checked\r\nBcc: victim@example.com\r\nX-Evil: 1"))
+        mailbox = Mailbox()
+        async with smtp_server(mailbox) as port:
+            settings = make_settings(
+                tmp_path,
+                url,
+                delivery=FAST,
+                smtp={"host": "127.0.0.1", "port": port},
+                sinks=[{"name": "mail", "type": "email", "to": ["a@example.com"], "on": ["*"]}],
+            )
+            async with open_polling(settings) as polling:
+                await polling.store.watch([A], source="cli", now=utc_now())
+                await poll(polling, A)
+                await poll(polling, A)
+                await deliver_all(polling)
+        [mail] = mailbox.messages
+        assert mail["Bcc"] is None
+        assert mail["X-Evil"] is None
+        assert "\n" not in mail["Subject"]
+        assert "Bcc: victim@example.com" in mail["Subject"]  # kept as text, defused
+
+
+class TestSinksCommand:
+    """`tracker sinks test NAME` sends a marked test event and reports the answer."""
+
+    @pytest.mark.parametrize(("answer", "code"), [(204, 0), (500, 1)])
+    async def test_sink_test(
+        self, upstream: Upstream, tmp_path: Path, answer: int, code: int
+    ) -> None:
+        _scripted, url = upstream
+        receiver = HookReceiver(answers=(answer,))
+        async with HttpServer(receiver) as hooks:
+            mapping = settings_mapping(tmp_path, url, sinks=[hook_sink("ops", hooks.url, ["*"])])
+            path = str(write_config(tmp_path / "c.toml", mapping))
+            ran = await tracker_cli("sinks", "test", "ops", "--config", path)
+            missing = await tracker_cli("sinks", "test", "nope", "--config", path)
+        assert ran.code == code, ran.out + ran.err
+        assert str(answer) in ran.out
+        [hook] = receiver.hooks
+        assert hook.verified
+        assert json.loads(hook.body)["type"] == "meter_order.test"
+        assert missing.code == 2
+        assert "no sink named 'nope'" in missing.err
