@@ -12,7 +12,7 @@ import httpx
 
 from tracker.config import Settings
 from tracker.daemon import Daemon, TransitionListener
-from tracker.outbox import Dispatcher
+from tracker.outbox import Dispatcher, window
 from tracker.poller import Poller
 from tracker.sinks import build_sinks, routes
 from tracker.store import Store, connect, upgrade
@@ -39,8 +39,9 @@ async def open_store(settings: Settings) -> AsyncIterator[Store]:
 
 
 def delivery_lease(settings: Settings) -> timedelta:
-    """How long a claimed delivery is hidden from other ticks."""
-    return 2 * max(settings.delivery.timeout, settings.smtp.timeout) + LEASE_MARGIN
+    """How long a claimed delivery is hidden from other claims: its queue, sent at the slowest."""
+    rounds = window(settings.delivery.max_concurrency) // settings.delivery.max_concurrency
+    return (rounds + 1) * max(settings.delivery.timeout, settings.smtp.timeout) + LEASE_MARGIN
 
 
 @asynccontextmanager

@@ -16,16 +16,25 @@ T = TypeVar("T")
 class BatchWriter(Generic[T]):
     """Collects items and hands them to ``write`` in batches of at most ``size``.
 
+    After the first item of a batch it waits ``linger`` seconds for more, so that results which
+    arrive one at a time still share one transaction.
+
     A failed write is logged and dropped: the items' leases expire and the work is done again,
     which is what makes the daemon safe to kill at any moment.
     """
 
     def __init__(
-        self, write: Callable[[list[T]], Awaitable[None]], *, name: str, size: int = 200
+        self,
+        write: Callable[[list[T]], Awaitable[None]],
+        *,
+        name: str,
+        size: int = 200,
+        linger: float = 0.02,
     ) -> None:
         self._write = write
         self._name = name
         self._size = size
+        self._linger = linger
         self._queue: asyncio.Queue[T | None] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
 
@@ -48,6 +57,9 @@ class BatchWriter(Generic[T]):
         while not done:
             batch: list[T] = []
             item = await self._queue.get()
+            if item is not None and self._queue.qsize() < self._size:
+                # Results trickle in one by one; a short wait lets a batch share a transaction.
+                await asyncio.sleep(self._linger)
             while item is not None:
                 batch.append(item)
                 if len(batch) >= self._size or self._queue.empty():

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 import structlog
@@ -17,14 +19,34 @@ from tracker.store import Attempt, Store
 log = structlog.get_logger("tracker.outbox")
 
 
+def window(concurrency: int) -> int:
+    """How many deliveries one sink claims ahead: a few rounds of sends per claim."""
+    return 8 * concurrency
+
+
+@dataclass(eq=False)
+class _Lane:
+    """One sink's claimed deliveries and the workers that send them."""
+
+    sink: Sink
+    waiting: deque[DueDelivery] = field(default_factory=deque)
+    sending: dict[int, DueDelivery] = field(default_factory=dict)
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    claiming: asyncio.Lock = field(default_factory=asyncio.Lock)
+    #: The last claim was full, so more deliveries may be due.
+    more: bool = False
+    workers: list[asyncio.Task[None]] = field(default_factory=list)
+
+
 class Dispatcher:
     """Delivers pending deliveries, each sink on its own so one slow sink delays no other.
 
-    Each tick claims, per sink, as many due deliveries as that sink has free slots (hiding them
-    behind a lease), and starts one task per delivery. Attempts are recorded in batches; the
-    next attempt follows ``backoff`` (a longer ``Retry-After`` wins) and the last failed one
-    dead-letters the delivery. A crash before an attempt is recorded repeats it after the
-    lease: at least once, always under the same event id.
+    Every sink has a lane: ``concurrency`` workers sending from a queue of claimed deliveries
+    (hidden from other claims behind a lease). A tick, or a worker that sees its queue half
+    empty, claims more. Attempts are recorded in batches; the next attempt follows
+    ``backoff`` (a longer ``Retry-After`` wins) and the last failed one dead-letters the
+    delivery. A crash before an attempt is recorded repeats it after the lease: at least once,
+    always under the same event id.
     """
 
     def __init__(
@@ -43,9 +65,13 @@ class Dispatcher:
         self._clock = clock
         self._concurrency = concurrency
         self._lease = lease
-        self._in_flight: dict[str, dict[int, asyncio.Task[None]]] = {name: {} for name in sinks}
+        self._window = window(concurrency)
+        self._lanes = {name: _Lane(sink) for name, sink in sinks.items()}
+        self._stopping = False
+        # Attempts finish one by one; lingering lets a few hundred share a transaction. A crash
+        # in between only repeats those attempts, which at-least-once allows.
         self._writer: BatchWriter[Attempt] = BatchWriter(
-            self._store.record_attempts, name="deliveries"
+            self._store.record_attempts, name="deliveries", linger=0.2
         )
         self.attempted = 0
 
@@ -55,29 +81,29 @@ class Dispatcher:
         return self._sinks
 
     def start(self) -> None:
-        """Start recording attempts."""
+        """Start each sink's workers and the recording of attempts."""
         self._writer.start()
+        for lane in self._lanes.values():
+            lane.workers = [asyncio.create_task(self._work(lane)) for _ in range(self._concurrency)]
 
     async def tick(self) -> None:
-        """Claim due deliveries for every sink with free slots and start sending them."""
-        for name, sink in self._sinks.items():
-            flying = self._in_flight[name]
-            room = self._concurrency - len(flying)
-            if room <= 0:
-                continue
-            now = self._clock()
-            due = await self._store.claim_deliveries(
-                sink=name, now=now, limit=room, lease_until=now + self._lease
-            )
-            for delivery in due:
-                flying[delivery.id] = asyncio.create_task(self._attempt(sink, delivery))
+        """Claim due deliveries for every sink with room in its queue."""
+        for lane in self._lanes.values():
+            await self._fill(lane)
 
     async def stop(self, grace: float) -> None:
         """Let in-flight sends finish within ``grace``; hand the rest back unattempted."""
-        tasks = [task for flying in self._in_flight.values() for task in flying.values()]
-        if tasks:
-            _done, late = await asyncio.wait(tasks, timeout=grace)
-            abandoned = [i for flying in self._in_flight.values() for i in flying]
+        self._stopping = True
+        workers = [task for lane in self._lanes.values() for task in lane.workers]
+        for lane in self._lanes.values():
+            lane.wake.set()
+        if workers:
+            _done, late = await asyncio.wait(workers, timeout=grace)
+            abandoned = [
+                delivery.id
+                for lane in self._lanes.values()
+                for delivery in (*lane.waiting, *lane.sending.values())
+            ]
             for task in late:
                 task.cancel()
             await asyncio.gather(*late, return_exceptions=True)
@@ -88,17 +114,46 @@ class Dispatcher:
 
     async def deliver(self, deliveries: Sequence[DueDelivery]) -> list[Attempt]:
         """Attempt the given deliveries now and record them (``tracker deliveries retry``)."""
-        attempts = await asyncio.gather(
-            *(self._send(self._sinks[d.sink], d) for d in deliveries if d.sink in self._sinks)
-        )
+        gate = asyncio.Semaphore(self._concurrency)
+
+        async def one(delivery: DueDelivery) -> Attempt:
+            async with gate:
+                return await self._send(self._sinks[delivery.sink], delivery)
+
+        attempts = await asyncio.gather(*(one(d) for d in deliveries if d.sink in self._sinks))
         await self._store.record_attempts(attempts)
         return list(attempts)
 
-    async def _attempt(self, sink: Sink, delivery: DueDelivery) -> None:
-        try:
-            self._writer.put(await self._send(sink, delivery))
-        finally:
-            self._in_flight[sink.name].pop(delivery.id, None)
+    async def _fill(self, lane: _Lane) -> None:
+        async with lane.claiming:
+            room = self._window - len(lane.waiting) - len(lane.sending)
+            if room <= 0 or self._stopping:
+                return
+            now = self._clock()
+            due = await self._store.claim_deliveries(
+                sink=lane.sink.name, now=now, limit=room, lease_until=now + self._lease
+            )
+            lane.more = len(due) == room
+            if due:
+                lane.waiting.extend(due)
+                lane.wake.set()
+
+    async def _work(self, lane: _Lane) -> None:
+        while not self._stopping:
+            if not lane.waiting:
+                lane.wake.clear()
+                await lane.wake.wait()
+                continue
+            delivery = lane.waiting.popleft()
+            lane.sending[delivery.id] = delivery
+            try:
+                attempt = await self._send(lane.sink, delivery)
+            finally:
+                del lane.sending[delivery.id]
+            self._writer.put(attempt)
+            if lane.more and len(lane.waiting) <= self._window // 2:
+                lane.more = False
+                await self._fill(lane)
 
     async def _send(self, sink: Sink, delivery: DueDelivery) -> Attempt:
         try:
