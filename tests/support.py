@@ -269,14 +269,20 @@ class HookReceiver:
     """
 
     def __init__(
-        self, secret: str = WEBHOOK_SECRET, answers: tuple[int, ...] = (204,), delay: float = 0.0
+        self,
+        secret: str = WEBHOOK_SECRET,
+        answers: tuple[int, ...] = (204,),
+        delay: float = 0.0,
+        retry_after: str = "0",
     ) -> None:
         from standardwebhooks.webhooks import Webhook  # noqa: PLC0415 - a dev-only package
 
         self._webhook = Webhook(secret)
         self.answers = list(answers)
         self.delay = delay
+        self.retry_after = retry_after
         self.hooks: list[Hook] = []
+        self.times: list[float] = []
 
     @property
     def accepted(self) -> list[Hook]:
@@ -297,5 +303,6 @@ class HookReceiver:
         self.hooks.append(
             Hook(request.headers.get("webhook-id", ""), request.body, verified, answer)
         )
-        headers = {"Retry-After": "0"} if answer in {429, 503} else {}
+        self.times.append(asyncio.get_running_loop().time())
+        headers = {"Retry-After": self.retry_after} if answer in {429, 503} else {}
         return Response(status=answer, headers=headers)

@@ -182,6 +182,22 @@ class TestRetries:
         assert delivery.attempts == 3
         assert delivery.last_status == 204
 
+    async def test_longer_retry_after_wins(self, upstream: Upstream, tmp_path: Path) -> None:
+        scripted, url = upstream
+        scripted.script(A, ok("ordered"), ok("checked"))
+        receiver = HookReceiver(answers=(503, 204), retry_after="1")
+        async with HttpServer(receiver) as hooks:
+            settings = make_settings(
+                tmp_path, url, delivery=FAST, sinks=[hook_sink("ops", hooks.url, ["*"])]
+            )
+            async with open_polling(settings) as polling:
+                await polling.store.watch([A], source="cli", now=utc_now())
+                await poll(polling, A)
+                await poll(polling, A)
+                await deliver_all(polling)
+        assert [h.answered for h in receiver.hooks] == [503, 204]
+        assert receiver.times[1] - receiver.times[0] >= 0.95  # not the 0.1 s backoff
+
     async def test_410_stops_at_once(self, upstream: Upstream, tmp_path: Path) -> None:
         scripted, url = upstream
         scripted.script(A, ok("ordered"), ok("checked"))

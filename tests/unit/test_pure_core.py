@@ -9,7 +9,7 @@ import pytest
 
 import tracker
 
-PURE = ["lifecycle", "model", "diff", "schedule", "errors"]
+PURE = ["lifecycle", "model", "diff", "schedule", "errors", "routing", "sinks/render"]
 FORBIDDEN = {
     "httpx",
     "sqlalchemy",
@@ -42,12 +42,14 @@ def imported(module: str) -> set[str]:
 
 
 class TestPureCore:
-    """lifecycle, model, diff and schedule stay free of I/O."""
+    """lifecycle, model, diff, schedule, routing and the renderer stay free of I/O."""
 
     @pytest.mark.parametrize("module", PURE)
     def test_imports_no_io_library(self, module: str) -> None:
         names = imported(module)
         roots = {name.split(".")[0] for name in names}
         assert not roots & FORBIDDEN, f"{module} imports {roots & FORBIDDEN}"
-        internal = {n.removeprefix("tracker.") for n in names if n.startswith("tracker.")}
+        internal = {
+            n.removeprefix("tracker.").replace(".", "/") for n in names if n.startswith("tracker.")
+        }
         assert internal <= set(PURE), f"{module} imports impure {internal - set(PURE)}"
