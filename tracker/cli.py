@@ -23,13 +23,14 @@ from tracker.poller import poll_now
 from tracker.store import upgrade
 from tracker.views import (
     attempt_line,
-    deliveries_json,
     deliveries_table,
+    delivery_dict,
     history_json,
     history_rich,
+    json_array,
     outcome_line,
     test_delivery,
-    watched_json,
+    watched_dict,
     watched_table,
 )
 
@@ -159,7 +160,7 @@ def watch_list(
         async with open_store(settings) as store:
             rows = store.watched(status=status)
             if as_json:
-                await watched_json(rows, sys.stdout)
+                await json_array(rows, watched_dict, sys.stdout)
             else:
                 out.print(await watched_table(rows))
 
@@ -243,7 +244,7 @@ def deliveries_list(
         async with open_store(settings) as store:
             rows = store.deliveries(state=state.value if state else None, sink=sink)
             if as_json:
-                await deliveries_json(rows, sys.stdout)
+                await json_array(rows, delivery_dict, sys.stdout)
             else:
                 out.print(await deliveries_table(rows))
 

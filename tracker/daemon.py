@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import structlog
 from apscheduler.job import Job
@@ -76,26 +77,10 @@ class Daemon:
         if taken_over := await self._store.release_all():
             log.info("leases_taken_over", orders=taken_over)
         scheduler = AsyncIOScheduler(timezone=UTC)
-        self._job = scheduler.add_job(
-            self._tick,
-            "interval",
-            seconds=self._tick_seconds,
-            next_run_time=datetime.now(UTC),
-            max_instances=1,
-            coalesce=True,
-            misfire_grace_time=None,
-        )
+        self._job = self._every_tick(scheduler, self._tick)
         if self._dispatcher is not None:
             self._dispatcher.start()
-            self._dispatch_job = scheduler.add_job(
-                self._dispatch,
-                "interval",
-                seconds=self._tick_seconds,
-                next_run_time=datetime.now(UTC),
-                max_instances=1,
-                coalesce=True,
-                misfire_grace_time=None,
-            )
+            self._dispatch_job = self._every_tick(scheduler, self._dispatch)
         workers = [asyncio.create_task(self._work()) for _ in range(self._workers)]
         self._writer.start()
         scheduler.start()
@@ -110,6 +95,20 @@ class Daemon:
             scheduler.shutdown(wait=False)
             await self._shut_down(workers)
         log.info("daemon_stopped", polls=self.polls)
+
+    def _every_tick(
+        self, scheduler: AsyncIOScheduler, job: Callable[[], Coroutine[Any, Any, None]]
+    ) -> Job:
+        """One APScheduler job running ``job`` now and every tick, never twice at once."""
+        return scheduler.add_job(
+            job,
+            "interval",
+            seconds=self._tick_seconds,
+            next_run_time=datetime.now(UTC),
+            max_instances=1,
+            coalesce=True,
+            misfire_grace_time=None,
+        )
 
     async def _tick(self) -> None:
         if self._stopping:

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import datetime
-from typing import Any, TextIO
+from typing import Any, TextIO, TypeVar
 
 from rich.console import Group
 from rich.table import Table
@@ -14,6 +14,8 @@ from rich.text import Text
 from tracker.model import Delivery, DeliveryState, DueDelivery, Transition, WatchedOrder
 from tracker.sinks.render import TEST_EVENT_TYPE, event_body
 from tracker.store import Attempt, History, PollOutcome
+
+T = TypeVar("T")
 
 
 def iso(moment: datetime | None) -> str | None:
@@ -49,12 +51,14 @@ def watched_dict(order: WatchedOrder) -> dict[str, Any]:
     }
 
 
-async def watched_json(rows: AsyncIterator[WatchedOrder], stream: TextIO) -> None:
-    """Write a JSON array of watched orders, one row at a time."""
+async def json_array(
+    rows: AsyncIterator[T], as_dict: Callable[[T], dict[str, Any]], stream: TextIO
+) -> None:
+    """Write a JSON array, one row at a time, so a long listing never sits in memory."""
     stream.write("[")
     first = True
-    async for order in rows:
-        stream.write(("\n  " if first else ",\n  ") + json.dumps(watched_dict(order)))
+    async for row in rows:
+        stream.write(("\n  " if first else ",\n  ") + json.dumps(as_dict(row)))
         first = False
     stream.write("\n]\n" if not first else "]\n")
 
@@ -145,16 +149,6 @@ def delivery_dict(delivery: Delivery, *, brief: bool = False) -> dict[str, Any]:
     if not brief:
         data = {"event_id": delivery.event_id, "order_id": delivery.order_id, **data}
     return data
-
-
-async def deliveries_json(rows: AsyncIterator[Delivery], stream: TextIO) -> None:
-    """Write a JSON array of deliveries, one row at a time."""
-    stream.write("[")
-    first = True
-    async for delivery in rows:
-        stream.write(("\n  " if first else ",\n  ") + json.dumps(delivery_dict(delivery)))
-        first = False
-    stream.write("\n]\n" if not first else "]\n")
 
 
 async def deliveries_table(rows: AsyncIterator[Delivery]) -> Table:
