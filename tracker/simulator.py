@@ -177,12 +177,25 @@ class Stats:
     last: float | None = None
     busiest_second: int = 0
     _window: deque[float] = field(default_factory=deque)
+    #: Start times of the latest requests, for the rate over whole seconds.
+    times: deque[float] = field(default_factory=lambda: deque(maxlen=1_000_000))
+
+    def rate(self) -> float:
+        """Requests per second over the whole seconds since the first request."""
+        if not self.times:
+            return 0.0
+        first = self.times[0]
+        seconds = int(self.times[-1] - first)
+        if seconds < 1:
+            return 0.0
+        return sum(1 for t in self.times if t < first + seconds) / seconds
 
     def count(self, now: float) -> None:
         """Count a request that starts at ``now``."""
         self.requests += 1
         self.first = now if self.first is None else self.first
         self.last = now
+        self.times.append(now)
         self._window.append(now)
         while self._window[0] <= now - 1.0:
             self._window.popleft()
@@ -299,6 +312,7 @@ class Simulator:
             "rate_limited": stats.rate_limited,
             "busiest_second": stats.busiest_second,
             "mean_rate": (stats.requests - 1) / span if span > 0 else 0.0,
+            "rate_over_whole_seconds": stats.rate(),
         }
 
 
