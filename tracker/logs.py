@@ -41,3 +41,6 @@ def configure(settings: LogSettings, *, stream: TextIO | None = None) -> None:
     )
     # Libraries that use the standard library (APScheduler) speak only when something is wrong.
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, force=True)
+    # A tick that finds the previous one still running is skipped by design (max_instances=1);
+    # APScheduler calls that a warning, which would only be noise under load.
+    logging.getLogger("apscheduler.scheduler").setLevel(logging.ERROR)
