@@ -172,9 +172,11 @@ class SmtpSettings(_Section):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
     @model_validator(mode="after")
-    def _one_tls(self) -> SmtpSettings:
+    def _consistent(self) -> SmtpSettings:
         if self.starttls and self.tls:
             raise ValueError("starttls and tls exclude each other: set one")
+        if (self.username is None) != (self.password is None):
+            raise ValueError("username and password go together: set both or neither")
         return self
 
 
