@@ -25,8 +25,9 @@ from tests.support import (
     write_config,
 )
 from tracker.app import Polling, open_polling, utc_now
+from tracker.config import Settings
 from tracker.httpserver import HttpServer
-from tracker.model import DeliveryState
+from tracker.model import Delivery, DeliveryState
 from tracker.poller import poll_now
 
 A = "prdo_aaaaaaaaaaaaaaaaaaaaaaaa"
@@ -94,6 +95,16 @@ async def deliver_all(polling: Polling, seconds: float = 5.0) -> None:
 
 async def states(polling: Polling) -> dict[tuple[str, str], Any]:
     return {(d.event_id, d.sink): d async for d in polling.store.deliveries()}
+
+
+async def one_transition_delivered(settings: Settings) -> list[Delivery]:
+    """Watch A, poll it twice (first snapshot, then its transition), deliver; the outbox rows."""
+    async with open_polling(settings) as polling:
+        await polling.store.watch([A], source="cli", now=utc_now())
+        await poll(polling, A)
+        await poll(polling, A)
+        await deliver_all(polling)
+        return list((await states(polling)).values())
 
 
 class TestRoutingAndFanOut:
@@ -168,12 +179,7 @@ class TestRetries:
                 delivery={"backoff": ["0.1s", "0.1s", "0.1s"]},
                 sinks=[hook_sink("ops", hooks.url, ["*"])],
             )
-            async with open_polling(settings) as polling:
-                await polling.store.watch([A], source="cli", now=utc_now())
-                await poll(polling, A)
-                await poll(polling, A)
-                await deliver_all(polling)
-                [delivery] = (await states(polling)).values()
+            [delivery] = await one_transition_delivered(settings)
         assert [h.answered for h in receiver.hooks] == [503, 503, 204]
         assert len({h.event_id for h in receiver.hooks}) == 1
         assert len({h.body for h in receiver.hooks}) == 1
@@ -190,11 +196,7 @@ class TestRetries:
             settings = make_settings(
                 tmp_path, url, delivery=FAST, sinks=[hook_sink("ops", hooks.url, ["*"])]
             )
-            async with open_polling(settings) as polling:
-                await polling.store.watch([A], source="cli", now=utc_now())
-                await poll(polling, A)
-                await poll(polling, A)
-                await deliver_all(polling)
+            await one_transition_delivered(settings)
         assert [h.answered for h in receiver.hooks] == [503, 204]
         assert receiver.times[1] - receiver.times[0] >= 0.95  # not the 0.1 s backoff
 
@@ -206,12 +208,7 @@ class TestRetries:
             settings = make_settings(
                 tmp_path, url, delivery=FAST, sinks=[hook_sink("ops", hooks.url, ["*"])]
             )
-            async with open_polling(settings) as polling:
-                await polling.store.watch([A], source="cli", now=utc_now())
-                await poll(polling, A)
-                await poll(polling, A)
-                await deliver_all(polling)
-                [delivery] = (await states(polling)).values()
+            [delivery] = await one_transition_delivered(settings)
         assert len(receiver.hooks) == 1
         assert delivery.state is DeliveryState.DEAD
         assert delivery.attempts == 1
@@ -226,12 +223,7 @@ class TestRetries:
         settings = make_settings(
             tmp_path, url, delivery=FAST, sinks=[hook_sink("ops", dead_url, ["*"])]
         )
-        async with open_polling(settings) as polling:
-            await polling.store.watch([A], source="cli", now=utc_now())
-            await poll(polling, A)
-            await poll(polling, A)
-            await deliver_all(polling)
-            [delivery] = (await states(polling)).values()
+        [delivery] = await one_transition_delivered(settings)
         assert delivery.state is DeliveryState.DEAD
         assert delivery.attempts == 3
         assert delivery.last_error is not None
@@ -301,12 +293,7 @@ class TestEmail:
                     }
                 ],
             )
-            async with open_polling(settings) as polling:
-                await polling.store.watch([A], source="cli", now=utc_now())
-                await poll(polling, A)
-                await poll(polling, A)
-                await deliver_all(polling)
-                [delivery] = (await states(polling)).values()
+            [delivery] = await one_transition_delivered(settings)
         assert mailbox.refused == 1
         [mail] = mailbox.messages
         assert delivery.state is DeliveryState.DELIVERED
@@ -325,11 +312,7 @@ class TestEmail:
                 smtp={"host": "127.0.0.1", "port": port},
                 sinks=[{"name": "mail", "type": "email", "to": ["a@example.com"], "on": ["*"]}],
             )
-            async with open_polling(settings) as polling:
-                await polling.store.watch([A], source="cli", now=utc_now())
-                await poll(polling, A)
-                await poll(polling, A)
-                await deliver_all(polling)
+            await one_transition_delivered(settings)
         [mail] = mailbox.messages
         assert mail["Bcc"] is None
         assert mail["X-Evil"] is None

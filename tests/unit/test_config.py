@@ -123,7 +123,7 @@ class TestLoad:
             ),
             ('[[sinks]]\nname = "a"\ntype = "pager"\n', "sinks[0]: "),
             ("[smtp]\nstarttls = true\ntls = true\n", "smtp: starttls and tls exclude each other"),
-            ("[smtp]\nusername = \"u\"\n", "smtp: username and password go together"),
+            ('[smtp]\nusername = "u"\n', "smtp: username and password go together"),
             ('[database]\nurl = "mysql://x"\n', "database.url: 'mysql://x'"),
             ("this is = not toml =", "is not valid TOML"),
         ],
