@@ -6,12 +6,13 @@ import asyncio
 import json
 import os
 import sys
-from collections.abc import Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.table import Table
 
 from tracker import config as config_module
 from tracker.app import delivery_lease, open_outbox, open_polling, open_store, utc_now
@@ -20,7 +21,7 @@ from tracker.errors import ConfigError, TrackerError
 from tracker.logs import configure as configure_logs
 from tracker.model import DeliveryState, SendResult, validate_order_id
 from tracker.poller import poll_now
-from tracker.store import upgrade
+from tracker.store import Store, upgrade
 from tracker.views import (
     attempt_line,
     deliveries_table,
@@ -35,6 +36,7 @@ from tracker.views import (
 )
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -72,6 +74,26 @@ def _settings(ctx: typer.Context, config: str | None) -> Settings:
 
 def _run(coroutine: Coroutine[Any, Any, T]) -> T:
     return asyncio.run(coroutine)
+
+
+def _list(
+    settings: Settings,
+    rows_of: Callable[[Store], AsyncIterator[R]],
+    as_dict: Callable[[R], dict[str, Any]],
+    table: Callable[[AsyncIterator[R]], Awaitable[Table]],
+    as_json: bool,
+) -> None:
+    """Stream rows from the store as a JSON array or a table."""
+
+    async def listing() -> None:
+        async with open_store(settings) as store:
+            rows = rows_of(store)
+            if as_json:
+                await json_array(rows, as_dict, sys.stdout)
+            else:
+                out.print(await table(rows))
+
+    _run(listing())
 
 
 @app.callback()
@@ -155,16 +177,9 @@ def watch_list(
 ) -> None:
     """The watched orders with status, last poll, last change and last error."""
     settings = _settings(ctx, config)
-
-    async def listing() -> None:
-        async with open_store(settings) as store:
-            rows = store.watched(status=status)
-            if as_json:
-                await json_array(rows, watched_dict, sys.stdout)
-            else:
-                out.print(await watched_table(rows))
-
-    _run(listing())
+    _list(
+        settings, lambda store: store.watched(status=status), watched_dict, watched_table, as_json
+    )
 
 
 @app.command("poll")
@@ -239,16 +254,14 @@ def deliveries_list(
 ) -> None:
     """Deliveries, oldest first, with their state, attempts and last answer."""
     settings = _settings(ctx, config)
-
-    async def listing() -> None:
-        async with open_store(settings) as store:
-            rows = store.deliveries(state=state.value if state else None, sink=sink)
-            if as_json:
-                await json_array(rows, delivery_dict, sys.stdout)
-            else:
-                out.print(await deliveries_table(rows))
-
-    _run(listing())
+    chosen = state.value if state else None
+    _list(
+        settings,
+        lambda store: store.deliveries(state=chosen, sink=sink),
+        delivery_dict,
+        deliveries_table,
+        as_json,
+    )
 
 
 @deliveries_app.command("retry")

@@ -37,11 +37,6 @@ class Pacer:
         """Start no request for ``seconds`` from now (a longer pause already set stays)."""
         self._paused_until = max(self._paused_until, self._clock() + seconds)
 
-    @property
-    def paused_for(self) -> float:
-        """Seconds left of the current pause (0 when not paused)."""
-        return max(0.0, self._paused_until - self._clock())
-
     @asynccontextmanager
     async def slot(self) -> AsyncIterator[None]:
         """Wait for a concurrency slot and for the budget, then hold the slot while in use."""

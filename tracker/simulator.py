@@ -169,33 +169,29 @@ def steady_scripts(count: int, status: str = "ordered") -> list[Script]:
 
 @dataclass(slots=True)
 class Stats:
-    """What the simulator saw: requests in total and the busiest one-second window."""
+    """What the simulator saw: requests in total, per whole second, and the busiest window."""
 
     requests: int = 0
     rate_limited: int = 0
-    first: float | None = None
-    last: float | None = None
     busiest_second: int = 0
+    _start: float | None = None
+    #: Requests started in each whole second since the first request.
+    _per_second: list[int] = field(default_factory=list)
     _window: deque[float] = field(default_factory=deque)
-    #: Start times of the latest requests, for the rate over whole seconds.
-    times: deque[float] = field(default_factory=lambda: deque(maxlen=1_000_000))
 
     def rate(self) -> float:
         """Requests per second over the whole seconds since the first request."""
-        if not self.times:
-            return 0.0
-        first = self.times[0]
-        seconds = int(self.times[-1] - first)
-        if seconds < 1:
-            return 0.0
-        return sum(1 for t in self.times if t < first + seconds) / seconds
+        complete = self._per_second[:-1]
+        return sum(complete) / len(complete) if complete else 0.0
 
     def count(self, now: float) -> None:
         """Count a request that starts at ``now``."""
         self.requests += 1
-        self.first = now if self.first is None else self.first
-        self.last = now
-        self.times.append(now)
+        if self._start is None:
+            self._start = now
+        second = int(now - self._start)
+        self._per_second.extend([0] * (second + 1 - len(self._per_second)))
+        self._per_second[second] += 1
         self._window.append(now)
         while self._window[0] <= now - 1.0:
             self._window.popleft()
@@ -306,12 +302,10 @@ class Simulator:
 
     def _stats_body(self) -> dict[str, object]:
         stats = self.stats
-        span = (stats.last or 0.0) - (stats.first or 0.0)
         return {
             "requests": stats.requests,
             "rate_limited": stats.rate_limited,
             "busiest_second": stats.busiest_second,
-            "mean_rate": (stats.requests - 1) / span if span > 0 else 0.0,
             "rate_over_whole_seconds": stats.rate(),
         }
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Protocol
+from typing import Any, Protocol
 
 import httpx
 import structlog
@@ -98,7 +98,7 @@ class ClientCredentials:
             raise AuthFailed(
                 f"token request refused with {response.status_code}: check client_id and "
                 "client_secret",
-                request_id=_request_id(response),
+                request_id=_request_id(response, _error_body(response)),
             )
         _raise_for_status(response)
         try:
@@ -141,7 +141,7 @@ class NomosClient:
         try:
             return MeterOrder.from_json(response.content, expected_id=order_id)
         except MalformedAnswer as exc:
-            exc.request_id = _request_id(response)
+            exc.request_id = _request_id(response, _error_body(response))
             raise
 
     async def _get(self, path: str, authorization: str) -> httpx.Response:
@@ -192,8 +192,12 @@ def _raise_for_status(response: httpx.Response) -> None:
     status = response.status_code
     if 200 <= status < 300:
         return
-    request_id = _request_id(response)
-    detail = f"HTTP {status}{_error_message(response)}"
+    body = _error_body(response)
+    request_id = _request_id(response, body)
+    message = body.get("message")
+    detail = f"HTTP {status}"
+    if isinstance(message, str):
+        detail += f" {body.get('code', '')}: {message[:200]}".replace("\n", " ")
     if status == 429:
         raise RateLimited(detail, retry_after=_retry_after(response), request_id=request_id)
     if status >= 500:
@@ -207,24 +211,19 @@ def _raise_for_status(response: httpx.Response) -> None:
     raise RequestRejected(detail, request_id=request_id)
 
 
-def _request_id(response: httpx.Response) -> str | None:
+def _error_body(response: httpx.Response) -> dict[str, Any]:
+    """The provider's error object (``code``, ``message``, ``requestId``), or ``{}``."""
+    try:
+        body = response.json()
+    except ValueError:
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
+def _request_id(response: httpx.Response, body: dict[str, Any]) -> str | None:
+    value = body.get("requestId")
     header: str | None = response.headers.get("x-request-id")
-    try:
-        body = response.json()
-    except ValueError:
-        return header
-    value = body.get("requestId") if isinstance(body, dict) else None
     return value if isinstance(value, str) else header
-
-
-def _error_message(response: httpx.Response) -> str:
-    try:
-        body = response.json()
-    except ValueError:
-        return ""
-    if isinstance(body, dict) and isinstance(body.get("message"), str):
-        return f" {body.get('code', '')}: {body['message'][:200]}".replace("\n", " ")
-    return ""
 
 
 def _retry_after(response: httpx.Response) -> float:
