@@ -20,6 +20,9 @@ from tracker.upstream import build_client
 
 #: How long a claimed order stays hidden from other ticks beyond two request timeouts.
 LEASE_MARGIN = timedelta(seconds=60)
+#: Polling counts as stalled when orders wait and no poll finished for two request timeouts,
+#: one gap of the budget, and this much more (an event loop busy writing a large batch).
+STALL_MARGIN = 10.0
 
 
 def utc_now() -> datetime:
@@ -95,6 +98,9 @@ class Polling:
             capacity=min(capacity, 2000),
             lease=self.lease,
             stop_grace=upstream.timeout.total_seconds() + 1,
+            stall_after=2 * upstream.timeout.total_seconds()
+            + 1 / upstream.requests_per_second
+            + STALL_MARGIN,
             on_transition=on_transition,
             dispatcher=self.dispatcher,
         )

@@ -65,6 +65,8 @@ class UpstreamSettings(_Section):
     client_id: str | None = None
     client_secret: SecretStr | None = None
     timeout: Duration = timedelta(seconds=10)
+    #: Bytes an answer may have; a meter order is a few hundred, so this is room, not a need.
+    max_body: int = Field(default=2 * 1024 * 1024, ge=1024)
     requests_per_second: float = Field(default=8, gt=0)
     max_concurrency: int = Field(default=8, ge=1, le=256)
 
@@ -168,8 +170,17 @@ class SmtpSettings(_Section):
     password: SecretStr | None = None
     sender: str = Field(default="Meter order tracker <tracker@localhost>", alias="from")
     timeout: Duration = timedelta(seconds=10)
+    ca_file: Path | None = None
+    require_tls: bool = False
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @field_validator("ca_file")
+    @classmethod
+    def _readable(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"{value} is not a file; give the PEM file of the relay's CA")
+        return value
 
     @model_validator(mode="after")
     def _consistent(self) -> SmtpSettings:
@@ -177,7 +188,14 @@ class SmtpSettings(_Section):
             raise ValueError("starttls and tls exclude each other: set one")
         if (self.username is None) != (self.password is None):
             raise ValueError("username and password go together: set both or neither")
+        if self.require_tls and not self.encrypted:
+            raise ValueError("require_tls is set but neither starttls nor tls: set one of them")
         return self
+
+    @property
+    def encrypted(self) -> bool:
+        """Whether the session runs over TLS (STARTTLS or implicit)."""
+        return self.starttls or self.tls
 
 
 class _SinkBase(_Section):
@@ -237,6 +255,13 @@ class EmailSinkSettings(_SinkBase):
     type: Literal["email"]
     to: tuple[str, ...] = Field(min_length=1)
     templates: Path | None = None
+
+    @field_validator("templates")
+    @classmethod
+    def _folder(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_dir():
+            raise ValueError(f"folder {value} does not exist; create it or remove the key")
+        return value
 
     @field_validator("to")
     @classmethod

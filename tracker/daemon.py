@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import time
 from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -18,6 +19,7 @@ from tracker.model import Claim, Transition
 from tracker.outbox import Dispatcher
 from tracker.poller import Clock, Poller, log_transitions
 from tracker.store import PollOutcome, Store
+from tracker.supervision import HeldClaims, supervised
 
 log = structlog.get_logger("tracker.daemon")
 
@@ -29,9 +31,12 @@ class Daemon:
 
     The database is the schedule: each tick claims the due orders (``next_poll_at``) that fit
     into the in-memory queue, hiding them behind a lease so a later tick does not take them
-    again. Workers poll within the upstream's pace and hand outcomes to one writer, which
-    records them in batches. A crash loses at most unwritten outcomes; their leases expire
-    and the orders are polled again, so no transition is lost or stored twice.
+    again. The lease is renewed for as long as the claim is queued, polled or waiting to be
+    written, so no pause outlives it. Workers poll within the upstream's pace and hand
+    outcomes to one writer, which records them in batches. A crash loses at most unwritten
+    outcomes; their leases expire and the orders are polled again, so no transition is lost
+    or stored twice. A worker that hits a bug is logged and goes on; the poll it was on is
+    recorded as failed and backed off.
     """
 
     def __init__(
@@ -44,6 +49,7 @@ class Daemon:
         capacity: int,
         lease: timedelta,
         stop_grace: float,
+        stall_after: float,
         tick: float = 1.0,
         on_transition: TransitionListener | None = None,
         dispatcher: Dispatcher | None = None,
@@ -53,16 +59,23 @@ class Daemon:
         self._clock = clock
         self._workers = workers
         self._capacity = capacity
-        self._lease = lease
+        self._claims: HeldClaims[str] = HeldClaims(
+            name="orders", lease=lease, clock=clock, extend=self._extend
+        )
         self._stop_grace = stop_grace
+        self._stall_after = stall_after
         self._tick_seconds = tick
         self._on_transition = on_transition
         self._queue: asyncio.Queue[Claim | None] = asyncio.Queue(maxsize=capacity)
         self._writer: BatchWriter[PollOutcome] = BatchWriter(self._record, name="polls")
         self._dispatcher = dispatcher
         self._dispatch_job: Job | None = None
-        self._in_flight: dict[str, Claim] = {}
+        self._in_flight: set[str] = set()
         self._stopping = False
+        self._progress_at = time.monotonic()
+        self._ticked_at = 0.0
+        self._tick_error: str | None = None
+        self._stalled: str | None = None
         self._tick_idle = asyncio.Event()
         self._tick_idle.set()
         self._dispatch_idle = asyncio.Event()
@@ -77,11 +90,15 @@ class Daemon:
         if taken_over := await self._store.release_all():
             log.info("leases_taken_over", orders=taken_over)
         scheduler = AsyncIOScheduler(timezone=UTC)
-        self._job = self._every_tick(scheduler, self._tick)
+        self._job = self._every(scheduler, self._tick, self._tick_seconds)
+        self._every(scheduler, self._renew_leases, self._claims.lease.total_seconds() / 3)
         if self._dispatcher is not None:
             self._dispatcher.start()
-            self._dispatch_job = self._every_tick(scheduler, self._dispatch)
-        workers = [asyncio.create_task(self._work()) for _ in range(self._workers)]
+            self._dispatch_job = self._every(scheduler, self._dispatch, self._tick_seconds)
+        workers = [
+            asyncio.create_task(supervised(f"poller-{number}", self._work))
+            for number in range(self._workers)
+        ]
         self._writer.start()
         scheduler.start()
         log.info("daemon_started", workers=self._workers, capacity=self._capacity)
@@ -96,14 +113,37 @@ class Daemon:
             await self._shut_down(workers)
         log.info("daemon_stopped", polls=self.polls)
 
-    def _every_tick(
-        self, scheduler: AsyncIOScheduler, job: Callable[[], Coroutine[Any, Any, None]]
+    def readiness(self) -> str | None:
+        """``None`` while polling makes progress; else why not (for ``/readyz`` and the log).
+
+        Unready: the last tick failed, or orders wait (queued, polled or unwritten) and no poll
+        has finished for ``stall_after`` seconds, as when every worker hangs or every request
+        is paused.
+        """
+        if self._tick_error is not None:
+            return f"claiming due orders failed: {self._tick_error}"
+        waiting = len(self._claims)
+        idle = time.monotonic() - self._progress_at
+        if waiting and idle > self._stall_after:
+            return f"no poll finished for {idle:.0f} s while {waiting} claimed orders wait"
+        return None
+
+    @property
+    def ticked_at(self) -> float:
+        """``time.monotonic()`` of the scheduler's last tick (0 before the first)."""
+        return self._ticked_at
+
+    def _every(
+        self,
+        scheduler: AsyncIOScheduler,
+        job: Callable[[], Coroutine[Any, Any, None]],
+        seconds: float,
     ) -> Job:
-        """One APScheduler job running ``job`` now and every tick, never twice at once."""
+        """One APScheduler job running ``job`` now and every ``seconds``, never twice at once."""
         return scheduler.add_job(
             job,
             "interval",
-            seconds=self._tick_seconds,
+            seconds=seconds,
             next_run_time=datetime.now(UTC),
             max_instances=1,
             coalesce=True,
@@ -113,20 +153,49 @@ class Daemon:
     async def _tick(self) -> None:
         if self._stopping:
             return
+        self._ticked_at = time.monotonic()
         self._tick_idle.clear()
         try:
-            room = self._capacity - self._queue.qsize()
-            if room <= 0:
-                return
-            now = self._clock()
-            claims = await self._store.claim_due(now=now, limit=room, lease_until=now + self._lease)
-            for claim in claims:
-                self._queue.put_nowait(claim)
-            self._more_due = len(claims) == room
-        except Exception:
+            await self._claim_due()
+            self._tick_error = None
+        except Exception as exc:
+            self._tick_error = f"{type(exc).__name__}: {exc}".splitlines()[0]
             log.exception("tick_failed")
         finally:
             self._tick_idle.set()
+        self._watch_progress()
+
+    async def _claim_due(self) -> None:
+        room = self._capacity - self._queue.qsize()
+        if room <= 0:
+            return
+        now = self._clock()
+        claims = await self._store.claim_due(
+            now=now, limit=room, lease_until=self._claims.lease_until()
+        )
+        # A claim this process still holds (its lease renewal failed) is not polled twice.
+        fresh = [claim for claim in claims if claim.order_id not in self._claims]
+        self._claims.take([claim.order_id for claim in fresh])
+        for claim in fresh:
+            self._queue.put_nowait(claim)
+        self._more_due = len(claims) == room
+
+    def _watch_progress(self) -> None:
+        """Log once when polling stalls and once when it resumes."""
+        reason = self.readiness()
+        if reason is not None and self._stalled is None:
+            log.error("polling_stalled", reason=reason)
+        elif reason is None and self._stalled is not None:
+            log.info("polling_resumed")
+        self._stalled = reason
+
+    async def _extend(self, order_ids: list[str], lease_until: datetime) -> None:
+        await self._store.extend_leases(order_ids, lease_until=lease_until)
+
+    async def _renew_leases(self) -> None:
+        await self._claims.renew()
+        if self._dispatcher is not None:
+            await self._dispatcher.renew_leases()
 
     async def _dispatch(self) -> None:
         if self._stopping or self._dispatcher is None:
@@ -165,16 +234,25 @@ class Daemon:
     async def _work(self) -> None:
         while (claim := await self._queue.get()) is not None:
             self._refill_soon()
-            self._in_flight[claim.order_id] = claim
+            order_id = claim.order_id
+            self._in_flight.add(order_id)
             try:
                 outcome = await self._poller.poll(claim)
+            except Exception as exc:
+                log.exception("worker_crashed", order_id=order_id)
+                outcome = self._poller.crashed(claim, exc)
             finally:
-                del self._in_flight[claim.order_id]
+                self._in_flight.discard(order_id)
+            self._progress_at = time.monotonic()
             self._writer.put(outcome)
             self.polls += 1
 
     async def _record(self, batch: list[PollOutcome]) -> None:
-        transitions = await self._store.record(batch)
+        try:
+            transitions = await self._store.record(batch)
+        finally:
+            # Written, or (on failure) left to expire and be polled again.
+            self._claims.drop([outcome.claim.order_id for outcome in batch])
         log_transitions(transitions)
         if self._on_transition is not None:
             for transition in transitions:
@@ -199,6 +277,7 @@ class Daemon:
         if self._dispatcher is not None:
             await self._dispatcher.stop(self._stop_grace)
         if waiting or abandoned:
+            self._claims.drop(waiting + abandoned)
             await self._store.release(waiting + abandoned)
             log.info("polls_handed_back", waiting=len(waiting), abandoned=len(abandoned))
 

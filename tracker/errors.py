@@ -36,6 +36,11 @@ class StoreError(TrackerError):
     """The database cannot be used; the message says what to do."""
 
 
+#: Characters of a failure's reason that are kept: it is logged and stored with the order, and
+#: an answer can put anything into it (a 2 MB id, quoted back).
+REASON_LIMIT = 300
+
+
 class UpstreamError(TrackerError):
     """One request to the upstream failed."""
 
@@ -43,6 +48,8 @@ class UpstreamError(TrackerError):
     kind = "upstream_error"
 
     def __init__(self, reason: str, *, request_id: str | None = None) -> None:
+        if len(reason) > REASON_LIMIT:
+            reason = reason[: REASON_LIMIT - 1] + "…"
         super().__init__(reason)
         self.reason = reason
         self.request_id = request_id

@@ -11,6 +11,7 @@ import json
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from tracker.errors import InvalidOrderId, MalformedAnswer
 from tracker.lifecycle import Classification, is_known
@@ -43,6 +44,17 @@ def parse_timestamp(value: str) -> datetime | None:
     return parsed.astimezone(UTC)
 
 
+def parse_json(body: bytes) -> Any:
+    """Parse an upstream body, or raise :class:`MalformedAnswer`; nesting too deep is malformed."""
+    try:
+        return json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise MalformedAnswer(f"body is not JSON: {exc}") from exc
+    except RecursionError:
+        # The parser recurses once per level; an answer nested thousands deep is no meter order.
+        raise MalformedAnswer("body is JSON nested too deeply to be a meter order") from None
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class MeterOrder:
     """One meter order as the upstream answered it; ``raw`` is the body exactly as received."""
@@ -59,10 +71,7 @@ class MeterOrder:
     @classmethod
     def from_json(cls, body: bytes, *, expected_id: str) -> MeterOrder:
         """Parse an upstream body strictly, or raise :class:`MalformedAnswer` saying why."""
-        try:
-            data = json.loads(body)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise MalformedAnswer(f"body is not JSON: {exc}") from exc
+        data = parse_json(body)
         if not isinstance(data, dict):
             raise MalformedAnswer(f"body is a JSON {type(data).__name__}, not an object")
         if data.get("object") != "meter_order":

@@ -7,6 +7,7 @@ from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import partial
 
 import structlog
 
@@ -15,6 +16,7 @@ from tracker.model import DeliveryState, DueDelivery, SendResult
 from tracker.schedule import plan_delivery
 from tracker.sinks import Sink
 from tracker.store import Attempt, Store
+from tracker.supervision import HeldClaims, supervised
 
 log = structlog.get_logger("tracker.outbox")
 
@@ -42,11 +44,11 @@ class Dispatcher:
     """Delivers pending deliveries, each sink on its own so one slow sink delays no other.
 
     Every sink has a lane: ``concurrency`` workers sending from a queue of claimed deliveries
-    (hidden from other claims behind a lease). A tick, or a worker that sees its queue half
-    empty, claims more. Attempts are recorded in batches; the next attempt follows
-    ``backoff`` (a longer ``Retry-After`` wins) and the last failed one dead-letters the
-    delivery. A crash before an attempt is recorded repeats it after the lease: at least once,
-    always under the same event id.
+    (hidden from other claims behind a lease, renewed while the delivery is held here). A
+    tick, or a worker that sees its queue half empty, claims more. Attempts are recorded in
+    batches; the next attempt follows ``backoff`` (a longer ``Retry-After`` wins) and the last
+    failed one dead-letters the delivery. A crash before an attempt is recorded repeats it
+    after the lease: at least once, always under the same event id.
     """
 
     def __init__(
@@ -64,14 +66,16 @@ class Dispatcher:
         self._backoff = tuple(backoff)
         self._clock = clock
         self._concurrency = concurrency
-        self._lease = lease
+        self._claims: HeldClaims[int] = HeldClaims(
+            name="deliveries", lease=lease, clock=clock, extend=self._extend
+        )
         self._window = window(concurrency)
         self._lanes = {name: _Lane(sink) for name, sink in sinks.items()}
         self._stopping = False
         # Attempts finish one by one; lingering lets a few hundred share a transaction. A crash
         # in between only repeats those attempts, which at-least-once allows.
         self._writer: BatchWriter[Attempt] = BatchWriter(
-            self._store.record_attempts, name="deliveries", linger=0.2
+            self._record, name="deliveries", linger=0.2
         )
         self.attempted = 0
 
@@ -84,7 +88,25 @@ class Dispatcher:
         """Start each sink's workers and the recording of attempts."""
         self._writer.start()
         for lane in self._lanes.values():
-            lane.workers = [asyncio.create_task(self._work(lane)) for _ in range(self._concurrency)]
+            lane.workers = [
+                asyncio.create_task(
+                    supervised(f"sink-{lane.sink.name}-{n}", partial(self._work, lane))
+                )
+                for n in range(self._concurrency)
+            ]
+
+    async def renew_leases(self) -> None:
+        """Keep the leases of held deliveries alive (see :class:`HeldClaims`)."""
+        await self._claims.renew()
+
+    async def _extend(self, delivery_ids: list[int], lease_until: datetime) -> None:
+        await self._store.extend_delivery_leases(delivery_ids, lease_until=lease_until)
+
+    async def _record(self, attempts: list[Attempt]) -> None:
+        try:
+            await self._store.record_attempts(attempts)
+        finally:
+            self._claims.drop([attempt.delivery_id for attempt in attempts])
 
     async def tick(self) -> None:
         """Claim due deliveries for every sink with room in its queue."""
@@ -108,6 +130,7 @@ class Dispatcher:
                 task.cancel()
             await asyncio.gather(*late, return_exceptions=True)
             if abandoned:
+                self._claims.drop(abandoned)
                 await self._store.release_deliveries(abandoned)
                 log.info("deliveries_handed_back", deliveries=len(abandoned))
         await self._writer.close()
@@ -129,13 +152,18 @@ class Dispatcher:
             room = self._window - len(lane.waiting) - len(lane.sending)
             if room <= 0 or self._stopping:
                 return
-            now = self._clock()
             due = await self._store.claim_deliveries(
-                sink=lane.sink.name, now=now, limit=room, lease_until=now + self._lease
+                sink=lane.sink.name,
+                now=self._clock(),
+                limit=room,
+                lease_until=self._claims.lease_until(),
             )
             lane.more = len(due) == room
-            if due:
-                lane.waiting.extend(due)
+            # A delivery still held here (its lease renewal failed) is not sent twice at once.
+            fresh = [delivery for delivery in due if delivery.id not in self._claims]
+            self._claims.take([delivery.id for delivery in fresh])
+            if fresh:
+                lane.waiting.extend(fresh)
                 lane.wake.set()
 
     async def _work(self, lane: _Lane) -> None:
@@ -148,8 +176,11 @@ class Dispatcher:
             lane.sending[delivery.id] = delivery
             try:
                 attempt = await self._send(lane.sink, delivery)
+            except BaseException:
+                self._claims.drop([delivery.id])  # unrecorded: its lease expires, it is retried
+                raise
             finally:
-                del lane.sending[delivery.id]
+                lane.sending.pop(delivery.id, None)
             self._writer.put(attempt)
             if lane.more and len(lane.waiting) <= self._window // 2:
                 lane.more = False

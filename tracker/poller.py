@@ -30,6 +30,8 @@ def new_event_id() -> str:
 
 
 Clock = Callable[[], datetime]
+#: ``last_error_kind`` of a poll the tracker itself failed on.
+INTERNAL = "internal"
 
 
 class Poller:
@@ -92,16 +94,22 @@ class Poller:
         sinks = route(self._routes, change.from_status, change.to_status)
         return {"event_id": event_id, "payload": payload, "sinks": sinks}
 
-    def _failed(self, claim: Claim, exc: UpstreamError) -> PollOutcome:
+    def crashed(self, claim: Claim, exc: Exception) -> PollOutcome:
+        """The outcome of a poll that raised unexpectedly: failed, backed off, not lost."""
+        reason = f"internal error: {type(exc).__name__}: {exc}"
+        return self._failed(claim, UpstreamError(reason), kind=INTERNAL)
+
+    def _failed(self, claim: Claim, exc: UpstreamError, kind: str | None = None) -> PollOutcome:
+        kind = kind or exc.kind
         now = self._clock()
         failures = claim.consecutive_failures + 1
         retry_after = exc.retry_after if isinstance(exc, RateLimited) else None
         next_poll_at = self._policy.retry_at(
-            now, exc.kind, failures, claim.status, self._rng, retry_after
+            now, kind, failures, claim.status, self._rng, retry_after
         )
         log.warning(
             "poll_failed",
-            kind=exc.kind,
+            kind=kind,
             reason=exc.reason,
             request_id=exc.request_id,
             failures=failures,
@@ -111,7 +119,7 @@ class Poller:
             claim=claim,
             polled_at=now,
             next_poll_at=next_poll_at,
-            error_kind=exc.kind,
+            error_kind=kind,
             error=exc.reason,
         )
 

@@ -18,6 +18,8 @@ _BACKOFF: Mapping[str, tuple[timedelta, timedelta | None]] = {
     "transient": (timedelta(seconds=30), None),
     "rate_limited": (timedelta(seconds=30), None),
     "malformed": (timedelta(minutes=5), None),
+    # The tracker itself failed on this order (a bug); retrying at once would only fail again.
+    "internal": (timedelta(minutes=5), None),
     "auth_failed": (timedelta(minutes=5), timedelta(hours=6)),
     "not_found": (timedelta(hours=1), timedelta(days=7)),
     "rejected": (timedelta(hours=1), timedelta(days=7)),

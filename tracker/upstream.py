@@ -20,8 +20,9 @@ from tracker.errors import (
     TransientError,
     UpstreamError,
 )
-from tracker.model import MeterOrder, validate_order_id
+from tracker.model import MeterOrder, parse_json, validate_order_id
 from tracker.pacing import Pacer
+from tracker.text import one_line
 
 log = structlog.get_logger("tracker.upstream")
 
@@ -30,6 +31,55 @@ DEFAULT_RETRY_AFTER = 30.0
 RENEW_MARGIN = 120.0
 #: After credentials are refused, every request waits this long (doubling up to the cap).
 AUTH_PAUSE, AUTH_PAUSE_CAP = 60.0, 3600.0
+#: Bytes of an error answer read for its code and message; the rest is not read.
+ERROR_BODY_LIMIT = 64 * 1024
+
+
+class Exchange:
+    """One request and its answer, bounded in time and size.
+
+    httpx's timeout bounds each read, so a peer that drips its answer a byte at a time keeps
+    a request alive indefinitely; here the whole exchange (connect, send, every read) ends
+    within ``deadline`` seconds. A body longer than ``max_body`` is not read: ``body`` is
+    then ``None``. Transport failures and the deadline become :class:`TransientError`.
+    """
+
+    def __init__(self, http: httpx.AsyncClient, *, deadline: float, max_body: int) -> None:
+        self._http = http
+        self._deadline = deadline
+        #: Bytes a successful answer may have.
+        self.max_body = max_body
+
+    async def __call__(
+        self, method: str, path: str, **kwargs: Any
+    ) -> tuple[httpx.Response, bytes | None]:
+        """Send the request and read the answer's body (``None`` when over the limit)."""
+        try:
+            async with (
+                asyncio.timeout(self._deadline),
+                self._http.stream(method, path, **kwargs) as response,
+            ):
+                limit = self.max_body if response.is_success else ERROR_BODY_LIMIT
+                return response, await _read(response, limit)
+        except (TimeoutError, httpx.TimeoutException) as exc:
+            raise TransientError(f"timed out after {self._deadline:g} s") from exc
+        except httpx.TransportError as exc:
+            raise TransientError(f"connection failed: {_describe(exc)}") from exc
+
+
+async def _read(response: httpx.Response, limit: int) -> bytes | None:
+    """The body if it has at most ``limit`` bytes; ``None`` (and the rest unread) if not."""
+    declared = response.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        return None
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.aiter_bytes():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 class Credentials(Protocol):
@@ -62,9 +112,9 @@ class ClientCredentials:
     """OAuth2 client credentials: ``POST /oauth/token`` with Basic auth, renewed before expiry."""
 
     def __init__(
-        self, *, http: httpx.AsyncClient, pacer: Pacer, client_id: str, client_secret: str
+        self, *, exchange: Exchange, pacer: Pacer, client_id: str, client_secret: str
     ) -> None:
-        self._http = http
+        self._exchange = exchange
         self._pacer = pacer
         self._auth = httpx.BasicAuth(client_id, client_secret)
         self._header: str | None = None
@@ -89,22 +139,25 @@ class ClientCredentials:
     async def _fetch(self) -> None:
         async with self._pacer.slot():
             try:
-                response = await self._http.post(
-                    "/oauth/token", auth=self._auth, data={"grant_type": "client_credentials"}
+                response, body = await self._exchange(
+                    "POST",
+                    "/oauth/token",
+                    auth=self._auth,
+                    data={"grant_type": "client_credentials"},
                 )
-            except httpx.TransportError as exc:
-                raise TransientError(f"token request failed: {_describe(exc)}") from exc
+            except TransientError as exc:
+                raise TransientError(f"token request failed: {exc.reason}") from exc
         if response.status_code in {401, 403}:
             raise AuthFailed(
                 f"token request refused with {response.status_code}: check client_id and "
                 "client_secret",
-                request_id=_request_id(response, _error_body(response)),
+                request_id=_request_id(response, _error_body(body)),
             )
-        _raise_for_status(response)
+        _raise_for_status(response, body)
         try:
-            answer = response.json()
+            answer = parse_json(body or b"")
             token, lifetime = answer["access_token"], float(answer.get("expires_in", 3600))
-        except (ValueError, KeyError, TypeError) as exc:
+        except (MalformedAnswer, ValueError, KeyError, TypeError) as exc:
             raise MalformedAnswer("token answer lacks access_token") from exc
         self._header = f"Bearer {token}"
         self._expires = time.monotonic() + max(lifetime - RENEW_MARGIN, lifetime / 2)
@@ -114,8 +167,8 @@ class ClientCredentials:
 class NomosClient:
     """``GET /meter-orders/{id}`` with the version pinned, paced and parsed strictly."""
 
-    def __init__(self, *, http: httpx.AsyncClient, pacer: Pacer, credentials: Credentials) -> None:
-        self._http = http
+    def __init__(self, *, exchange: Exchange, pacer: Pacer, credentials: Credentials) -> None:
+        self._exchange = exchange
         self._pacer = pacer
         self._credentials = credentials
         self._auth_pause = AUTH_PAUSE
@@ -124,12 +177,12 @@ class NomosClient:
         """Fetch and parse one meter order, or raise an :class:`UpstreamError` subclass."""
         path = f"/meter-orders/{validate_order_id(order_id)}"
         header = await self._credentials.header()
-        response = await self._get(path, header)
+        response, body = await self._get(path, header)
         if response.status_code == 401:
             await self._credentials.renew(header)
-            response = await self._get(path, await self._credentials.header())
+            response, body = await self._get(path, await self._credentials.header())
         try:
-            _raise_for_status(response)
+            _raise_for_status(response, body)
         except RateLimited as exc:
             self._pacer.pause(exc.retry_after)
             raise
@@ -138,20 +191,20 @@ class NomosClient:
             self._auth_pause = min(self._auth_pause * 2, AUTH_PAUSE_CAP)
             raise
         self._auth_pause = AUTH_PAUSE
+        if body is None:
+            raise MalformedAnswer(
+                f"answer larger than {self._exchange.max_body} bytes; not read, not stored",
+                request_id=_request_id(response, {}),
+            )
         try:
-            return MeterOrder.from_json(response.content, expected_id=order_id)
+            return MeterOrder.from_json(body, expected_id=order_id)
         except MalformedAnswer as exc:
-            exc.request_id = _request_id(response, _error_body(response))
+            exc.request_id = _request_id(response, _error_body(body))
             raise
 
-    async def _get(self, path: str, authorization: str) -> httpx.Response:
+    async def _get(self, path: str, authorization: str) -> tuple[httpx.Response, bytes | None]:
         async with self._pacer.slot():
-            try:
-                return await self._http.get(path, headers={"Authorization": authorization})
-            except httpx.TimeoutException as exc:
-                raise TransientError(f"timed out: {_describe(exc)}") from exc
-            except httpx.TransportError as exc:
-                raise TransientError(f"connection failed: {_describe(exc)}") from exc
+            return await self._exchange("GET", path, headers={"Authorization": authorization})
 
 
 def build_client(
@@ -171,12 +224,13 @@ def build_client(
         trust_env=False,
     )
     pacer = Pacer(settings.requests_per_second, settings.max_concurrency)
+    exchange = Exchange(http, deadline=timeout, max_body=settings.max_body)
     credentials: Credentials
     if settings.token is not None:
         credentials = StaticToken(settings.token.get_secret_value())
     elif settings.client_id is not None and settings.client_secret is not None:
         credentials = ClientCredentials(
-            http=http,
+            exchange=exchange,
             pacer=pacer,
             client_id=settings.client_id,
             client_secret=settings.client_secret.get_secret_value(),
@@ -185,19 +239,19 @@ def build_client(
         raise ConfigError(
             "upstream.token: no credentials; set token, or client_id and client_secret"
         )
-    return NomosClient(http=http, pacer=pacer, credentials=credentials), http
+    return NomosClient(exchange=exchange, pacer=pacer, credentials=credentials), http
 
 
-def _raise_for_status(response: httpx.Response) -> None:
+def _raise_for_status(response: httpx.Response, raw: bytes | None) -> None:
     status = response.status_code
     if 200 <= status < 300:
         return
-    body = _error_body(response)
+    body = _error_body(raw)
     request_id = _request_id(response, body)
     message = body.get("message")
     detail = f"HTTP {status}"
     if isinstance(message, str):
-        detail += f" {body.get('code', '')}: {message[:200]}".replace("\n", " ")
+        detail += " " + one_line(f"{body.get('code', '')}: {message}", limit=200)
     if status == 429:
         raise RateLimited(detail, retry_after=_retry_after(response), request_id=request_id)
     if status >= 500:
@@ -211,19 +265,19 @@ def _raise_for_status(response: httpx.Response) -> None:
     raise RequestRejected(detail, request_id=request_id)
 
 
-def _error_body(response: httpx.Response) -> dict[str, Any]:
+def _error_body(raw: bytes | None) -> dict[str, Any]:
     """The provider's error object (``code``, ``message``, ``requestId``), or ``{}``."""
     try:
-        body = response.json()
-    except ValueError:
+        body = parse_json(raw or b"")
+    except MalformedAnswer:
         return {}
     return body if isinstance(body, dict) else {}
 
 
 def _request_id(response: httpx.Response, body: dict[str, Any]) -> str | None:
     value = body.get("requestId")
-    header: str | None = response.headers.get("x-request-id")
-    return value if isinstance(value, str) else header
+    found = value if isinstance(value, str) else response.headers.get("x-request-id")
+    return one_line(found, limit=100) if found else None
 
 
 def _retry_after(response: httpx.Response) -> float:

@@ -12,8 +12,9 @@ from rich.table import Table
 from rich.text import Text
 
 from tracker.model import Delivery, DeliveryState, DueDelivery, Transition, WatchedOrder
-from tracker.sinks.render import TEST_EVENT_TYPE, event_body
+from tracker.sinks.render import test_event
 from tracker.store import Attempt, History, PollOutcome
+from tracker.text import printable
 
 T = TypeVar("T")
 
@@ -69,12 +70,12 @@ async def watched_table(rows: AsyncIterator[WatchedOrder]) -> Table:
     async for order in rows:
         table.add_row(
             order.order_id,
-            order.status or "-",
+            printable(order.status or "-"),
             state_of(order),
             _short(order.last_polled_at),
             _short(order.last_change_at),
             str(order.consecutive_failures),
-            Text(f"{order.last_error_kind}: {order.last_error}" if order.last_error else ""),
+            printable(f"{order.last_error_kind}: {order.last_error}" if order.last_error else ""),
         )
     return table
 
@@ -83,18 +84,16 @@ def outcome_line(outcome: PollOutcome, transition: Transition | None) -> Text:
     """One line saying what a poll found."""
     order_id = outcome.claim.order_id
     if outcome.error_kind is not None:
-        return Text(f"{order_id}: failed ({outcome.error_kind}): {outcome.error}", style="red")
+        return Text(printable(f"{order_id}: failed ({outcome.error_kind}): {outcome.error}"), "red")
     if transition is not None:
-        return Text(
-            f"{order_id}: {transition.from_status} → {transition.to_status} ({transition.kind})",
-            style="bold",
-        )
+        move = f"{transition.from_status} → {transition.to_status} ({transition.kind})"
+        return Text(printable(f"{order_id}: {move}"), style="bold")
     assert outcome.order is not None  # noqa: S101 - a successful outcome has the order
     if outcome.decision is not None and outcome.decision.store_snapshot:
         first = outcome.claim.status is None
         what = "first snapshot" if first else "changed (same status)"
-        return Text(f"{order_id}: {what}: {outcome.order.status}")
-    return Text(f"{order_id}: unchanged ({outcome.order.status})")
+        return Text(printable(f"{order_id}: {what}: {outcome.order.status}"))
+    return Text(printable(f"{order_id}: unchanged ({outcome.order.status})"))
 
 
 def history_json(history: History) -> dict[str, Any]:
@@ -162,7 +161,7 @@ async def deliveries_table(rows: AsyncIterator[Delivery]) -> Table:
             d.sink,
             Text(d.state.value, style=_STATE_STYLE[d.state]),
             str(d.attempts),
-            Text(answer),
+            Text(printable(answer)),
             _short(d.next_attempt_at) if d.state is DeliveryState.PENDING else "-",
         )
     return table
@@ -178,36 +177,24 @@ _STATE_STYLE = {
 def history_rich(history: History) -> Group:
     """A readable timeline, oldest first."""
     order = history.order
-    lines: list[Text] = [
-        Text(
-            f"{order.order_id}  {order.status or 'never polled'}  ({state_of(order)})", style="bold"
-        )
-    ]
+    head = f"{order.order_id}  {order.status or 'never polled'}  ({state_of(order)})"
+    lines: list[Text] = [Text(printable(head), style="bold")]
     moves = {t.snapshot_id: t for t in history.transitions}
     for snapshot in history.snapshots:
         move = moves.get(snapshot.id)
         when = _short(snapshot.observed_at)
         if move is None:
-            lines.append(Text(f"  {when}  snapshot  {snapshot.status}", style="dim"))
+            lines.append(Text(printable(f"  {when}  snapshot  {snapshot.status}"), style="dim"))
             continue
         skipped = f", skipped {', '.join(move.skipped)}" if move.skipped else ""
         lines.append(
-            Text(f"  {when}  {move.from_status} → {move.to_status}  [{move.kind}{skipped}]  ")
+            Text(printable(f"  {when}  {move.from_status} → {move.to_status}  "))
+            + Text(f"[{move.kind}{skipped}]  ")
             + Text(move.event_id, style="dim")
         )
-        for d in history.deliveries.get(move.event_id, ()):
-            note = (
-                f" ({d.last_error})"
-                if d.last_error and d.state is not DeliveryState.DELIVERED
-                else ""
-            )
-            lines.append(
-                Text("      → ")
-                + Text(f"{d.sink}: {d.state.value}", style=_STATE_STYLE[d.state])
-                + Text(f", {d.attempts} attempt(s){note}")
-            )
+        lines += [_delivery_line(d) for d in history.deliveries.get(move.event_id, ())]
     if order.last_error:
-        lines.append(Text(f"  last error: {order.last_error}", style="red"))
+        lines.append(Text(printable(f"  last error: {order.last_error}"), style="red"))
     return Group(*lines)
 
 
@@ -217,7 +204,7 @@ def _delivery_line(d: Delivery) -> Text:
     return (
         Text("      → ")
         + Text(f"{d.sink}: {d.state.value}", style=_STATE_STYLE[d.state])
-        + Text(f", {d.attempts} attempt(s){note}")
+        + Text(printable(f", {d.attempts} attempt(s){note}"))
     )
 
 
@@ -228,30 +215,12 @@ def attempt_line(attempt: Attempt) -> Text:
     return (
         Text(f"delivery {attempt.delivery_id}: ")
         + Text(attempt.state, style=style)
-        + Text(f" after attempt {attempt.attempts} {answer}".rstrip())
+        + Text(printable(f" after attempt {attempt.attempts} {answer}".rstrip()))
     )
-
-
-TEST_ORDER_ID = "prdo_test0000000000000000000"
 
 
 def test_delivery(sink: str, now: datetime) -> DueDelivery:
     """A clearly marked test event (type ``meter_order.test``) for ``tracker sinks test``."""
     event_id = "evt_test" + now.strftime("%Y%m%d%H%M%S%f")
-    order = {
-        "object": "meter_order",
-        "id": TEST_ORDER_ID,
-        "status": "checked",
-        "provider": "test",
-        "test": True,
-    }
-    payload = event_body(
-        event_id=event_id,
-        order_id=TEST_ORDER_ID,
-        from_status="ordered",
-        to_status="checked",
-        detected_at=now,
-        order_raw=json.dumps(order),
-        event_type=TEST_EVENT_TYPE,
-    )
+    payload = test_event(event_id, now)
     return DueDelivery(id=0, event_id=event_id, sink=sink, attempts=0, payload=payload)

@@ -11,8 +11,9 @@ from standardwebhooks.webhooks import Webhook
 
 from tracker.routing import matches, route
 from tracker.schedule import plan_delivery
-from tracker.sinks.render import event_body, message_context, one_line
+from tracker.sinks.render import event_body, message_context
 from tracker.sinks.webhook import InvalidSignature, sign, verify
+from tracker.text import one_line
 
 NOW = datetime(2026, 11, 29, 12, 0, 0, 123456, tzinfo=UTC)
 BACKOFF = (timedelta(seconds=5), timedelta(minutes=5), timedelta(minutes=30))

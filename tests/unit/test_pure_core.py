@@ -9,7 +9,7 @@ import pytest
 
 import tracker
 
-PURE = ["lifecycle", "model", "diff", "schedule", "errors", "routing", "sinks/render"]
+PURE = ["lifecycle", "model", "diff", "schedule", "errors", "routing", "sinks/render", "text"]
 FORBIDDEN = {
     "httpx",
     "sqlalchemy",

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
+import ssl
+from datetime import UTC, datetime
 from email.message import EmailMessage
 
 import aiosmtplib
 import jinja2
 
 from tracker.config import EmailSinkSettings, SmtpSettings
+from tracker.errors import ConfigError
 from tracker.model import DueDelivery, SendResult
-from tracker.sinks.render import message_context, one_line
+from tracker.sinks.render import message_context, test_event
+from tracker.text import one_line
 
 _TEMPLATES = ("subject.txt", "body.txt", "body.html")
 
@@ -28,15 +33,57 @@ def _environment(overrides: str | None) -> jinja2.Environment:
     )
 
 
-class EmailSink:
-    """Sends each event as one message to the sink's ``to`` addresses."""
+def _templates(settings: EmailSinkSettings) -> dict[str, jinja2.Template]:
+    """Compile the sink's templates and render each once, so a broken one fails at start."""
+    environment = _environment(str(settings.templates) if settings.templates else None)
+    sample = message_context(test_event("evt_sample", datetime.now(UTC)))
+    compiled: dict[str, jinja2.Template] = {}
+    for name in _TEMPLATES:
+        try:
+            compiled[name] = environment.get_template(name)
+            compiled[name].render(sample)
+        except jinja2.TemplateSyntaxError as exc:
+            raise ConfigError(
+                f"sink {settings.name!r}: template {name} line {exc.lineno}: {exc.message}"
+            ) from None
+        except jinja2.TemplateError as exc:
+            raise ConfigError(
+                f"sink {settings.name!r}: template {name}: {exc.message}; "
+                f"the variables are {', '.join(sorted(sample))}"
+            ) from None
+    return compiled
 
-    def __init__(self, settings: EmailSinkSettings, smtp: SmtpSettings) -> None:
+
+def tls_context(smtp: SmtpSettings) -> ssl.SSLContext | None:
+    """The context that verifies the relay's certificate (against ``ca_file`` when set)."""
+    if not smtp.encrypted:
+        return None
+    cafile = str(smtp.ca_file) if smtp.ca_file is not None else None
+    return ssl.create_default_context(cafile=cafile)
+
+
+class EmailSink:
+    """Sends each event as one message to the sink's ``to`` addresses.
+
+    One attempt is one SMTP session, and the whole session (connect, TLS, login, every reply)
+    ends within ``deadline`` seconds: a server that answers each line just inside the per-reply
+    timeout cannot hold a delivery longer.
+    """
+
+    def __init__(
+        self,
+        settings: EmailSinkSettings,
+        smtp: SmtpSettings,
+        *,
+        deadline: float,
+        context: ssl.SSLContext | None = None,
+    ) -> None:
         self.name = settings.name
         self._to = settings.to
         self._smtp = smtp
-        environment = _environment(str(settings.templates) if settings.templates else None)
-        self._templates = {name: environment.get_template(name) for name in _TEMPLATES}
+        self._deadline = deadline
+        self._context = context
+        self._templates = _templates(settings)
 
     def message(self, delivery: DueDelivery) -> EmailMessage:
         """The message for a delivery; the same event always yields the same Message-ID."""
@@ -53,19 +100,24 @@ class EmailSink:
         return message
 
     async def send(self, delivery: DueDelivery) -> SendResult:
-        """Hand the message to the SMTP server once."""
+        """Hand the message to the SMTP server once, within the deadline."""
         smtp = self._smtp
+        message = self.message(delivery)
         try:
-            errors, _answer = await aiosmtplib.send(
-                self.message(delivery),
-                hostname=smtp.host,
-                port=smtp.port,
-                use_tls=smtp.tls,
-                start_tls=smtp.starttls,
-                username=smtp.username,
-                password=smtp.password.get_secret_value() if smtp.password else None,
-                timeout=smtp.timeout.total_seconds(),
-            )
+            async with asyncio.timeout(self._deadline):
+                errors, _answer = await aiosmtplib.send(
+                    message,
+                    hostname=smtp.host,
+                    port=smtp.port,
+                    use_tls=smtp.tls,
+                    start_tls=smtp.starttls,
+                    tls_context=self._context,
+                    username=smtp.username,
+                    password=smtp.password.get_secret_value() if smtp.password else None,
+                    timeout=self._deadline,
+                )
+        except TimeoutError:
+            return SendResult(ok=False, error=f"timed out after {self._deadline:g} s")
         except aiosmtplib.SMTPResponseException as exc:
             return SendResult(
                 ok=False, status=exc.code, error=f"SMTP {exc.code}: {one_line(exc.message)}"

@@ -6,13 +6,12 @@ Pure: standard library only, no I/O.
 from __future__ import annotations
 
 import json
-import re
 from datetime import datetime
 from typing import Any
 
 EVENT_TYPE = "meter_order.status_changed"
 TEST_EVENT_TYPE = "meter_order.test"
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
+TEST_ORDER_ID = "prdo_test0000000000000000000"
 
 
 def timestamp(moment: datetime) -> str:
@@ -46,9 +45,24 @@ def event_body(
     return json.dumps(body, ensure_ascii=False, separators=(",", ":"))
 
 
-def one_line(value: object, limit: int = 200) -> str:
-    """A value made safe for a mail header: no CR, LF or other control characters."""
-    return _CONTROL.sub(" ", str(value)).strip()[:limit]
+def test_event(event_id: str, now: datetime) -> str:
+    """The body of a clearly marked test event (type ``meter_order.test``)."""
+    order = {
+        "object": "meter_order",
+        "id": TEST_ORDER_ID,
+        "status": "checked",
+        "provider": "test",
+        "test": True,
+    }
+    return event_body(
+        event_id=event_id,
+        order_id=TEST_ORDER_ID,
+        from_status="ordered",
+        to_status="checked",
+        detected_at=now,
+        order_raw=json.dumps(order),
+        event_type=TEST_EVENT_TYPE,
+    )
 
 
 def message_context(payload: str) -> dict[str, Any]:

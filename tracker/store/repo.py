@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import (
     ColumnElement,
@@ -39,6 +39,7 @@ w = watched_orders
 
 #: How many rows one statement writes or one fetch reads at most.
 BATCH = 500
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -241,9 +242,19 @@ class Store:
     async def release(self, order_ids: Sequence[str]) -> None:
         """Hand claimed orders back unpolled; their schedule is unchanged."""
         async with self._engine.begin() as conn:
-            for chunk in _chunks(list(order_ids)):
+            for chunk in _chunks(order_ids):
                 await conn.execute(
                     update(w).where(w.c.order_id.in_(chunk)).values(leased_until=None)
+                )
+
+    async def extend_leases(self, order_ids: Sequence[str], *, lease_until: datetime) -> None:
+        """Keep claims alive that are still queued or being polled (however long they wait)."""
+        async with self._engine.begin() as conn:
+            for chunk in _chunks(order_ids):
+                await conn.execute(
+                    update(w)
+                    .where(w.c.order_id.in_(chunk), w.c.leased_until.is_not(None))
+                    .values(leased_until=lease_until)
                 )
 
     async def release_all(self) -> int:
@@ -354,10 +365,22 @@ class Store:
     async def release_deliveries(self, delivery_ids: Sequence[int]) -> None:
         """Hand claimed deliveries back unattempted."""
         async with self._engine.begin() as conn:
-            for start in range(0, len(delivery_ids), BATCH):
-                chunk = delivery_ids[start : start + BATCH]
+            for chunk in _chunks(delivery_ids):
                 await conn.execute(
                     update(deliveries).where(deliveries.c.id.in_(chunk)).values(leased_until=None)
+                )
+
+    async def extend_delivery_leases(
+        self, delivery_ids: Sequence[int], *, lease_until: datetime
+    ) -> None:
+        """Keep claimed deliveries hidden while they wait to be sent or recorded."""
+        d = deliveries
+        async with self._engine.begin() as conn:
+            for chunk in _chunks(delivery_ids):
+                await conn.execute(
+                    update(d)
+                    .where(d.c.id.in_(chunk), d.c.leased_until.is_not(None))
+                    .values(leased_until=lease_until)
                 )
 
     async def retry_deliveries(
@@ -577,7 +600,7 @@ def _failed_params(outcome: PollOutcome) -> dict[str, Any]:
     }
 
 
-def _chunks(items: list[str]) -> Iterable[list[str]]:
+def _chunks(items: Sequence[T]) -> Iterable[Sequence[T]]:
     for start in range(0, len(items), BATCH):
         yield items[start : start + BATCH]
 

@@ -1,0 +1,86 @@
+"""Long-running worker tasks that outlive their own bugs, and leases kept alive while held."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Collection
+from datetime import datetime, timedelta
+from typing import Generic, TypeVar
+
+import structlog
+
+log = structlog.get_logger("tracker.supervision")
+
+K = TypeVar("K")
+
+
+async def supervised(name: str, body: Callable[[], Awaitable[None]]) -> None:
+    """Run ``body`` until it returns; an unexpected exception is logged and ``body`` restarts.
+
+    A worker that died silently would leave the daemon running with fewer workers than
+    configured, looking ready and doing less (or nothing). Cancellation still ends it.
+    """
+    while True:
+        try:
+            await body()
+        except Exception:
+            log.exception("worker_crashed", worker=name)
+            await asyncio.sleep(0)  # a body that fails at once must not starve the loop
+        else:
+            return
+
+
+class HeldClaims(Generic[K]):
+    """The claims this process holds, from claim until recorded, with their leases kept alive.
+
+    A claim's lease is what hides its order (or delivery) from every other claim. A claim
+    can wait longer than any fixed lease (a long ``Retry-After``, a pause after refused
+    credentials, a slow receiver), so :meth:`renew` pushes the lease of every held claim
+    ahead again; it runs every third of a lease, so a held claim never expires.
+    """
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        lease: timedelta,
+        clock: Callable[[], datetime],
+        extend: Callable[[list[K], datetime], Awaitable[None]],
+    ) -> None:
+        self._name = name
+        self._lease = lease
+        self._clock = clock
+        self._extend = extend
+        self._held: set[K] = set()
+
+    @property
+    def lease(self) -> timedelta:
+        """How long a claim stays hidden without renewal."""
+        return self._lease
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._held
+
+    def __len__(self) -> int:
+        return len(self._held)
+
+    def lease_until(self) -> datetime:
+        """The end of a lease taken now."""
+        return self._clock() + self._lease
+
+    def take(self, keys: Collection[K]) -> None:
+        """Claims were taken: hold them until :meth:`drop`."""
+        self._held.update(keys)
+
+    def drop(self, keys: Collection[K]) -> None:
+        """Claims were recorded or handed back: stop renewing them."""
+        self._held.difference_update(keys)
+
+    async def renew(self) -> None:
+        """Push every held lease one lease ahead of now."""
+        if not self._held:
+            return
+        try:
+            await self._extend(list(self._held), self.lease_until())
+        except Exception:
+            log.exception("lease_renewal_failed", claims=self._name, held=len(self._held))

@@ -1,0 +1,23 @@
+"""Text from outside made safe for a mail header or a terminal.
+
+Pure: standard library only, no I/O.
+"""
+
+from __future__ import annotations
+
+import re
+
+#: What may not reach a mail header or a terminal: C0 and C1 control characters (U+0085, the
+#: "next line", among them), DEL, the Unicode line and paragraph separators, and the invisible
+#: direction overrides that make a value read differently from what it is.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]+")
+
+
+def one_line(value: object, limit: int = 200) -> str:
+    """A value made safe for a mail header: no line breaks of any kind, no control characters."""
+    return _CONTROL.sub(" ", str(value)).strip()[:limit]
+
+
+def printable(value: object) -> str:
+    """A value made safe for a terminal: each control character shown as its escape (``\\x1b``)."""
+    return _CONTROL.sub(lambda match: match.group().encode("unicode_escape").decode(), str(value))
