@@ -13,6 +13,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 from rich.console import Console
 from rich.table import Table
+from sqlalchemy.exc import SQLAlchemyError
 
 from tracker import config as config_module
 from tracker.app import delivery_lease, open_outbox, open_polling, open_store, utc_now
@@ -21,7 +22,7 @@ from tracker.errors import ConfigError, TrackerError
 from tracker.logs import configure as configure_logs
 from tracker.model import DeliveryState, SendResult, validate_order_id
 from tracker.poller import poll_now
-from tracker.store import Store, upgrade
+from tracker.store import Store, describe, upgrade
 from tracker.views import (
     attempt_line,
     deliveries_table,
@@ -358,6 +359,8 @@ def main() -> None:
         _fail(str(exc), 2)
     except TrackerError as exc:
         _fail(str(exc), 1)
+    except SQLAlchemyError as exc:
+        _fail(describe(exc), 1)
     except KeyboardInterrupt:
         _fail("interrupted", 1)
 

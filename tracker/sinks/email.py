@@ -59,7 +59,13 @@ def tls_context(smtp: SmtpSettings) -> ssl.SSLContext | None:
     if not smtp.encrypted:
         return None
     cafile = str(smtp.ca_file) if smtp.ca_file is not None else None
-    return ssl.create_default_context(cafile=cafile)
+    try:
+        return ssl.create_default_context(cafile=cafile)
+    except ssl.SSLError as exc:
+        raise ConfigError(
+            f"smtp.ca_file: {cafile} holds no usable certificate ({exc.reason}); "
+            "give the PEM file of the relay's CA"
+        ) from None
 
 
 class EmailSink:

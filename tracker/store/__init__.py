@@ -1,6 +1,6 @@
 """The database: tables, migrations and the repository that speaks domain words."""
 
-from tracker.store.db import connect, upgrade
+from tracker.store.db import connect, describe, upgrade
 from tracker.store.repo import Attempt, History, PollOutcome, Store
 
-__all__ = ["Attempt", "History", "PollOutcome", "Store", "connect", "upgrade"]
+__all__ = ["Attempt", "History", "PollOutcome", "Store", "connect", "describe", "upgrade"]

@@ -42,9 +42,24 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 def _check_sqlite_folder(url: str) -> None:
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite" and parsed.database not in {None, "", ":memory:"}:
-        folder = Path(str(parsed.database)).parent
+        path = str(parsed.database)
+        if parsed.query.get("uri") == "true":  # sqlite:///file:PATH?mode=ro&uri=true
+            path = path.removeprefix("file:")
+        folder = Path(path).parent
         if not folder.is_dir():
             raise StoreError(f"database.url: folder {folder} does not exist; create it first")
+
+
+def describe(exc: SQLAlchemyError) -> str:
+    """A database failure as one line that says what to do."""
+    cause = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+    text = cause[0] if cause else type(exc).__name__
+    if any(word in text.lower() for word in ("readonly", "read-only", "permission denied")):
+        return (
+            f"database.url: the database cannot be written ({text}); check the permissions "
+            "of the file and its folder, or the database user's grants"
+        )
+    return f"database.url: the database failed: {text}"
 
 
 def connect(url: str) -> AsyncEngine:
