@@ -1,0 +1,324 @@
+"""Hostile peers on loopback: answers that drip, answers too large, JSON too deep, long pauses.
+
+Each test bounds its own time; the bounds asserted on elapsed time are the deadlines under
+test (a dripping peer would otherwise hold a request for minutes), not speed measurements.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import random
+import time
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import structlog
+
+from tests.hostile import HostilePeer, answer, drip, huge, order_json, serve_order
+from tests.support import ScriptedUpstream, error, make_settings, ok
+from tracker.app import Polling, open_polling, utc_now
+from tracker.daemon import Daemon
+from tracker.errors import MalformedAnswer, TransientError
+from tracker.httpserver import HttpServer
+from tracker.model import Claim, DueDelivery
+from tracker.poller import Poller, poll_now
+from tracker.sinks import build_sinks
+from tracker.sinks.render import event_body
+from tracker.store import PollOutcome
+from tracker.supervision import supervised
+from tracker.upstream import build_client
+
+A = "prdo_aaaaaaaaaaaaaaaaaaaaaaaa"
+B = "prdo_bbbbbbbbbbbbbbbbbbbbbbbb"
+C = "prdo_cccccccccccccccccccccccc"
+D = "prdo_dddddddddddddddddddddddd"
+HEALTHY = [f"prdo_healthy{n:012d}" for n in range(6)]
+SECRET = "whsec_" + base64.b64encode(b"hostile-receiver-secret-32-bytes").decode()
+
+
+def path(order_id: str) -> str:
+    return f"/meter-orders/{order_id}"
+
+
+async def until(predicate: Any, seconds: float) -> None:
+    """Wait until ``await predicate()`` is true, at most ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while not await predicate():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.05)
+
+
+@pytest.fixture
+def logs() -> Any:
+    with structlog.testing.capture_logs() as entries:
+        yield entries
+
+
+class TestOverallDeadline:
+    """An answer that drips one byte at a time ends at the request's timeout, as a failed poll."""
+
+    async def test_client_gives_up_at_the_deadline(self, tmp_path: Path) -> None:
+        async with HostilePeer(default=drip(order_json(A, "checked"), every=0.3)) as peer:
+            settings = make_settings(tmp_path, peer.url, upstream={"timeout": 1})
+            client, http = build_client(settings.upstream)
+            async with http:
+                began = time.monotonic()
+                with pytest.raises(TransientError, match=r"^timed out after 1 s$"):
+                    await client.fetch(A)
+                # Without a deadline: 300 bytes at 0.3 s each, 90 s, and then "a success".
+                assert time.monotonic() - began < 2.5
+
+    async def test_drips_do_not_starve_the_other_orders(self, tmp_path: Path) -> None:
+        behaviours = {path(A): drip(order_json(A, "checked"), 0.2)}
+        behaviours[path(B)] = drip(order_json(B, "checked"), 0.2)
+        async with HostilePeer(behaviours, default=serve_order("ordered")) as peer:
+            settings = make_settings(
+                tmp_path, peer.url, upstream={"timeout": 0.5, "max_concurrency": 2}
+            )
+            async with open_polling(settings) as polling, running(polling.daemon()):
+                await polling.store.watch([A, B, *HEALTHY], source="cli", now=utc_now())
+
+                async def all_polled() -> bool:
+                    orders = [await polling.store.get(i) for i in (A, B, *HEALTHY)]
+                    return all(o is not None and o.last_polled_at for o in orders)
+
+                await until(all_polled, 10)
+                for order_id in HEALTHY:
+                    order = await polling.store.get(order_id)
+                    assert order is not None
+                    assert order.status == "ordered"
+                for order_id in (A, B):
+                    order = await polling.store.get(order_id)
+                    assert order is not None
+                    assert order.status is None
+                    assert order.last_error_kind == "transient"
+                    assert order.last_error == "timed out after 0.5 s"
+
+
+class TestBoundedBodies:
+    """An answer above ``max_body`` fails as malformed, unread and unstored."""
+
+    @pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+    async def test_huge_answer_is_malformed(self, tmp_path: Path, chunked: bool) -> None:
+        size = 32 * 1024 * 1024
+        prefix = order_json(A, "checked")[:-1] + b', "pad": "'
+        async with HostilePeer(default=huge(size, prefix=prefix, chunked=chunked)) as peer:
+            settings = make_settings(tmp_path, peer.url, upstream={"max_body": 65536})
+            async with open_polling(settings) as polling:
+                await polling.store.watch([A], source="cli", now=utc_now())
+                claims = await polling.store.claim([A], lease_until=utc_now() + polling.lease)
+                outcomes, _ = await poll_now(polling.store, polling.poller, claims)
+                history = await polling.store.history(A)
+        assert outcomes[0].error_kind == "malformed"
+        assert outcomes[0].error == "answer larger than 65536 bytes; not read, not stored"
+        assert history is not None
+        assert history.snapshots == ()
+        assert peer.cut_off == 1  # the peer could not send it all: the rest was never read
+
+    async def test_huge_error_body_keeps_its_status(self, tmp_path: Path) -> None:
+        async with HostilePeer(default=huge(16 * 1024 * 1024, status=503)) as peer:
+            client, http = build_client(make_settings(tmp_path, peer.url).upstream)
+            async with http:
+                with pytest.raises(TransientError, match=r"^HTTP 503$"):
+                    await client.fetch(A)
+
+
+class TestDeepJson:
+    """JSON nested a hundred thousand levels deep is a malformed answer, not a crash."""
+
+    async def test_deep_answer_is_malformed(self, tmp_path: Path) -> None:
+        async with HostilePeer(default=answer(200, b"[" * 100_000)) as peer:
+            client, http = build_client(make_settings(tmp_path, peer.url).upstream)
+            async with http:
+                with pytest.raises(MalformedAnswer, match="nested too deeply"):
+                    await client.fetch(A)
+
+    async def test_deep_error_body_is_still_a_500(self, tmp_path: Path) -> None:
+        async with HostilePeer(default=answer(500, b'{"a":' * 100_000)) as peer:
+            client, http = build_client(make_settings(tmp_path, peer.url).upstream)
+            async with http:
+                with pytest.raises(TransientError, match=r"^HTTP 500$"):
+                    await client.fetch(A)
+
+
+class running:  # noqa: N801 - reads as a phrase: `async with running(daemon)`
+    """Runs a daemon for the duration of a block, then stops it and waits for it."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        self.daemon = daemon
+        self._stop = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> Daemon:
+        self._task = asyncio.create_task(self.daemon.run(self._stop))
+        return self.daemon
+
+    async def __aexit__(self, *_exc: object) -> None:
+        assert self._task is not None
+        assert not self._task.done(), "the daemon ended on its own"
+        self._stop.set()
+        await asyncio.wait_for(self._task, 10)
+
+
+def small_daemon(polling: Polling, *, lease: float, poller: Poller | None = None) -> Daemon:
+    """A daemon of two workers with a short lease, so pauses can outlive it in a test."""
+    return Daemon(
+        store=polling.store,
+        poller=poller or polling.poller,
+        clock=utc_now,
+        workers=2,
+        capacity=4,
+        lease=timedelta(seconds=lease),
+        stop_grace=1,
+        stall_after=1.0,
+        tick=0.2,
+    )
+
+
+class TestPausesOutliveLeases:
+    """A 429 pause longer than the lease polls no order twice and kills no worker."""
+
+    async def test_long_retry_after(self, tmp_path: Path, logs: list[dict[str, Any]]) -> None:
+        scripted = ScriptedUpstream()
+        scripted.script(A, error(429, {"Retry-After": "3"}))
+        for order_id in (B, C, D):
+            scripted.script(order_id, ok("checked"))
+        async with HttpServer(scripted) as server:
+            settings = make_settings(tmp_path, server.url, upstream={"requests_per_second": 1})
+            async with open_polling(settings) as polling:
+                await polling.store.watch([A, B, C, D], source="cli", now=utc_now())
+                reasons: list[str | None] = []
+                async with running(small_daemon(polling, lease=0.9)) as daemon:
+
+                    async def settled() -> bool:
+                        reasons.append(daemon.readiness())
+                        orders = [await polling.store.get(i) for i in (A, B, C, D)]
+                        return all(o is not None and o.last_polled_at for o in orders)
+
+                    await until(settled, 15)
+                    await asyncio.sleep(1.5)  # a second claim would land in here
+                    assert daemon.readiness() is None
+        # Each order once: A's 429 paused every request for 3 s, more than three leases.
+        assert [scripted.polls(i) for i in (A, B, C, D)] == [1, 1, 1, 1]
+        assert any(r is not None and "no poll finished" in r for r in reasons)
+        events = [entry["event"] for entry in logs]
+        assert "worker_crashed" not in events
+        assert "polling_stalled" in events
+        assert "polling_resumed" in events
+
+
+class Faulty(Poller):
+    """A real poller with a fault injected for one order: the kind of bug no test foresaw."""
+
+    async def poll(self, claim: Claim) -> PollOutcome:
+        if claim.order_id == A:
+            raise RuntimeError("injected fault")
+        return await super().poll(claim)
+
+
+class TestSupervisedWorkers:
+    """A poll that raises is logged with its traceback, recorded as failed; the worker goes on."""
+
+    async def test_bug_in_one_poll(
+        self, upstream: tuple[ScriptedUpstream, str], tmp_path: Path, logs: list[dict[str, Any]]
+    ) -> None:
+        scripted, url = upstream
+        for order_id in (A, B, C, D):
+            scripted.script(order_id, ok("checked"))
+        settings = make_settings(tmp_path, url)
+        client, http = build_client(settings.upstream)
+        async with http, open_polling(settings) as polling:
+            faulty = Faulty(
+                client=client,
+                policy=polling.settings.polling.policy(),
+                clock=utc_now,
+                rng=random.Random(1),
+            )
+            await polling.store.watch([A, B, C, D], source="cli", now=utc_now())
+            async with running(small_daemon(polling, lease=5, poller=faulty)) as daemon:
+
+                async def all_polled() -> bool:
+                    orders = [await polling.store.get(i) for i in (A, B, C, D)]
+                    return all(o is not None and o.last_polled_at for o in orders)
+
+                await until(all_polled, 10)
+                assert daemon.polls == 4
+            order = await polling.store.get(A)
+        assert order is not None
+        assert order.last_error_kind == "internal"
+        assert order.last_error == "internal error: RuntimeError: injected fault"
+        assert order.next_poll_at is not None
+        assert order.next_poll_at > datetime.now(UTC) + timedelta(minutes=2)
+        crashed = [entry for entry in logs if entry["event"] == "worker_crashed"]
+        assert len(crashed) == 1
+        assert crashed[0]["order_id"] == A
+        assert crashed[0]["exc_info"] is True
+
+    async def test_supervised_body_restarts(self, logs: list[dict[str, Any]]) -> None:
+        calls: list[int] = []
+
+        async def body() -> None:
+            calls.append(1)
+            if len(calls) < 3:
+                raise ValueError(f"failure {len(calls)}")
+
+        await asyncio.wait_for(supervised("worker-under-test", body), 5)
+        assert len(calls) == 3
+        assert [e["worker"] for e in logs if e["event"] == "worker_crashed"] == [
+            "worker-under-test",
+            "worker-under-test",
+        ]
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient() as client:
+        yield client
+
+
+def delivery() -> DueDelivery:
+    payload = event_body(
+        event_id="evt_hostile",
+        order_id=A,
+        from_status="ordered",
+        to_status="checked",
+        detected_at=datetime.now(UTC),
+        order_raw=order_json(A, "checked").decode(),
+    )
+    return DueDelivery(id=1, event_id="evt_hostile", sink="ops", attempts=0, payload=payload)
+
+
+class TestHostileReceivers:
+    """A webhook receiver can neither hold an attempt past its timeout nor fill the memory."""
+
+    def sink(self, tmp_path: Path, url: str, http: httpx.AsyncClient) -> Any:
+        settings = make_settings(
+            tmp_path,
+            "http://127.0.0.1:1",
+            delivery={"timeout": 1},
+            sinks=[{"name": "ops", "type": "webhook", "url": url, "secret": SECRET}],
+        )
+        return build_sinks(settings, http)["ops"]
+
+    async def test_dripping_answer(self, tmp_path: Path, http: httpx.AsyncClient) -> None:
+        async with HostilePeer(default=drip(b"accepted, thank you", every=0.3)) as peer:
+            began = time.monotonic()
+            result = await self.sink(tmp_path, peer.url, http).send(delivery())
+            assert time.monotonic() - began < 2.5  # without a deadline: 6 s, and a success
+        assert not result.ok
+        assert result.error == "timed out after 1 s"
+
+    async def test_huge_answer_is_not_read(self, tmp_path: Path, http: httpx.AsyncClient) -> None:
+        async with HostilePeer(default=huge(64 * 1024 * 1024, status=500, prefix=b"")) as peer:
+            result = await self.sink(tmp_path, peer.url, http).send(delivery())
+        assert not result.ok
+        assert result.status == 500
+        assert result.error is not None
+        assert result.error.startswith("HTTP 500: xxxx")
+        assert len(result.error) < 300
+        assert peer.cut_off == 1
