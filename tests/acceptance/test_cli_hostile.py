@@ -1,0 +1,124 @@
+"""The command line facing hostile answers and late-found mistakes: one line, never a traceback."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from tests.hostile import HostilePeer, answer, drip, order_json
+from tests.support import ScriptedUpstream, ok, settings_mapping, tracker_cli, write_config
+
+A = "prdo_aaaaaaaaaaaaaaaaaaaaaaaa"
+Upstream = tuple[ScriptedUpstream, str]
+MAIL_SINK = {"name": "mail", "type": "email", "to": ["support@example.com"]}
+
+
+def config(tmp_path: Path, url: str, **sections: Any) -> str:
+    return str(write_config(tmp_path / "c.toml", settings_mapping(tmp_path, url, **sections)))
+
+
+def one_line(err: str) -> str:
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.startswith("tracker: error:")]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+class TestHostileAnswersOnTheCommandLine:
+    """`tracker poll` reports a hostile answer as a failed poll, in time, on one line."""
+
+    async def test_dripping_answer(self, tmp_path: Path) -> None:
+        async with HostilePeer(default=drip(order_json(A, "checked"), every=0.3)) as peer:
+            path = config(tmp_path, peer.url, upstream={"timeout": 1})
+            assert (await tracker_cli("watch", "add", A, "--config", path)).code == 0
+            ran = await tracker_cli("poll", A, "--config", path, limit=20)
+        assert ran.code == 1
+        assert f"{A}: failed (transient): timed out after 1 s" in ran.out
+
+    async def test_deeply_nested_answer(self, tmp_path: Path) -> None:
+        async with HostilePeer(default=answer(200, b"[" * 100_000)) as peer:
+            path = config(tmp_path, peer.url)
+            assert (await tracker_cli("watch", "add", A, "--config", path)).code == 0
+            ran = await tracker_cli("poll", A, "--config", path)
+        assert ran.code == 1
+        assert "Traceback" not in ran.err
+        assert f"{A}: failed (malformed): body is JSON nested too deeply" in ran.out
+
+
+class TestTerminalEscapes:
+    """Control characters from the upstream reach the terminal escaped, never raw."""
+
+    async def test_poll_and_history(self, upstream: Upstream, tmp_path: Path) -> None:
+        scripted, url = upstream
+        scripted.script(A, ok("ordered"), ok("checked\x1b[2J\x1b]0;owned\x07\u2028\x85"))
+        path = config(tmp_path, url)
+        await tracker_cli("watch", "add", A, "--config", path)
+        await tracker_cli("poll", A, "--config", path)
+        polled = await tracker_cli("poll", A, "--config", path)
+        history = await tracker_cli("history", A, "--config", path)
+        listed = await tracker_cli("watch", "list", "--config", path)
+        for ran in (polled, history, listed):
+            assert ran.code == 0, ran.err
+            assert "\x1b" not in ran.out
+            assert "\x07" not in ran.out
+            assert "\u2028" not in ran.out
+            assert "\x85" not in ran.out
+        assert "ordered → checked\\x1b[2J\\x1b]0;owned\\x07\\u2028\\x85" in polled.out
+        assert "checked\\x1b[2J" in history.out
+
+
+class TestMistakesFoundAtStart:
+    """Templates and the database are checked when a command starts: exit 2 or 1, one line."""
+
+    async def test_templates_folder_missing(self, tmp_path: Path) -> None:
+        missing = tmp_path / "no-such-templates"
+        sink = {**MAIL_SINK, "templates": str(missing)}
+        ran = await tracker_cli(
+            "watch", "list", "--config", config(tmp_path, "http://127.0.0.1:1", sinks=[sink])
+        )
+        assert ran.code == 2
+        line = one_line(ran.err)
+        assert f"sinks[0].templates: folder {missing} does not exist" in line
+
+    async def test_template_that_does_not_compile(self, tmp_path: Path) -> None:
+        folder = tmp_path / "templates"
+        folder.mkdir()
+        (folder / "subject.txt").write_text("{{ order_id }: {{ to_status }}\n")
+        sink = {**MAIL_SINK, "templates": str(folder)}
+        path = config(tmp_path, "http://127.0.0.1:1", sinks=[sink])
+        for command in (("sinks", "test", "mail"), ("run",)):
+            ran = await tracker_cli(*command, "--config", path, limit=20)
+            assert ran.code == 2
+            assert "sink 'mail': template subject.txt line 1: unexpected '}'" in one_line(ran.err)
+
+    async def test_template_with_unknown_variable(self, tmp_path: Path) -> None:
+        folder = tmp_path / "templates"
+        folder.mkdir()
+        (folder / "body.txt").write_text("Order {{ order_id }} for {{ customer_name }}\n")
+        sink = {**MAIL_SINK, "templates": str(folder)}
+        ran = await tracker_cli(
+            "sinks",
+            "test",
+            "mail",
+            "--config",
+            config(tmp_path, "http://127.0.0.1:1", sinks=[sink]),
+        )
+        assert ran.code == 2
+        line = one_line(ran.err)
+        assert "sink 'mail': template body.txt: 'customer_name' is undefined" in line
+        assert "the variables are" in line
+
+    async def test_database_that_cannot_be_written(self, tmp_path: Path) -> None:
+        path = config(tmp_path, "http://127.0.0.1:1")
+        assert (await tracker_cli("watch", "add", A, "--config", path)).code == 0
+        mapping = settings_mapping(tmp_path, "http://127.0.0.1:1")
+        mapping["database"] = {"url": f"sqlite:///file:{tmp_path / 'tracker.db'}?mode=ro&uri=true"}
+        read_only = str(write_config(tmp_path / "ro.toml", mapping))
+        listed = await tracker_cli("watch", "list", "--json", "--config", read_only)
+        assert listed.code == 0  # reading still works
+        assert A in listed.out
+        ran = await tracker_cli("run", "--config", read_only, limit=20)
+        assert ran.code == 1
+        line = one_line(ran.err)
+        assert "database.url: the database cannot be written" in line
+        assert "readonly" in line
