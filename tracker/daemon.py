@@ -233,19 +233,27 @@ class Daemon:
 
     async def _work(self) -> None:
         while (claim := await self._queue.get()) is not None:
-            self._refill_soon()
-            order_id = claim.order_id
-            self._in_flight.add(order_id)
             try:
-                outcome = await self._poller.poll(claim)
-            except Exception as exc:
-                log.exception("worker_crashed", order_id=order_id)
-                outcome = self._poller.crashed(claim, exc)
-            finally:
-                self._in_flight.discard(order_id)
-            self._progress_at = time.monotonic()
-            self._writer.put(outcome)
-            self.polls += 1
+                await self._poll(claim)
+            except BaseException:
+                # Unrecorded: stop renewing its lease, so that it expires and the order is polled.
+                self._claims.drop([claim.order_id])
+                raise
+
+    async def _poll(self, claim: Claim) -> None:
+        self._refill_soon()
+        order_id = claim.order_id
+        self._in_flight.add(order_id)
+        try:
+            outcome = await self._poller.poll(claim)
+        except Exception as exc:
+            log.exception("worker_crashed", order_id=order_id)
+            outcome = self._poller.crashed(claim, exc)
+        finally:
+            self._in_flight.discard(order_id)
+        self._progress_at = time.monotonic()
+        self._writer.put(outcome)
+        self.polls += 1
 
     async def _record(self, batch: list[PollOutcome]) -> None:
         try:

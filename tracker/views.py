@@ -70,12 +70,16 @@ async def watched_table(rows: AsyncIterator[WatchedOrder]) -> Table:
     async for order in rows:
         table.add_row(
             order.order_id,
-            printable(order.status or "-"),
+            Text(printable(order.status or "-")),
             state_of(order),
             _short(order.last_polled_at),
             _short(order.last_change_at),
             str(order.consecutive_failures),
-            printable(f"{order.last_error_kind}: {order.last_error}" if order.last_error else ""),
+            Text(
+                printable(
+                    f"{order.last_error_kind}: {order.last_error}" if order.last_error else ""
+                )
+            ),
         )
     return table
 

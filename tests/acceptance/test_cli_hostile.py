@@ -9,6 +9,7 @@ from tests.hostile import HostilePeer, answer, drip, order_json
 from tests.support import ScriptedUpstream, ok, settings_mapping, tracker_cli, write_config
 
 A = "prdo_aaaaaaaaaaaaaaaaaaaaaaaa"
+B = "prdo_bbbbbbbbbbbbbbbbbbbbbbbb"
 Upstream = tuple[ScriptedUpstream, str]
 MAIL_SINK = {"name": "mail", "type": "email", "to": ["support@example.com"]}
 
@@ -51,9 +52,10 @@ class TestTerminalEscapes:
     async def test_poll_and_history(self, upstream: Upstream, tmp_path: Path) -> None:
         scripted, url = upstream
         scripted.script(A, ok("ordered"), ok("checked\x1b[2J\x1b]0;owned\x07\u2028\x85"))
+        scripted.script(B, ok("[/x] not markup"))
         path = config(tmp_path, url)
-        await tracker_cli("watch", "add", A, "--config", path)
-        await tracker_cli("poll", A, "--config", path)
+        await tracker_cli("watch", "add", A, B, "--config", path)
+        await tracker_cli("poll", A, B, "--config", path)
         polled = await tracker_cli("poll", A, "--config", path)
         history = await tracker_cli("history", A, "--config", path)
         listed = await tracker_cli("watch", "list", "--config", path)
@@ -65,6 +67,7 @@ class TestTerminalEscapes:
             assert "\x85" not in ran.out
         assert "ordered → checked\\x1b[2J\\x1b]0;owned\\x07\\u2028\\x85" in polled.out
         assert "checked\\x1b[2J" in history.out
+        assert "[/x] not markup" in listed.out  # shown as text, not read as rich markup
 
 
 class TestMistakesFoundAtStart:
