@@ -30,6 +30,7 @@ test: lint typecheck unit
 bench: $(BIN)/tracker
 	$(BIN)/python benchmarks/bench_poll.py
 	$(BIN)/python benchmarks/bench_deliver.py
+	$(BIN)/python benchmarks/bench_hostile.py
 
 # Regenerate the locks (needs uv); they name packages, versions and hashes only.
 lock:

@@ -13,11 +13,13 @@ class Pacer:
     """Admits requests so that at most ``rate`` reach the upstream in any one-second window.
 
     A request counts against the window from the moment it is admitted until one window after
-    its answer came back. The upstream sees it arrive somewhere in between (the bytes may leave
-    late when the event loop is busy or a connection is being opened), so counting the whole
-    span keeps the promise at the upstream's end too, bursts after an idle spell or a restart
-    included. A rate below one becomes one request per ``1 / rate`` seconds. :meth:`pause`
-    holds every request back, e.g. after a 429.
+    its answer began to come back. The upstream sees it arrive somewhere in between (the bytes
+    may leave late when the event loop is busy or a connection is being opened), so counting
+    the whole span keeps the promise at the upstream's end too, bursts after an idle spell or a
+    restart included. The span ends when the answer's head arrives (the upstream has surely
+    counted the request by then), not when its body is read: an answer that drips for seconds
+    costs one request of the budget, like any other. A rate below one becomes one request per
+    ``1 / rate`` seconds. :meth:`pause` holds every request back, e.g. after a 429.
     """
 
     def __init__(
@@ -38,16 +40,28 @@ class Pacer:
         self._paused_until = max(self._paused_until, self._clock() + seconds)
 
     @asynccontextmanager
-    async def slot(self) -> AsyncIterator[None]:
-        """Wait for a concurrency slot and for the budget, then hold the slot while in use."""
+    async def slot(self) -> AsyncIterator[Callable[[], None]]:
+        """Wait for a concurrency slot and for the budget, then hold the slot while in use.
+
+        Yields ``answered``: call it when the answer's head arrives, so that the request's
+        count in the budget ends then rather than when the slot is given back.
+        """
         async with self._slots:
             await self._admit()
+            counted = True
+
+            def answered() -> None:
+                nonlocal counted
+                if counted:
+                    counted = False
+                    self._in_flight -= 1
+                    self._finished.append(self._clock())
+                    self._done.set()
+
             try:
-                yield
+                yield answered
             finally:
-                self._in_flight -= 1
-                self._finished.append(self._clock())
-                self._done.set()
+                answered()
 
     async def _admit(self) -> None:
         async with self._turn:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import httpx
@@ -51,14 +52,18 @@ class Exchange:
         self.max_body = max_body
 
     async def __call__(
-        self, method: str, path: str, **kwargs: Any
+        self, method: str, path: str, *, answered: Callable[[], None], **kwargs: Any
     ) -> tuple[httpx.Response, bytes | None]:
-        """Send the request and read the answer's body (``None`` when over the limit)."""
+        """Send the request and read the answer's body (``None`` when over the limit).
+
+        ``answered`` is called when the answer's head has arrived (see :meth:`Pacer.slot`).
+        """
         try:
             async with (
                 asyncio.timeout(self._deadline),
                 self._http.stream(method, path, **kwargs) as response,
             ):
+                answered()
                 limit = self.max_body if response.is_success else ERROR_BODY_LIMIT
                 return response, await _read(response, limit)
         except (TimeoutError, httpx.TimeoutException) as exc:
@@ -137,11 +142,12 @@ class ClientCredentials:
                 await self._fetch()
 
     async def _fetch(self) -> None:
-        async with self._pacer.slot():
+        async with self._pacer.slot() as answered:
             try:
                 response, body = await self._exchange(
                     "POST",
                     "/oauth/token",
+                    answered=answered,
                     auth=self._auth,
                     data={"grant_type": "client_credentials"},
                 )
@@ -203,8 +209,10 @@ class NomosClient:
             raise
 
     async def _get(self, path: str, authorization: str) -> tuple[httpx.Response, bytes | None]:
-        async with self._pacer.slot():
-            return await self._exchange("GET", path, headers={"Authorization": authorization})
+        async with self._pacer.slot() as answered:
+            return await self._exchange(
+                "GET", path, answered=answered, headers={"Authorization": authorization}
+            )
 
 
 def build_client(

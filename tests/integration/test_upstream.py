@@ -178,6 +178,20 @@ class TestPacer:
         for first in starts:
             assert sum(1 for t in starts if first <= t < first + 1.0) <= 5
 
+    async def test_a_slow_body_costs_one_request(self) -> None:
+        pacer = Pacer(2, 4)
+        starts: list[float] = []
+
+        async def one(hold: float) -> None:
+            async with pacer.slot() as answered:
+                starts.append(time.monotonic())
+                answered()  # the head came back; the body takes its time
+                await asyncio.sleep(hold)
+
+        await asyncio.gather(one(3), one(3), one(0))
+        # The third waits one window after the first two answered, not until they are read.
+        assert 0.95 <= starts[2] - starts[0] < 2.5
+
     async def test_fractional_rate(self) -> None:
         pacer = Pacer(2.5, 2)
         starts: list[float] = []
