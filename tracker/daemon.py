@@ -24,6 +24,9 @@ from tracker.supervision import HeldClaims, supervised
 log = structlog.get_logger("tracker.daemon")
 
 TransitionListener = Callable[[Transition], None]
+#: Seconds without a tick after which the daemon is unready: ten missed ticks of one second
+#: mean a claim is stuck (the database locked or gone), not that a tick ran late.
+TICK_STALE = 10.0
 
 
 class Daemon:
@@ -116,22 +119,20 @@ class Daemon:
     def readiness(self) -> str | None:
         """``None`` while polling makes progress; else why not (for ``/readyz`` and the log).
 
-        Unready: the last tick failed, or orders wait (queued, polled or unwritten) and no poll
-        has finished for ``stall_after`` seconds, as when every worker hangs or every request
-        is paused.
+        Unready: the last tick failed or is long past (a claim hanging on a locked database), or
+        orders wait (queued, polled or unwritten) and no poll has finished for ``stall_after``
+        seconds, as when every worker hangs or every request is paused.
         """
         if self._tick_error is not None:
             return f"claiming due orders failed: {self._tick_error}"
+        since_tick = time.monotonic() - self._ticked_at
+        if self._ticked_at and since_tick > TICK_STALE:
+            return f"the scheduler has not ticked for {since_tick:.0f} s"
         waiting = len(self._claims)
         idle = time.monotonic() - self._progress_at
         if waiting and idle > self._stall_after:
             return f"no poll finished for {idle:.0f} s while {waiting} claimed orders wait"
         return None
-
-    @property
-    def ticked_at(self) -> float:
-        """``time.monotonic()`` of the scheduler's last tick (0 before the first)."""
-        return self._ticked_at
 
     def _every(
         self,

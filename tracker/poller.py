@@ -13,7 +13,7 @@ from typing import Any
 import structlog
 
 from tracker.diff import decide
-from tracker.errors import RateLimited, UpstreamError
+from tracker.errors import REASON_LIMIT, RateLimited, UpstreamError
 from tracker.model import Claim, MeterOrder, StatusChange, Transition
 from tracker.routing import route
 from tracker.schedule import PollingPolicy
@@ -58,7 +58,8 @@ class Poller:
             try:
                 order = await self._client.fetch(claim.order_id)
             except UpstreamError as exc:
-                return self._failed(claim, exc)
+                retry_after = exc.retry_after if isinstance(exc, RateLimited) else None
+                return self._failed(claim, exc.kind, exc.reason, exc.request_id, retry_after)
             now = self._clock()
             decision = decide(claim.status, claim.fingerprint, order)
             if decision.store_snapshot and not order.status_known:
@@ -96,22 +97,26 @@ class Poller:
 
     def crashed(self, claim: Claim, exc: Exception) -> PollOutcome:
         """The outcome of a poll that raised unexpectedly: failed, backed off, not lost."""
-        reason = f"internal error: {type(exc).__name__}: {exc}"
-        return self._failed(claim, UpstreamError(reason), kind=INTERNAL)
+        return self._failed(claim, INTERNAL, f"internal error: {type(exc).__name__}: {exc}")
 
-    def _failed(self, claim: Claim, exc: UpstreamError, kind: str | None = None) -> PollOutcome:
-        kind = kind or exc.kind
+    def _failed(
+        self,
+        claim: Claim,
+        kind: str,
+        reason: str,
+        request_id: str | None = None,
+        retry_after: float | None = None,
+    ) -> PollOutcome:
         now = self._clock()
         failures = claim.consecutive_failures + 1
-        retry_after = exc.retry_after if isinstance(exc, RateLimited) else None
         next_poll_at = self._policy.retry_at(
             now, kind, failures, claim.status, self._rng, retry_after
         )
         log.warning(
             "poll_failed",
             kind=kind,
-            reason=exc.reason,
-            request_id=exc.request_id,
+            reason=reason,
+            request_id=request_id,
             failures=failures,
             retry_at=next_poll_at.isoformat(),
         )
@@ -120,7 +125,7 @@ class Poller:
             polled_at=now,
             next_poll_at=next_poll_at,
             error_kind=kind,
-            error=exc.reason,
+            error=reason[:REASON_LIMIT],
         )
 
 
