@@ -149,6 +149,8 @@ FAULTS: list[tuple[str, Callable[[], Action], str]] = [
     ("wrong_object", lambda: raw(b'{"object": "customer", "id": "x"}'), "malformed"),
     ("id_mismatch", lambda: ok("checked", id="prdo_zzzzzzzzzzzzzzzzzzzzzzzz"), "malformed"),
     ("missing_field", lambda: raw(json.dumps(order_body(A, status=None)).encode()), "malformed"),
+    ("deep_json", lambda: raw(b"[" * 100_000), "malformed"),
+    ("deep_json_in_500", lambda: raw(b'{"a":' * 100_000, code=500), "transient"),
     ("not_found", lambda: error(404), "not_found"),
     ("forbidden", lambda: error(403), "auth_failed"),
 ]
