@@ -19,12 +19,14 @@ from pathlib import Path
 import httpx
 from sqlalchemy import insert
 
-from tracker.app import open_outbox, open_store, utc_now
+from tracker.app import open_outbox
+from tracker.clock import utc_now
 from tracker.config import LogSettings, Settings
 from tracker.httpserver import HttpServer, Request, Response
 from tracker.logs import configure as configure_logs
 from tracker.model import DeliveryState
 from tracker.sinks.render import event_body
+from tracker.store import open_store
 from tracker.store.tables import deliveries, snapshots, transitions, watched_orders
 
 SECRET = "whsec_" + "YmVuY2htYXJrLXNpZ25pbmcta2V5LTMyLWJ5dGVzISE="
@@ -68,7 +70,7 @@ async def seed(config: Settings, events: int) -> str:
     """Store ``events`` transitions, each with a pending delivery; returns one body."""
     now = utc_now()
     raw = json.dumps(ORDER)
-    async with open_store(config) as store:
+    async with open_store(config.database.url) as store:
         engine = store._engine
         async with engine.begin() as conn:
             await conn.execute(
@@ -140,7 +142,7 @@ async def seed(config: Settings, events: int) -> str:
 
 async def dispatch(config: Settings, events: int) -> tuple[float, float]:
     """Deliver everything pending: (CPU s, wall s)."""
-    async with open_store(config) as store, open_outbox(config, store) as dispatcher:
+    async with open_store(config.database.url) as store, open_outbox(config, store) as dispatcher:
         dispatcher.start()
         cpu, wall = time.process_time(), time.monotonic()
         await dispatcher.tick()

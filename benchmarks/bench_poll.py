@@ -23,7 +23,8 @@ from typing import Any
 import httpx
 from sqlalchemy import update
 
-from tracker.app import open_polling, utc_now
+from tracker.app import open_polling
+from tracker.clock import utc_now
 from tracker.config import LogSettings, Settings
 from tracker.logs import configure as configure_logs
 from tracker.store.tables import watched_orders

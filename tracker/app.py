@@ -6,16 +6,17 @@ import random
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import httpx
 
+from tracker.clock import utc_now
 from tracker.config import Settings
 from tracker.daemon import Daemon, TransitionListener
 from tracker.outbox import Dispatcher, window
 from tracker.poller import Poller
 from tracker.sinks import build_sinks, routes
-from tracker.store import Store, connect, upgrade
+from tracker.store import Store, open_store
 from tracker.upstream import build_client
 
 #: How long a claimed order stays hidden from other ticks beyond two request timeouts.
@@ -23,22 +24,6 @@ LEASE_MARGIN = timedelta(seconds=60)
 #: Polling counts as stalled when orders wait and no poll finished for two request timeouts,
 #: one gap of the budget, and this much more (an event loop busy writing a large batch).
 STALL_MARGIN = 10.0
-
-
-def utc_now() -> datetime:
-    """The wall clock, aware UTC (tests move it with time-machine)."""
-    return datetime.now(UTC)
-
-
-@asynccontextmanager
-async def open_store(settings: Settings) -> AsyncIterator[Store]:
-    """Apply pending migrations, then yield a store that is closed afterwards."""
-    upgrade(settings.database.url)
-    store = Store(connect(settings.database.url))
-    try:
-        yield store
-    finally:
-        await store.close()
 
 
 def delivery_lease(settings: Settings) -> timedelta:
@@ -109,7 +94,10 @@ class Polling:
 @asynccontextmanager
 async def open_polling(settings: Settings) -> AsyncIterator[Polling]:
     """Yield the store and a poller; configured orders are watched first."""
-    async with open_store(settings) as store, open_outbox(settings, store) as dispatcher:
+    async with (
+        open_store(settings.database.url) as store,
+        open_outbox(settings, store) as dispatcher,
+    ):
         client, http = build_client(settings.upstream)
         try:
             await store.watch_from_config(settings.watch.orders, now=utc_now())

@@ -7,6 +7,7 @@ import json
 import os
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from importlib import metadata
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -16,13 +17,12 @@ from rich.table import Table
 from sqlalchemy.exc import SQLAlchemyError
 
 from tracker import config as config_module
-from tracker.app import delivery_lease, open_outbox, open_polling, open_store, utc_now
+from tracker.clock import utc_now
 from tracker.config import LogSettings, Settings
 from tracker.errors import ConfigError, TrackerError
 from tracker.logs import configure as configure_logs
 from tracker.model import DeliveryState, SendResult, validate_order_id
-from tracker.poller import poll_now
-from tracker.store import Store, describe, upgrade
+from tracker.store import Store, describe, open_store, upgrade
 from tracker.views import (
     attempt_line,
     deliveries_table,
@@ -31,10 +31,12 @@ from tracker.views import (
     history_rich,
     json_array,
     outcome_line,
-    test_delivery,
     watched_dict,
     watched_table,
 )
+
+# Commands that poll, deliver or run the daemon import its modules (the upstream and SMTP
+# clients, the scheduler, the sinks) inside their own bodies: reading commands stay light.
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -87,7 +89,7 @@ def _list(
     """Stream rows from the store as a JSON array or a table."""
 
     async def listing() -> None:
-        async with open_store(settings) as store:
+        async with open_store(settings.database.url) as store:
             rows = rows_of(store)
             if as_json:
                 await json_array(rows, as_dict, sys.stdout)
@@ -97,8 +99,23 @@ def _list(
     _run(listing())
 
 
+def _version(asked: bool) -> None:
+    if asked:
+        out.print(f"meter-order-tracker {metadata.version('meter-order-tracker')}")
+        raise typer.Exit
+
+
 @app.callback()
-def _root(ctx: typer.Context, config: ConfigOption = None) -> None:
+def _root(
+    ctx: typer.Context,
+    config: ConfigOption = None,
+    version: Annotated[  # noqa: ARG001 - handled by its callback, before any command
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
     ctx.obj = {"config": config}
 
 
@@ -141,7 +158,7 @@ def watch_add(
     wanted = _ids_from(ids or [], file)
 
     async def add() -> list[str]:
-        async with open_store(settings) as store:
+        async with open_store(settings.database.url) as store:
             return await store.watch(wanted, source="cli", now=utc_now())
 
     added = _run(add())
@@ -160,7 +177,7 @@ def watch_remove(
     wanted = _ids_from(ids or [], file)
 
     async def remove() -> list[str]:
-        async with open_store(settings) as store:
+        async with open_store(settings.database.url) as store:
             return await store.unwatch(wanted, now=utc_now())
 
     removed = _run(remove())
@@ -191,6 +208,9 @@ def poll(
     config: ConfigOption = None,
 ) -> None:
     """Poll orders now, once, and print what changed."""
+    from tracker.app import open_polling  # noqa: PLC0415 - only polling commands need it
+    from tracker.poller import poll_now  # noqa: PLC0415 - only polling commands need it
+
     settings = _settings(ctx, config)
     if all_orders == bool(ids):
         raise ConfigError("give order IDs or --all (one of them)")
@@ -231,7 +251,7 @@ def history(
     validate_order_id(order_id)
 
     async def read() -> None:
-        async with open_store(settings) as store:
+        async with open_store(settings.database.url) as store:
             found = await store.history(order_id)
         if found is None:
             raise ConfigError(f"{order_id} has never been watched; see `tracker watch list`")
@@ -273,12 +293,17 @@ def deliveries_retry(
     config: ConfigOption = None,
 ) -> None:
     """Make deliveries pending again and attempt them once now."""
+    from tracker.app import delivery_lease, open_outbox  # noqa: PLC0415 - delivering commands only
+
     settings = _settings(ctx, config)
     if all_dead == bool(event_ids):
         raise ConfigError("give EVENT_IDs or --all-dead (one of them)")
 
     async def retry() -> bool:
-        async with open_store(settings) as store, open_outbox(settings, store) as dispatcher:
+        async with (
+            open_store(settings.database.url) as store,
+            open_outbox(settings, store) as dispatcher,
+        ):
             count = await store.retry_deliveries(
                 event_ids=event_ids or (), all_dead=all_dead, now=utc_now()
             )
@@ -305,10 +330,16 @@ def sinks_test(
     config: ConfigOption = None,
 ) -> None:
     """Send a clearly marked test event to one sink and show the receiver's answer."""
+    from tracker.app import open_outbox  # noqa: PLC0415 - delivering commands only
+    from tracker.sinks.render import test_delivery  # noqa: PLC0415 - delivering commands only
+
     settings = _settings(ctx, config)
 
     async def send() -> SendResult:
-        async with open_store(settings) as store, open_outbox(settings, store) as dispatcher:
+        async with (
+            open_store(settings.database.url) as store,
+            open_outbox(settings, store) as dispatcher,
+        ):
             sink = dispatcher.sinks.get(name)
             if sink is None:
                 known = ", ".join(dispatcher.sinks) or "none configured"
@@ -326,9 +357,11 @@ def sinks_test(
 @app.command("run")
 def run(ctx: typer.Context, config: ConfigOption = None) -> None:
     """The daemon: polls on schedule until SIGTERM or SIGINT."""
+    from tracker.app import open_polling  # noqa: PLC0415 - only polling commands need it
+    from tracker.daemon import run_until_signalled  # noqa: PLC0415 - only `run` needs it
+
     settings = _settings(ctx, config)
     configure_logs(settings.log)
-    from tracker.daemon import run_until_signalled  # noqa: PLC0415 - only `run` needs it
 
     async def daemon() -> None:
         async with open_polling(settings) as polling:

@@ -11,8 +11,7 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from tracker.model import Delivery, DeliveryState, DueDelivery, Transition, WatchedOrder
-from tracker.sinks.render import test_event
+from tracker.model import Delivery, DeliveryState, Transition, WatchedOrder
 from tracker.store import Attempt, History, PollOutcome
 from tracker.text import printable
 
@@ -221,10 +220,3 @@ def attempt_line(attempt: Attempt) -> Text:
         + Text(attempt.state, style=style)
         + Text(printable(f" after attempt {attempt.attempts} {answer}".rstrip()))
     )
-
-
-def test_delivery(sink: str, now: datetime) -> DueDelivery:
-    """A clearly marked test event (type ``meter_order.test``) for ``tracker sinks test``."""
-    event_id = "evt_test" + now.strftime("%Y%m%d%H%M%S%f")
-    payload = test_event(event_id, now)
-    return DueDelivery(id=0, event_id=event_id, sink=sink, attempts=0, payload=payload)

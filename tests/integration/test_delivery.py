@@ -24,7 +24,8 @@ from tests.support import (
     tracker_cli,
     write_config,
 )
-from tracker.app import Polling, open_polling, utc_now
+from tracker.app import Polling, open_polling
+from tracker.clock import utc_now
 from tracker.config import Settings
 from tracker.httpserver import HttpServer
 from tracker.model import Delivery, DeliveryState

@@ -21,7 +21,8 @@ import structlog
 
 from tests.hostile import HostilePeer, answer, drip, huge, order_json, serve_order
 from tests.support import ScriptedUpstream, error, make_settings, ok
-from tracker.app import Polling, open_polling, utc_now
+from tracker.app import Polling, open_polling
+from tracker.clock import utc_now
 from tracker.daemon import Daemon
 from tracker.errors import MalformedAnswer, TransientError
 from tracker.httpserver import HttpServer

@@ -24,7 +24,8 @@ from tests.support import (
     raw,
     stall,
 )
-from tracker.app import Polling, open_polling, utc_now
+from tracker.app import Polling, open_polling
+from tracker.clock import utc_now
 from tracker.model import Transition
 from tracker.poller import poll_now
 from tracker.store.tables import snapshots, transitions

@@ -9,6 +9,8 @@ import json
 from datetime import datetime
 from typing import Any
 
+from tracker.model import DueDelivery
+
 EVENT_TYPE = "meter_order.status_changed"
 TEST_EVENT_TYPE = "meter_order.test"
 TEST_ORDER_ID = "prdo_test0000000000000000000"
@@ -80,3 +82,11 @@ def message_context(payload: str) -> dict[str, Any]:
         "provider": order.get("provider", "unknown") if isinstance(order, dict) else "unknown",
         "order": order,
     }
+
+
+def test_delivery(sink: str, now: datetime) -> DueDelivery:
+    """A clearly marked test event (type ``meter_order.test``) for ``tracker sinks test``."""
+    event_id = "evt_test" + now.strftime("%Y%m%d%H%M%S%f")
+    return DueDelivery(
+        id=0, event_id=event_id, sink=sink, attempts=0, payload=test_event(event_id, now)
+    )

@@ -1,6 +1,15 @@
 """The database: tables, migrations and the repository that speaks domain words."""
 
-from tracker.store.db import connect, describe, upgrade
+from tracker.store.db import connect, describe, open_store, upgrade
 from tracker.store.repo import Attempt, History, PollOutcome, Store
 
-__all__ = ["Attempt", "History", "PollOutcome", "Store", "connect", "describe", "upgrade"]
+__all__ = [
+    "Attempt",
+    "History",
+    "PollOutcome",
+    "Store",
+    "connect",
+    "describe",
+    "open_store",
+    "upgrade",
+]

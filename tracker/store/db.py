@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -13,6 +15,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from tracker.errors import StoreError
+from tracker.store.repo import Store
 
 _ASYNC_DRIVERS = {"sqlite": "sqlite+aiosqlite", "postgresql": "postgresql+psycopg"}
 _SYNC_DRIVERS = {"sqlite": "sqlite", "postgresql": "postgresql+psycopg"}
@@ -115,3 +118,14 @@ def upgrade(url: str) -> list[str]:
     finally:
         engine.dispose()
     return [f"{current or 'empty'} -> {applied}"]
+
+
+@asynccontextmanager
+async def open_store(url: str) -> AsyncIterator[Store]:
+    """Apply pending migrations, then yield a store on ``url`` that is closed afterwards."""
+    upgrade(url)
+    store = Store(connect(url))
+    try:
+        yield store
+    finally:
+        await store.close()

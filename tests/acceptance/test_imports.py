@@ -1,0 +1,86 @@
+"""Reading commands stay light: they never import the daemon, the scheduler, sinks or clients."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.support import ROOT, settings_mapping, tracker_cli, write_config
+
+A = "prdo_aaaaaaaaaaaaaaaaaaaaaaaa"
+#: What only polling, delivering and the daemon need.
+HEAVY = (
+    "tracker.app",
+    "tracker.daemon",
+    "tracker.outbox",
+    "tracker.poller",
+    "tracker.upstream",
+    "tracker.sinks",
+    "apscheduler",
+    "httpx",
+    "httpcore",
+    "aiosmtplib",
+    "jinja2",
+    "alembic",
+)
+#: Runs the CLI in a fresh interpreter and reports, at exit, the heavy modules it imported.
+PROBE = """
+import atexit, json, sys
+heavy = {heavy!r}
+def report():
+    found = sorted(m for m in sys.modules if m.startswith(heavy))
+    sys.stderr.write("\\nIMPORTED " + json.dumps(found) + "\\n")
+atexit.register(report)
+sys.argv = ["tracker", *{args!r}]
+from tracker.cli import main
+main()
+"""
+
+
+async def imported(*args: str) -> list[str]:
+    heavy = tuple(name for module in HEAVY for name in (module, module + "."))
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        PROBE.format(heavy=heavy, args=list(args)),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        cwd=ROOT,
+    )
+    _out, err = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode == 0, err.decode()
+    line = err.decode().rsplit("IMPORTED ", 1)[1]
+    found: list[str] = json.loads(line)
+    return found
+
+
+class TestReadingCommandsStayLight:
+    """`--help`, `--version`, `history`, `watch list` and `deliveries list` import no heavy part."""
+
+    @pytest.mark.parametrize(
+        "command",
+        [
+            ["--help"],
+            ["--version"],
+            ["history", A],
+            ["history", A, "--json"],
+            ["watch", "list"],
+            ["watch", "list", "--json"],
+            ["deliveries", "list"],
+        ],
+        ids=" ".join,
+    )
+    async def test_command(self, tmp_path: Path, command: list[str]) -> None:
+        path = str(write_config(tmp_path / "c.toml", settings_mapping(tmp_path, "http://x:1")))
+        assert (await tracker_cli("watch", "add", A, "--config", path)).code == 0
+        args = command if command[0].startswith("--") else [*command, "--config", path]
+        assert await imported(*args) == []
+
+    async def test_the_probe_sees_heavy_imports(self, tmp_path: Path) -> None:
+        path = str(write_config(tmp_path / "c.toml", settings_mapping(tmp_path, "http://x:1")))
+        found = await imported("poll", "--all", "--config", path)
+        assert {"tracker.app", "tracker.upstream", "httpx"} <= set(found)
