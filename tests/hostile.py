@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -104,6 +105,8 @@ class HostilePeer:
     default: Behaviour | None = None
     #: Requests received, by path.
     requests: dict[str, int] = field(default_factory=dict)
+    #: When each request's head arrived (``time.monotonic()``), in order.
+    arrivals: list[float] = field(default_factory=list)
     #: Answers that ended before the behaviour finished (the client hung up).
     cut_off: int = 0
     _server: asyncio.Server | None = None
@@ -151,6 +154,7 @@ class HostilePeer:
             if length:
                 await reader.readexactly(length)
             self.requests[path] = self.requests.get(path, 0) + 1
+            self.arrivals.append(time.monotonic())
             behaviour = self.behaviours.get(path, self.default)
             if behaviour is not None:
                 await behaviour(path, writer)

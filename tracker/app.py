@@ -41,7 +41,7 @@ async def open_outbox(settings: Settings, store: Store) -> AsyncIterator[Dispatc
         limits=httpx.Limits(max_connections=limit, max_keepalive_connections=limit),
         follow_redirects=False,
         trust_env=False,
-        headers={"User-Agent": "meter-order-tracker"},
+        headers={"User-Agent": "meter-order-tracker", "Accept-Encoding": "identity"},
     )
     try:
         yield Dispatcher(
@@ -92,13 +92,18 @@ class Polling:
 
 
 @asynccontextmanager
-async def open_polling(settings: Settings) -> AsyncIterator[Polling]:
-    """Yield the store and a poller; configured orders are watched first."""
+async def open_polling(settings: Settings, *, one_shot: bool = False) -> AsyncIterator[Polling]:
+    """Yield the store and a poller; configured orders are watched first.
+
+    ``one_shot`` (``tracker poll``): a request does not wait out a pause longer than the
+    request timeout; it fails as rate-limited and the order keeps its schedule.
+    """
     async with (
         open_store(settings.database.url) as store,
         open_outbox(settings, store) as dispatcher,
     ):
-        client, http = build_client(settings.upstream)
+        patience = settings.upstream.timeout.total_seconds() if one_shot else None
+        client, http = build_client(settings.upstream, patience=patience)
         try:
             await store.watch_from_config(settings.watch.orders, now=utc_now())
             poller = Poller(

@@ -14,6 +14,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 from sqlalchemy.exc import SQLAlchemyError
 
 from tracker import config as config_module
@@ -23,6 +24,7 @@ from tracker.errors import ConfigError, TrackerError
 from tracker.logs import configure as configure_logs
 from tracker.model import DeliveryState, SendResult, validate_order_id
 from tracker.store import Store, describe, open_store, upgrade
+from tracker.text import printable
 from tracker.views import (
     attempt_line,
     deliveries_table,
@@ -217,7 +219,7 @@ def poll(
     wanted = [validate_order_id(i) for i in ids or []]
 
     async def once() -> bool:
-        async with open_polling(settings) as polling:
+        async with open_polling(settings, one_shot=True) as polling:
             lease = utc_now() + polling.lease
             if all_orders:
                 claims = await polling.store.claim_all(lease_until=lease)
@@ -229,7 +231,9 @@ def poll(
                     raise ConfigError(
                         f"not watched: {', '.join(missing)}; run `tracker watch add ID` first"
                     )
-            outcomes, transitions = await poll_now(polling.store, polling.poller, claims)
+            outcomes, transitions = await poll_now(
+                polling.store, polling.poller, claims, lease=polling.lease
+            )
             changes = {t.order_id: t for t in transitions}
             for outcome in outcomes:
                 out.print(outcome_line(outcome, changes.get(outcome.claim.order_id)))
@@ -350,7 +354,7 @@ def sinks_test(
     if result.ok:
         out.print(f"{name}: delivered (answer {result.status})")
         return
-    out.print(f"{name}: failed: {result.error}")
+    out.print(Text(printable(f"{name}: failed: {result.error}")))
     raise typer.Exit(1)
 
 

@@ -19,7 +19,7 @@ from tracker.model import Claim, Transition
 from tracker.outbox import Dispatcher
 from tracker.poller import Clock, Poller, log_transitions
 from tracker.store import PollOutcome, Store
-from tracker.supervision import HeldClaims, supervised
+from tracker.supervision import HeldClaims, renewing, supervised
 
 log = structlog.get_logger("tracker.daemon")
 
@@ -38,8 +38,7 @@ class Daemon:
     written, so no pause outlives it. Workers poll within the upstream's pace and hand
     outcomes to one writer, which records them in batches. A crash loses at most unwritten
     outcomes; their leases expire and the orders are polled again, so no transition is lost
-    or stored twice. A worker that hits a bug is logged and goes on; the poll it was on is
-    recorded as failed and backed off.
+    or stored twice. Workers are supervised: one whose loop fails is logged and restarted.
     """
 
     def __init__(
@@ -63,7 +62,7 @@ class Daemon:
         self._workers = workers
         self._capacity = capacity
         self._claims: HeldClaims[str] = HeldClaims(
-            name="orders", lease=lease, clock=clock, extend=self._extend
+            name="orders", lease=lease, clock=clock, extend=store.extend_leases
         )
         self._stop_grace = stop_grace
         self._stall_after = stall_after
@@ -94,34 +93,38 @@ class Daemon:
             log.info("leases_taken_over", orders=taken_over)
         scheduler = AsyncIOScheduler(timezone=UTC)
         self._job = self._every(scheduler, self._tick, self._tick_seconds)
-        self._every(scheduler, self._renew_leases, self._claims.lease.total_seconds() / 3)
-        if self._dispatcher is not None:
-            self._dispatcher.start()
-            self._dispatch_job = self._every(scheduler, self._dispatch, self._tick_seconds)
-        workers = [
-            asyncio.create_task(supervised(f"poller-{number}", self._work))
-            for number in range(self._workers)
-        ]
-        self._writer.start()
-        scheduler.start()
-        log.info("daemon_started", workers=self._workers, capacity=self._capacity)
-        try:
-            await stop.wait()
-        finally:
-            self._stopping = True
-            scheduler.pause()
-            await self._tick_idle.wait()  # a claim in progress lands before claims are handed back
-            await self._dispatch_idle.wait()
-            scheduler.shutdown(wait=False)
-            await self._shut_down(workers)
+        self._every(scheduler, self._watch_progress, self._tick_seconds)
+        async with contextlib.AsyncExitStack() as leases:
+            await leases.enter_async_context(renewing(self._claims))
+            if self._dispatcher is not None:
+                await leases.enter_async_context(renewing(self._dispatcher.claims))
+                self._dispatcher.start()
+                self._dispatch_job = self._every(scheduler, self._dispatch, self._tick_seconds)
+            workers = [
+                asyncio.create_task(supervised(f"poller-{number}", self._work))
+                for number in range(self._workers)
+            ]
+            self._writer.start()
+            scheduler.start()
+            log.info("daemon_started", workers=self._workers, capacity=self._capacity)
+            try:
+                await stop.wait()
+            finally:
+                self._stopping = True
+                scheduler.pause()
+                await self._tick_idle.wait()  # a claim in progress lands before hand-back
+                await self._dispatch_idle.wait()
+                scheduler.shutdown(wait=False)
+                await self._shut_down(workers)
         log.info("daemon_stopped", polls=self.polls)
 
     def readiness(self) -> str | None:
         """``None`` while polling makes progress; else why not (for ``/readyz`` and the log).
 
         Unready: the last tick failed or is long past (a claim hanging on a locked database), or
-        orders wait (queued, polled or unwritten) and no poll has finished for ``stall_after``
-        seconds, as when every worker hangs or every request is paused.
+        orders wait (queued, polled or unwritten) and no poll has been recorded for
+        ``stall_after`` seconds, as when every worker hangs, every request is paused or every
+        write fails.
         """
         if self._tick_error is not None:
             return f"claiming due orders failed: {self._tick_error}"
@@ -131,7 +134,7 @@ class Daemon:
         waiting = len(self._claims)
         idle = time.monotonic() - self._progress_at
         if waiting and idle > self._stall_after:
-            return f"no poll finished for {idle:.0f} s while {waiting} claimed orders wait"
+            return f"no poll recorded for {idle:.0f} s while {waiting} claimed orders wait"
         return None
 
     def _every(
@@ -164,7 +167,6 @@ class Daemon:
             log.exception("tick_failed")
         finally:
             self._tick_idle.set()
-        self._watch_progress()
 
     async def _claim_due(self) -> None:
         room = self._capacity - self._queue.qsize()
@@ -181,22 +183,15 @@ class Daemon:
             self._queue.put_nowait(claim)
         self._more_due = len(claims) == room
 
-    def _watch_progress(self) -> None:
-        """Log once when polling stalls and once when it resumes."""
+    async def _watch_progress(self) -> None:
+        """Log once when polling stalls and once when it resumes (a job of its own, so that
+        a tick that hangs is noticed while it hangs)."""
         reason = self.readiness()
         if reason is not None and self._stalled is None:
             log.error("polling_stalled", reason=reason)
         elif reason is None and self._stalled is not None:
             log.info("polling_resumed")
         self._stalled = reason
-
-    async def _extend(self, order_ids: list[str], lease_until: datetime) -> None:
-        await self._store.extend_leases(order_ids, lease_until=lease_until)
-
-    async def _renew_leases(self) -> None:
-        await self._claims.renew()
-        if self._dispatcher is not None:
-            await self._dispatcher.renew_leases()
 
     async def _dispatch(self) -> None:
         if self._stopping or self._dispatcher is None:
@@ -243,16 +238,11 @@ class Daemon:
 
     async def _poll(self, claim: Claim) -> None:
         self._refill_soon()
-        order_id = claim.order_id
-        self._in_flight.add(order_id)
+        self._in_flight.add(claim.order_id)
         try:
             outcome = await self._poller.poll(claim)
-        except Exception as exc:
-            log.exception("worker_crashed", order_id=order_id)
-            outcome = self._poller.crashed(claim, exc)
         finally:
-            self._in_flight.discard(order_id)
-        self._progress_at = time.monotonic()
+            self._in_flight.discard(claim.order_id)
         self._writer.put(outcome)
         self.polls += 1
 
@@ -262,6 +252,7 @@ class Daemon:
         finally:
             # Written, or (on failure) left to expire and be polled again.
             self._claims.drop([outcome.claim.order_id for outcome in batch])
+        self._progress_at = time.monotonic()
         log_transitions(transitions)
         if self._on_transition is not None:
             for transition in transitions:

@@ -8,6 +8,7 @@ Every error the tracker raises on purpose derives from :class:`TrackerError`::
     ├── UpstreamError           one request to the Nomos API failed; ``kind`` says how
     │   ├── TransientError      5xx, timeout or dropped connection: retry with backoff
     │   │   └── RateLimited     429: every request pauses for ``retry_after``
+    │   │       └── Paused      a one-shot command will not wait out a long pause
     │   ├── AuthFailed          401 after one token renewal, or 403
     │   ├── OrderNotFound       404 for the order id
     │   ├── RequestRejected     another 4xx: retrying the same request will not help
@@ -41,6 +42,11 @@ class StoreError(TrackerError):
 REASON_LIMIT = 300
 
 
+def clip(reason: str) -> str:
+    """``reason`` cut to :data:`REASON_LIMIT` characters, marked where it was cut."""
+    return reason if len(reason) <= REASON_LIMIT else reason[: REASON_LIMIT - 1] + "…"
+
+
 class UpstreamError(TrackerError):
     """One request to the upstream failed."""
 
@@ -48,8 +54,7 @@ class UpstreamError(TrackerError):
     kind = "upstream_error"
 
     def __init__(self, reason: str, *, request_id: str | None = None) -> None:
-        if len(reason) > REASON_LIMIT:
-            reason = reason[: REASON_LIMIT - 1] + "…"
+        reason = clip(reason)
         super().__init__(reason)
         self.reason = reason
         self.request_id = request_id
@@ -69,6 +74,10 @@ class RateLimited(TransientError):
     def __init__(self, reason: str, *, retry_after: float, request_id: str | None = None) -> None:
         super().__init__(reason, request_id=request_id)
         self.retry_after = retry_after
+
+
+class Paused(RateLimited):
+    """Every request is paused (a 429 or refused credentials) longer than a command will wait."""
 
 
 class AuthFailed(UpstreamError):

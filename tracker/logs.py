@@ -9,6 +9,7 @@ from typing import TextIO
 import structlog
 
 from tracker.config import LogSettings
+from tracker.text import printable
 
 _LEVELS = {
     "debug": logging.DEBUG,
@@ -16,6 +17,17 @@ _LEVELS = {
     "warning": logging.WARNING,
     "error": logging.ERROR,
 }
+
+
+def _escaped(
+    _logger: object, _name: str, event: structlog.typing.EventDict
+) -> structlog.typing.EventDict:
+    """Text from outside (a status, a receiver's answer) cannot drive the terminal."""
+    for key, value in event.items():
+        if isinstance(value, str):
+            # A traceback keeps its lines; everything else is escaped whole.
+            event[key] = "\n".join(map(printable, value.split("\n")))
+    return event
 
 
 def configure(settings: LogSettings, *, stream: TextIO | None = None) -> None:
@@ -27,12 +39,15 @@ def configure(settings: LogSettings, *, stream: TextIO | None = None) -> None:
         if fmt == "console"
         else structlog.processors.JSONRenderer()
     )
+    # JSON escapes control characters itself; console lines need it done for them.
+    escape = [_escaped] if fmt == "console" else []
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
+            *escape,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[settings.level]),

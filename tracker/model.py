@@ -20,6 +20,9 @@ from tracker.lifecycle import Classification, is_known
 ORDER_ID = re.compile(r"prdo_[a-z0-9]{1,64}")
 #: The providers documented for API version ``2026-01-29.edison``.
 KNOWN_PROVIDERS = frozenset({"energy-metering", "metrify", "inexogy"})
+#: How deep an answer may nest. A meter order is one flat object; this leaves the provider room
+#: for nested fields, while a stored body parses again anywhere, far from the stack's limit.
+MAX_DEPTH = 32
 _REQUIRED = ("subscription", "customer", "provider", "status", "created_at", "updated_at")
 
 
@@ -46,13 +49,29 @@ def parse_timestamp(value: str) -> datetime | None:
 
 def parse_json(body: bytes) -> Any:
     """Parse an upstream body, or raise :class:`MalformedAnswer`; nesting too deep is malformed."""
+    too_deep = MalformedAnswer(f"body is JSON nested deeper than {MAX_DEPTH} levels")
     try:
-        return json.loads(body)
+        data = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise MalformedAnswer(f"body is not JSON: {exc}") from exc
     except RecursionError:
-        # The parser recurses once per level; an answer nested thousands deep is no meter order.
-        raise MalformedAnswer("body is JSON nested too deeply to be a meter order") from None
+        # The parser recurses once per level: thousands of levels exhaust the stack.
+        raise too_deep from None
+    if _deeper_than(data, MAX_DEPTH):
+        raise too_deep
+    return data
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    """Whether ``value`` nests objects or arrays more than ``limit`` levels deep."""
+    stack: list[tuple[Any, int]] = [(value, 1)] if isinstance(value, dict | list) else []
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            return True
+        children = item.values() if isinstance(item, dict) else item
+        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    return False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

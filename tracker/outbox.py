@@ -16,7 +16,7 @@ from tracker.model import DeliveryState, DueDelivery, SendResult
 from tracker.schedule import plan_delivery
 from tracker.sinks import Sink
 from tracker.store import Attempt, Store
-from tracker.supervision import HeldClaims, supervised
+from tracker.supervision import HeldClaims, renewing, supervised
 
 log = structlog.get_logger("tracker.outbox")
 
@@ -67,7 +67,7 @@ class Dispatcher:
         self._clock = clock
         self._concurrency = concurrency
         self._claims: HeldClaims[int] = HeldClaims(
-            name="deliveries", lease=lease, clock=clock, extend=self._extend
+            name="deliveries", lease=lease, clock=clock, extend=store.extend_delivery_leases
         )
         self._window = window(concurrency)
         self._lanes = {name: _Lane(sink) for name, sink in sinks.items()}
@@ -95,12 +95,10 @@ class Dispatcher:
                 for n in range(self._concurrency)
             ]
 
-    async def renew_leases(self) -> None:
-        """Keep the leases of held deliveries alive (see :class:`HeldClaims`)."""
-        await self._claims.renew()
-
-    async def _extend(self, delivery_ids: list[int], lease_until: datetime) -> None:
-        await self._store.extend_delivery_leases(delivery_ids, lease_until=lease_until)
+    @property
+    def claims(self) -> HeldClaims[int]:
+        """The deliveries claimed here and not yet recorded, whose leases must be renewed."""
+        return self._claims
 
     async def _record(self, attempts: list[Attempt]) -> None:
         try:
@@ -136,15 +134,21 @@ class Dispatcher:
         await self._writer.close()
 
     async def deliver(self, deliveries: Sequence[DueDelivery]) -> list[Attempt]:
-        """Attempt the given deliveries now and record them (``tracker deliveries retry``)."""
+        """Attempt the given deliveries now and record them (``tracker deliveries retry``).
+
+        Their leases are renewed until the attempts are written, however long that takes.
+        """
         gate = asyncio.Semaphore(self._concurrency)
 
         async def one(delivery: DueDelivery) -> Attempt:
             async with gate:
                 return await self._send(self._sinks[delivery.sink], delivery)
 
-        attempts = await asyncio.gather(*(one(d) for d in deliveries if d.sink in self._sinks))
-        await self._store.record_attempts(attempts)
+        chosen = [d for d in deliveries if d.sink in self._sinks]
+        self._claims.take([d.id for d in chosen])
+        async with renewing(self._claims):
+            attempts = await asyncio.gather(*(one(d) for d in chosen))
+            await self._record(attempts)
         return list(attempts)
 
     async def _fill(self, lane: _Lane) -> None:

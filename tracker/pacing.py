@@ -8,6 +8,8 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
+from tracker.errors import Paused
+
 
 class Pacer:
     """Admits requests so that at most ``rate`` reach the upstream in any one-second window.
@@ -19,11 +21,17 @@ class Pacer:
     restart included. The span ends when the answer's head arrives (the upstream has surely
     counted the request by then), not when its body is read: an answer that drips for seconds
     costs one request of the budget, like any other. A rate below one becomes one request per
-    ``1 / rate`` seconds. :meth:`pause` holds every request back, e.g. after a 429.
+    ``1 / rate`` seconds. :meth:`pause` holds every request back, e.g. after a 429; a request
+    that would wait more than ``patience`` seconds for a pause raises :class:`Paused` instead
+    (one-shot commands; the daemon waits, its claims renewed).
     """
 
     def __init__(
-        self, rate: float, concurrency: int, clock: Callable[[], float] | None = None
+        self,
+        rate: float,
+        concurrency: int,
+        clock: Callable[[], float] | None = None,
+        patience: float | None = None,
     ) -> None:
         self._burst = max(1, math.floor(rate))
         self._window = self._burst / rate
@@ -34,6 +42,7 @@ class Pacer:
         self._done = asyncio.Event()
         self._clock = clock or asyncio.get_running_loop().time
         self._paused_until = 0.0
+        self._patience = patience
 
     def pause(self, seconds: float) -> None:
         """Start no request for ``seconds`` from now (a longer pause already set stays)."""
@@ -69,8 +78,15 @@ class Pacer:
                 if wait is None:
                     self._done.clear()
                     await self._done.wait()
-                else:
-                    await asyncio.sleep(wait)
+                    continue
+                pause = self._paused_until - self._clock()
+                if self._patience is not None and pause > self._patience:
+                    raise Paused(
+                        f"every request is paused for {pause:.0f} s more (after a 429 or refused "
+                        "credentials); not waiting",
+                        retry_after=pause,
+                    )
+                await asyncio.sleep(wait)
             self._in_flight += 1
 
     def _wait(self) -> float | None:

@@ -4,21 +4,24 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import os
 import random
 from collections.abc import Callable, Mapping, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
 
+from tracker.clock import utc_now
 from tracker.diff import decide
-from tracker.errors import REASON_LIMIT, RateLimited, UpstreamError
+from tracker.errors import RateLimited, UpstreamError, clip
 from tracker.model import Claim, MeterOrder, StatusChange, Transition
 from tracker.routing import route
 from tracker.schedule import PollingPolicy
 from tracker.sinks.render import event_body
 from tracker.store import PollOutcome, Store
+from tracker.supervision import HeldClaims, renewing
 from tracker.upstream import NomosClient
 
 log = structlog.get_logger("tracker.poller")
@@ -53,33 +56,45 @@ class Poller:
         self._routes = routes or {}
 
     async def poll(self, claim: Claim) -> PollOutcome:
-        """Fetch the order and decide; an upstream failure becomes a failed outcome."""
+        """Fetch the order and decide; never raises.
+
+        An upstream failure becomes a failed outcome; so does a bug met on this order
+        (``poll_crashed``, with the traceback), recorded as kind ``internal`` and backed off,
+        so that neither the order nor the worker polling it is lost.
+        """
         with structlog.contextvars.bound_contextvars(order_id=claim.order_id):
             try:
-                order = await self._client.fetch(claim.order_id)
-            except UpstreamError as exc:
-                retry_after = exc.retry_after if isinstance(exc, RateLimited) else None
-                return self._failed(claim, exc.kind, exc.reason, exc.request_id, retry_after)
-            now = self._clock()
-            decision = decide(claim.status, claim.fingerprint, order)
-            if decision.store_snapshot and not order.status_known:
-                log.warning("unknown_status", status=order.status)
-            if decision.store_snapshot and not order.provider_known:
-                log.warning("unknown_provider", provider=order.provider)
-            final_since = self._policy.final_since(claim.final_since, order.status, now)
-            event: dict[str, Any] = {}
-            if decision.change is not None:
-                event = self._event(order, decision.change, now)
-            return PollOutcome(
-                claim=claim,
-                polled_at=now,
-                next_poll_at=self._policy.next_poll(now, order.status, self._rng),
-                order=order,
-                decision=decision,
-                final_since=final_since,
-                retire=decision.change is None and self._policy.should_retire(final_since, now),
-                **event,
-            )
+                return await self._poll(claim)
+            except Exception as exc:
+                log.exception("poll_crashed", order_id=claim.order_id)
+                return self._failed(claim, INTERNAL, f"internal error: {type(exc).__name__}: {exc}")
+
+    async def _poll(self, claim: Claim) -> PollOutcome:
+        try:
+            order = await self._client.fetch(claim.order_id)
+        except UpstreamError as exc:
+            retry_after = exc.retry_after if isinstance(exc, RateLimited) else None
+            return self._failed(claim, exc.kind, exc.reason, exc.request_id, retry_after)
+        now = self._clock()
+        decision = decide(claim.status, claim.fingerprint, order)
+        if decision.store_snapshot and not order.status_known:
+            log.warning("unknown_status", status=order.status)
+        if decision.store_snapshot and not order.provider_known:
+            log.warning("unknown_provider", provider=order.provider)
+        final_since = self._policy.final_since(claim.final_since, order.status, now)
+        event: dict[str, Any] = {}
+        if decision.change is not None:
+            event = self._event(order, decision.change, now)
+        return PollOutcome(
+            claim=claim,
+            polled_at=now,
+            next_poll_at=self._policy.next_poll(now, order.status, self._rng),
+            order=order,
+            decision=decision,
+            final_since=final_since,
+            retire=decision.change is None and self._policy.should_retire(final_since, now),
+            **event,
+        )
 
     def _event(self, order: MeterOrder, change: StatusChange, now: datetime) -> dict[str, Any]:
         """A fresh event id, the body every sink gets, and the sinks whose patterns match."""
@@ -94,10 +109,6 @@ class Poller:
         )
         sinks = route(self._routes, change.from_status, change.to_status)
         return {"event_id": event_id, "payload": payload, "sinks": sinks}
-
-    def crashed(self, claim: Claim, exc: Exception) -> PollOutcome:
-        """The outcome of a poll that raised unexpectedly: failed, backed off, not lost."""
-        return self._failed(claim, INTERNAL, f"internal error: {type(exc).__name__}: {exc}")
 
     def _failed(
         self,
@@ -125,7 +136,7 @@ class Poller:
             polled_at=now,
             next_poll_at=next_poll_at,
             error_kind=kind,
-            error=reason[:REASON_LIMIT],
+            error=clip(reason),
         )
 
 
@@ -143,10 +154,19 @@ def log_transitions(transitions: Sequence[Transition]) -> None:
 
 
 async def poll_now(
-    store: Store, poller: Poller, claims: Sequence[Claim]
+    store: Store, poller: Poller, claims: Sequence[Claim], *, lease: timedelta | None = None
 ) -> tuple[list[PollOutcome], list[Transition]]:
-    """Poll the claimed orders concurrently (within the pace) and record all outcomes."""
-    outcomes = await asyncio.gather(*(poller.poll(claim) for claim in claims))
-    transitions = await store.record(outcomes)
+    """Poll the claimed orders concurrently (within the pace) and record all outcomes.
+
+    With ``lease``, the claims' leases are renewed until the outcomes are written, however
+    long polling them takes (``tracker poll --all`` over many orders).
+    """
+    held: HeldClaims[str] = HeldClaims(
+        name="orders", lease=lease or timedelta(0), clock=utc_now, extend=store.extend_leases
+    )
+    held.take([claim.order_id for claim in claims])
+    async with renewing(held) if lease is not None else contextlib.nullcontext():
+        outcomes = await asyncio.gather(*(poller.poll(claim) for claim in claims))
+        transitions = await store.record(outcomes)
     log_transitions(transitions)
     return outcomes, transitions

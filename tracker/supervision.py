@@ -3,15 +3,28 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Collection
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
+from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
-from typing import Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 import structlog
 
 log = structlog.get_logger("tracker.supervision")
 
 K = TypeVar("K")
+K_contra = TypeVar("K_contra", contravariant=True)
+#: Seconds between two restarts of a worker body that keeps failing: its log stays readable
+#: and the loop stays free, and a second is short next to any poll or delivery interval.
+RESTART_PAUSE = 1.0
+
+
+class Extend(Protocol[K_contra]):
+    """Pushes the leases of the given claims to ``lease_until`` (a store method)."""
+
+    async def __call__(self, keys: Sequence[K_contra], /, *, lease_until: datetime) -> None:
+        """Extend the leases that are still taken."""
 
 
 async def supervised(name: str, body: Callable[[], Awaitable[None]]) -> None:
@@ -25,7 +38,7 @@ async def supervised(name: str, body: Callable[[], Awaitable[None]]) -> None:
             await body()
         except Exception:
             log.exception("worker_crashed", worker=name)
-            await asyncio.sleep(0)  # a body that fails at once must not starve the loop
+            await asyncio.sleep(RESTART_PAUSE)
         else:
             return
 
@@ -45,7 +58,7 @@ class HeldClaims(Generic[K]):
         name: str,
         lease: timedelta,
         clock: Callable[[], datetime],
-        extend: Callable[[list[K], datetime], Awaitable[None]],
+        extend: Extend[K],
     ) -> None:
         self._name = name
         self._lease = lease
@@ -81,6 +94,24 @@ class HeldClaims(Generic[K]):
         if not self._held:
             return
         try:
-            await self._extend(list(self._held), self.lease_until())
+            await self._extend(list(self._held), lease_until=self.lease_until())
         except Exception:
             log.exception("lease_renewal_failed", claims=self._name, held=len(self._held))
+
+
+@asynccontextmanager
+async def renewing(claims: HeldClaims[Any]) -> AsyncIterator[None]:
+    """Renew ``claims`` every third of their lease while the block runs."""
+
+    async def renew() -> None:
+        while True:
+            await asyncio.sleep(claims.lease.total_seconds() / 3)
+            await claims.renew()
+
+    task = asyncio.create_task(renew())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

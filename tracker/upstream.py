@@ -73,13 +73,17 @@ class Exchange:
 
 
 async def _read(response: httpx.Response, limit: int) -> bytes | None:
-    """The body if it has at most ``limit`` bytes; ``None`` (and the rest unread) if not."""
+    """The body if it has at most ``limit`` bytes; ``None`` (and the rest unread) if not.
+
+    The body is read as it came, never inflated: requests ask for ``identity``, and an answer
+    compressed anyway fails to parse rather than growing a small count into a large memory.
+    """
     declared = response.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
         return None
     chunks: list[bytes] = []
     size = 0
-    async for chunk in response.aiter_bytes():
+    async for chunk in response.aiter_raw():
         size += len(chunk)
         if size > limit:
             return None
@@ -182,12 +186,12 @@ class NomosClient:
     async def fetch(self, order_id: str) -> MeterOrder:
         """Fetch and parse one meter order, or raise an :class:`UpstreamError` subclass."""
         path = f"/meter-orders/{validate_order_id(order_id)}"
-        header = await self._credentials.header()
-        response, body = await self._get(path, header)
-        if response.status_code == 401:
-            await self._credentials.renew(header)
-            response, body = await self._get(path, await self._credentials.header())
         try:
+            header = await self._credentials.header()
+            response, body = await self._get(path, header)
+            if response.status_code == 401:
+                await self._credentials.renew(header)
+                response, body = await self._get(path, await self._credentials.header())
             _raise_for_status(response, body)
         except RateLimited as exc:
             self._pacer.pause(exc.retry_after)
@@ -216,13 +220,24 @@ class NomosClient:
 
 
 def build_client(
-    settings: UpstreamSettings, *, transport: httpx.AsyncBaseTransport | None = None
+    settings: UpstreamSettings,
+    *,
+    transport: httpx.AsyncBaseTransport | None = None,
+    patience: float | None = None,
 ) -> tuple[NomosClient, httpx.AsyncClient]:
-    """Wire a :class:`NomosClient` from settings; the caller closes the returned httpx client."""
+    """Wire a :class:`NomosClient` from settings; the caller closes the returned httpx client.
+
+    ``patience``: the longest pause (429, refused credentials) a request waits out; ``None``
+    waits any pause (the daemon).
+    """
     timeout = settings.timeout.total_seconds()
     http = httpx.AsyncClient(
         base_url=settings.base_url,
-        headers={"X-API-Version": settings.api_version, "Accept": "application/json"},
+        headers={
+            "X-API-Version": settings.api_version,
+            "Accept": "application/json",
+            "Accept-Encoding": "identity",
+        },
         timeout=httpx.Timeout(timeout),
         limits=httpx.Limits(
             max_connections=settings.max_concurrency,
@@ -231,7 +246,7 @@ def build_client(
         transport=transport,
         trust_env=False,
     )
-    pacer = Pacer(settings.requests_per_second, settings.max_concurrency)
+    pacer = Pacer(settings.requests_per_second, settings.max_concurrency, patience=patience)
     exchange = Exchange(http, deadline=timeout, max_body=settings.max_body)
     credentials: Credentials
     if settings.token is not None:

@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
 from tests.hostile import HostilePeer, answer, drip, order_json
-from tests.support import ScriptedUpstream, ok, settings_mapping, tracker_cli, write_config
+from tests.support import (
+    WEBHOOK_SECRET,
+    ScriptedUpstream,
+    error,
+    ok,
+    settings_mapping,
+    tracker_cli,
+    write_config,
+)
 
 A = "prdo_aaaaaaaaaaaaaaaaaaaaaaaa"
 B = "prdo_bbbbbbbbbbbbbbbbbbbbbbbb"
@@ -43,7 +52,37 @@ class TestHostileAnswersOnTheCommandLine:
             ran = await tracker_cli("poll", A, "--config", path)
         assert ran.code == 1
         assert "Traceback" not in ran.err
-        assert f"{A}: failed (malformed): body is JSON nested too deeply" in ran.out
+        assert f"{A}: failed (malformed): body is JSON nested deeper than 32 levels" in ran.out
+
+    async def test_long_pause_is_not_waited_out(self, upstream: Upstream, tmp_path: Path) -> None:
+        scripted, url = upstream
+        scripted.script(A, error(429, {"Retry-After": "600"}))
+        scripted.script(B, ok("checked"))
+        path = config(tmp_path, url, upstream={"timeout": 1, "requests_per_second": 1})
+        assert (await tracker_cli("watch", "add", A, B, "--config", path)).code == 0
+        ran = await tracker_cli("poll", A, B, "--config", path, limit=20)
+        assert ran.code == 1
+        assert f"{A}: failed (rate_limited)" in ran.out
+        assert re.search(
+            f"{B}: failed \\(rate_limited\\): every request is paused for (?:5\\d\\d|600) s more",
+            ran.out,
+        )
+        assert scripted.polls(B) == 0
+
+
+class TestReceiverAnswers:
+    """`tracker sinks test` shows a receiver's answer as text, never as terminal markup."""
+
+    async def test_markup_in_the_answer(self, tmp_path: Path) -> None:
+        async with HostilePeer(
+            default=answer(500, b"[/] [link=https://x.example]y[/link]")
+        ) as peer:
+            sink = {"name": "ops", "type": "webhook", "url": peer.url, "secret": WEBHOOK_SECRET}
+            path = config(tmp_path, "http://127.0.0.1:1", sinks=[sink])
+            ran = await tracker_cli("sinks", "test", "ops", "--config", path)
+        assert ran.code == 1
+        assert "Traceback" not in ran.err
+        assert "ops: failed: HTTP 500: [/] [link=https://x.example]y[/link]" in ran.out
 
 
 class TestTerminalEscapes:
@@ -68,6 +107,18 @@ class TestTerminalEscapes:
         assert "ordered → checked\\x1b[2J\\x1b]0;owned\\x07\\u2028\\x85" in polled.out
         assert "checked\\x1b[2J" in history.out
         assert "[/x] not markup" in listed.out  # shown as text, not read as rich markup
+
+    async def test_console_log(self, upstream: Upstream, tmp_path: Path) -> None:
+        scripted, url = upstream
+        scripted.script(A, ok("checked\x1b[2J\x07"))
+        path = config(tmp_path, url, log={"format": "console", "level": "info"})
+        await tracker_cli("watch", "add", A, "--config", path)
+        ran = await tracker_cli("poll", A, "--config", path)
+        assert ran.code == 0, ran.err
+        assert "unknown_status" in ran.err
+        assert "\x1b" not in ran.err
+        assert "\x07" not in ran.err
+        assert "checked\\x1b[2J\\x07" in ran.err
 
 
 class TestMistakesFoundAtStart:
@@ -110,6 +161,21 @@ class TestMistakesFoundAtStart:
         line = one_line(ran.err)
         assert "sink 'mail': template body.txt: 'customer_name' is undefined" in line
         assert "the variables are" in line
+
+    async def test_unknown_variable_in_a_branch_not_taken(self, tmp_path: Path) -> None:
+        folder = tmp_path / "templates"
+        folder.mkdir()
+        (folder / "subject.txt").write_text("{% if not test %}{{ order_idd }}{% endif %}\n")
+        sink = {**MAIL_SINK, "templates": str(folder)}
+        ran = await tracker_cli(
+            "sinks",
+            "test",
+            "mail",
+            "--config",
+            config(tmp_path, "http://127.0.0.1:1", sinks=[sink]),
+        )
+        assert ran.code == 2
+        assert "template subject.txt: 'order_idd' is undefined" in one_line(ran.err)
 
     async def test_database_that_cannot_be_written(self, tmp_path: Path) -> None:
         path = config(tmp_path, "http://127.0.0.1:1")

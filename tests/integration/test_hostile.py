@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import gzip
 import random
 import time
 from collections.abc import AsyncIterator
@@ -129,6 +130,40 @@ class TestBoundedBodies:
                     await client.fetch(A)
 
 
+class TestCompressedAnswers:
+    """An answer compressed against our ``identity`` is read as it came: never inflated."""
+
+    @pytest.mark.parametrize(
+        "body",
+        [gzip.compress(b"0" * 50_000_000), b"\x1f\x8b not gzip at all"],
+        ids=["bomb", "broken"],
+    )
+    async def test_gzip_is_not_inflated(self, tmp_path: Path, body: bytes) -> None:
+        headers = {"Content-Encoding": "gzip"}
+        async with HostilePeer(default=answer(200, body, headers)) as peer:
+            settings = make_settings(tmp_path, peer.url, upstream={"max_body": 1024 * 1024})
+            client, http = build_client(settings.upstream)
+            async with http:
+                with pytest.raises(MalformedAnswer, match="body is not JSON"):
+                    await client.fetch(A)
+
+
+class TestPacing:
+    """An answer that drips its body costs one request of the budget, not its whole span."""
+
+    async def test_next_request_starts_one_window_after_the_head(self, tmp_path: Path) -> None:
+        async with HostilePeer(default=drip(order_json(A, "checked"), every=0.01)) as peer:
+            settings = make_settings(
+                tmp_path, peer.url, upstream={"requests_per_second": 1, "timeout": 5}
+            )
+            client, http = build_client(settings.upstream)
+            async with http:
+                await asyncio.gather(client.fetch(A), client.fetch(A))
+        first, second = peer.arrivals
+        # The first body drips for ~2.7 s; the budget frees one window after its head came.
+        assert 0.9 < second - first < 2.0
+
+
 class TestDeepJson:
     """JSON nested a hundred thousand levels deep is a malformed answer, not a crash."""
 
@@ -136,7 +171,7 @@ class TestDeepJson:
         async with HostilePeer(default=answer(200, b"[" * 100_000)) as peer:
             client, http = build_client(make_settings(tmp_path, peer.url).upstream)
             async with http:
-                with pytest.raises(MalformedAnswer, match="nested too deeply"):
+                with pytest.raises(MalformedAnswer, match="nested deeper than 32 levels"):
                     await client.fetch(A)
 
     async def test_deep_error_body_is_still_a_500(self, tmp_path: Path) -> None:
@@ -167,13 +202,17 @@ class running:  # noqa: N801 - reads as a phrase: `async with running(daemon)`
 
 
 def small_daemon(polling: Polling, *, lease: float, poller: Poller | None = None) -> Daemon:
-    """A daemon of two workers with a short lease, so pauses can outlive it in a test."""
+    """A daemon of two workers with a short lease, so pauses can outlive it in a test.
+
+    Its queue holds two claims: full, so that its own ticks claim nothing (a tick's claim
+    would re-lease a held order and hide a missing renewal).
+    """
     return Daemon(
         store=polling.store,
         poller=poller or polling.poller,
         clock=utc_now,
         workers=2,
-        capacity=4,
+        capacity=2,
         lease=timedelta(seconds=lease),
         stop_grace=1,
         stall_after=1.0,
@@ -201,12 +240,21 @@ class TestPausesOutliveLeases:
                         orders = [await polling.store.get(i) for i in (A, B, C, D)]
                         return all(o is not None and o.last_polled_at for o in orders)
 
+                    await asyncio.sleep(2.2)  # into the pause, more than two leases long
+                    # Another daemon claiming now finds every held order still leased.
+                    now = utc_now()
+                    assert (
+                        await polling.store.claim_due(
+                            now=now, limit=10, lease_until=now + timedelta(seconds=1)
+                        )
+                        == []
+                    )
                     await until(settled, 15)
                     await asyncio.sleep(1.5)  # a second claim would land in here
                     assert daemon.readiness() is None
         # Each order once: A's 429 paused every request for 3 s, more than three leases.
         assert [scripted.polls(i) for i in (A, B, C, D)] == [1, 1, 1, 1]
-        assert any(r is not None and "no poll finished" in r for r in reasons)
+        assert any(r is not None and "no poll recorded" in r for r in reasons)
         events = [entry["event"] for entry in logs]
         assert "worker_crashed" not in events
         assert "polling_stalled" in events
@@ -216,14 +264,15 @@ class TestPausesOutliveLeases:
 class Faulty(Poller):
     """A real poller with a fault injected for one order: the kind of bug no test foresaw."""
 
-    async def poll(self, claim: Claim) -> PollOutcome:
+    async def _poll(self, claim: Claim) -> PollOutcome:
         if claim.order_id == A:
             raise RuntimeError("injected fault")
-        return await super().poll(claim)
+        return await super()._poll(claim)
 
 
 class TestSupervisedWorkers:
-    """A poll that raises is logged with its traceback, recorded as failed; the worker goes on."""
+    """A poll that raises is logged with its traceback and recorded as failed; a worker loop
+    that fails is logged and restarted."""
 
     async def test_bug_in_one_poll(
         self, upstream: tuple[ScriptedUpstream, str], tmp_path: Path, logs: list[dict[str, Any]]
@@ -255,7 +304,7 @@ class TestSupervisedWorkers:
         assert order.last_error == "internal error: RuntimeError: injected fault"
         assert order.next_poll_at is not None
         assert order.next_poll_at > datetime.now(UTC) + timedelta(minutes=2)
-        crashed = [entry for entry in logs if entry["event"] == "worker_crashed"]
+        crashed = [entry for entry in logs if entry["event"] == "poll_crashed"]
         assert len(crashed) == 1
         assert crashed[0]["order_id"] == A
         assert crashed[0]["exc_info"] is True

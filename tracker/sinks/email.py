@@ -10,6 +10,7 @@ from email.message import EmailMessage
 
 import aiosmtplib
 import jinja2
+import jinja2.meta
 
 from tracker.config import EmailSinkSettings, SmtpSettings
 from tracker.errors import ConfigError
@@ -41,6 +42,7 @@ def _templates(settings: EmailSinkSettings) -> dict[str, jinja2.Template]:
     for name in _TEMPLATES:
         try:
             compiled[name] = environment.get_template(name)
+            _check_names(environment, name, known=set(sample))
             compiled[name].render(sample)
         except jinja2.TemplateSyntaxError as exc:
             raise ConfigError(
@@ -52,6 +54,15 @@ def _templates(settings: EmailSinkSettings) -> dict[str, jinja2.Template]:
                 f"the variables are {', '.join(sorted(sample))}"
             ) from None
     return compiled
+
+
+def _check_names(environment: jinja2.Environment, name: str, *, known: set[str]) -> None:
+    """Every variable the template names, in every branch (a render takes only one), exists."""
+    assert environment.loader is not None  # noqa: S101 - _environment always sets one
+    source, _path, _fresh = environment.loader.get_source(environment, name)
+    unknown = jinja2.meta.find_undeclared_variables(environment.parse(source)) - known
+    if unknown:
+        raise jinja2.UndefinedError(f"{', '.join(map(repr, sorted(unknown)))} is undefined")
 
 
 def tls_context(smtp: SmtpSettings) -> ssl.SSLContext | None:

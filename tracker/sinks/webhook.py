@@ -78,10 +78,13 @@ class WebhookSink:
         )
 
     async def _post(self, body: bytes, headers: dict[str, str]) -> tuple[httpx.Response, bytes]:
-        """POST and read the start of the answer; a longer answer's connection is dropped."""
+        """POST and read the start of the answer; a longer answer's connection is dropped.
+
+        The answer is read as it came, never inflated (requests ask for ``identity``).
+        """
         async with self._http.stream("POST", self._url, content=body, headers=headers) as response:
             answer = b""
-            async for chunk in response.aiter_bytes():
+            async for chunk in response.aiter_raw():
                 answer += chunk
                 if len(answer) >= ANSWER_PREVIEW:
                     break
