@@ -76,7 +76,7 @@ async def _read(response: httpx.Response, limit: int) -> bytes | None:
     """The body if it has at most ``limit`` bytes; ``None`` (and the rest unread) if not.
 
     The body is read as it came, never inflated: requests ask for ``identity``, and an answer
-    compressed anyway fails to parse rather than growing a small count into a large memory.
+    compressed anyway fails to parse, where inflating it could turn 50 KB into 50 MB.
     """
     declared = response.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:

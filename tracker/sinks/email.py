@@ -60,7 +60,8 @@ def _check_names(environment: jinja2.Environment, name: str, *, known: set[str])
     """Every variable the template names, in every branch (a render takes only one), exists."""
     assert environment.loader is not None  # noqa: S101 - _environment always sets one
     source, _path, _fresh = environment.loader.get_source(environment, name)
-    unknown = jinja2.meta.find_undeclared_variables(environment.parse(source)) - known
+    named = jinja2.meta.find_undeclared_variables(environment.parse(source))
+    unknown = named - known - set(environment.globals)  # range, dict, ... are Jinja's own
     if unknown:
         raise jinja2.UndefinedError(f"{', '.join(map(repr, sorted(unknown)))} is undefined")
 
