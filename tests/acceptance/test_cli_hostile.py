@@ -27,6 +27,15 @@ def config(tmp_path: Path, url: str, **sections: Any) -> str:
     return str(write_config(tmp_path / "c.toml", settings_mapping(tmp_path, url, **sections)))
 
 
+def template_config(tmp_path: Path, name: str, text: str) -> str:
+    """A configuration whose mail sink overrides template ``name`` with ``text``."""
+    folder = tmp_path / "templates"
+    folder.mkdir()
+    (folder / name).write_text(text)
+    sink = {**MAIL_SINK, "templates": str(folder)}
+    return config(tmp_path, "http://127.0.0.1:1", sinks=[sink])
+
+
 def one_line(err: str) -> str:
     assert "Traceback" not in err
     lines = [line for line in err.splitlines() if line.startswith("tracker: error:")]
@@ -135,44 +144,24 @@ class TestMistakesFoundAtStart:
         assert f"sinks[0].templates: folder {missing} does not exist" in line
 
     async def test_template_that_does_not_compile(self, tmp_path: Path) -> None:
-        folder = tmp_path / "templates"
-        folder.mkdir()
-        (folder / "subject.txt").write_text("{{ order_id }: {{ to_status }}\n")
-        sink = {**MAIL_SINK, "templates": str(folder)}
-        path = config(tmp_path, "http://127.0.0.1:1", sinks=[sink])
+        path = template_config(tmp_path, "subject.txt", "{{ order_id }: {{ to_status }}\n")
         for command in (("sinks", "test", "mail"), ("run",)):
             ran = await tracker_cli(*command, "--config", path, limit=20)
             assert ran.code == 2
             assert "sink 'mail': template subject.txt line 1: unexpected '}'" in one_line(ran.err)
 
     async def test_template_with_unknown_variable(self, tmp_path: Path) -> None:
-        folder = tmp_path / "templates"
-        folder.mkdir()
-        (folder / "body.txt").write_text("Order {{ order_id }} for {{ customer_name }}\n")
-        sink = {**MAIL_SINK, "templates": str(folder)}
-        ran = await tracker_cli(
-            "sinks",
-            "test",
-            "mail",
-            "--config",
-            config(tmp_path, "http://127.0.0.1:1", sinks=[sink]),
-        )
+        path = template_config(tmp_path, "body.txt", "Order {{ order_id }} for {{ customer_name }}")
+        ran = await tracker_cli("sinks", "test", "mail", "--config", path)
         assert ran.code == 2
         line = one_line(ran.err)
         assert "sink 'mail': template body.txt: 'customer_name' is undefined" in line
         assert "the variables are" in line
 
     async def test_unknown_variable_in_a_branch_not_taken(self, tmp_path: Path) -> None:
-        folder = tmp_path / "templates"
-        folder.mkdir()
-        (folder / "subject.txt").write_text("{% if not test %}{{ order_idd }}{% endif %}\n")
-        sink = {**MAIL_SINK, "templates": str(folder)}
+        text = "{% if not test %}{{ order_idd }}{% endif %}\n"
         ran = await tracker_cli(
-            "sinks",
-            "test",
-            "mail",
-            "--config",
-            config(tmp_path, "http://127.0.0.1:1", sinks=[sink]),
+            "sinks", "test", "mail", "--config", template_config(tmp_path, "subject.txt", text)
         )
         assert ran.code == 2
         assert "template subject.txt: 'order_idd' is undefined" in one_line(ran.err)

@@ -8,6 +8,7 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 from sqlalchemy import (
+    Column,
     ColumnElement,
     Row,
     and_,
@@ -249,11 +250,16 @@ class Store:
 
     async def extend_leases(self, order_ids: Sequence[str], *, lease_until: datetime) -> None:
         """Keep claims alive that are still queued or being polled (however long they wait)."""
+        await self._extend(w.c.order_id, order_ids, lease_until)
+
+    async def _extend(self, key: Column[Any], keys: Sequence[Any], lease_until: datetime) -> None:
+        """Push the leases still taken on the rows of ``keys`` to ``lease_until``."""
+        table = key.table
         async with self._engine.begin() as conn:
-            for chunk in _chunks(order_ids):
+            for chunk in _chunks(keys):
                 await conn.execute(
-                    update(w)
-                    .where(w.c.order_id.in_(chunk), w.c.leased_until.is_not(None))
+                    update(table)
+                    .where(key.in_(chunk), table.c.leased_until.is_not(None))
                     .values(leased_until=lease_until)
                 )
 
@@ -374,14 +380,7 @@ class Store:
         self, delivery_ids: Sequence[int], *, lease_until: datetime
     ) -> None:
         """Keep claimed deliveries hidden while they wait to be sent or recorded."""
-        d = deliveries
-        async with self._engine.begin() as conn:
-            for chunk in _chunks(delivery_ids):
-                await conn.execute(
-                    update(d)
-                    .where(d.c.id.in_(chunk), d.c.leased_until.is_not(None))
-                    .values(leased_until=lease_until)
-                )
+        await self._extend(deliveries.c.id, delivery_ids, lease_until)
 
     async def retry_deliveries(
         self, *, event_ids: Sequence[str] = (), all_dead: bool = False, now: datetime
