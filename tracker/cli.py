@@ -2,43 +2,31 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from importlib import metadata
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
-from rich.table import Table
-from rich.text import Text
-from sqlalchemy.exc import SQLAlchemyError
 
-from tracker import config as config_module
 from tracker.clock import utc_now
-from tracker.config import LogSettings, Settings
 from tracker.errors import ConfigError, TrackerError
-from tracker.logs import configure as configure_logs
 from tracker.model import DeliveryState, SendResult, validate_order_id
-from tracker.store import Store, describe, open_store, upgrade
 from tracker.text import printable
-from tracker.views import (
-    attempt_line,
-    deliveries_table,
-    delivery_dict,
-    history_json,
-    history_rich,
-    json_array,
-    outcome_line,
-    watched_dict,
-    watched_table,
-)
 
-# Commands that poll, deliver or run the daemon import its modules (the upstream and SMTP
-# clients, the scheduler, the sinks) inside their own bodies: reading commands stay light.
+if TYPE_CHECKING:
+    from rich.table import Table
+
+    from tracker.config import Settings
+    from tracker.store import Store
+
+# Each command imports what it uses in its own body: `--help`, `--version` and the reading
+# commands never load the configuration's validators, the database, the daemon or the clients
+# they do not need, so they answer at once.
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -71,6 +59,9 @@ out = Console(highlight=False, soft_wrap=True)
 
 def _settings(ctx: typer.Context, config: str | None) -> Settings:
     """Load the settings named after the command, else before it, else the default path."""
+    from tracker import config as config_module
+    from tracker.logs import configure as configure_logs
+
     chosen = config or (ctx.find_root().obj or {}).get("config")
     settings = config_module.load(config_module.resolve_path(chosen, os.environ))
     configure_logs(settings.log, stream=sys.stderr)
@@ -78,6 +69,8 @@ def _settings(ctx: typer.Context, config: str | None) -> Settings:
 
 
 def _run(coroutine: Coroutine[Any, Any, T]) -> T:
+    import asyncio
+
     return asyncio.run(coroutine)
 
 
@@ -89,6 +82,8 @@ def _list(
     as_json: bool,
 ) -> None:
     """Stream rows from the store as a JSON array or a table."""
+    from tracker.store import open_store
+    from tracker.views import json_array
 
     async def listing() -> None:
         async with open_store(settings.database.url) as store:
@@ -124,6 +119,8 @@ def _root(
 @db_app.command("upgrade")
 def db_upgrade(ctx: typer.Context, config: ConfigOption = None) -> None:
     """Apply pending database migrations."""
+    from tracker.store import upgrade
+
     settings = _settings(ctx, config)
     applied = upgrade(settings.database.url)
     out.print(f"migrated: {applied[0]}" if applied else "database is up to date")
@@ -156,6 +153,8 @@ def watch_add(
     config: ConfigOption = None,
 ) -> None:
     """Watch orders; they are polled at the next tick of `tracker run`."""
+    from tracker.store import open_store
+
     settings = _settings(ctx, config)
     wanted = _ids_from(ids or [], file)
 
@@ -175,6 +174,8 @@ def watch_remove(
     config: ConfigOption = None,
 ) -> None:
     """Stop watching orders; their history is kept."""
+    from tracker.store import open_store
+
     settings = _settings(ctx, config)
     wanted = _ids_from(ids or [], file)
 
@@ -196,6 +197,8 @@ def watch_list(
     config: ConfigOption = None,
 ) -> None:
     """The watched orders with status, last poll, last change and last error."""
+    from tracker.views import watched_dict, watched_table
+
     settings = _settings(ctx, config)
     _list(
         settings, lambda store: store.watched(status=status), watched_dict, watched_table, as_json
@@ -210,8 +213,9 @@ def poll(
     config: ConfigOption = None,
 ) -> None:
     """Poll orders now, once, and print what changed."""
-    from tracker.app import open_polling  # noqa: PLC0415 - only polling commands need it
-    from tracker.poller import poll_now  # noqa: PLC0415 - only polling commands need it
+    from tracker.app import open_polling
+    from tracker.poller import poll_now
+    from tracker.views import outcome_line
 
     settings = _settings(ctx, config)
     if all_orders == bool(ids):
@@ -251,6 +255,9 @@ def history(
     config: ConfigOption = None,
 ) -> None:
     """The order's timeline: snapshots, transitions and their deliveries."""
+    from tracker.store import open_store
+    from tracker.views import history_json, history_rich
+
     settings = _settings(ctx, config)
     validate_order_id(order_id)
 
@@ -278,6 +285,8 @@ def deliveries_list(
     config: ConfigOption = None,
 ) -> None:
     """Deliveries, oldest first, with their state, attempts and last answer."""
+    from tracker.views import deliveries_table, delivery_dict
+
     settings = _settings(ctx, config)
     chosen = state.value if state else None
     _list(
@@ -297,7 +306,9 @@ def deliveries_retry(
     config: ConfigOption = None,
 ) -> None:
     """Make deliveries pending again and attempt them once now."""
-    from tracker.app import delivery_lease, open_outbox  # noqa: PLC0415 - delivering commands only
+    from tracker.app import delivery_lease, open_outbox
+    from tracker.store import open_store
+    from tracker.views import attempt_line
 
     settings = _settings(ctx, config)
     if all_dead == bool(event_ids):
@@ -334,8 +345,11 @@ def sinks_test(
     config: ConfigOption = None,
 ) -> None:
     """Send a clearly marked test event to one sink and show the receiver's answer."""
-    from tracker.app import open_outbox  # noqa: PLC0415 - delivering commands only
-    from tracker.sinks.render import test_delivery  # noqa: PLC0415 - delivering commands only
+    from rich.text import Text
+
+    from tracker.app import open_outbox
+    from tracker.sinks.render import test_delivery
+    from tracker.store import open_store
 
     settings = _settings(ctx, config)
 
@@ -361,8 +375,9 @@ def sinks_test(
 @app.command("run")
 def run(ctx: typer.Context, config: ConfigOption = None) -> None:
     """The daemon: polls on schedule until SIGTERM or SIGINT."""
-    from tracker.app import open_polling  # noqa: PLC0415 - only polling commands need it
-    from tracker.daemon import run_until_signalled  # noqa: PLC0415 - only `run` needs it
+    from tracker.app import open_polling
+    from tracker.daemon import run_until_signalled
+    from tracker.logs import configure as configure_logs
 
     settings = _settings(ctx, config)
     configure_logs(settings.log)
@@ -382,7 +397,9 @@ def demo(
     config: ConfigOption = None,  # noqa: ARG001 - accepted like everywhere; the demo brings its own
 ) -> None:
     """Everything on the embedded default: simulated upstream, temporary SQLite, local sinks."""
-    from tracker.demo import run_demo  # noqa: PLC0415 - only the demo needs the simulator
+    from tracker.config import LogSettings
+    from tracker.demo import run_demo
+    from tracker.logs import configure as configure_logs
 
     configure_logs(LogSettings(format="console", level="warning"), stream=sys.stderr)
     _run(run_demo(duration=duration, console=out))
@@ -396,10 +413,16 @@ def main() -> None:
         _fail(str(exc), 2)
     except TrackerError as exc:
         _fail(str(exc), 1)
-    except SQLAlchemyError as exc:
-        _fail(describe(exc), 1)
     except KeyboardInterrupt:
         _fail("interrupted", 1)
+    except Exception as exc:
+        # Only a command that loaded the database can have raised its error.
+        database = sys.modules.get("sqlalchemy.exc")
+        if database is None or not isinstance(exc, database.SQLAlchemyError):
+            raise
+        from tracker.store import describe
+
+        _fail(describe(exc), 1)
 
 
 def _fail(message: str, code: int) -> None:
