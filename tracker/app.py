@@ -21,7 +21,7 @@ from tracker.upstream import build_client
 
 #: How long a claimed order stays hidden from other ticks beyond two request timeouts.
 LEASE_MARGIN = timedelta(seconds=60)
-#: Polling counts as stalled when orders wait and no poll finished for two request timeouts,
+#: Polling counts as stalled when orders wait and no poll was recorded for two request timeouts,
 #: one gap of the budget, and this much more (an event loop busy writing a large batch).
 STALL_MARGIN = 10.0
 
