@@ -176,16 +176,16 @@ class Daemon:
         claims = await self._store.claim_due(
             now=now, limit=room, lease_until=self._claims.lease_until()
         )
-        # A claim this process still holds (its lease renewal failed) is not polled twice.
-        fresh = [claim for claim in claims if claim.order_id not in self._claims]
-        self._claims.take([claim.order_id for claim in fresh])
-        for claim in fresh:
+        for claim in self._claims.take_fresh(claims, lambda claim: claim.order_id):
             self._queue.put_nowait(claim)
         self._more_due = len(claims) == room
 
     async def _watch_progress(self) -> None:
-        """Log once when polling stalls and once when it resumes (a job of its own, so that
-        a tick that hangs is noticed while it hangs)."""
+        """Log once when polling stalls and once when it resumes.
+
+        A job of its own, not a step of the tick, so that a tick that hangs is noticed while
+        it hangs.
+        """
         reason = self.readiness()
         if reason is not None and self._stalled is None:
             log.error("polling_stalled", reason=reason)

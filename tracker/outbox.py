@@ -163,9 +163,7 @@ class Dispatcher:
                 lease_until=self._claims.lease_until(),
             )
             lane.more = len(due) == room
-            # A delivery still held here (its lease renewal failed) is not sent twice at once.
-            fresh = [delivery for delivery in due if delivery.id not in self._claims]
-            self._claims.take([delivery.id for delivery in fresh])
+            fresh = self._claims.take_fresh(due, lambda delivery: delivery.id)
             if fresh:
                 lane.waiting.extend(fresh)
                 lane.wake.set()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
 from typing import Any, Generic, Protocol, TypeVar
@@ -14,6 +14,7 @@ import structlog
 log = structlog.get_logger("tracker.supervision")
 
 K = TypeVar("K")
+C = TypeVar("C")
 K_contra = TypeVar("K_contra", contravariant=True)
 #: Seconds between two restarts of a worker body that keeps failing: its log stays readable
 #: and the loop stays free, and a second is short next to any poll or delivery interval.
@@ -71,9 +72,6 @@ class HeldClaims(Generic[K]):
         """How long a claim stays hidden without renewal."""
         return self._lease
 
-    def __contains__(self, key: object) -> bool:
-        return key in self._held
-
     def __len__(self) -> int:
         return len(self._held)
 
@@ -84,6 +82,16 @@ class HeldClaims(Generic[K]):
     def take(self, keys: Collection[K]) -> None:
         """Claims were taken: hold them until :meth:`drop`."""
         self._held.update(keys)
+
+    def take_fresh(self, claims: Iterable[C], key: Callable[[C], K]) -> list[C]:
+        """Hold the claims not held yet and return them.
+
+        A claim still held here (its renewal failed, another claim took it again) is left out,
+        so that it is never worked twice at once.
+        """
+        fresh = [claim for claim in claims if key(claim) not in self._held]
+        self._held.update(key(claim) for claim in fresh)
+        return fresh
 
     def drop(self, keys: Collection[K]) -> None:
         """Claims were recorded or handed back: stop renewing them."""
