@@ -91,7 +91,7 @@ async def seed(config: Settings, events: int) -> str:
                     status_known=True,
                     provider="metrify",
                     provider_known=True,
-                    fingerprint="x",
+                    fingerprint=0,
                     raw=raw,
                 )
             )

@@ -24,7 +24,7 @@ class Decision:
 UNCHANGED = Decision(store_snapshot=False, change=None)
 
 
-def decide(last_status: str | None, last_fingerprint: str | None, order: MeterOrder) -> Decision:
+def decide(last_status: str | None, last_fingerprint: int | None, order: MeterOrder) -> Decision:
     """Decide from the last snapshot's status and fingerprint; a first snapshot is no transition."""
     if last_fingerprint == order.fingerprint:
         return UNCHANGED

@@ -10,7 +10,7 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from tracker.errors import InvalidOrderId, MalformedAnswer
@@ -34,17 +34,6 @@ def validate_order_id(order_id: str) -> str:
             "and digits, e.g. prdo_x83bmixgdcktlpxli778vvgo"
         )
     return order_id
-
-
-def parse_timestamp(value: str) -> datetime | None:
-    """Parse an RFC 3339 timestamp into aware UTC; ``None`` when it is not one."""
-    try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
-        return None
-    if parsed.tzinfo is None or parsed.utcoffset() is None:
-        return None
-    return parsed.astimezone(UTC)
 
 
 def parse_json(body: bytes) -> Any:
@@ -106,8 +95,11 @@ class MeterOrder:
         return cls(id=expected_id, raw=body.decode(), **fields)
 
     @property
-    def fingerprint(self) -> str:
-        """A digest of the parsed fields: equal fingerprints mean nothing we track changed."""
+    def fingerprint(self) -> int:
+        """A digest of the parsed fields: equal fingerprints mean nothing we track changed.
+
+        The first 8 bytes of a BLAKE2b digest as a signed 64-bit integer (a BIGINT column).
+        """
         text = "\x1f".join(
             (
                 self.subscription,
@@ -118,7 +110,8 @@ class MeterOrder:
                 self.updated_at,
             )
         )
-        return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
+        digest = hashlib.blake2b(text.encode(), digest_size=16).digest()
+        return int.from_bytes(digest[:8], "big", signed=True)
 
     @property
     def status_known(self) -> bool:
@@ -191,7 +184,7 @@ class Claim:
 
     order_id: str
     status: str | None
-    fingerprint: str | None
+    fingerprint: int | None
     final_since: datetime | None
     consecutive_failures: int
 

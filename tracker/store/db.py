@@ -22,7 +22,7 @@ _SYNC_DRIVERS = {"sqlite": "sqlite", "postgresql": "postgresql+psycopg"}
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 #: The newest migration; a test holds it equal to Alembic's head. Knowing it here lets every
 #: command see that the schema is current without importing Alembic.
-SCHEMA_HEAD = "0002"
+SCHEMA_HEAD = "0003"
 
 
 def _with_driver(url: str, drivers: dict[str, str]) -> str:
@@ -33,13 +33,27 @@ def _with_driver(url: str, drivers: dict[str, str]) -> str:
     return parsed.set(drivername=drivers[backend]).render_as_string(hide_password=False)
 
 
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any, *, foreign_keys: bool = True) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
     cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute(f"PRAGMA foreign_keys={'ON' if foreign_keys else 'OFF'}")
     cursor.close()
+
+
+def _sqlite_pragmas_for_migrating(dbapi_connection: Any, record: Any) -> None:
+    # A migration that rebuilds a referenced table must not have its rows checked (and
+    # refused) half way; the references are checked as a whole before it commits.
+    _sqlite_pragmas(dbapi_connection, record, foreign_keys=False)
+    # The driver would run DDL outside any transaction; BEGIN is ours instead (below).
+    dbapi_connection.isolation_level = None
+
+
+def _begin_immediate(connection: Connection) -> None:
+    # One transaction for the whole migration, its DDL included: a failure half way leaves the
+    # database as it was, and a second process starting at once waits, then finds it current.
+    connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def _check_sqlite_folder(url: str) -> None:
@@ -76,11 +90,12 @@ def connect(url: str) -> AsyncEngine:
     return engine
 
 
-def _sync_engine(url: str) -> Engine:
+def _migrating_engine(url: str) -> Engine:
     _check_sqlite_folder(url)
     engine = create_engine(_with_driver(url, _SYNC_DRIVERS))
     if engine.dialect.name == "sqlite":
-        event.listen(engine, "connect", _sqlite_pragmas)
+        event.listen(engine, "connect", _sqlite_pragmas_for_migrating)
+        event.listen(engine, "begin", _begin_immediate)
     return engine
 
 
@@ -101,7 +116,7 @@ def current_revision(connection: Connection) -> str | None:
 
 def upgrade(url: str) -> list[str]:
     """Apply pending migrations; returns the revisions applied (empty when up to date)."""
-    engine = _sync_engine(url)
+    engine = _migrating_engine(url)
     try:
         with engine.begin() as connection:
             current = current_revision(connection)
@@ -113,11 +128,24 @@ def upgrade(url: str) -> list[str]:
             config.attributes["connection"] = connection
             command.upgrade(config, "head")
             applied = current_revision(connection)
-    except (SQLAlchemyError, sqlite3.Error) as exc:
+            _check_references(connection)
+    except (SQLAlchemyError, sqlite3.Error, ValueError) as exc:  # ValueError: a row not converted
         raise StoreError(f"database.url: cannot migrate the database: {exc}") from exc
     finally:
         engine.dispose()
     return [f"{current or 'empty'} -> {applied}"]
+
+
+def _check_references(connection: Connection) -> None:
+    """Refuse to commit a migration that left a row pointing at nothing (SQLite)."""
+    if connection.dialect.name != "sqlite":
+        return
+    broken = connection.execute(text("PRAGMA foreign_key_check")).first()
+    if broken is not None:
+        raise StoreError(
+            f"database.url: migrating left table {broken[0]} row {broken[1]} pointing at a "
+            f"missing {broken[2]} row; nothing was changed; restore a backup or report this"
+        )
 
 
 @asynccontextmanager

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -32,8 +33,8 @@ from tracker.model import (
     Snapshot,
     Transition,
     WatchedOrder,
-    parse_timestamp,
 )
+from tracker.store.packing import pack_body, unpack_body
 from tracker.store.tables import deliveries, snapshots, transitions, watched_orders
 
 w = watched_orders
@@ -508,13 +509,7 @@ async def _record_change(conn: AsyncConnection, outcome: PollOutcome) -> list[Tr
             .values(
                 order_id=order.id,
                 observed_at=outcome.polled_at,
-                status=order.status,
-                status_known=order.status_known,
-                provider=order.provider,
-                provider_known=order.provider_known,
-                upstream_updated_at=parse_timestamp(order.updated_at),
-                fingerprint=order.fingerprint,
-                raw=order.raw,
+                body=pack_body(order.raw),
             )
             .returning(snapshots.c.id)
         )
@@ -633,13 +628,16 @@ def _watched(row: Row[Any]) -> WatchedOrder:
 
 
 def _snapshot(row: Row[Any]) -> Snapshot:
+    raw = unpack_body(row.body)
+    # The body was parsed and checked before it was stored: these fields are strings.
+    fields = json.loads(raw)
     return Snapshot(
         id=row.id,
         order_id=row.order_id,
-        status=row.status,
-        provider=row.provider,
+        status=fields["status"],
+        provider=fields["provider"],
         observed_at=row.observed_at,
-        raw=row.raw,
+        raw=raw,
     )
 
 
