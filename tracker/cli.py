@@ -6,7 +6,6 @@ import json
 import os
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
-from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
@@ -57,14 +56,19 @@ ConfigOption = Annotated[
 out = Console(highlight=False, soft_wrap=True)
 
 
-def _settings(ctx: typer.Context, config: str | None) -> Settings:
-    """Load the settings named after the command, else before it, else the default path."""
+def _settings(ctx: typer.Context, config: str | None, *, logs: bool = True) -> Settings:
+    """Load the settings named after the command, else before it, else the default path.
+
+    A reading command (``logs=False``) writes no log line, so it does not load structlog.
+    """
     from tracker import config as config_module
-    from tracker.logs import configure as configure_logs
 
     chosen = config or (ctx.find_root().obj or {}).get("config")
     settings = config_module.load(config_module.resolve_path(chosen, os.environ))
-    configure_logs(settings.log, stream=sys.stderr)
+    if logs:
+        from tracker.logs import configure as configure_logs
+
+        configure_logs(settings.log, stream=sys.stderr)
     return settings
 
 
@@ -98,6 +102,8 @@ def _list(
 
 def _version(asked: bool) -> None:
     if asked:
+        from importlib import metadata
+
         out.print(f"meter-order-tracker {metadata.version('meter-order-tracker')}")
         raise typer.Exit
 
@@ -199,7 +205,7 @@ def watch_list(
     """The watched orders with status, last poll, last change and last error."""
     from tracker.views import watched_dict, watched_table
 
-    settings = _settings(ctx, config)
+    settings = _settings(ctx, config, logs=False)
     _list(
         settings, lambda store: store.watched(status=status), watched_dict, watched_table, as_json
     )
@@ -235,13 +241,14 @@ def poll(
                     raise ConfigError(
                         f"not watched: {', '.join(missing)}; run `tracker watch add ID` first"
                     )
-            outcomes, transitions = await poll_now(
-                polling.store, polling.poller, claims, lease=polling.lease
-            )
-            changes = {t.order_id: t for t in transitions}
-            for outcome in outcomes:
-                out.print(outcome_line(outcome, changes.get(outcome.claim.order_id)))
-            return all(outcome.error_kind is None for outcome in outcomes)
+            every_poll_succeeded = True
+            windows = poll_now(polling.store, polling.poller, claims, lease=polling.lease)
+            async for outcomes, transitions in windows:
+                changes = {t.order_id: t for t in transitions}
+                for outcome in outcomes:
+                    out.print(outcome_line(outcome, changes.get(outcome.claim.order_id)))
+                    every_poll_succeeded &= outcome.error_kind is None
+            return every_poll_succeeded
 
     if not _run(once()):
         raise typer.Exit(1)
@@ -258,7 +265,7 @@ def history(
     from tracker.store import open_store
     from tracker.views import history_json, history_rich
 
-    settings = _settings(ctx, config)
+    settings = _settings(ctx, config, logs=False)
     validate_order_id(order_id)
 
     async def read() -> None:
@@ -287,7 +294,7 @@ def deliveries_list(
     """Deliveries, oldest first, with their state, attempts and last answer."""
     from tracker.views import deliveries_table, delivery_dict
 
-    settings = _settings(ctx, config)
+    settings = _settings(ctx, config, logs=False)
     chosen = state.value if state else None
     _list(
         settings,

@@ -7,7 +7,7 @@ import base64
 import contextlib
 import os
 import random
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -35,6 +35,8 @@ def new_event_id() -> str:
 Clock = Callable[[], datetime]
 #: ``last_error_kind`` of a poll the tracker itself failed on.
 INTERNAL = "internal"
+#: ``poll_now`` polls and records this many orders at a time.
+WINDOW = 256
 
 
 class Poller:
@@ -155,18 +157,22 @@ def log_transitions(transitions: Sequence[Transition]) -> None:
 
 async def poll_now(
     store: Store, poller: Poller, claims: Sequence[Claim], *, lease: timedelta | None = None
-) -> tuple[list[PollOutcome], list[Transition]]:
-    """Poll the claimed orders concurrently (within the pace) and record all outcomes.
+) -> AsyncIterator[tuple[list[PollOutcome], list[Transition]]]:
+    """Poll the claimed orders concurrently (within the pace), ``WINDOW`` at a time.
 
-    With ``lease``, the claims' leases are renewed until the outcomes are written, however
-    long polling them takes (``tracker poll --all`` over many orders).
+    Each window's outcomes are recorded before they are yielded: memory stays flat however many
+    orders are polled, and an interruption loses at most one window of polls. With ``lease``,
+    the claims not yet recorded are renewed, however long polling them all takes.
     """
     held: HeldClaims[str] = HeldClaims(
         name="orders", lease=lease or timedelta(0), clock=utc_now, extend=store.extend_leases
     )
     held.take([claim.order_id for claim in claims])
     async with renewing(held) if lease is not None else contextlib.nullcontext():
-        outcomes = await asyncio.gather(*(poller.poll(claim) for claim in claims))
-        transitions = await store.record(outcomes)
-    log_transitions(transitions)
-    return outcomes, transitions
+        for start in range(0, len(claims), WINDOW):
+            window = claims[start : start + WINDOW]
+            outcomes = await asyncio.gather(*(poller.poll(claim) for claim in window))
+            transitions = await store.record(outcomes)
+            held.drop([claim.order_id for claim in window])
+            log_transitions(transitions)
+            yield outcomes, transitions

@@ -12,7 +12,7 @@ import pytest
 from tests.support import ROOT, settings_mapping, tracker_cli, write_config
 
 A = "prdo_aaaaaaaaaaaaaaaaaaaaaaaa"
-#: What only polling, delivering and the daemon need.
+#: What only polling, delivering, the daemon and logging need.
 HEAVY = (
     "tracker.app",
     "tracker.daemon",
@@ -26,6 +26,7 @@ HEAVY = (
     "aiosmtplib",
     "jinja2",
     "alembic",
+    "structlog",
 )
 #: Runs the CLI in a fresh interpreter and reports, at exit, the heavy modules it imported.
 PROBE = """

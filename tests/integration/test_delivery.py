@@ -76,7 +76,8 @@ def hook_sink(name: str, url: str, on: list[str]) -> dict[str, Any]:
 
 async def poll(polling: Polling, *ids: str) -> None:
     claims = await polling.store.claim(list(ids), lease_until=utc_now() + polling.lease)
-    await poll_now(polling.store, polling.poller, claims)
+    async for _ in poll_now(polling.store, polling.poller, claims):
+        pass
 
 
 async def deliver_all(polling: Polling, seconds: float = 5.0) -> None:

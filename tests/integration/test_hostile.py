@@ -114,7 +114,8 @@ class TestBoundedBodies:
             async with open_polling(settings) as polling:
                 await polling.store.watch([A], source="cli", now=utc_now())
                 claims = await polling.store.claim([A], lease_until=utc_now() + polling.lease)
-                outcomes, _ = await poll_now(polling.store, polling.poller, claims)
+                windows = poll_now(polling.store, polling.poller, claims)
+                outcomes = [outcome async for polled, _ in windows for outcome in polled]
                 history = await polling.store.history(A)
         assert outcomes[0].error_kind == "malformed"
         assert outcomes[0].error == "answer larger than 65536 bytes; not read, not stored"

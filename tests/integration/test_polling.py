@@ -27,7 +27,7 @@ from tests.support import (
 from tracker.app import Polling, open_polling
 from tracker.clock import utc_now
 from tracker.model import Transition
-from tracker.poller import poll_now
+from tracker.poller import WINDOW, poll_now
 from tracker.store.tables import snapshots, transitions
 
 A = "prdo_aaaaaaaaaaaaaaaaaaaaaaaa"
@@ -37,8 +37,8 @@ Upstream = tuple[ScriptedUpstream, str]
 
 async def poll(polling: Polling, *ids: str) -> list[Transition]:
     claims = await polling.store.claim(list(ids), lease_until=utc_now() + polling.lease)
-    _outcomes, stored = await poll_now(polling.store, polling.poller, claims)
-    return stored
+    windows = poll_now(polling.store, polling.poller, claims)
+    return [t async for _, stored in windows for t in stored]
 
 
 async def count(polling: Polling, table: Any) -> int:
@@ -80,6 +80,25 @@ class TestPollCycle:
             assert history.order.status == "checked"
             assert history.order.next_poll_at is not None
             assert history.order.next_poll_at > utc_now() + timedelta(seconds=50)
+
+    async def test_many_orders_are_polled_and_recorded_a_window_at_a_time(
+        self, upstream: Upstream, tmp_path: Path
+    ) -> None:
+        scripted, url = upstream
+        ids = [f"prdo_{n:024d}" for n in range(WINDOW + WINDOW // 2)]
+        for order_id in ids:
+            scripted.script(order_id, ok("ordered"))
+        async with open_polling(make_settings(tmp_path, url)) as polling:
+            await polling.store.watch(ids, source="cli", now=utc_now())
+            claims = await polling.store.claim_all(lease_until=utc_now() + polling.lease)
+            sizes = []
+            async for outcomes, _ in poll_now(polling.store, polling.poller, claims):
+                sizes.append(len(outcomes))
+                # Recorded before it is handed out: this window's orders have a snapshot.
+                assert await count(polling, snapshots) == sum(sizes)
+            assert sizes == [WINDOW, WINDOW // 2]
+            assert all(scripted.polls(order_id) == 1 for order_id in ids)
+            assert not [o async for o in polling.store.watched() if o.last_polled_at is None]
 
     async def test_unknown_status_is_stored_and_flagged(
         self, upstream: Upstream, tmp_path: Path
