@@ -31,6 +31,7 @@ bench: $(BIN)/tracker
 	$(BIN)/python benchmarks/bench_poll.py
 	$(BIN)/python benchmarks/bench_deliver.py
 	$(BIN)/python benchmarks/bench_hostile.py
+	$(BIN)/python benchmarks/bench_footprint.py
 
 # Regenerate the locks (needs uv); they name packages, versions and hashes only.
 lock:
