@@ -19,12 +19,12 @@ from pathlib import Path
 import httpx
 from sqlalchemy import insert
 
-from tracker.app import open_outbox
 from tracker.clock import utc_now
 from tracker.config import LogSettings, Settings
 from tracker.httpserver import HttpServer, Request, Response
 from tracker.logs import configure as configure_logs
 from tracker.model import DeliveryState
+from tracker.service import open_outbox
 from tracker.sinks.render import event_body
 from tracker.store import open_store
 from tracker.store.tables import deliveries, snapshots, transitions, watched_orders

@@ -36,11 +36,11 @@ from typing import Any, TextIO
 
 from sqlalchemy import update
 
-from tracker.app import open_polling
 from tracker.config import UpstreamSettings, load
 from tracker.daemon import run_until_signalled
 from tracker.errors import UpstreamError
 from tracker.logs import configure as configure_logs
+from tracker.service import open_service
 from tracker.store.tables import watched_orders
 from tracker.upstream import build_client
 
@@ -622,7 +622,7 @@ async def daemon_child(config: Path, keep: list[str], *, staggered: bool) -> Non
     settings = load(config)
     configure_logs(settings.log)
     asyncio.get_running_loop().call_later(CHILD_LIMIT, signal.raise_signal, signal.SIGTERM)
-    async with open_polling(settings) as polling:
+    async with open_service(settings) as polling:
         engine = polling.store._engine
         keeper = asyncio.create_task(keep_due(engine, keep, staggered=staggered)) if keep else None
         try:

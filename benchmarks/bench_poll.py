@@ -27,6 +27,7 @@ from tracker.app import open_polling
 from tracker.clock import utc_now
 from tracker.config import LogSettings, Settings
 from tracker.logs import configure as configure_logs
+from tracker.service import open_service
 from tracker.store.tables import watched_orders
 
 TOKEN = "nom_bench_token"  # noqa: S105 - the simulator's throwaway token
@@ -96,7 +97,7 @@ async def bare_httpx(url: str, ids: list[str]) -> float:
 
 async def daemon_pass(config: Settings, expected: int) -> tuple[float, float]:
     """Make every order due, run the daemon until it polled each once: (CPU s, wall s)."""
-    async with open_polling(config) as polling:
+    async with open_service(config) as polling:
         engine = polling.store._engine
         async with engine.begin() as conn:
             await conn.execute(update(watched_orders).values(next_poll_at=utc_now()))
@@ -159,7 +160,7 @@ async def budget(rate: float, orders: int, seconds: float) -> dict[str, Any]:
     try:
         with tempfile.TemporaryDirectory() as folder:
             config = settings(url, Path(folder) / "budget.db", rate=rate)
-            async with open_polling(config) as polling:
+            async with open_service(config) as polling:
                 await polling.store.watch(ids, source="cli", now=utc_now())
                 stop = asyncio.Event()
                 asyncio.get_running_loop().call_later(seconds, stop.set)

@@ -313,7 +313,7 @@ def deliveries_retry(
     config: ConfigOption = None,
 ) -> None:
     """Make deliveries pending again and attempt them once now."""
-    from tracker.app import delivery_lease, open_outbox
+    from tracker.service import delivery_lease, open_outbox
     from tracker.store import open_store
     from tracker.views import attempt_line
 
@@ -354,7 +354,7 @@ def sinks_test(
     """Send a clearly marked test event to one sink and show the receiver's answer."""
     from rich.text import Text
 
-    from tracker.app import open_outbox
+    from tracker.service import open_outbox
     from tracker.sinks.render import test_delivery
     from tracker.store import open_store
 
@@ -382,16 +382,16 @@ def sinks_test(
 @app.command("run")
 def run(ctx: typer.Context, config: ConfigOption = None) -> None:
     """The daemon: polls on schedule until SIGTERM or SIGINT."""
-    from tracker.app import open_polling
     from tracker.daemon import run_until_signalled
     from tracker.logs import configure as configure_logs
+    from tracker.service import open_service
 
     settings = _settings(ctx, config)
     configure_logs(settings.log)
 
     async def daemon() -> None:
-        async with open_polling(settings) as polling:
-            await run_until_signalled(polling.daemon())
+        async with open_service(settings) as service:
+            await run_until_signalled(service.daemon())
 
     _run(daemon())
 

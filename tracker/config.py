@@ -296,6 +296,10 @@ class Settings(_Section):
                 raise ValueError(f"sink name {name!r} is used twice; names must be unique")
         return value
 
+    def routes(self) -> Mapping[str, tuple[str, ...]]:
+        """Each sink's ``on`` patterns, by name, in configuration order."""
+        return {entry.name: entry.on for entry in self.sinks}
+
 
 def resolve_path(explicit: str | None, environ: Mapping[str, str]) -> Path:
     """``--config``, else ``$TRACKER_CONFIG``, else ``./tracker.toml``."""

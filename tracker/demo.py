@@ -15,11 +15,11 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from tracker.app import open_polling
 from tracker.config import Settings
 from tracker.httpserver import HttpServer
 from tracker.model import Transition
 from tracker.receivers import MailCatcher, WebhookReceiver, start_mail_catcher
+from tracker.service import open_service
 from tracker.simulator import DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, Simulator, demo_scripts
 
 #: Seconds each simulated status lasts, before per-order staggering.
@@ -118,20 +118,20 @@ async def run_demo(*, duration: float, console: Console) -> None:
                 f"(blocked and cancelled, to a local SMTP catcher on port {smtp_port}).\n"
                 "Ctrl-C ends it early.\n"
             )
-            async with open_polling(settings) as polling:
+            async with open_service(settings) as service:
                 stop = asyncio.Event()
                 loop = asyncio.get_running_loop()
                 for sig in (signal.SIGINT, signal.SIGTERM):
                     loop.add_signal_handler(sig, stop.set)
                 loop.call_later(min(duration, script_end + 6), stop.set)
-                daemon = polling.daemon(on_transition=show)
+                daemon = service.daemon(on_transition=show)
                 await daemon.run(stop)
                 for sig in (signal.SIGINT, signal.SIGTERM):
                     with contextlib.suppress(RuntimeError):
                         loop.remove_signal_handler(sig)
-                counts = await polling.store.counts()
-                statuses = {order.order_id: order.status async for order in polling.store.watched()}
-                states = Counter([d.state.value async for d in polling.store.deliveries()])
+                counts = await service.store.counts()
+                statuses = {order.order_id: order.status async for order in service.store.watched()}
+                states = Counter([d.state.value async for d in service.store.deliveries()])
     mail_server.close()
     await mail_server.wait_closed()
     _summary(console, simulator, statuses, seen, counts, daemon.polls)

@@ -14,7 +14,7 @@ import structlog
 from tracker.batching import BatchWriter
 from tracker.model import DeliveryState, DueDelivery, SendResult
 from tracker.schedule import plan_delivery
-from tracker.sinks import Sink
+from tracker.sinks.registry import Sink
 from tracker.store import Attempt, Store
 from tracker.supervision import HeldClaims, renewing, supervised
 

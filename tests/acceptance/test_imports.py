@@ -15,6 +15,7 @@ A = "prdo_aaaaaaaaaaaaaaaaaaaaaaaa"
 #: What only polling, delivering, the daemon and logging need.
 HEAVY = (
     "tracker.app",
+    "tracker.service",
     "tracker.daemon",
     "tracker.outbox",
     "tracker.poller",
@@ -81,7 +82,12 @@ class TestReadingCommandsStayLight:
         args = command if command[0].startswith("--") else [*command, "--config", path]
         assert await imported(*args) == []
 
-    async def test_the_probe_sees_heavy_imports(self, tmp_path: Path) -> None:
+    async def test_polling_once_loads_neither_the_daemon_nor_the_sinks(
+        self, tmp_path: Path
+    ) -> None:
         path = str(write_config(tmp_path / "c.toml", settings_mapping(tmp_path, "http://x:1")))
         found = await imported("poll", "--all", "--config", path)
-        assert {"tracker.app", "tracker.upstream", "httpx"} <= set(found)
+        assert {"tracker.app", "tracker.upstream", "httpx"} <= set(found)  # the probe sees them
+        daemon_only = ("tracker.service", "tracker.daemon", "tracker.outbox", "apscheduler")
+        sinks_only = ("tracker.sinks.registry", "tracker.sinks.email", "jinja2", "aiosmtplib")
+        assert [m for m in found if m.startswith(daemon_only + sinks_only)] == []

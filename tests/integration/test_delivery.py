@@ -24,12 +24,12 @@ from tests.support import (
     tracker_cli,
     write_config,
 )
-from tracker.app import Polling, open_polling
 from tracker.clock import utc_now
 from tracker.config import Settings
 from tracker.httpserver import HttpServer
 from tracker.model import Delivery, DeliveryState
 from tracker.poller import poll_now
+from tracker.service import Service, open_service
 
 A = "prdo_aaaaaaaaaaaaaaaaaaaaaaaa"
 B = "prdo_bbbbbbbbbbbbbbbbbbbbbbbb"
@@ -74,13 +74,13 @@ def hook_sink(name: str, url: str, on: list[str]) -> dict[str, Any]:
     return {"name": name, "type": "webhook", "url": url, "secret": WEBHOOK_SECRET, "on": on}
 
 
-async def poll(polling: Polling, *ids: str) -> None:
+async def poll(polling: Service, *ids: str) -> None:
     claims = await polling.store.claim(list(ids), lease_until=utc_now() + polling.lease)
     async for _ in poll_now(polling.store, polling.poller, claims):
         pass
 
 
-async def deliver_all(polling: Polling, seconds: float = 5.0) -> None:
+async def deliver_all(polling: Service, seconds: float = 5.0) -> None:
     """Run the dispatcher until nothing is pending (or ``seconds`` pass)."""
     dispatcher = polling.dispatcher
     dispatcher.start()
@@ -95,13 +95,13 @@ async def deliver_all(polling: Polling, seconds: float = 5.0) -> None:
     await dispatcher.stop(1.0)
 
 
-async def states(polling: Polling) -> dict[tuple[str, str], Any]:
+async def states(polling: Service) -> dict[tuple[str, str], Any]:
     return {(d.event_id, d.sink): d async for d in polling.store.deliveries()}
 
 
 async def one_transition_delivered(settings: Settings) -> list[Delivery]:
     """Watch A, poll it twice (first snapshot, then its transition), deliver; the outbox rows."""
-    async with open_polling(settings) as polling:
+    async with open_service(settings) as polling:
         await polling.store.watch([A], source="cli", now=utc_now())
         await poll(polling, A)
         await poll(polling, A)
@@ -139,7 +139,7 @@ class TestRoutingAndFanOut:
                     },
                 ],
             )
-            async with open_polling(settings) as polling:
+            async with open_service(settings) as polling:
                 await polling.store.watch([A, B], source="cli", now=utc_now())
                 for _ in range(3):
                     await poll(polling, A, B)
@@ -247,7 +247,7 @@ class TestRetries:
             settings = make_settings(
                 tmp_path, url, delivery=FAST, sinks=[hook_sink("ops", hooks.url, ["*"])]
             )
-            async with open_polling(settings) as polling:
+            async with open_service(settings) as polling:
                 await deliver_all(polling)
             assert len(receiver.hooks) == 3
             ran = await tracker_cli(

@@ -29,7 +29,8 @@ from tracker.errors import MalformedAnswer, TransientError
 from tracker.httpserver import HttpServer
 from tracker.model import Claim, DueDelivery
 from tracker.poller import Poller, poll_now
-from tracker.sinks import build_sinks
+from tracker.service import open_service
+from tracker.sinks.registry import build_sinks
 from tracker.sinks.render import event_body
 from tracker.store import PollOutcome
 from tracker.supervision import supervised
@@ -82,7 +83,7 @@ class TestOverallDeadline:
             settings = make_settings(
                 tmp_path, peer.url, upstream={"timeout": 0.5, "max_concurrency": 2}
             )
-            async with open_polling(settings) as polling, running(polling.daemon()):
+            async with open_service(settings) as polling, running(polling.daemon()):
                 await polling.store.watch([A, B, *HEALTHY], source="cli", now=utc_now())
 
                 async def all_polled() -> bool:

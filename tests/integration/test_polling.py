@@ -28,6 +28,7 @@ from tracker.app import Polling, open_polling
 from tracker.clock import utc_now
 from tracker.model import Transition
 from tracker.poller import WINDOW, poll_now
+from tracker.service import open_service
 from tracker.store.tables import snapshots, transitions
 
 A = "prdo_aaaaaaaaaaaaaaaaaaaaaaaa"
@@ -186,7 +187,8 @@ class TestFaultsInTheDaemon:
         scripted, url = upstream
         scripted.script(A, ok("ordered"), fault())
         scripted.script(B, ok("ordered"), ok("checked"))
-        async with open_polling(make_settings(tmp_path, url, polling={"interval": 0.2})) as polling:
+        settings = make_settings(tmp_path, url, polling={"interval": 0.2})
+        async with open_service(settings) as polling:
             await polling.store.watch([A, B], source="cli", now=utc_now())
             stop = asyncio.Event()
             daemon = polling.daemon()

@@ -24,7 +24,8 @@ from tests.support import make_settings, settings_mapping
 from tracker.config import Settings, from_mapping
 from tracker.errors import ConfigError
 from tracker.model import DueDelivery, SendResult
-from tracker.sinks import build_sinks, render
+from tracker.sinks import render
+from tracker.sinks.registry import build_sinks
 
 #: make_settings needs an upstream; these tests never contact it.
 UPSTREAM = "http://127.0.0.1:1"

@@ -1,0 +1,96 @@
+"""The daemon's wiring: polling, the outbox over the configured sinks, and the scheduler."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import timedelta
+
+import httpx
+
+from tracker.app import LEASE_MARGIN, Polling, polling_on
+from tracker.clock import utc_now
+from tracker.config import Settings
+from tracker.daemon import Daemon, TransitionListener
+from tracker.outbox import Dispatcher, window
+from tracker.sinks.registry import build_sinks
+from tracker.store import Store, open_store
+
+#: Polling counts as stalled when orders wait and no poll was recorded for two request timeouts,
+#: one gap of the budget, and this much more (an event loop busy writing a large batch).
+STALL_MARGIN = 10.0
+
+
+def delivery_lease(settings: Settings) -> timedelta:
+    """How long a claimed delivery is hidden from other claims: its queue, sent at the slowest."""
+    rounds = window(settings.delivery.max_concurrency) // settings.delivery.max_concurrency
+    return (rounds + 1) * max(settings.delivery.timeout, settings.smtp.timeout) + LEASE_MARGIN
+
+
+@asynccontextmanager
+async def open_outbox(settings: Settings, store: Store) -> AsyncIterator[Dispatcher]:
+    """A dispatcher over the configured sinks; their HTTP client is closed afterwards."""
+    limit = settings.delivery.max_concurrency * max(len(settings.sinks), 1)
+    http = httpx.AsyncClient(
+        timeout=httpx.Timeout(settings.delivery.timeout.total_seconds()),
+        limits=httpx.Limits(max_connections=limit, max_keepalive_connections=limit),
+        follow_redirects=False,
+        trust_env=False,
+        headers={"User-Agent": "meter-order-tracker", "Accept-Encoding": "identity"},
+    )
+    try:
+        yield Dispatcher(
+            store=store,
+            sinks=build_sinks(settings, http),
+            backoff=settings.delivery.backoff,
+            clock=utc_now,
+            concurrency=settings.delivery.max_concurrency,
+            lease=delivery_lease(settings),
+        )
+    finally:
+        await http.aclose()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Service(Polling):
+    """Polling and the outbox, from which the daemon is made."""
+
+    dispatcher: Dispatcher
+
+    def daemon(self, on_transition: TransitionListener | None = None) -> Daemon:
+        """A daemon over this store, poller and outbox, sized from the settings."""
+        upstream = self.settings.upstream
+        # Enough queued work for two seconds at the budget keeps the workers busy between ticks.
+        capacity = max(2 * int(upstream.requests_per_second) + upstream.max_concurrency, 4)
+        return Daemon(
+            store=self.store,
+            poller=self.poller,
+            clock=utc_now,
+            workers=upstream.max_concurrency,
+            capacity=min(capacity, 2000),
+            lease=self.lease,
+            stop_grace=upstream.timeout.total_seconds() + 1,
+            stall_after=2 * upstream.timeout.total_seconds()
+            + 1 / upstream.requests_per_second
+            + STALL_MARGIN,
+            on_transition=on_transition,
+            dispatcher=self.dispatcher,
+        )
+
+
+@asynccontextmanager
+async def open_service(settings: Settings) -> AsyncIterator[Service]:
+    """Polling and the outbox over one store, closed afterwards.
+
+    The sinks are built first: a template that does not compile stops the start before any
+    configured order is watched.
+    """
+    async with (
+        open_store(settings.database.url) as store,
+        open_outbox(settings, store) as dispatcher,
+        polling_on(settings, store) as polling,
+    ):
+        yield Service(
+            settings=settings, store=polling.store, poller=polling.poller, dispatcher=dispatcher
+        )

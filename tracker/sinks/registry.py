@@ -1,0 +1,52 @@
+"""Where transitions are delivered: one small protocol, an explicit registry."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import httpx
+import structlog
+
+from tracker.config import EmailSinkSettings, Settings, WebhookSinkSettings
+from tracker.model import DueDelivery, SendResult
+from tracker.sinks.email import EmailSink, tls_context
+from tracker.sinks.webhook import WebhookSink
+
+log = structlog.get_logger("tracker.sinks")
+
+
+class Sink(Protocol):
+    """Something that delivers one stored event body and says how it went."""
+
+    #: The sink's configured name.
+    name: str
+
+    async def send(self, delivery: DueDelivery) -> SendResult:
+        """Attempt the delivery once; never raises for a receiver's failure."""
+        ...
+
+
+def build_sinks(settings: Settings, http: httpx.AsyncClient) -> dict[str, Sink]:
+    """One sink per ``[[sinks]]`` entry, by type, sharing one HTTP client.
+
+    A template that does not compile or names an unknown variable is a :class:`ConfigError`.
+    """
+    smtp = settings.smtp
+    deadline = min(settings.delivery.timeout, smtp.timeout).total_seconds()
+    sinks: dict[str, Sink] = {}
+    mail = [entry for entry in settings.sinks if isinstance(entry, EmailSinkSettings)]
+    if mail and smtp.username is not None and not smtp.encrypted:
+        log.warning(
+            "smtp_credentials_without_tls",
+            host=smtp.host,
+            hint="the password travels in clear: set starttls or tls (require_tls refuses this)",
+        )
+    context = tls_context(smtp) if mail else None
+    for entry in settings.sinks:
+        if isinstance(entry, WebhookSinkSettings):
+            sinks[entry.name] = WebhookSink(
+                entry, http, deadline=settings.delivery.timeout.total_seconds()
+            )
+        else:
+            sinks[entry.name] = EmailSink(entry, smtp, deadline=deadline, context=context)
+    return sinks
