@@ -21,6 +21,8 @@ STATIC_TOKEN = "nom_static_9f8e7d6c5b4a"
 CLIENT_ID = "client-under-test"
 CLIENT_SECRET = "client-secret-under-test"
 ROOT = Path(__file__).parents[1]
+#: The database of the running test, set by the ``database`` fixture (else a SQLite file).
+database_url: str | None = None
 
 Action = Callable[[str], Awaitable[Response | None]]
 
@@ -175,7 +177,7 @@ class ScriptedUpstream:
 def settings_mapping(
     tmp_path: Path, upstream_url: str, *, oauth: bool = False, **sections: Any
 ) -> dict[str, Any]:
-    """A configuration for the tests: fast timeouts, a SQLite file in ``tmp_path``."""
+    """A configuration for the tests: fast timeouts, the test's database (``database_url``)."""
     upstream: dict[str, Any] = {
         "base_url": upstream_url,
         "timeout": 0.5,
@@ -189,7 +191,7 @@ def settings_mapping(
     upstream |= sections.pop("upstream", {})
     mapping: dict[str, Any] = {
         "upstream": upstream,
-        "database": {"url": f"sqlite:///{tmp_path / 'tracker.db'}"},
+        "database": {"url": database_url or f"sqlite:///{tmp_path / 'tracker.db'}"},
         "polling": {"interval": 60, "jitter": 0},
         "log": {"format": "json", "level": "debug"},
     }

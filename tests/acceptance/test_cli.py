@@ -9,6 +9,8 @@ import signal
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.support import (
     ROOT,
     STATIC_TOKEN,
@@ -19,6 +21,9 @@ from tests.support import (
     tracker_cli,
     write_config,
 )
+
+#: Every test here runs on SQLite and on PostgreSQL.
+pytestmark = pytest.mark.usefixtures("database")
 
 A = "prdo_aaaaaaaaaaaaaaaaaaaaaaaa"
 B = "prdo_bbbbbbbbbbbbbbbbbbbbbbbb"
@@ -121,6 +126,7 @@ class TestWatchPollHistory:
         ran = await tracker_cli("history", A, "--json", "--config", path)
         assert json.loads(ran.out)["state"] == "removed"
 
+    @pytest.mark.usefixtures("empty_database")
     async def test_db_upgrade(self, upstream: Upstream, tmp_path: Path) -> None:
         _scripted, url = upstream
         path = config(tmp_path, url)

@@ -6,6 +6,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.hostile import HostilePeer, answer, drip, order_json
 from tests.support import (
     WEBHOOK_SECRET,
@@ -16,6 +18,9 @@ from tests.support import (
     tracker_cli,
     write_config,
 )
+
+#: Every test here runs on SQLite and on PostgreSQL.
+pytestmark = pytest.mark.usefixtures("database")
 
 A = "prdo_aaaaaaaaaaaaaaaaaaaaaaaa"
 B = "prdo_bbbbbbbbbbbbbbbbbbbbbbbb"
@@ -166,6 +171,7 @@ class TestMistakesFoundAtStart:
         assert ran.code == 2
         assert "template subject.txt: 'order_idd' is undefined" in one_line(ran.err)
 
+    @pytest.mark.parametrize("database", ["sqlite"], indirect=True)  # a read-only SQLite file
     async def test_database_that_cannot_be_written(self, tmp_path: Path) -> None:
         path = config(tmp_path, "http://127.0.0.1:1")
         assert (await tracker_cli("watch", "add", A, "--config", path)).code == 0

@@ -11,6 +11,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.support import (
     ROOT,
     WEBHOOK_SECRET,
@@ -21,6 +23,9 @@ from tests.support import (
 )
 from tracker.httpserver import HttpServer, Request, Response
 from tracker.simulator import Simulator, demo_scripts
+
+#: Every test here runs on SQLite and on PostgreSQL.
+pytestmark = pytest.mark.usefixtures("database")
 
 STEP = 3.5  # seconds per simulated status, on the clock below
 TOKEN = "nom_crash_test_token"

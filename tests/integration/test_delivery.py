@@ -31,6 +31,9 @@ from tracker.model import Delivery, DeliveryState
 from tracker.poller import poll_now
 from tracker.service import Service, open_service
 
+#: Every test here runs on SQLite and on PostgreSQL.
+pytestmark = pytest.mark.usefixtures("database")
+
 A = "prdo_aaaaaaaaaaaaaaaaaaaaaaaa"
 B = "prdo_bbbbbbbbbbbbbbbbbbbbbbbb"
 Upstream = tuple[ScriptedUpstream, str]

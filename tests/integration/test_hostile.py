@@ -76,6 +76,7 @@ class TestOverallDeadline:
                 # Without a deadline: 300 bytes at 0.3 s each, 90 s, and then "a success".
                 assert time.monotonic() - began < 2.5
 
+    @pytest.mark.usefixtures("database")
     async def test_drips_do_not_starve_the_other_orders(self, tmp_path: Path) -> None:
         behaviours = {path(A): drip(order_json(A, "checked"), 0.2)}
         behaviours[path(B)] = drip(order_json(B, "checked"), 0.2)
@@ -107,6 +108,7 @@ class TestBoundedBodies:
     """An answer above ``max_body`` fails as malformed, unread and unstored."""
 
     @pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+    @pytest.mark.usefixtures("database")
     async def test_huge_answer_is_malformed(self, tmp_path: Path, chunked: bool) -> None:
         size = 32 * 1024 * 1024
         prefix = order_json(A, "checked")[:-1] + b', "pad": "'
@@ -226,6 +228,7 @@ def small_daemon(polling: Polling, *, lease: float, poller: Poller | None = None
 class TestPausesOutliveLeases:
     """A 429 pause longer than the lease polls no order twice and kills no worker."""
 
+    @pytest.mark.usefixtures("database")
     async def test_long_retry_after(self, tmp_path: Path, logs: list[dict[str, Any]]) -> None:
         scripted = ScriptedUpstream()
         scripted.script(A, error(429, {"Retry-After": "5"}))
@@ -277,6 +280,7 @@ class TestSupervisedWorkers:
     """A poll that raises is logged with its traceback and recorded as failed; a worker loop
     that fails is logged and restarted."""
 
+    @pytest.mark.usefixtures("database")
     async def test_bug_in_one_poll(
         self, upstream: tuple[ScriptedUpstream, str], tmp_path: Path, logs: list[dict[str, Any]]
     ) -> None:

@@ -31,6 +31,9 @@ from tracker.poller import WINDOW, poll_now
 from tracker.service import open_service
 from tracker.store.tables import snapshots, transitions
 
+#: Every test here runs on SQLite and on PostgreSQL.
+pytestmark = pytest.mark.usefixtures("database")
+
 A = "prdo_aaaaaaaaaaaaaaaaaaaaaaaa"
 B = "prdo_bbbbbbbbbbbbbbbbbbbbbbbb"
 Upstream = tuple[ScriptedUpstream, str]

@@ -1,10 +1,12 @@
-"""The database: migrations build what the models declare; SQLite runs in WAL mode."""
+"""The database on both backends: migrations build what the tables declare, upgrade data
+written by the first revision, and run once when several processes start at once."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import sqlite3
+import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -14,14 +16,14 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import create_engine, inspect
+from sqlalchemy import Engine, create_engine, inspect
 
 from tests.support import order_body
 from tracker.diff import UNCHANGED, decide
 from tracker.errors import StoreError
 from tracker.model import DeliveryState, MeterOrder
 from tracker.store import upgrade
-from tracker.store.db import SCHEMA_HEAD, _alembic_config, connect
+from tracker.store.db import _SYNC_DRIVERS, SCHEMA_HEAD, _alembic_config, _with_driver, connect
 from tracker.store.repo import Store
 from tracker.store.tables import metadata
 
@@ -30,37 +32,84 @@ B = "prdo_bbbbbbbbbbbbbbbbbbbbbbbb"
 T0 = datetime(2026, 11, 2, 9, 30, 15, 123456, tzinfo=UTC)
 
 
+def engine_for(url: str) -> Engine:
+    """A plain synchronous engine on the tracker's driver for ``url``."""
+    return create_engine(_with_driver(url, _SYNC_DRIVERS))
+
+
+def assert_no_drift(url: str) -> None:
+    """The schema in the database is exactly what the tables declare."""
+    engine = engine_for(url)
+    with engine.connect() as conn:
+        context = MigrationContext.configure(conn, opts={"compare_type": True})
+        assert compare_metadata(context, metadata) == []
+        assert set(inspect(conn).get_table_names()) >= set(metadata.tables)
+    engine.dispose()
+
+
+def revision_of(url: str) -> str | None:
+    """The revision stamped in the database."""
+    engine = engine_for(url)
+    with engine.connect() as conn:
+        revision = conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar()
+    engine.dispose()
+    return revision
+
+
 class TestMigrations:
     """Alembic is the only way the schema is built, and it matches the table metadata."""
 
-    def test_migrations_build_exactly_the_models(self, tmp_path: Path) -> None:
-        url = f"sqlite:///{tmp_path / 'm.db'}"
-        assert upgrade(url) == [f"empty -> {SCHEMA_HEAD}"]
-        engine = create_engine(url)
-        with engine.connect() as conn:
-            context = MigrationContext.configure(conn, opts={"compare_type": True})
-            assert compare_metadata(context, metadata) == []
-            assert set(inspect(conn).get_table_names()) >= set(metadata.tables)
-        engine.dispose()
+    def test_migrations_build_exactly_the_models(self, empty_database: str) -> None:
+        assert upgrade(empty_database) == [f"empty -> {SCHEMA_HEAD}"]
+        assert_no_drift(empty_database)
 
     def test_schema_head_is_alembics_head(self) -> None:
         config = _alembic_config()
         assert ScriptDirectory.from_config(config).get_current_head() == SCHEMA_HEAD
 
-    def test_upgrade_is_idempotent(self, tmp_path: Path) -> None:
-        url = f"sqlite:///{tmp_path / 'm.db'}"
-        upgrade(url)
-        assert upgrade(url) == []
+    def test_upgrade_is_idempotent(self, empty_database: str) -> None:
+        upgrade(empty_database)
+        assert upgrade(empty_database) == []
 
-    def test_sqlite_runs_in_wal_mode(self, tmp_path: Path) -> None:
-        path = tmp_path / "m.db"
-        upgrade(f"sqlite:///{path}")
-        with sqlite3.connect(path) as conn:
+    def test_concurrent_starts_migrate_once(self, empty_database: str) -> None:
+        results: list[list[str]] = []
+        errors: list[BaseException] = []
+        start = threading.Barrier(4)
+
+        def migrate() -> None:
+            start.wait()
+            try:
+                results.append(upgrade(empty_database))
+            except BaseException as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=migrate) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        assert errors == []
+        assert sorted(results) == [[], [], [], [f"empty -> {SCHEMA_HEAD}"]]
+        assert revision_of(empty_database) == SCHEMA_HEAD
+
+    @pytest.mark.parametrize("database", ["sqlite"], indirect=True)
+    def test_sqlite_runs_in_wal_mode(self, empty_database: str, tmp_path: Path) -> None:
+        upgrade(empty_database)
+        with sqlite3.connect(tmp_path / "empty.db") as conn:
             assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+    def test_unreachable_database_names_host_and_port_only(self) -> None:
+        url = "postgresql://tracker:s3cret-pass@127.0.0.1:1/tracker"
+        with pytest.raises(StoreError) as raised:
+            upgrade(url)
+        message = str(raised.value)
+        assert message.startswith("database.url: cannot connect to 127.0.0.1:1/tracker: ")
+        assert "s3cret-pass" not in message
+        assert "\n" not in message
 
 
 def _old_fingerprint(order: MeterOrder) -> str:
-    """The fingerprint as revision 0002 stored it: 32 hex digits."""
+    """The fingerprint as revisions 0001 and 0002 stored it: 32 hex digits."""
     text = "\x1f".join(
         (
             order.subscription,
@@ -74,19 +123,19 @@ def _old_fingerprint(order: MeterOrder) -> str:
     return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
 
 
-def _fill_revision_0002(url: str) -> dict[str, MeterOrder]:
-    """A database built and filled as revision 0002 wrote it: A moved waiting -> ordered."""
-    engine = create_engine(url)
+def _fill_first_revisions(url: str) -> dict[str, MeterOrder]:
+    """A database built by revision 0001 and filled as it wrote rows, then 0002's outbox row.
+
+    Order A moved waiting -> ordered (one transition, dead-lettered to "ops"); B has one snapshot.
+    """
+    engine = engine_for(url)
     config = _alembic_config()
     with engine.begin() as conn:
         config.attributes["connection"] = conn
-        command.upgrade(config, "0002")
+        command.upgrade(config, "0001")
         tables = sa.MetaData()
         tables.reflect(conn)
-        w, s, t, d = (
-            tables.tables[n] for n in ("watched_orders", "snapshots", "transitions", "deliveries")
-        )
-        naive = T0.replace(tzinfo=None)  # 0002 stored UTC as text without a zone
+        w, s, t = (tables.tables[n] for n in ("watched_orders", "snapshots", "transitions"))
         bodies = {
             "a1": json.dumps(order_body(A, "waiting"), indent=2),
             "a2": json.dumps(order_body(A, "ordered", updated_at="2026-11-02T09:00:00Z")),
@@ -102,13 +151,13 @@ def _fill_revision_0002(url: str) -> dict[str, MeterOrder]:
                     order_id=order_id,
                     active=True,
                     source="cli",
-                    added_at=naive,
+                    added_at=T0,
                     status=last.status,
                     fingerprint=_old_fingerprint(last),
-                    next_poll_at=naive + timedelta(minutes=5),
-                    last_polled_at=naive,
-                    last_success_at=naive,
-                    last_change_at=naive,
+                    next_poll_at=T0 + timedelta(minutes=5),
+                    last_polled_at=T0,
+                    last_success_at=T0,
+                    last_change_at=T0,
                     consecutive_failures=0,
                 )
             )
@@ -117,7 +166,7 @@ def _fill_revision_0002(url: str) -> dict[str, MeterOrder]:
                 s.insert().values(
                     id=number,
                     order_id=order.id,
-                    observed_at=naive + timedelta(seconds=number),
+                    observed_at=T0 + timedelta(seconds=number),
                     status=order.status,
                     status_known=order.status_known,
                     provider=order.provider,
@@ -129,26 +178,31 @@ def _fill_revision_0002(url: str) -> dict[str, MeterOrder]:
             )
         conn.execute(
             t.insert().values(
+                id=1,
                 event_id="evt_1",
                 order_id=A,
                 from_status="waiting",
                 to_status="ordered",
                 kind="forward",
                 skipped="",
-                detected_at=naive + timedelta(seconds=2),
+                detected_at=T0 + timedelta(seconds=2),
                 snapshot_id=2,
-                payload='{"type": "meter_order.transition"}',
             )
         )
+        command.upgrade(config, "0002")
+        tables = sa.MetaData()
+        tables.reflect(conn)
         conn.execute(
-            d.insert().values(
+            tables.tables["deliveries"]
+            .insert()
+            .values(
                 event_id="evt_1",
                 sink="ops",
                 state="dead",
                 attempts=3,
-                created_at=naive,
-                next_attempt_at=naive,
-                last_attempt_at=naive + timedelta(seconds=3),
+                created_at=T0,
+                next_attempt_at=T0,
+                last_attempt_at=T0 + timedelta(seconds=3),
                 last_status=500,
                 last_error="HTTP 500: boom",
             )
@@ -157,19 +211,14 @@ def _fill_revision_0002(url: str) -> dict[str, MeterOrder]:
     return orders
 
 
-class TestCompactStorage:
-    """Revision 0003 rewrites a database filled by 0002 without losing or changing anything."""
+class TestUpgradeWithData:
+    """Data written by the first revisions reaches head whole: nothing lost or changed."""
 
-    async def test_upgrade_keeps_every_row_and_every_fingerprint(self, tmp_path: Path) -> None:
-        url = f"sqlite:///{tmp_path / 'old.db'}"
-        orders = _fill_revision_0002(url)
-        assert upgrade(url) == ["0002 -> 0003"]
-        engine = create_engine(url)
-        with engine.connect() as conn:
-            context = MigrationContext.configure(conn, opts={"compare_type": True})
-            assert compare_metadata(context, metadata) == []
-            assert conn.exec_driver_sql("PRAGMA foreign_key_check").all() == []
-        engine.dispose()
+    async def test_upgrade_keeps_every_row_and_every_fingerprint(self, empty_database: str) -> None:
+        url = empty_database
+        orders = _fill_first_revisions(url)
+        assert upgrade(url) == [f"0002 -> {SCHEMA_HEAD}"]
+        assert_no_drift(url)
         store = Store(connect(url))
         try:
             history = await store.history(A)
@@ -198,17 +247,23 @@ class TestCompactStorage:
         finally:
             await store.close()
 
-    def test_upgrade_that_fails_half_way_changes_nothing(self, tmp_path: Path) -> None:
-        url = f"sqlite:///{tmp_path / 'old.db'}"
-        _fill_revision_0002(url)
-        with sqlite3.connect(tmp_path / "old.db") as conn:  # a row 0003 cannot convert
+    def test_upgrade_that_fails_half_way_changes_nothing(self, empty_database: str) -> None:
+        url = empty_database
+        _fill_first_revisions(url)
+        engine = engine_for(url)
+        with engine.begin() as conn:  # a row 0003 cannot convert
             conn.execute(
-                "UPDATE watched_orders SET fingerprint = 'not hex' WHERE order_id = ?", (B,)
+                sa.text("UPDATE watched_orders SET fingerprint = 'not hex' WHERE order_id = :id"),
+                {"id": B},
             )
+        engine.dispose()
         with pytest.raises(StoreError, match="cannot migrate"):
             upgrade(url)
-        with sqlite3.connect(tmp_path / "old.db") as conn:
-            assert conn.execute("SELECT version_num FROM alembic_version").fetchone() == ("0002",)
-            # The column added before the failing row was met is gone again: DDL rolled back too.
-            columns = [row[1] for row in conn.execute("PRAGMA table_info(watched_orders)")]
-            assert "fingerprint_new" not in columns
+        assert revision_of(url) == "0002"
+        # The column added before the failing row was met is gone again: DDL rolled back too.
+        engine = engine_for(url)
+        with engine.connect() as conn:
+            columns = [c["name"] for c in inspect(conn).get_columns("watched_orders")]
+        engine.dispose()
+        assert "fingerprint" in columns
+        assert "fingerprint_new" not in columns

@@ -20,6 +20,8 @@ from tracker.store.repo import Store
 _ASYNC_DRIVERS = {"sqlite": "sqlite+aiosqlite", "postgresql": "postgresql+psycopg"}
 _SYNC_DRIVERS = {"sqlite": "sqlite", "postgresql": "postgresql+psycopg"}
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+#: The PostgreSQL advisory lock a migrating process holds ("trk" + "mig" in ASCII).
+MIGRATION_LOCK = 0x74726B_6D6967
 #: The newest migration; a test holds it equal to Alembic's head. Knowing it here lets every
 #: command see that the schema is current without importing Alembic.
 SCHEMA_HEAD = "0003"
@@ -69,8 +71,7 @@ def _check_sqlite_folder(url: str) -> None:
 
 def describe(exc: SQLAlchemyError) -> str:
     """A database failure as one line that says what to do."""
-    cause = str(getattr(exc, "orig", None) or exc).strip().splitlines()
-    text = cause[0] if cause else type(exc).__name__
+    text = _cause(exc)
     if any(word in text.lower() for word in ("readonly", "read-only", "permission denied")):
         return (
             f"database.url: the database cannot be written ({text}); check the permissions "
@@ -115,10 +116,25 @@ def current_revision(connection: Connection) -> str | None:
 
 
 def upgrade(url: str) -> list[str]:
-    """Apply pending migrations; returns the revisions applied (empty when up to date)."""
+    """Apply pending migrations; returns the revisions applied (empty when up to date).
+
+    Daemons starting at once migrate one after the other: the first applies what is pending,
+    the others then find the schema current.
+    """
     engine = _migrating_engine(url)
     try:
-        with engine.begin() as connection:
+        try:
+            connection = engine.connect()
+        except SQLAlchemyError as exc:  # unreachable, refused credentials, no such database
+            raise StoreError(
+                f"database.url: cannot connect to {where(url)}: {_cause(exc)}"
+            ) from exc
+        with connection, connection.begin():
+            if connection.dialect.name == "postgresql":
+                # Held until this transaction ends, as SQLite's BEGIN IMMEDIATE is.
+                connection.execute(
+                    text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK}
+                )
             current = current_revision(connection)
             if current == SCHEMA_HEAD:
                 return []
@@ -130,10 +146,25 @@ def upgrade(url: str) -> list[str]:
             applied = current_revision(connection)
             _check_references(connection)
     except (SQLAlchemyError, sqlite3.Error, ValueError) as exc:  # ValueError: a row not converted
-        raise StoreError(f"database.url: cannot migrate the database: {exc}") from exc
+        raise StoreError(f"database.url: cannot migrate the database: {_cause(exc)}") from exc
     finally:
         engine.dispose()
     return [f"{current or 'empty'} -> {applied}"]
+
+
+def where(url: str) -> str:
+    """Where ``url`` points, without its password: ``host:port/database`` or the file."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        return f"the SQLite file {parsed.database}"
+    return f"{parsed.host or 'localhost'}:{parsed.port or 5432}/{parsed.database or ''}"
+
+
+def _cause(exc: BaseException) -> str:
+    """The driver's own first line, without SQLAlchemy's SQL and background link."""
+    cause = getattr(exc, "orig", None) or exc
+    lines = str(cause).strip().splitlines()
+    return lines[0] if lines else type(cause).__name__
 
 
 def _check_references(connection: Connection) -> None:
