@@ -94,8 +94,13 @@ class DatabaseSettings(_Section):
     @field_validator("url")
     @classmethod
     def _supported(cls, value: str) -> str:
-        if not re.match(r"(sqlite|postgresql)(\+\w+)?://", value):
-            raise ValueError(f"{value!r}: use sqlite:///PATH or postgresql+psycopg://USER@HOST/DB")
+        if not re.match(r"(sqlite(\+aiosqlite)?|postgresql(\+psycopg)?)://", value):
+            scheme = value.split("://", 1)[0] if "://" in value else value[:20]
+            # Only the scheme is named: the rest of a URL may hold a password.
+            raise ValueError(
+                f"unsupported scheme {scheme!r}: use sqlite:///PATH or "
+                "postgresql://USER:PASSWORD@HOST:PORT/DATABASE"
+            )
         return value
 
 

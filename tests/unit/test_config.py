@@ -124,12 +124,18 @@ class TestLoad:
             ('[[sinks]]\nname = "a"\ntype = "pager"\n', "sinks[0]: "),
             ("[smtp]\nstarttls = true\ntls = true\n", "smtp: starttls and tls exclude each other"),
             ('[smtp]\nusername = "u"\n', "smtp: username and password go together"),
-            ('[database]\nurl = "mysql://x"\n', "database.url: 'mysql://x'"),
+            ('[database]\nurl = "mysql://x"\n', "database.url: unsupported scheme 'mysql': use"),
+            ('[database]\nurl = "postgresql+asyncpg://x"\n', "use sqlite:///PATH or postgresql://"),
             ("this is = not toml =", "is not valid TOML"),
         ],
     )
     def test_refusals_name_the_key(self, tmp_path: Path, text: str, named: str) -> None:
         assert named in refusal(tmp_path, text)
+
+    def test_a_refused_database_url_never_shows_its_password(self, tmp_path: Path) -> None:
+        message = refusal(tmp_path, '[database]\nurl = "mysql://app:hunter2@db/x"\n')
+        assert "database.url: unsupported scheme 'mysql'" in message
+        assert "hunter2" not in message
 
     def test_unset_variable_is_named(self, tmp_path: Path) -> None:
         message = refusal(tmp_path, '[upstream]\ntoken = "${NOMOS_API_TOKEN}"\n')
