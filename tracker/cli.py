@@ -211,6 +211,31 @@ def watch_list(
     )
 
 
+@app.command("status")
+def status(
+    ctx: typer.Context,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object.")] = False,
+    config: ConfigOption = None,
+) -> None:
+    """How the tracker stands: live daemons, orders, deliveries, the last successful poll."""
+    from tracker.model import STALE_AFTER
+    from tracker.store import open_store
+    from tracker.views import status_json, status_rich
+
+    settings = _settings(ctx, config, logs=False)
+
+    async def read() -> None:
+        now = utc_now()
+        async with open_store(settings.database.url) as store:
+            overview = await store.overview(stale_before=now - STALE_AFTER)
+        if as_json:
+            sys.stdout.write(json.dumps(status_json(overview, now), indent=2) + "\n")
+        else:
+            out.print(status_rich(overview, now))
+
+    _run(read())
+
+
 @app.command("poll")
 def poll(
     ctx: typer.Context,

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import functools
+import os
 import signal
+import socket
 import time
 from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime, timedelta
@@ -15,7 +19,8 @@ from apscheduler.job import Job
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from tracker.batching import BatchWriter
-from tracker.model import Claim, Transition
+from tracker.errors import ConfigError, clip
+from tracker.model import HEARTBEAT, STALE_AFTER, Claim, DaemonRecord, Transition
 from tracker.outbox import Dispatcher
 from tracker.poller import Clock, Poller, log_transitions
 from tracker.store import PollOutcome, Store
@@ -27,6 +32,33 @@ TransitionListener = Callable[[Transition], None]
 #: Seconds without a tick after which the daemon is unready: ten missed ticks of one second
 #: mean a claim is stuck (the database locked or gone), not that a tick ran late.
 TICK_STALE = 10.0
+
+
+def identity(now: datetime) -> DaemonRecord:
+    """This process as a daemon: a fresh id, the host, the pid and the tracker's version."""
+    from importlib import metadata  # noqa: PLC0415 - read once, when a daemon starts
+
+    return DaemonRecord(
+        id="dmn_" + base64.b32encode(os.urandom(10)).decode().lower(),
+        host=socket.gethostname(),
+        pid=os.getpid(),
+        version=metadata.version("meter-order-tracker"),
+        started_at=now,
+        heartbeat_at=now,
+    )
+
+
+def gone_from_this_host(other: DaemonRecord) -> bool:
+    """Whether ``other`` ran on this host in a process that no longer exists (kill -9)."""
+    if other.host != socket.gethostname():
+        return False
+    try:
+        os.kill(other.pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, under another user
+        return False
+    return False
 
 
 class Daemon:
@@ -88,12 +120,48 @@ class Daemon:
         self.polls = 0
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Run until ``stop`` is set, then finish or hand back what is in flight."""
-        if taken_over := await self._store.release_all():
+        """Run until ``stop`` is set, then finish or hand back what is in flight.
+
+        Refuses to start (:class:`ConfigError`) on SQLite while another daemon runs there.
+        """
+        me = await self._join()
+        try:
+            await self._run(me, stop)
+        finally:
+            await self._store.forget_daemons([me.id])
+
+    async def _join(self) -> DaemonRecord:
+        """Register this daemon; alone, it takes over every lease a crashed one left behind."""
+        me = identity(self._clock())
+        stale_before = me.started_at - STALE_AFTER
+        registered = await self._store.daemons(stale_before=stale_before)
+        await self._store.forget_daemons([d.id for d in registered if gone_from_this_host(d)])
+        joined = await self._store.join(me, stale_before=stale_before)
+        if not joined.joined:
+            other = joined.others[0]
+            raise ConfigError(
+                f"another daemon runs on this SQLite database (host {other.host}, pid "
+                f"{other.pid}, since {other.started_at:%Y-%m-%d %H:%M:%S} UTC); stop it first, "
+                "or use PostgreSQL to run several"
+            )
+        # With others alive, their claims are live: an abandoned one is taken when its lease ends.
+        if not joined.others and (taken_over := await self._store.release_all()):
             log.info("leases_taken_over", orders=taken_over)
+        return me
+
+    async def _beat(self, me: DaemonRecord) -> None:
+        """Tell the others this daemon lives; a failed beat is logged and the next one retries."""
+        try:
+            if not await self._store.heartbeat(me, now=self._clock()):
+                log.warning("daemon_registered_again", daemon=me.id)
+        except Exception as exc:  # the database may be gone for a moment
+            log.warning("heartbeat_failed", daemon=me.id, error=clip(str(exc)))
+
+    async def _run(self, me: DaemonRecord, stop: asyncio.Event) -> None:
         scheduler = AsyncIOScheduler(timezone=UTC)
         self._job = self._every(scheduler, self._tick, self._tick_seconds)
         self._every(scheduler, self._watch_progress, self._tick_seconds)
+        self._every(scheduler, functools.partial(self._beat, me), HEARTBEAT.total_seconds())
         async with contextlib.AsyncExitStack() as leases:
             await leases.enter_async_context(renewing(self._claims))
             if self._dispatcher is not None:
@@ -106,7 +174,14 @@ class Daemon:
             ]
             self._writer.start()
             scheduler.start()
-            log.info("daemon_started", workers=self._workers, capacity=self._capacity)
+            log.info(
+                "daemon_started",
+                daemon=me.id,
+                host=me.host,
+                pid=me.pid,
+                workers=self._workers,
+                capacity=self._capacity,
+            )
             try:
                 await stop.wait()
             finally:

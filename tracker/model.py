@@ -10,7 +10,7 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from tracker.errors import InvalidOrderId, MalformedAnswer
@@ -238,3 +238,20 @@ class SendResult:
     retry_after: float | None = None
     #: The receiver asked us to stop for good (410 Gone).
     gone: bool = False
+
+
+#: A daemon beats every ``HEARTBEAT``; one silent for ``STALE_AFTER`` is gone.
+HEARTBEAT = timedelta(seconds=5)
+STALE_AFTER = timedelta(seconds=30)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DaemonRecord:
+    """A running daemon as registered in the database."""
+
+    id: str
+    host: str
+    pid: int
+    version: str
+    started_at: datetime
+    heartbeat_at: datetime

@@ -11,8 +11,8 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from tracker.model import Delivery, DeliveryState, Transition, WatchedOrder
-from tracker.store import Attempt, History, PollOutcome
+from tracker.model import DaemonRecord, Delivery, DeliveryState, Transition, WatchedOrder
+from tracker.store import Attempt, History, Overview, PollOutcome
 from tracker.text import printable
 
 T = TypeVar("T")
@@ -220,3 +220,59 @@ def attempt_line(attempt: Attempt) -> Text:
         + Text(attempt.state, style=style)
         + Text(printable(f" after attempt {attempt.attempts} {answer}".rstrip()))
     )
+
+
+def daemon_dict(daemon: DaemonRecord) -> dict[str, Any]:
+    """One live daemon as JSON-ready data."""
+    return {
+        "id": daemon.id,
+        "host": daemon.host,
+        "pid": daemon.pid,
+        "version": daemon.version,
+        "started_at": iso(daemon.started_at),
+        "heartbeat_at": iso(daemon.heartbeat_at),
+    }
+
+
+def status_json(overview: Overview, now: datetime) -> dict[str, Any]:
+    """``tracker status --json``: daemons, orders, deliveries and the last successful poll."""
+    return {
+        "daemons": [daemon_dict(d) for d in overview.daemons],
+        "orders": [
+            {"status": status, "state": state, "count": count}
+            for status, state, count in overview.orders
+        ],
+        "deliveries": [
+            {
+                "sink": sink,
+                "state": state,
+                "count": count,
+                "oldest_pending_age_seconds": (
+                    round((now - oldest).total_seconds(), 3) if oldest is not None else None
+                ),
+            }
+            for sink, state, count, oldest in overview.deliveries
+        ],
+        "last_successful_poll_at": iso(overview.last_success_at),
+    }
+
+
+def status_rich(overview: Overview, now: datetime) -> Group:
+    """``tracker status`` for people: three small tables and the last successful poll."""
+    daemons = Table(
+        "daemon", "host", "pid", "version", "started", "last heartbeat", title="daemons"
+    )
+    for d in overview.daemons:
+        ago = f"{(now - d.heartbeat_at).total_seconds():.0f} s ago"
+        row = (d.id, d.host, str(d.pid), d.version, _short(d.started_at), ago)
+        daemons.add_row(*(Text(printable(cell)) for cell in row))
+    orders = Table("status", "state", "orders", title="watched orders")
+    for status, state, count in overview.orders:
+        orders.add_row(Text(printable(status or "-")), state, str(count))
+    sent = Table("sink", "state", "deliveries", "oldest pending", title="deliveries")
+    for sink, state, count, oldest in overview.deliveries:
+        age = f"{(now - oldest).total_seconds():.0f} s" if oldest is not None else "-"
+        sent.add_row(Text(printable(sink)), state, str(count), age)
+    last = Text(f"last successful poll: {_short(overview.last_success_at)}")
+    none = Text("no daemon is running") if not overview.daemons else Text("")
+    return Group(daemons if overview.daemons else none, orders, sent, last)

@@ -181,3 +181,116 @@ class TestRunAsDaemon:
         logged = out.decode() + err.decode()
         for secret in ("client-secret-under-test", STATIC_TOKEN, "_secretpart"):
             assert secret not in logged
+
+
+async def start_daemon(path: str) -> asyncio.subprocess.Process:
+    """`tracker run` in its own process."""
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "tracker",
+        "run",
+        "--config",
+        path,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ},
+        cwd=ROOT,
+    )
+
+
+async def daemons_now(path: str) -> list[dict[str, object]]:
+    """The daemons `tracker status --json` shows."""
+    ran = await tracker_cli("status", "--json", "--config", path)
+    assert ran.code == 0, ran.err
+    found: list[dict[str, object]] = json.loads(ran.out)["daemons"]
+    return found
+
+
+async def live_daemons(path: str, count: int) -> list[dict[str, object]]:
+    """`tracker status --json`'s daemons, once ``count`` of them are registered."""
+    for _ in range(150):
+        found = await daemons_now(path)
+        if len(found) == count:
+            return found
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"never {count} daemons registered")
+
+
+async def stop(process: asyncio.subprocess.Process) -> None:
+    """SIGTERM, then wait for a clean exit."""
+    process.send_signal(signal.SIGTERM)
+    _out, err = await asyncio.wait_for(process.communicate(), 15)
+    assert process.returncode == 0, err.decode()
+
+
+class TestDaemonsAndStatus:
+    """Daemons register and beat; SQLite takes one, PostgreSQL several; `status` shows them."""
+
+    async def test_status_shows_the_fleet_and_what_it_holds(
+        self, upstream: Upstream, tmp_path: Path, database: str
+    ) -> None:
+        scripted, url = upstream
+        scripted.script(A, ok("ordered"), ok("checked"))
+        scripted.script(B, error(500))
+        path = config(tmp_path, url, polling={"interval": 0.3}, watch={"orders": [A, B]})
+        first = await start_daemon(path)
+        try:
+            (seen,) = await live_daemons(path, 1)
+            assert seen["pid"] == first.pid
+            second = await start_daemon(path)
+            if database.startswith("sqlite"):
+                _out, err = await asyncio.wait_for(second.communicate(), 30)
+                assert second.returncode == 2
+                message = err.decode().strip()
+                assert "\n" not in message
+                assert (
+                    f"another daemon runs on this SQLite database (host {seen['host']}, " in message
+                )
+                assert f"pid {first.pid}," in message
+                assert "use PostgreSQL to run several" in message
+            else:
+                both = await live_daemons(path, 2)
+                assert {d["pid"] for d in both} == {first.pid, second.pid}
+                await stop(second)
+            for _ in range(100):
+                if scripted.polls(A) >= 2:
+                    break
+                await asyncio.sleep(0.1)
+            ran = await tracker_cli("status", "--json", "--config", path)
+            overview = json.loads(ran.out)
+            assert {(o["status"], o["state"], o["count"]) for o in overview["orders"]} == {
+                ("checked", "active", 1),
+                (None, "active", 1),
+            }
+            assert overview["last_successful_poll_at"] is not None
+            table = await tracker_cli("status", "--config", path)
+            assert table.code == 0
+            assert "checked" in table.out
+            assert str(first.pid) in table.out
+        finally:
+            if first.returncode is None:
+                await stop(first)
+        assert await live_daemons(path, 0) == []  # a stopping daemon leaves
+
+    async def test_a_daemon_killed_without_a_word_does_not_block_its_restart(
+        self, upstream: Upstream, tmp_path: Path
+    ) -> None:
+        _scripted, url = upstream
+        path = config(tmp_path, url)
+        killed = await start_daemon(path)
+        await live_daemons(path, 1)
+        killed.kill()
+        await killed.wait()
+        # Its row still looks alive for a while, but its process is gone from this host.
+        restarted = await start_daemon(path)
+        try:
+            for _ in range(150):
+                found = [d["pid"] for d in await daemons_now(path)]
+                if found == [restarted.pid]:
+                    break
+                await asyncio.sleep(0.1)
+            else:
+                raise AssertionError(f"the restart never replaced the killed daemon: {found}")
+        finally:
+            await stop(restarted)

@@ -61,7 +61,7 @@ async def imported(*args: str) -> list[str]:
 
 
 class TestReadingCommandsStayLight:
-    """`--help`, `--version`, `history`, `watch list` and `deliveries list` import no heavy part."""
+    """`--help`, `--version`, `history`, `watch list`, `deliveries list` and `status` stay light."""
 
     @pytest.mark.parametrize(
         "command",
@@ -73,6 +73,8 @@ class TestReadingCommandsStayLight:
             ["watch", "list"],
             ["watch", "list", "--json"],
             ["deliveries", "list"],
+            ["status"],
+            ["status", "--json"],
         ],
         ids=" ".join,
     )

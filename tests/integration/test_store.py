@@ -21,8 +21,8 @@ from sqlalchemy import Engine, create_engine, inspect
 from tests.support import order_body
 from tracker.diff import UNCHANGED, decide
 from tracker.errors import StoreError
-from tracker.model import DeliveryState, MeterOrder
-from tracker.store import upgrade
+from tracker.model import STALE_AFTER, DaemonRecord, DeliveryState, MeterOrder
+from tracker.store import open_store, upgrade
 from tracker.store.db import _SYNC_DRIVERS, SCHEMA_HEAD, _alembic_config, _with_driver, connect
 from tracker.store.repo import Store
 from tracker.store.tables import metadata
@@ -267,3 +267,47 @@ class TestUpgradeWithData:
         engine.dispose()
         assert "fingerprint" in columns
         assert "fingerprint_new" not in columns
+
+
+def daemon(name: str, at: datetime) -> DaemonRecord:
+    """A registry row for a daemon started at ``at``."""
+    return DaemonRecord(
+        id=f"dmn_{name}", host="host-a", pid=4242, version="0.1.0", started_at=at, heartbeat_at=at
+    )
+
+
+class TestDaemonRegistry:
+    """SQLite takes one daemon, PostgreSQL several; silent ones are gone; beats keep them in."""
+
+    async def test_join_beat_and_leave(self, database: str) -> None:
+        async with open_store(database) as store:
+            first = await store.join(daemon("one", T0), stale_before=T0 - STALE_AFTER)
+            assert first.joined
+            assert first.others == ()
+            later = T0 + timedelta(seconds=10)
+            second = await store.join(daemon("two", later), stale_before=later - STALE_AFTER)
+            assert [d.id for d in second.others] == ["dmn_one"]
+            assert second.joined is store.shared
+            assert store.shared is database.startswith("postgresql")
+            # One's last beat is older than STALE_AFTER: a later start removes it as gone.
+            much_later = T0 + STALE_AFTER + timedelta(seconds=11)
+            assert await store.heartbeat(daemon("two", later), now=much_later) is store.shared
+            third = await store.join(
+                daemon("three", much_later), stale_before=much_later - STALE_AFTER
+            )
+            assert [d.id for d in third.others] == ["dmn_two"]
+            live = await store.daemons(stale_before=much_later - STALE_AFTER)
+            assert [d.id for d in live] == ["dmn_two", "dmn_three"] if store.shared else ["dmn_two"]
+            # A daemon removed while it was silent registers again with its next beat.
+            await store.forget_daemons(["dmn_two"])
+            assert await store.heartbeat(daemon("two", later), now=much_later) is False
+            assert "dmn_two" in [d.id for d in await store.daemons(stale_before=later)]
+
+    async def test_overview_counts_in_the_database(self, database: str) -> None:
+        async with open_store(database) as store:
+            await store.watch([A, B], source="cli", now=T0)
+            await store.unwatch([B], now=T0)
+            overview = await store.overview(stale_before=T0)
+            assert set(overview.orders) == {(None, "active", 1), (None, "removed", 1)}
+            assert overview.deliveries == ()
+            assert overview.last_success_at is None

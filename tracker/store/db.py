@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib import resources
@@ -24,7 +25,7 @@ SQLITE_BUSY_TIMEOUT_MS = 30_000
 MIGRATION_LOCK = 0x74726B_6D6967
 #: The newest migration; a test holds it equal to Alembic's head. Knowing it here lets every
 #: command see that the schema is current without importing Alembic.
-SCHEMA_HEAD = "0003"
+SCHEMA_HEAD = "0004"
 
 
 def _with_driver(url: str, drivers: dict[str, str]) -> str:
@@ -37,11 +38,31 @@ def _with_driver(url: str, drivers: dict[str, str]) -> str:
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any, *, foreign_keys: bool = True) -> None:
     cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+    cursor.execute("PRAGMA journal_mode")
+    if cursor.fetchone()[0] != "wal":
+        _switch_to_wal(cursor)
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute(f"PRAGMA foreign_keys={'ON' if foreign_keys else 'OFF'}")
     cursor.close()
+
+
+def _switch_to_wal(cursor: Any) -> None:
+    """Put a new file in WAL mode (it stays so); processes doing it at once take turns.
+
+    The switch needs the file to itself and does not wait on the busy timeout, so a process
+    that finds it locked tries again a little later, within that timeout.
+    """
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+        except Exception as exc:  # the driver's OperationalError, plain or adapted
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
+        else:
+            return
 
 
 def _sqlite_pragmas_for_migrating(dbapi_connection: Any, record: Any) -> None:

@@ -14,6 +14,8 @@ from sqlalchemy import (
     Row,
     and_,
     bindparam,
+    case,
+    delete,
     func,
     insert,
     literal,
@@ -26,6 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from tracker.diff import Decision
 from tracker.model import (
     Claim,
+    DaemonRecord,
     Delivery,
     DeliveryState,
     DueDelivery,
@@ -35,7 +38,7 @@ from tracker.model import (
     WatchedOrder,
 )
 from tracker.store.packing import pack_body, unpack_body
-from tracker.store.tables import deliveries, snapshots, transitions, watched_orders
+from tracker.store.tables import daemons, deliveries, snapshots, transitions, watched_orders
 
 w = watched_orders
 
@@ -87,6 +90,26 @@ class Attempt:
     next_attempt_at: datetime
     status: int | None
     error: str | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Joined:
+    """What a starting daemon found: the other live daemons, and whether it was let in."""
+
+    joined: bool
+    others: tuple[DaemonRecord, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Overview:
+    """How the tracker stands, for ``tracker status``."""
+
+    daemons: tuple[DaemonRecord, ...]
+    #: (status, state, count), state being ``active``, ``retired`` or ``removed``.
+    orders: tuple[tuple[str | None, str, int], ...]
+    #: (sink, state, count, oldest ``created_at`` of the pending ones).
+    deliveries: tuple[tuple[str, str, int, datetime | None], ...]
+    last_success_at: datetime | None
 
 
 _QUIET = (
@@ -417,6 +440,88 @@ class Store:
             async for row in result:
                 yield _delivery(row)
 
+    # -- daemons ----------------------------------------------------------------------------
+
+    @property
+    def shared(self) -> bool:
+        """Whether several daemons may run on this database (PostgreSQL, not SQLite)."""
+        return self._engine.dialect.name != "sqlite"
+
+    async def join(self, me: DaemonRecord, *, stale_before: datetime) -> Joined:
+        """Register a starting daemon; on SQLite only when no other live daemon is registered.
+
+        Daemons whose heartbeat is older than ``stale_before`` are gone and removed first. That
+        delete is this transaction's first statement, so on SQLite it takes the write lock: two
+        daemons starting at once cannot both find the file free.
+        """
+        async with self._engine.begin() as conn:
+            await conn.execute(delete(daemons).where(daemons.c.heartbeat_at < stale_before))
+            rows = await conn.execute(select(daemons).order_by(daemons.c.started_at))
+            others = tuple(_daemon(row) for row in rows)
+            if others and not self.shared:
+                return Joined(joined=False, others=others)
+            await conn.execute(insert(daemons).values(**_daemon_values(me)))
+        return Joined(joined=True, others=others)
+
+    async def heartbeat(self, me: DaemonRecord, *, now: datetime) -> bool:
+        """Mark ``me`` alive at ``now``; registers it again (returns False) if it was removed."""
+        async with self._engine.begin() as conn:
+            result = await conn.execute(
+                update(daemons).where(daemons.c.id == me.id).values(heartbeat_at=now)
+            )
+            if result.rowcount:
+                return True
+            await conn.execute(
+                insert(daemons).values(**(_daemon_values(me) | {"heartbeat_at": now}))
+            )
+        return False
+
+    async def forget_daemons(self, ids: Sequence[str]) -> None:
+        """Remove daemons that left, or are known to be gone."""
+        if ids:
+            async with self._engine.begin() as conn:
+                await conn.execute(delete(daemons).where(daemons.c.id.in_(ids)))
+
+    async def daemons(self, *, stale_before: datetime) -> list[DaemonRecord]:
+        """The daemons whose heartbeat is not older than ``stale_before``, oldest first."""
+        async with self._engine.connect() as conn:
+            rows = await conn.execute(
+                select(daemons)
+                .where(daemons.c.heartbeat_at >= stale_before)
+                .order_by(daemons.c.started_at)
+            )
+            return [_daemon(row) for row in rows]
+
+    async def overview(self, *, stale_before: datetime) -> Overview:
+        """Daemons, orders by status and state, deliveries by sink and state, last success."""
+        state = case(
+            (w.c.active, literal("active")),
+            (w.c.retired_at.is_not(None), literal("retired")),
+            else_=literal("removed"),
+        ).label("state")
+        d = deliveries
+        oldest = func.min(case((d.c.state == DeliveryState.PENDING, d.c.created_at)))
+        live = await self.daemons(stale_before=stale_before)
+        async with self._engine.connect() as conn:
+            orders = await conn.execute(
+                select(w.c.status, state, func.count())
+                .group_by(w.c.status, state)
+                .order_by(w.c.status, state)
+            )
+            sent = await conn.execute(
+                select(d.c.sink, d.c.state, func.count(), oldest.label("oldest"))
+                .group_by(d.c.sink, d.c.state)
+                .order_by(d.c.sink, d.c.state)
+            )
+            last = (await conn.execute(select(func.max(w.c.last_success_at)))).scalar()
+            return Overview(
+                daemons=tuple(live),
+                orders=tuple((row[0], row[1], row[2]) for row in orders),
+                deliveries=tuple((row[0], row[1], row[2], row.oldest) for row in sent),
+                # min() and max() keep their column's type, so these are aware datetimes.
+                last_success_at=last,
+            )
+
     # -- reading history --------------------------------------------------------------------
 
     async def history(self, order_id: str) -> History | None:
@@ -667,3 +772,25 @@ def _transition(row: Row[Any]) -> Transition:
         detected_at=row.detected_at,
         snapshot_id=row.snapshot_id,
     )
+
+
+def _daemon(row: Row[Any]) -> DaemonRecord:
+    return DaemonRecord(
+        id=row.id,
+        host=row.host,
+        pid=row.pid,
+        version=row.version,
+        started_at=row.started_at,
+        heartbeat_at=row.heartbeat_at,
+    )
+
+
+def _daemon_values(me: DaemonRecord) -> dict[str, Any]:
+    return {
+        "id": me.id,
+        "host": me.host,
+        "pid": me.pid,
+        "version": me.version,
+        "started_at": me.started_at,
+        "heartbeat_at": me.heartbeat_at,
+    }

@@ -153,3 +153,15 @@ deliveries = Table(
     #: Serves ``claim_deliveries``: one sink's pending deliveries due first.
     Index(None, "state", "sink", "next_attempt_at"),
 )
+
+#: The running daemons: each registers on start, beats every few seconds and leaves on stop.
+daemons = Table(
+    "daemons",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("host", String(255), nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("version", String(32), nullable=False),
+    Column("started_at", UTCDateTime, nullable=False),
+    Column("heartbeat_at", UTCDateTime, nullable=False),
+)

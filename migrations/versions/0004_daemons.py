@@ -1,0 +1,40 @@
+"""daemons: who runs, where, since when, and their last heartbeat
+
+Revision ID: 0004
+Revises: 0003
+Create Date: 2026-11-30
+
+No index beyond the primary key: the table holds one row per running daemon, read whole by
+``tracker status`` and by a daemon joining.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0004"
+down_revision = "0003"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    """Apply this revision."""
+    sqlite = op.get_bind().dialect.name == "sqlite"
+    time = sa.BigInteger() if sqlite else sa.DateTime(timezone=True)
+    op.create_table(
+        "daemons",
+        sa.Column("id", sa.String(length=40), nullable=False),
+        sa.Column("host", sa.String(length=255), nullable=False),
+        sa.Column("pid", sa.Integer(), nullable=False),
+        sa.Column("version", sa.String(length=32), nullable=False),
+        sa.Column("started_at", time, nullable=False),
+        sa.Column("heartbeat_at", time, nullable=False),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_daemons")),
+    )
+
+
+def downgrade() -> None:
+    """Revert this revision."""
+    op.drop_table("daemons")
