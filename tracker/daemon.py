@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import functools
 import os
@@ -34,12 +33,12 @@ TransitionListener = Callable[[Transition], None]
 TICK_STALE = 10.0
 
 
-def identity(now: datetime) -> DaemonRecord:
-    """This process as a daemon: a fresh id, the host, the pid and the tracker's version."""
+def identity(daemon_id: str, now: datetime) -> DaemonRecord:
+    """This process as a daemon: its id, the host, the pid and the tracker's version."""
     from importlib import metadata  # noqa: PLC0415 - read once, when a daemon starts
 
     return DaemonRecord(
-        id="dmn_" + base64.b32encode(os.urandom(10)).decode().lower(),
+        id=daemon_id,
         host=socket.gethostname(),
         pid=os.getpid(),
         version=metadata.version("meter-order-tracker"),
@@ -132,7 +131,8 @@ class Daemon:
 
     async def _join(self) -> DaemonRecord:
         """Register this daemon; alone, it takes over every lease a crashed one left behind."""
-        me = identity(self._clock())
+        # The daemon's id is its store's claim owner: the leases it holds carry the same name.
+        me = identity(self._store.owner, self._clock())
         stale_before = me.started_at - STALE_AFTER
         registered = await self._store.daemons(stale_before=stale_before)
         await self._store.forget_daemons([d.id for d in registered if gone_from_this_host(d)])

@@ -1,11 +1,13 @@
-"""daemons: who runs, where, since when, and their last heartbeat
+"""daemons and claim owners: who runs, where, since when; whose each lease is
 
 Revision ID: 0004
 Revises: 0003
 Create Date: 2026-11-30
 
-No index beyond the primary key: the table holds one row per running daemon, read whole by
-``tracker status`` and by a daemon joining.
+``daemons`` has no index beyond its primary key: it holds one row per running daemon, read whole
+by ``tracker status`` and by a daemon joining. ``leased_by`` on ``watched_orders`` and
+``deliveries`` names the process whose claim a lease is; it is read only together with rows the
+existing keys find.
 """
 
 from __future__ import annotations
@@ -33,8 +35,14 @@ def upgrade() -> None:
         sa.Column("heartbeat_at", time, nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_daemons")),
     )
+    for table in ("watched_orders", "deliveries"):
+        with op.batch_alter_table(table) as batch_op:
+            batch_op.add_column(sa.Column("leased_by", sa.String(length=40), nullable=True))
 
 
 def downgrade() -> None:
     """Revert this revision."""
+    for table in ("watched_orders", "deliveries"):
+        with op.batch_alter_table(table) as batch_op:
+            batch_op.drop_column("leased_by")
     op.drop_table("daemons")

@@ -21,10 +21,10 @@ from sqlalchemy import Engine, create_engine, inspect
 from tests.support import order_body
 from tracker.diff import UNCHANGED, decide
 from tracker.errors import StoreError
-from tracker.model import STALE_AFTER, DaemonRecord, DeliveryState, MeterOrder
+from tracker.model import STALE_AFTER, Claim, DaemonRecord, DeliveryState, MeterOrder
 from tracker.store import open_store, upgrade
 from tracker.store.db import _SYNC_DRIVERS, SCHEMA_HEAD, _alembic_config, _with_driver, connect
-from tracker.store.repo import Store
+from tracker.store.repo import PollOutcome, Store
 from tracker.store.tables import metadata
 
 A = "prdo_aaaaaaaaaaaaaaaaaaaaaaaa"
@@ -311,3 +311,41 @@ class TestDaemonRegistry:
             assert set(overview.orders) == {(None, "active", 1), (None, "removed", 1)}
             assert overview.deliveries == ()
             assert overview.last_success_at is None
+
+
+class TestClaimOwners:
+    """A process that lost its claim (its lease ran out, another took it) changes nothing."""
+
+    async def test_a_lost_claim_is_neither_renewed_released_nor_recorded(
+        self, database: str
+    ) -> None:
+        async with open_store(database) as slow, open_store(database) as other:
+            assert slow.owner != other.owner
+            await slow.watch([A], source="cli", now=T0)
+            (lost,) = await slow.claim([A], lease_until=T0 + timedelta(seconds=1))
+            later = T0 + timedelta(seconds=2)  # the slow one's lease has run out
+            (taken,) = await other.claim_due(
+                now=later, limit=10, lease_until=later + timedelta(minutes=2)
+            )
+            assert taken.order_id == A
+            await slow.extend_leases([A], lease_until=later + timedelta(hours=1))
+            await slow.release([A])
+            assert (await slow.claim_due(now=later, limit=10, lease_until=later)) == []
+            unchanged = await slow.record([quiet(lost, at=later, next_poll=T0 + timedelta(days=9))])
+            assert unchanged == []
+            order = await other.get(A)
+            assert order is not None
+            assert order.last_polled_at is None  # the slow one's outcome did not land
+            await other.record([quiet(taken, at=later, next_poll=later + timedelta(hours=1))])
+            order = await other.get(A)
+            assert order is not None
+            assert (order.last_polled_at, order.next_poll_at) == (later, later + timedelta(hours=1))
+
+
+def quiet(claim: Claim, *, at: datetime, next_poll: datetime) -> PollOutcome:
+    """A successful poll that found the order unchanged."""
+    body = json.dumps(order_body(claim.order_id)).encode()
+    order = MeterOrder.from_json(body, expected_id=claim.order_id)
+    return PollOutcome(
+        claim=claim, polled_at=at, next_poll_at=next_poll, order=order, decision=UNCHANGED
+    )

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import json
+import os
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -112,14 +114,16 @@ class Overview:
     last_success_at: datetime | None
 
 
+#: A poll's outcome lands only while its claim is still this store's (see ``Store.owner``).
 _QUIET = (
     update(w)
-    .where(w.c.order_id == bindparam("b_id"))
+    .where(w.c.order_id == bindparam("b_id"), w.c.leased_by == bindparam("b_owner"))
     .values(
         next_poll_at=bindparam("b_next"),
         last_polled_at=bindparam("b_at"),
         last_success_at=bindparam("b_at"),
         leased_until=None,
+        leased_by=None,
         consecutive_failures=0,
         last_error_kind=None,
         last_error=None,
@@ -129,10 +133,11 @@ _QUIET = (
 )
 _FAILED = (
     update(w)
-    .where(w.c.order_id == bindparam("b_id"))
+    .where(w.c.order_id == bindparam("b_id"), w.c.leased_by == bindparam("b_owner"))
     .values(
         next_poll_at=bindparam("b_next"),
         leased_until=None,
+        leased_by=None,
         last_polled_at=bindparam("b_at"),
         consecutive_failures=bindparam("b_failures"),
         last_error_kind=bindparam("b_kind"),
@@ -146,6 +151,11 @@ class Store:
 
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
+        #: Whose claims these are: every claim this store takes carries it, and only a claim
+        #: that still does is renewed, released or recorded. Another process (or a daemon that
+        #: took over an expired lease) holds another owner, so it never finds its work undone
+        #: or overwritten by a process that lost its claim.
+        self.owner = "own_" + base64.b32encode(os.urandom(10)).decode().lower()
 
     async def close(self) -> None:
         """Release the engine's connections."""
@@ -260,7 +270,9 @@ class Store:
             claims = [_claim(row) for row in await conn.execute(query)]
             for chunk in _chunks([c.order_id for c in claims]):
                 await conn.execute(
-                    update(w).where(w.c.order_id.in_(chunk)).values(leased_until=lease_until)
+                    update(w)
+                    .where(w.c.order_id.in_(chunk))
+                    .values(leased_until=lease_until, leased_by=self.owner)
                 )
         return claims
 
@@ -269,7 +281,9 @@ class Store:
         async with self._engine.begin() as conn:
             for chunk in _chunks(order_ids):
                 await conn.execute(
-                    update(w).where(w.c.order_id.in_(chunk)).values(leased_until=None)
+                    update(w)
+                    .where(w.c.order_id.in_(chunk), w.c.leased_by == self.owner)
+                    .values(leased_until=None, leased_by=None)
                 )
 
     async def extend_leases(self, order_ids: Sequence[str], *, lease_until: datetime) -> None:
@@ -277,13 +291,13 @@ class Store:
         await self._extend(w.c.order_id, order_ids, lease_until)
 
     async def _extend(self, key: Column[Any], keys: Sequence[Any], lease_until: datetime) -> None:
-        """Push the leases still taken on the rows of ``keys`` to ``lease_until``."""
+        """Push the leases this store still holds on the rows of ``keys`` to ``lease_until``."""
         table = key.table
         async with self._engine.begin() as conn:
             for chunk in _chunks(keys):
                 await conn.execute(
                     update(table)
-                    .where(key.in_(chunk), table.c.leased_until.is_not(None))
+                    .where(key.in_(chunk), table.c.leased_by == self.owner)
                     .values(leased_until=lease_until)
                 )
 
@@ -293,7 +307,9 @@ class Store:
             taken = 0
             for table in (w, deliveries):
                 result = await conn.execute(
-                    update(table).where(table.c.leased_until.is_not(None)).values(leased_until=None)
+                    update(table)
+                    .where(table.c.leased_until.is_not(None))
+                    .values(leased_until=None, leased_by=None)
                 )
                 taken += result.rowcount
         return taken
@@ -303,14 +319,15 @@ class Store:
         quiet: list[dict[str, Any]] = []
         failed: list[dict[str, Any]] = []
         stored: list[Transition] = []
+        mine = {"b_owner": self.owner}
         async with self._engine.begin() as conn:
             for outcome in outcomes:
                 if outcome.error_kind is not None:
-                    failed.append(_failed_params(outcome))
+                    failed.append(_failed_params(outcome) | mine)
                 elif outcome.decision is not None and outcome.decision.store_snapshot:
-                    stored += await _record_change(conn, outcome)
+                    stored += await _record_change(conn, outcome, self.owner)
                 else:
-                    quiet.append(_quiet_params(outcome))
+                    quiet.append(_quiet_params(outcome) | mine)
             if quiet:
                 await conn.execute(_QUIET, quiet)
             if failed:
@@ -344,7 +361,7 @@ class Store:
                 await conn.execute(
                     update(d)
                     .where(d.c.id.in_([row.id for row in rows]))
-                    .values(leased_until=lease_until)
+                    .values(leased_until=lease_until, leased_by=self.owner)
                 )
         return [
             DueDelivery(
@@ -364,12 +381,13 @@ class Store:
         d = deliveries
         statement = (
             update(d)
-            .where(d.c.id == bindparam("b_id"))
+            .where(d.c.id == bindparam("b_id"), d.c.leased_by == self.owner)
             .values(
                 state=bindparam("b_state"),
                 attempts=bindparam("b_attempts"),
                 next_attempt_at=bindparam("b_next"),
                 leased_until=None,
+                leased_by=None,
                 last_attempt_at=bindparam("b_at"),
                 last_status=bindparam("b_status"),
                 last_error=bindparam("b_error"),
@@ -397,7 +415,9 @@ class Store:
         async with self._engine.begin() as conn:
             for chunk in _chunks(delivery_ids):
                 await conn.execute(
-                    update(deliveries).where(deliveries.c.id.in_(chunk)).values(leased_until=None)
+                    update(deliveries)
+                    .where(deliveries.c.id.in_(chunk), deliveries.c.leased_by == self.owner)
+                    .values(leased_until=None, leased_by=None)
                 )
 
     async def extend_delivery_leases(
@@ -421,7 +441,11 @@ class Store:
                 update(d)
                 .where(chosen)
                 .values(
-                    state=DeliveryState.PENDING, attempts=0, next_attempt_at=now, leased_until=None
+                    state=DeliveryState.PENDING,
+                    attempts=0,
+                    next_attempt_at=now,
+                    leased_until=None,
+                    leased_by=None,
                 )
             )
         return result.rowcount
@@ -584,7 +608,9 @@ _CLAIM_COLUMNS = (
 )
 
 
-async def _record_change(conn: AsyncConnection, outcome: PollOutcome) -> list[Transition]:
+async def _record_change(
+    conn: AsyncConnection, outcome: PollOutcome, owner: str
+) -> list[Transition]:
     order, decision, claim = outcome.order, outcome.decision, outcome.claim
     assert order is not None  # noqa: S101 - record() checked
     assert decision is not None  # noqa: S101 - record() checked
@@ -597,7 +623,7 @@ async def _record_change(conn: AsyncConnection, outcome: PollOutcome) -> list[Tr
     )
     updated = await conn.execute(
         update(w)
-        .where(w.c.order_id == claim.order_id, same_base)
+        .where(w.c.order_id == claim.order_id, w.c.leased_by == owner, same_base)
         .values(
             status=order.status,
             fingerprint=order.fingerprint,
@@ -668,6 +694,7 @@ def _quiet_values(outcome: PollOutcome) -> dict[str, Any]:
     return {
         "next_poll_at": outcome.next_poll_at,
         "leased_until": None,
+        "leased_by": None,
         "last_polled_at": outcome.polled_at,
         "last_success_at": outcome.polled_at,
         "consecutive_failures": 0,

@@ -92,6 +92,8 @@ watched_orders = Table(
     Column("final_since", UTCDateTime),
     Column("next_poll_at", UTCDateTime),
     Column("leased_until", UTCDateTime),
+    #: The store (process) whose claim the lease is: ``Store.owner``.
+    Column("leased_by", String(40)),
     Column("last_polled_at", UTCDateTime),
     Column("last_success_at", UTCDateTime),
     Column("last_change_at", UTCDateTime),
@@ -144,6 +146,7 @@ deliveries = Table(
     Column("created_at", UTCDateTime, nullable=False),
     Column("next_attempt_at", UTCDateTime, nullable=False),
     Column("leased_until", UTCDateTime),
+    Column("leased_by", String(40)),
     Column("last_attempt_at", UTCDateTime),
     Column("last_status", Integer),
     Column("last_error", Text),
