@@ -8,8 +8,9 @@ import itertools
 import json
 import os
 import sys
+import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -107,6 +108,8 @@ class Seen:
     path: str
     version: str | None
     authorization: str | None
+    #: When it arrived (``time.monotonic()``).
+    at: float = field(default_factory=time.monotonic)
 
 
 class ScriptedUpstream:

@@ -116,6 +116,7 @@ class Daemon:
         self._dispatch_again = False
         self._more_due = False
         self._job: Job | None = None
+        self._members = 1
         self.polls = 0
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -147,19 +148,32 @@ class Daemon:
         # With others alive, their claims are live: an abandoned one is taken when its lease ends.
         if not joined.others and (taken_over := await self._store.release_all()):
             log.info("leases_taken_over", orders=taken_over)
+        self._share_budget(1 + len(joined.others))
         return me
+
+    def _share_budget(self, members: int) -> None:
+        """Poll within ``1 / members`` of the budget: live daemons split it evenly."""
+        if members != self._members:
+            self._members = members
+            self._poller.share_budget(members)
+            log.info("budget_shared", daemons=members)
 
     async def _beat(self, me: DaemonRecord) -> None:
         """Tell the others this daemon lives; a failed beat is logged and the next one retries."""
         try:
-            if not await self._store.heartbeat(me, now=self._clock()):
+            now = self._clock()
+            if not await self._store.heartbeat(me, now=now):
                 log.warning("daemon_registered_again", daemon=me.id)
+            live = await self._store.daemons(stale_before=now - STALE_AFTER)
+            self._share_budget(max(len(live), 1))
         except Exception as exc:  # the database may be gone for a moment
             log.warning("heartbeat_failed", daemon=me.id, error=clip(str(exc)))
 
     async def _run(self, me: DaemonRecord, stop: asyncio.Event) -> None:
         scheduler = AsyncIOScheduler(timezone=UTC)
-        self._job = self._every(scheduler, self._tick, self._tick_seconds)
+        # Beside live daemons, polling starts once each has beaten and taken its smaller share.
+        settle = HEARTBEAT.total_seconds() + 1 if self._members > 1 else 0.0
+        self._job = self._every(scheduler, self._tick, self._tick_seconds, start_in=settle)
         self._every(scheduler, self._watch_progress, self._tick_seconds)
         self._every(scheduler, functools.partial(self._beat, me), HEARTBEAT.total_seconds())
         async with contextlib.AsyncExitStack() as leases:
@@ -217,13 +231,15 @@ class Daemon:
         scheduler: AsyncIOScheduler,
         job: Callable[[], Coroutine[Any, Any, None]],
         seconds: float,
+        *,
+        start_in: float = 0.0,
     ) -> Job:
         """One APScheduler job running ``job`` now and every ``seconds``, never twice at once."""
         return scheduler.add_job(
             job,
             "interval",
             seconds=seconds,
-            next_run_time=datetime.now(UTC),
+            next_run_time=datetime.now(UTC) + timedelta(seconds=start_in),
             max_instances=1,
             coalesce=True,
             misfire_grace_time=None,

@@ -33,8 +33,8 @@ class Pacer:
         clock: Callable[[], float] | None = None,
         patience: float | None = None,
     ) -> None:
-        self._burst = max(1, math.floor(rate))
-        self._window = self._burst / rate
+        self._rate = rate
+        self._set_rate(rate)
         self._finished: deque[float] = deque()
         self._in_flight = 0
         self._slots = asyncio.Semaphore(concurrency)
@@ -43,6 +43,18 @@ class Pacer:
         self._clock = clock or asyncio.get_running_loop().time
         self._paused_until = 0.0
         self._patience = patience
+
+    def _set_rate(self, rate: float) -> None:
+        self._burst = max(1, math.floor(rate))
+        self._window = self._burst / rate
+
+    def share(self, members: int) -> None:
+        """Spend ``1 / members`` of the configured rate: daemons sharing one budget split it.
+
+        A lower rate holds back the next admissions at once; the requests already counted keep
+        counting until their window ends.
+        """
+        self._set_rate(self._rate / max(members, 1))
 
     def pause(self, seconds: float) -> None:
         """Start no request for ``seconds`` from now (a longer pause already set stays)."""

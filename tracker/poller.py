@@ -57,6 +57,10 @@ class Poller:
         self._rng = rng
         self._routes = routes or {}
 
+    def share_budget(self, members: int) -> None:
+        """Poll within ``1 / members`` of the request budget (several daemons share it)."""
+        self._client.share_budget(members)
+
     async def poll(self, claim: Claim) -> PollOutcome:
         """Fetch the order and decide; never raises.
 

@@ -183,6 +183,10 @@ class NomosClient:
         self._credentials = credentials
         self._auth_pause = AUTH_PAUSE
 
+    def share_budget(self, members: int) -> None:
+        """Spend ``1 / members`` of ``requests_per_second`` (several daemons, one budget)."""
+        self._pacer.share(members)
+
     async def fetch(self, order_id: str) -> MeterOrder:
         """Fetch and parse one meter order, or raise an :class:`UpstreamError` subclass."""
         path = f"/meter-orders/{validate_order_id(order_id)}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import bisect
 import json
 import os
 import signal
@@ -183,8 +184,8 @@ class TestRunAsDaemon:
             assert secret not in logged
 
 
-async def start_daemon(path: str) -> asyncio.subprocess.Process:
-    """`tracker run` in its own process."""
+async def start_daemon(path: str, *, logs: bool = False) -> asyncio.subprocess.Process:
+    """`tracker run` in its own process (its JSON log lines kept with ``logs``)."""
     return await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -192,7 +193,7 @@ async def start_daemon(path: str) -> asyncio.subprocess.Process:
         "run",
         "--config",
         path,
-        stdout=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE if logs else asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE,
         env={**os.environ},
         cwd=ROOT,
@@ -217,11 +218,12 @@ async def live_daemons(path: str, count: int) -> list[dict[str, object]]:
     raise AssertionError(f"never {count} daemons registered")
 
 
-async def stop(process: asyncio.subprocess.Process) -> None:
-    """SIGTERM, then wait for a clean exit."""
+async def stop(process: asyncio.subprocess.Process) -> str:
+    """SIGTERM, then wait for a clean exit; returns what it wrote to stdout."""
     process.send_signal(signal.SIGTERM)
-    _out, err = await asyncio.wait_for(process.communicate(), 15)
+    out, err = await asyncio.wait_for(process.communicate(), 15)
     assert process.returncode == 0, err.decode()
+    return (out or b"").decode()
 
 
 class TestDaemonsAndStatus:
@@ -294,3 +296,49 @@ class TestDaemonsAndStatus:
                 raise AssertionError(f"the restart never replaced the killed daemon: {found}")
         finally:
             await stop(restarted)
+
+
+def busiest_second(arrivals: list[float]) -> int:
+    """The most requests that arrived within any one-second window."""
+    times = sorted(arrivals)
+    return max((bisect.bisect_left(times, t + 1.0) - i for i, t in enumerate(times)), default=0)
+
+
+class TestSharedBudget:
+    """Daemons on one PostgreSQL split `requests_per_second`, also while one joins."""
+
+    @pytest.mark.parametrize("database", ["postgresql"], indirect=True)
+    async def test_two_daemons_stay_within_one_budget(
+        self, upstream: Upstream, tmp_path: Path
+    ) -> None:
+        scripted, url = upstream
+        ids = [f"prdo_{n:024d}" for n in range(300)]
+        for order_id in ids:
+            scripted.script(order_id, ok("ordered"))
+        path = config(
+            tmp_path,
+            url,
+            upstream={"requests_per_second": 10, "max_concurrency": 4},
+            polling={"interval": "1h"},
+            watch={"orders": ids},
+        )
+        first = await start_daemon(path, logs=True)
+        second: asyncio.subprocess.Process | None = None
+        try:
+            await live_daemons(path, 1)
+            await asyncio.sleep(2)  # the first alone spends the whole budget
+            second = await start_daemon(path, logs=True)
+            await live_daemons(path, 2)
+            await asyncio.sleep(10)  # the second's share starts after a heartbeat and more
+        finally:
+            logs = [await stop(p) for p in (first, second) if p is not None]
+        arrivals = [s.at for s in scripted.seen if s.path.startswith("/meter-orders/")]
+        assert len(arrivals) >= 80  # the budget was in use all along
+        assert busiest_second(arrivals) <= 10
+        for out in logs:
+            shares = [
+                e["daemons"]
+                for e in map(json.loads, out.splitlines())
+                if e["event"] == "budget_shared"
+            ]
+            assert shares[-1] == 2
