@@ -148,18 +148,7 @@ class TestRunAsDaemon:
         path = config(
             tmp_path, url, oauth=True, polling={"interval": 0.3}, watch={"orders": [A, B]}
         )
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "tracker",
-            "run",
-            "--config",
-            path,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            env={**os.environ},
-            cwd=ROOT,
-        )
+        process = await start_daemon(path, logs=True)
         for _ in range(100):
             if scripted.polls(A) >= 2 and scripted.polls(B) >= 1:
                 break
