@@ -48,9 +48,14 @@ def identity(daemon_id: str, now: datetime) -> DaemonRecord:
 
 
 def gone_from_this_host(other: DaemonRecord) -> bool:
-    """Whether ``other`` ran on this host in a process that no longer exists (kill -9)."""
+    """Whether ``other`` ran on this host in a process that no longer exists (kill -9).
+
+    Another process can reuse a dead daemon's pid; then the heartbeat's age decides.
+    """
     if other.host != socket.gethostname():
         return False
+    if other.pid == os.getpid():  # our own pid: a container restarted with the same pid 1
+        return True
     try:
         os.kill(other.pid, 0)
     except ProcessLookupError:

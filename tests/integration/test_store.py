@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import socket
 import sqlite3
+import subprocess
 import threading
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -19,6 +23,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, inspect
 
 from tests.support import order_body
+from tracker.daemon import gone_from_this_host
 from tracker.diff import UNCHANGED, decide
 from tracker.errors import StoreError
 from tracker.model import STALE_AFTER, Claim, DaemonRecord, DeliveryState, MeterOrder
@@ -349,3 +354,17 @@ def quiet(claim: Claim, *, at: datetime, next_poll: datetime) -> PollOutcome:
     return PollOutcome(
         claim=claim, polled_at=at, next_poll_at=next_poll, order=order, decision=UNCHANGED
     )
+
+
+class TestGoneFromThisHost:
+    """A registered daemon of this host is gone when its process is; another host's never is."""
+
+    def test_by_host_and_pid(self) -> None:
+        here = socket.gethostname()
+        me = replace(daemon("me", T0), host=here, pid=os.getpid())
+        assert gone_from_this_host(me)  # our own pid: a restarted container, not a live other
+        assert not gone_from_this_host(replace(me, pid=os.getppid()))
+        assert not gone_from_this_host(replace(me, host=here + "-elsewhere", pid=os.getpid()))
+        ended = subprocess.Popen(["true"])
+        ended.wait()
+        assert gone_from_this_host(replace(me, pid=ended.pid))
