@@ -96,7 +96,13 @@ def running_cluster() -> Iterator[Cluster]:
     binaries = server_binaries()
     folder = Path(tempfile.mkdtemp(prefix="tracker-pg-"))
     if os.geteuid() == 0:
-        shutil.chown(folder, "postgres")
+        try:
+            shutil.chown(folder, "postgres")
+        except LookupError as exc:
+            raise RuntimeError(
+                "no 'postgres' user to run the server as root; install Debian's package: "
+                "apt-get install -y postgresql (.ci/run does)"
+            ) from exc
     data, port = folder / "data", _free_port()
     settings = (
         f"-p {port} -c listen_addresses=127.0.0.1 -k {folder} -c fsync=off "
