@@ -28,6 +28,8 @@ from tracker.supervision import HeldClaims, renewing, supervised
 log = structlog.get_logger("tracker.daemon")
 
 TransitionListener = Callable[[Transition], None]
+#: A shared pause is written again only when it ends this much later than the one written.
+PAUSE_SLACK = timedelta(seconds=0.5)
 #: Seconds without a tick after which the daemon is unready: ten missed ticks of one second
 #: mean a claim is stuck (the database locked or gone), not that a tick ran late.
 TICK_STALE = 10.0
@@ -122,6 +124,7 @@ class Daemon:
         self._more_due = False
         self._job: Job | None = None
         self._members = 1
+        self._shared_pause: datetime | None = None
         self.polls = 0
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -160,7 +163,7 @@ class Daemon:
         """Poll within ``1 / members`` of the budget: live daemons split it evenly."""
         if members != self._members:
             self._members = members
-            self._poller.share_budget(members)
+            self._poller.pacer.share(members)
             log.info("budget_shared", daemons=members)
 
     async def _beat(self, me: DaemonRecord) -> None:
@@ -174,6 +177,29 @@ class Daemon:
         except Exception as exc:  # the database may be gone for a moment
             log.warning("heartbeat_failed", daemon=me.id, error=clip(str(exc)))
 
+    async def _share_pause(self) -> None:
+        """A 429 (or refused credentials) met by one daemon pauses all, within one tick.
+
+        This daemon's pause is written to the database; a longer one written by another is
+        taken over. Clocks of different hosts should agree to within a fraction of a second.
+        """
+        try:
+            now = self._clock()
+            mine = self._poller.pacer.paused_for()
+            if mine > 0:
+                until = now + timedelta(seconds=mine)
+                if self._shared_pause is None or until > self._shared_pause + PAUSE_SLACK:
+                    await self._store.pause_all(until)
+                    self._shared_pause = until
+            theirs = await self._store.paused_until()
+            if theirs is not None and theirs > now + PAUSE_SLACK:
+                if self._shared_pause is None or theirs > self._shared_pause:
+                    log.info("pause_shared", until=theirs.isoformat())
+                self._shared_pause = max(theirs, self._shared_pause or theirs)
+                self._poller.pacer.pause((theirs - now).total_seconds())
+        except Exception as exc:  # the database may be gone for a moment
+            log.warning("pause_sharing_failed", error=clip(str(exc)))
+
     async def _run(self, me: DaemonRecord, stop: asyncio.Event) -> None:
         scheduler = AsyncIOScheduler(timezone=UTC)
         # Beside live daemons, polling starts once each has beaten and taken its smaller share.
@@ -181,6 +207,7 @@ class Daemon:
         self._job = self._every(scheduler, self._tick, self._tick_seconds, start_in=settle)
         self._every(scheduler, self._watch_progress, self._tick_seconds)
         self._every(scheduler, functools.partial(self._beat, me), HEARTBEAT.total_seconds())
+        self._every(scheduler, self._share_pause, self._tick_seconds)
         async with contextlib.AsyncExitStack() as leases:
             await leases.enter_async_context(renewing(self._claims))
             if self._dispatcher is not None:

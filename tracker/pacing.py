@@ -56,6 +56,10 @@ class Pacer:
         """
         self._set_rate(self._rate / max(members, 1))
 
+    def paused_for(self) -> float:
+        """Seconds the current pause still holds every request back (0 when none)."""
+        return max(0.0, self._paused_until - self._clock())
+
     def pause(self, seconds: float) -> None:
         """Start no request for ``seconds`` from now (a longer pause already set stays)."""
         self._paused_until = max(self._paused_until, self._clock() + seconds)

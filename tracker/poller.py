@@ -17,6 +17,7 @@ from tracker.clock import utc_now
 from tracker.diff import decide
 from tracker.errors import RateLimited, UpstreamError, clip
 from tracker.model import Claim, MeterOrder, StatusChange, Transition
+from tracker.pacing import Pacer
 from tracker.routing import route
 from tracker.schedule import PollingPolicy
 from tracker.sinks.render import event_body
@@ -57,9 +58,10 @@ class Poller:
         self._rng = rng
         self._routes = routes or {}
 
-    def share_budget(self, members: int) -> None:
-        """Poll within ``1 / members`` of the request budget (several daemons share it)."""
-        self._client.share_budget(members)
+    @property
+    def pacer(self) -> Pacer:
+        """The upstream client's pace: daemons share its budget and its pauses."""
+        return self._client.pacer
 
     async def poll(self, claim: Claim) -> PollOutcome:
         """Fetch the order and decide; never raises.

@@ -183,9 +183,10 @@ class NomosClient:
         self._credentials = credentials
         self._auth_pause = AUTH_PAUSE
 
-    def share_budget(self, members: int) -> None:
-        """Spend ``1 / members`` of ``requests_per_second`` (several daemons, one budget)."""
-        self._pacer.share(members)
+    @property
+    def pacer(self) -> Pacer:
+        """The pace every request keeps: shared budget, pauses."""
+        return self._pacer
 
     async def fetch(self, order_id: str) -> MeterOrder:
         """Fetch and parse one meter order, or raise an :class:`UpstreamError` subclass."""

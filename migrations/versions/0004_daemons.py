@@ -1,4 +1,4 @@
-"""daemons and claim owners: who runs, where, since when; whose each lease is
+"""daemons, claim owners and the fleet's pause: who runs; whose each lease is; who waits
 
 Revision ID: 0004
 Revises: 0003
@@ -7,7 +7,8 @@ Create Date: 2026-11-30
 ``daemons`` has no index beyond its primary key: it holds one row per running daemon, read whole
 by ``tracker status`` and by a daemon joining. ``leased_by`` on ``watched_orders`` and
 ``deliveries`` names the process whose claim a lease is; it is read only together with rows the
-existing keys find.
+existing keys find. ``fleet`` holds one row (id 1): the pause after a 429 that every daemon
+keeps.
 """
 
 from __future__ import annotations
@@ -35,6 +36,13 @@ def upgrade() -> None:
         sa.Column("heartbeat_at", time, nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_daemons")),
     )
+    fleet = op.create_table(
+        "fleet",
+        sa.Column("id", sa.Integer(), autoincrement=False, nullable=False),
+        sa.Column("paused_until", time, nullable=True),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_fleet")),
+    )
+    op.bulk_insert(fleet, [{"id": 1, "paused_until": None}])
     for table in ("watched_orders", "deliveries"):
         with op.batch_alter_table(table) as batch_op:
             batch_op.add_column(sa.Column("leased_by", sa.String(length=40), nullable=True))
@@ -45,4 +53,5 @@ def downgrade() -> None:
     for table in ("watched_orders", "deliveries"):
         with op.batch_alter_table(table) as batch_op:
             batch_op.drop_column("leased_by")
+    op.drop_table("fleet")
     op.drop_table("daemons")

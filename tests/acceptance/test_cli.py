@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import bisect
 import json
+import math
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -22,6 +24,7 @@ from tests.support import (
     tracker_cli,
     write_config,
 )
+from tracker.httpserver import Response
 
 #: Every test here runs on SQLite and on PostgreSQL.
 pytestmark = pytest.mark.usefixtures("database")
@@ -331,3 +334,45 @@ class TestSharedBudget:
                 if e["event"] == "budget_shared"
             ]
             assert shares[-1] == 2
+
+    @pytest.mark.parametrize("database", ["postgresql"], indirect=True)
+    async def test_a_429_met_by_one_daemon_pauses_both(
+        self, upstream: Upstream, tmp_path: Path
+    ) -> None:
+        scripted, url = upstream
+        armed_at, fired_at = math.inf, math.inf
+        answer, refuse = ok("ordered"), error(429, {"Retry-After": "3"})
+
+        async def once_refused(order_id: str) -> Response | None:
+            nonlocal fired_at
+            if time.monotonic() >= armed_at and fired_at == math.inf:
+                fired_at = time.monotonic()
+                return await refuse(order_id)
+            return await answer(order_id)
+
+        ids = [f"prdo_{n:024d}" for n in range(300)]
+        for order_id in ids:
+            scripted.script(order_id, once_refused)
+        path = config(
+            tmp_path,
+            url,
+            upstream={"requests_per_second": 10, "max_concurrency": 4},
+            polling={"interval": "1h"},
+            watch={"orders": ids},
+        )
+        daemons = [await start_daemon(path)]
+        try:
+            await live_daemons(path, 1)
+            daemons.append(await start_daemon(path))
+            await live_daemons(path, 2)
+            await asyncio.sleep(8)  # both poll, each within its share
+            armed_at = time.monotonic()
+            await asyncio.sleep(6)
+        finally:
+            for daemon in daemons:
+                await stop(daemon)
+        assert fired_at != math.inf
+        arrivals = [s.at for s in scripted.seen if s.path.startswith("/meter-orders/")]
+        # The other daemon takes the pause within a tick; then nobody asks until it ends.
+        assert [t for t in arrivals if fired_at + 1.5 < t < fired_at + 2.8] == []
+        assert [t for t in arrivals if t > fired_at + 3]  # and both carry on after it

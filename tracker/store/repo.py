@@ -40,7 +40,14 @@ from tracker.model import (
     WatchedOrder,
 )
 from tracker.store.packing import pack_body, unpack_body
-from tracker.store.tables import daemons, deliveries, snapshots, transitions, watched_orders
+from tracker.store.tables import (
+    daemons,
+    deliveries,
+    fleet,
+    snapshots,
+    transitions,
+    watched_orders,
+)
 
 w = watched_orders
 
@@ -515,6 +522,26 @@ class Store:
                 .order_by(daemons.c.started_at)
             )
             return [_daemon(row) for row in rows]
+
+    async def pause_all(self, until: datetime) -> None:
+        """Hold every daemon's requests back until ``until`` (a longer pause already set stays)."""
+        async with self._engine.begin() as conn:
+            await conn.execute(
+                update(fleet)
+                .where(
+                    fleet.c.id == 1,
+                    or_(fleet.c.paused_until.is_(None), fleet.c.paused_until < until),
+                )
+                .values(paused_until=until)
+            )
+
+    async def paused_until(self) -> datetime | None:
+        """Until when every daemon's requests are held back, if ever set."""
+        async with self._engine.connect() as conn:
+            paused: datetime | None = (
+                await conn.execute(select(fleet.c.paused_until).where(fleet.c.id == 1))
+            ).scalar()
+            return paused
 
     async def overview(self, *, stale_before: datetime) -> Overview:
         """Daemons, orders by status and state, deliveries by sink and state, last success."""

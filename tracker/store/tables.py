@@ -157,6 +157,14 @@ deliveries = Table(
     Index(None, "state", "sink", "next_attempt_at"),
 )
 
+#: What all daemons share beyond the schedule: one row, the pause every request keeps.
+fleet = Table(
+    "fleet",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("paused_until", UTCDateTime),
+)
+
 #: The running daemons: each registers on start, beats every few seconds and leaves on stop.
 daemons = Table(
     "daemons",
