@@ -172,8 +172,9 @@ class Daemon:
             now = self._clock()
             if not await self._store.heartbeat(me, now=now):
                 log.warning("daemon_registered_again", daemon=me.id)
-            live = await self._store.daemons(stale_before=now - STALE_AFTER)
-            self._share_budget(max(len(live), 1))
+            if self._store.shared:
+                live = await self._store.daemons(stale_before=now - STALE_AFTER)
+                self._share_budget(max(len(live), 1))
         except Exception as exc:  # the database may be gone for a moment
             log.warning("heartbeat_failed", daemon=me.id, error=clip(str(exc)))
 
@@ -195,7 +196,7 @@ class Daemon:
             if theirs is not None and theirs > now + PAUSE_SLACK:
                 if self._shared_pause is None or theirs > self._shared_pause:
                     log.info("pause_shared", until=theirs.isoformat())
-                self._shared_pause = max(theirs, self._shared_pause or theirs)
+                    self._shared_pause = theirs
                 self._poller.pacer.pause((theirs - now).total_seconds())
         except Exception as exc:  # the database may be gone for a moment
             log.warning("pause_sharing_failed", error=clip(str(exc)))
@@ -207,7 +208,8 @@ class Daemon:
         self._job = self._every(scheduler, self._tick, self._tick_seconds, start_in=settle)
         self._every(scheduler, self._watch_progress, self._tick_seconds)
         self._every(scheduler, functools.partial(self._beat, me), HEARTBEAT.total_seconds())
-        self._every(scheduler, self._share_pause, self._tick_seconds)
+        if self._store.shared:  # on SQLite this daemon is the only one
+            self._every(scheduler, self._share_pause, self._tick_seconds)
         async with contextlib.AsyncExitStack() as leases:
             await leases.enter_async_context(renewing(self._claims))
             if self._dispatcher is not None:

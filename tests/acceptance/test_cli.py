@@ -17,6 +17,7 @@ import pytest
 from tests.support import (
     ROOT,
     STATIC_TOKEN,
+    Action,
     ScriptedUpstream,
     error,
     ok,
@@ -296,6 +297,20 @@ def busiest_second(arrivals: list[float]) -> int:
     return max((bisect.bisect_left(times, t + 1.0) - i for i, t in enumerate(times)), default=0)
 
 
+def busy_orders(tmp_path: Path, url: str, scripted: ScriptedUpstream, action: Action) -> str:
+    """300 watched orders due at once, each answering ``action``, within 10 requests a second."""
+    ids = [f"prdo_{n:024d}" for n in range(300)]
+    for order_id in ids:
+        scripted.script(order_id, action)
+    return config(
+        tmp_path,
+        url,
+        upstream={"requests_per_second": 10, "max_concurrency": 4},
+        polling={"interval": "1h"},
+        watch={"orders": ids},
+    )
+
+
 class TestSharedBudget:
     """Daemons on one PostgreSQL split `requests_per_second`, also while one joins."""
 
@@ -304,16 +319,7 @@ class TestSharedBudget:
         self, upstream: Upstream, tmp_path: Path
     ) -> None:
         scripted, url = upstream
-        ids = [f"prdo_{n:024d}" for n in range(300)]
-        for order_id in ids:
-            scripted.script(order_id, ok("ordered"))
-        path = config(
-            tmp_path,
-            url,
-            upstream={"requests_per_second": 10, "max_concurrency": 4},
-            polling={"interval": "1h"},
-            watch={"orders": ids},
-        )
+        path = busy_orders(tmp_path, url, scripted, ok("ordered"))
         first = await start_daemon(path, logs=True)
         second: asyncio.subprocess.Process | None = None
         try:
@@ -350,16 +356,7 @@ class TestSharedBudget:
                 return await refuse(order_id)
             return await answer(order_id)
 
-        ids = [f"prdo_{n:024d}" for n in range(300)]
-        for order_id in ids:
-            scripted.script(order_id, once_refused)
-        path = config(
-            tmp_path,
-            url,
-            upstream={"requests_per_second": 10, "max_concurrency": 4},
-            polling={"interval": "1h"},
-            watch={"orders": ids},
-        )
+        path = busy_orders(tmp_path, url, scripted, once_refused)
         daemons = [await start_daemon(path)]
         try:
             await live_daemons(path, 1)

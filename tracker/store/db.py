@@ -148,7 +148,7 @@ def upgrade(url: str) -> list[str]:
             connection = engine.connect()
         except SQLAlchemyError as exc:  # unreachable, refused credentials, no such database
             raise StoreError(
-                f"database.url: cannot connect to {where(url)}: {_cause(exc)}"
+                f"database.url: cannot connect to {_where(url)}: {_cause(exc)}"
             ) from exc
         with connection, connection.begin():
             if connection.dialect.name == "postgresql":
@@ -173,7 +173,7 @@ def upgrade(url: str) -> list[str]:
     return [f"{current or 'empty'} -> {applied}"]
 
 
-def where(url: str) -> str:
+def _where(url: str) -> str:
     """Where ``url`` points, without its password: ``host:port/database`` or the file."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":

@@ -36,6 +36,7 @@ from tracker.model import (
     DueDelivery,
     MeterOrder,
     Snapshot,
+    StatusChange,
     Transition,
     WatchedOrder,
 )
@@ -675,9 +676,20 @@ async def _record_change(
     change = decision.change
     if change is None or outcome.event_id is None:
         return []
+    return [await _record_transition(conn, outcome, change, outcome.event_id, snapshot_id)]
+
+
+async def _record_transition(
+    conn: AsyncConnection,
+    outcome: PollOutcome,
+    change: StatusChange,
+    event_id: str,
+    snapshot_id: int,
+) -> Transition:
+    """The transition a stored snapshot revealed, with its outbox rows, in the same transaction."""
     transition = Transition(
-        event_id=outcome.event_id,
-        order_id=order.id,
+        event_id=event_id,
+        order_id=outcome.claim.order_id,
         from_status=change.from_status,
         to_status=change.to_status,
         kind=change.classification.kind.value,
@@ -714,7 +726,7 @@ async def _record_change(
                 for sink in outcome.sinks
             ],
         )
-    return [transition]
+    return transition
 
 
 def _quiet_values(outcome: PollOutcome) -> dict[str, Any]:
