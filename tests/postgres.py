@@ -52,10 +52,20 @@ def _free_port() -> int:
 class Cluster:
     """A running server on 127.0.0.1:``port``, trusting local connections as ``postgres``."""
 
-    def __init__(self, folder: Path, port: int) -> None:
+    def __init__(self, folder: Path, port: int, pg_ctl: list[str], settings: str) -> None:
         self.folder = folder
         self.port = port
+        self._pg_ctl = pg_ctl
+        self._settings = settings
         self._numbers = itertools.count(1)
+
+    def stop(self) -> None:
+        """Stop the server as an outage would: every connection is cut at once."""
+        _as_server_user([*self._pg_ctl, "-w", "-m", "immediate", "stop"])
+
+    def start(self) -> None:
+        """Start the server again on the same port, with the same data."""
+        _as_server_user([*self._pg_ctl, "-w", "-o", self._settings, "start"])
 
     def url(self, database: str) -> str:
         """The tracker's ``database.url`` for one database of this cluster."""
@@ -112,8 +122,8 @@ def running_cluster() -> Iterator[Cluster]:
     pg_ctl = [str(binaries / "pg_ctl"), "-D", str(data), "-l", str(folder / "server.log")]
     try:
         _as_server_user([*initdb, "-E", "UTF8", "--no-sync"])
-        _as_server_user([*pg_ctl, "-w", "-o", settings, "start"])
-        cluster = Cluster(folder, port)
+        cluster = Cluster(folder, port, pg_ctl, settings)
+        cluster.start()
         with cluster.admin() as conn:
             conn.execute(f"CREATE DATABASE {TEMPLATE}")
         upgrade(cluster.url(TEMPLATE))

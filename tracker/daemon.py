@@ -20,6 +20,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from tracker.batching import BatchWriter
 from tracker.errors import ConfigError, clip
 from tracker.model import HEARTBEAT, STALE_AFTER, Claim, DaemonRecord, Transition
+from tracker.outage import Outage
 from tracker.outbox import Dispatcher
 from tracker.poller import Clock, Poller, log_transitions
 from tracker.store import PollOutcome, Store
@@ -93,14 +94,20 @@ class Daemon:
         tick: float = 1.0,
         on_transition: TransitionListener | None = None,
         dispatcher: Dispatcher | None = None,
+        outage: Outage | None = None,
     ) -> None:
         self._store = store
+        self._outage = outage or Outage(store.where)
         self._poller = poller
         self._clock = clock
         self._workers = workers
         self._capacity = capacity
         self._claims: HeldClaims[str] = HeldClaims(
-            name="orders", lease=lease, clock=clock, extend=store.extend_leases
+            name="orders",
+            lease=lease,
+            clock=clock,
+            extend=store.extend_leases,
+            outage=self._outage,
         )
         self._stop_grace = stop_grace
         self._stall_after = stall_after
@@ -112,6 +119,7 @@ class Daemon:
         self._dispatch_job: Job | None = None
         self._in_flight: set[str] = set()
         self._stopping = False
+        self._stop = asyncio.Event()
         self._progress_at = time.monotonic()
         self._ticked_at = 0.0
         self._tick_error: str | None = None
@@ -136,7 +144,12 @@ class Daemon:
         try:
             await self._run(me, stop)
         finally:
-            await self._store.forget_daemons([me.id])
+            try:
+                await self._store.forget_daemons([me.id])
+            except Exception as exc:
+                if not self._outage.failed(exc, doing="leaving"):
+                    raise
+                # Its row goes stale and the others (or its next start) remove it.
 
     async def _join(self) -> DaemonRecord:
         """Register this daemon; alone, it takes over every lease a crashed one left behind."""
@@ -167,16 +180,46 @@ class Daemon:
             log.info("budget_shared", daemons=members)
 
     async def _beat(self, me: DaemonRecord) -> None:
-        """Tell the others this daemon lives; a failed beat is logged and the next one retries."""
+        """Tell the others this daemon lives, and take over the claims of those that are gone.
+
+        A daemon is gone when its pid no longer runs on this host, or when its heartbeat is
+        stale. Right after an outage of the database every heartbeat is stale, so for one
+        stale period only dead pids count.
+        """
+        if not self._outage.due():
+            return
         try:
             now = self._clock()
             if not await self._store.heartbeat(me, now=now):
                 log.warning("daemon_registered_again", daemon=me.id)
             if self._store.shared:
-                live = await self._store.daemons(stale_before=now - STALE_AFTER)
-                self._share_budget(max(len(live), 1))
-        except Exception as exc:  # the database may be gone for a moment
-            log.warning("heartbeat_failed", daemon=me.id, error=clip(str(exc)))
+                others = [d for d in await self._store.daemons() if d.id != me.id]
+                stale = now - STALE_AFTER if self._outage.calm_for(STALE_AFTER) else None
+                gone = [
+                    d
+                    for d in others
+                    if gone_from_this_host(d) or (stale is not None and d.heartbeat_at < stale)
+                ]
+                if gone:
+                    await self._take_over(gone)
+                self._share_budget(1 + len(others) - len(gone))
+            self._outage.succeeded()
+        except Exception as exc:
+            if not self._outage.failed(exc, doing="heartbeat"):
+                log.warning("heartbeat_failed", daemon=me.id, error=clip(str(exc)))
+
+    async def _take_over(self, gone: list[DaemonRecord]) -> None:
+        """Release the claims of gone daemons: the next tick takes their due orders."""
+        taken = await self._store.forget_daemons([d.id for d in gone])
+        for daemon in gone:
+            log.warning(
+                "daemon_gone",
+                daemon=daemon.id,
+                host=daemon.host,
+                pid=daemon.pid,
+                heartbeat_at=daemon.heartbeat_at.isoformat(),
+            )
+        log.info("claims_taken_over", orders=taken.orders, deliveries=taken.deliveries)
 
     async def _share_pause(self) -> None:
         """A 429 (or refused credentials) met by one daemon pauses all, within one tick.
@@ -184,6 +227,8 @@ class Daemon:
         This daemon's pause is written to the database; a longer one written by another is
         taken over. Clocks of different hosts should agree to within a fraction of a second.
         """
+        if not self._outage.due():
+            return
         try:
             now = self._clock()
             mine = self._poller.pacer.paused_for()
@@ -198,8 +243,10 @@ class Daemon:
                     log.info("pause_shared", until=theirs.isoformat())
                     self._shared_pause = theirs
                 self._poller.pacer.pause((theirs - now).total_seconds())
-        except Exception as exc:  # the database may be gone for a moment
-            log.warning("pause_sharing_failed", error=clip(str(exc)))
+            self._outage.succeeded()
+        except Exception as exc:
+            if not self._outage.failed(exc, doing="sharing a pause"):
+                log.warning("pause_sharing_failed", error=clip(str(exc)))
 
     async def _run(self, me: DaemonRecord, stop: asyncio.Event) -> None:
         scheduler = AsyncIOScheduler(timezone=UTC)
@@ -234,6 +281,7 @@ class Daemon:
                 await stop.wait()
             finally:
                 self._stopping = True
+                self._stop.set()
                 scheduler.pause()
                 await self._tick_idle.wait()  # a claim in progress lands before hand-back
                 await self._dispatch_idle.wait()
@@ -249,6 +297,8 @@ class Daemon:
         ``stall_after`` seconds, as when every worker hangs, every request is paused or every
         write fails.
         """
+        if (outage := self._outage.describe()) is not None:
+            return outage
         if self._tick_error is not None:
             return f"claiming due orders failed: {self._tick_error}"
         since_tick = time.monotonic() - self._ticked_at
@@ -283,13 +333,17 @@ class Daemon:
         if self._stopping:
             return
         self._ticked_at = time.monotonic()
+        if not self._outage.due():
+            return
         self._tick_idle.clear()
         try:
             await self._claim_due()
             self._tick_error = None
+            self._outage.succeeded()
         except Exception as exc:
-            self._tick_error = f"{type(exc).__name__}: {exc}".splitlines()[0]
-            log.exception("tick_failed")
+            if not self._outage.failed(exc, doing="claiming due orders"):
+                self._tick_error = f"{type(exc).__name__}: {exc}".splitlines()[0]
+                log.exception("tick_failed")
         finally:
             self._tick_idle.set()
 
@@ -319,7 +373,7 @@ class Daemon:
         self._stalled = reason
 
     async def _dispatch(self) -> None:
-        if self._stopping or self._dispatcher is None:
+        if self._stopping or self._dispatcher is None or not self._outage.due():
             return
         self._dispatch_idle.clear()
         try:
@@ -327,8 +381,10 @@ class Daemon:
             while self._dispatch_again and not self._stopping:
                 self._dispatch_again = False
                 await self._dispatcher.tick()
-        except Exception:
-            log.exception("dispatch_failed")
+            self._outage.succeeded()
+        except Exception as exc:
+            if not self._outage.failed(exc, doing="claiming deliveries"):
+                log.exception("dispatch_failed")
         finally:
             self._dispatch_idle.set()
 
@@ -372,8 +428,13 @@ class Daemon:
         self.polls += 1
 
     async def _record(self, batch: list[PollOutcome]) -> None:
+        """Write a batch; while the database is gone it is kept and written when it returns."""
         try:
-            transitions = await self._store.record(batch)
+            transitions = await self._outage.retrying(
+                functools.partial(self._store.record, batch),
+                doing="recording polls",
+                stop=self._stop,
+            )
         finally:
             # Written, or (on failure) left to expire and be polled again.
             self._claims.drop([outcome.claim.order_id for outcome in batch])
@@ -403,8 +464,13 @@ class Daemon:
             await self._dispatcher.stop(self._stop_grace)
         if waiting or abandoned:
             self._claims.drop(waiting + abandoned)
-            await self._store.release(waiting + abandoned)
-            log.info("polls_handed_back", waiting=len(waiting), abandoned=len(abandoned))
+            try:
+                await self._store.release(waiting + abandoned)
+            except Exception as exc:  # their leases expire instead
+                if not self._outage.failed(exc, doing="handing polls back"):
+                    raise
+            else:
+                log.info("polls_handed_back", waiting=len(waiting), abandoned=len(abandoned))
 
 
 async def run_until_signalled(daemon: Daemon) -> None:

@@ -13,6 +13,7 @@ import structlog
 
 from tracker.batching import BatchWriter
 from tracker.model import DeliveryState, DueDelivery, SendResult
+from tracker.outage import Outage
 from tracker.schedule import plan_delivery
 from tracker.sinks.registry import Sink
 from tracker.store import Attempt, Store
@@ -60,18 +61,26 @@ class Dispatcher:
         clock: Callable[[], datetime],
         concurrency: int,
         lease: timedelta,
+        outage: Outage | None = None,
     ) -> None:
         self._store = store
+        #: In a daemon: a database outage is waited out, not logged per delivery.
+        self._outage = outage
         self._sinks = dict(sinks)
         self._backoff = tuple(backoff)
         self._clock = clock
         self._concurrency = concurrency
         self._claims: HeldClaims[int] = HeldClaims(
-            name="deliveries", lease=lease, clock=clock, extend=store.extend_delivery_leases
+            name="deliveries",
+            lease=lease,
+            clock=clock,
+            extend=store.extend_delivery_leases,
+            outage=outage,
         )
         self._window = window(concurrency)
         self._lanes = {name: _Lane(sink) for name, sink in sinks.items()}
         self._stopping = False
+        self._stop = asyncio.Event()
         # Attempts finish one by one; lingering lets a few hundred share a transaction. A crash
         # in between only repeats those attempts, which at-least-once allows.
         self._writer: BatchWriter[Attempt] = BatchWriter(
@@ -101,8 +110,13 @@ class Dispatcher:
         return self._claims
 
     async def _record(self, attempts: list[Attempt]) -> None:
+        """Write attempts; in a daemon, kept while the database is gone and written after."""
+        write = partial(self._store.record_attempts, attempts)
         try:
-            await self._store.record_attempts(attempts)
+            if self._outage is None:
+                await write()
+            else:
+                await self._outage.retrying(write, doing="recording deliveries", stop=self._stop)
         finally:
             self._claims.drop([attempt.delivery_id for attempt in attempts])
 
@@ -114,6 +128,7 @@ class Dispatcher:
     async def stop(self, grace: float) -> None:
         """Let in-flight sends finish within ``grace``; hand the rest back unattempted."""
         self._stopping = True
+        self._stop.set()
         workers = [task for lane in self._lanes.values() for task in lane.workers]
         for lane in self._lanes.values():
             lane.wake.set()
@@ -186,7 +201,11 @@ class Dispatcher:
             self._writer.put(attempt)
             if lane.more and len(lane.waiting) <= self._window // 2:
                 lane.more = False
-                await self._fill(lane)
+                try:
+                    await self._fill(lane)
+                except Exception as exc:  # the next tick claims again
+                    if self._outage is None or not self._outage.failed(exc, doing="claiming"):
+                        raise
 
     async def _send(self, sink: Sink, delivery: DueDelivery) -> Attempt:
         try:

@@ -13,6 +13,7 @@ from tracker.app import LEASE_MARGIN, Polling, polling_on
 from tracker.clock import utc_now
 from tracker.config import Settings
 from tracker.daemon import Daemon, TransitionListener
+from tracker.outage import Outage
 from tracker.outbox import Dispatcher, window
 from tracker.sinks.registry import build_sinks
 from tracker.store import Store, open_store
@@ -29,8 +30,13 @@ def delivery_lease(settings: Settings) -> timedelta:
 
 
 @asynccontextmanager
-async def open_outbox(settings: Settings, store: Store) -> AsyncIterator[Dispatcher]:
-    """A dispatcher over the configured sinks; their HTTP client is closed afterwards."""
+async def open_outbox(
+    settings: Settings, store: Store, *, outage: Outage | None = None
+) -> AsyncIterator[Dispatcher]:
+    """A dispatcher over the configured sinks; their HTTP client is closed afterwards.
+
+    With ``outage`` (in a daemon), a database outage is waited out rather than failing.
+    """
     limit = settings.delivery.max_concurrency * max(len(settings.sinks), 1)
     http = httpx.AsyncClient(
         timeout=httpx.Timeout(settings.delivery.timeout.total_seconds()),
@@ -47,6 +53,7 @@ async def open_outbox(settings: Settings, store: Store) -> AsyncIterator[Dispatc
             clock=utc_now,
             concurrency=settings.delivery.max_concurrency,
             lease=delivery_lease(settings),
+            outage=outage,
         )
     finally:
         await http.aclose()
@@ -57,6 +64,8 @@ class Service(Polling):
     """Polling and the outbox, from which the daemon is made."""
 
     dispatcher: Dispatcher
+    #: The database's reachability, as the daemon and its outbox both see it.
+    outage: Outage
 
     def daemon(self, on_transition: TransitionListener | None = None) -> Daemon:
         """A daemon over this store, poller and outbox, sized from the settings."""
@@ -76,6 +85,7 @@ class Service(Polling):
             + STALL_MARGIN,
             on_transition=on_transition,
             dispatcher=self.dispatcher,
+            outage=self.outage,
         )
 
 
@@ -86,11 +96,16 @@ async def open_service(settings: Settings) -> AsyncIterator[Service]:
     The sinks are built first: a template that does not compile stops the start before any
     configured order is watched.
     """
-    async with (
-        open_store(settings.database.url) as store,
-        open_outbox(settings, store) as dispatcher,
-        polling_on(settings, store) as polling,
-    ):
-        yield Service(
-            settings=settings, store=polling.store, poller=polling.poller, dispatcher=dispatcher
-        )
+    async with open_store(settings.database.url) as store:
+        outage = Outage(store.where)
+        async with (
+            open_outbox(settings, store, outage=outage) as dispatcher,
+            polling_on(settings, store) as polling,
+        ):
+            yield Service(
+                settings=settings,
+                store=polling.store,
+                poller=polling.poller,
+                dispatcher=dispatcher,
+                outage=outage,
+            )

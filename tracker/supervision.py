@@ -11,6 +11,8 @@ from typing import Any, Generic, Protocol, TypeVar
 
 import structlog
 
+from tracker.outage import Outage
+
 log = structlog.get_logger("tracker.supervision")
 
 K = TypeVar("K")
@@ -60,8 +62,10 @@ class HeldClaims(Generic[K]):
         lease: timedelta,
         clock: Callable[[], datetime],
         extend: Extend[K],
+        outage: Outage | None = None,
     ) -> None:
         self._name = name
+        self._outage = outage
         self._lease = lease
         self._clock = clock
         self._extend = extend
@@ -101,10 +105,13 @@ class HeldClaims(Generic[K]):
         """Push every held lease one lease ahead of now."""
         if not self._held:
             return
+        if self._outage is not None and not self._outage.due():
+            return
         try:
             await self._extend(list(self._held), lease_until=self.lease_until())
-        except Exception:
-            log.exception("lease_renewal_failed", claims=self._name, held=len(self._held))
+        except Exception as exc:
+            if self._outage is None or not self._outage.failed(exc, doing="renewing leases"):
+                log.exception("lease_renewal_failed", claims=self._name, held=len(self._held))
 
 
 @asynccontextmanager

@@ -308,6 +308,31 @@ class TestDaemonRegistry:
             assert await store.heartbeat(daemon("two", later), now=much_later) is False
             assert "dmn_two" in [d.id for d in await store.daemons(stale_before=later)]
 
+    async def test_a_gone_daemons_claims_are_released(self, database: str) -> None:
+        async with open_store(database) as gone, open_store(database) as live:
+            await gone.join(daemon("gone", T0), stale_before=T0 - STALE_AFTER)
+            gone.owner = "dmn_gone"  # its claims carry its daemon id, as a daemon's do
+            await gone.watch([A, B], source="cli", now=T0)
+            await gone.claim([A, B], lease_until=T0 + timedelta(hours=1))
+            assert await live.claim_due(now=T0, limit=10, lease_until=T0) == []
+            taken = await live.forget_daemons(["dmn_gone"])
+            assert (taken.orders, taken.deliveries) == (2, 0)
+            assert await live.daemons() == []
+            claimed = await live.claim_due(now=T0, limit=10, lease_until=T0 + timedelta(hours=1))
+            assert sorted(c.order_id for c in claimed) == [A, B]
+
+    async def test_a_starting_daemon_releases_the_claims_of_stale_ones(self, database: str) -> None:
+        async with open_store(database) as gone, open_store(database) as starting:
+            await gone.join(daemon("gone", T0), stale_before=T0 - STALE_AFTER)
+            gone.owner = "dmn_gone"
+            await gone.watch([A], source="cli", now=T0)
+            await gone.claim([A], lease_until=T0 + timedelta(hours=1))
+            later = T0 + STALE_AFTER + timedelta(seconds=1)
+            joined = await starting.join(daemon("new", later), stale_before=later - STALE_AFTER)
+            assert (joined.joined, joined.others) == (True, ())
+            (claim,) = await starting.claim_due(now=later, limit=10, lease_until=later)
+            assert claim.order_id == A
+
     async def test_overview_counts_in_the_database(self, database: str) -> None:
         async with open_store(database) as store:
             await store.watch([A, B], source="cli", now=T0)

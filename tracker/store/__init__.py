@@ -1,7 +1,7 @@
 """The database: tables, migrations and the repository that speaks domain words."""
 
 from tracker.store.db import connect, describe, open_store, upgrade
-from tracker.store.repo import Attempt, History, Joined, Overview, PollOutcome, Store
+from tracker.store.repo import Attempt, History, Joined, Overview, PollOutcome, Store, Taken
 
 __all__ = [
     "Attempt",
@@ -10,6 +10,7 @@ __all__ = [
     "Overview",
     "PollOutcome",
     "Store",
+    "Taken",
     "connect",
     "describe",
     "open_store",

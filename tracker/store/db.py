@@ -16,7 +16,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from tracker.errors import StoreError
-from tracker.store.repo import Store
+from tracker.store.repo import Store, where
 
 _ASYNC_DRIVERS = {"sqlite": "sqlite+aiosqlite", "postgresql": "postgresql+psycopg"}
 _SYNC_DRIVERS = {"sqlite": "sqlite", "postgresql": "postgresql+psycopg"}
@@ -148,7 +148,7 @@ def upgrade(url: str) -> list[str]:
             connection = engine.connect()
         except SQLAlchemyError as exc:  # unreachable, refused credentials, no such database
             raise StoreError(
-                f"database.url: cannot connect to {_where(url)}: {_cause(exc)}"
+                f"database.url: cannot connect to {where(make_url(url))}: {_cause(exc)}"
             ) from exc
         with connection, connection.begin():
             if connection.dialect.name == "postgresql":
@@ -171,14 +171,6 @@ def upgrade(url: str) -> list[str]:
     finally:
         engine.dispose()
     return [f"{current or 'empty'} -> {applied}"]
-
-
-def _where(url: str) -> str:
-    """Where ``url`` points, without its password: ``host:port/database`` or the file."""
-    parsed = make_url(url)
-    if parsed.get_backend_name() == "sqlite":
-        return f"the SQLite file {parsed.database}"
-    return f"{parsed.host or 'localhost'}:{parsed.port or 5432}/{parsed.database or ''}"
 
 
 def _cause(exc: BaseException) -> str:

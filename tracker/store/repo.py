@@ -25,6 +25,7 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from tracker.diff import Decision
@@ -111,6 +112,14 @@ class Joined:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Taken:
+    """How many claims of gone daemons were released, to be taken by the live ones."""
+
+    orders: int
+    deliveries: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Overview:
     """How the tracker stands, for ``tracker status``."""
 
@@ -164,6 +173,11 @@ class Store:
         #: took over an expired lease) holds another owner, so it never finds its work undone
         #: or overwritten by a process that lost its claim.
         self.owner = "own_" + base64.b32encode(os.urandom(10)).decode().lower()
+
+    @property
+    def where(self) -> str:
+        """Where the database is, for messages: never with its password."""
+        return where(self._engine.url)
 
     async def close(self) -> None:
         """Release the engine's connections."""
@@ -482,12 +496,14 @@ class Store:
     async def join(self, me: DaemonRecord, *, stale_before: datetime) -> Joined:
         """Register a starting daemon; on SQLite only when no other live daemon is registered.
 
-        Daemons whose heartbeat is older than ``stale_before`` are gone and removed first. That
-        delete is this transaction's first statement, so on SQLite it takes the write lock: two
-        daemons starting at once cannot both find the file free.
+        Daemons whose heartbeat is older than ``stale_before`` are gone: their claims are
+        released and their rows removed first. On SQLite the first statement takes the write
+        lock, so two daemons starting at once cannot both find the file free.
         """
         async with self._engine.begin() as conn:
-            await conn.execute(delete(daemons).where(daemons.c.heartbeat_at < stale_before))
+            stale = (daemons.c.heartbeat_at < stale_before,)
+            await _forget(conn, select(daemons.c.id).where(*stale).scalar_subquery())
+            await conn.execute(delete(daemons).where(*stale))
             rows = await conn.execute(select(daemons).order_by(daemons.c.started_at))
             others = tuple(_daemon(row) for row in rows)
             if others and not self.shared:
@@ -508,21 +524,22 @@ class Store:
             )
         return False
 
-    async def forget_daemons(self, ids: Sequence[str]) -> None:
-        """Remove daemons that left, or are known to be gone."""
-        if ids:
-            async with self._engine.begin() as conn:
-                await conn.execute(delete(daemons).where(daemons.c.id.in_(ids)))
+    async def forget_daemons(self, ids: Sequence[str]) -> Taken:
+        """Remove daemons that left or are gone, releasing what they still had claimed."""
+        if not ids:
+            return Taken(orders=0, deliveries=0)
+        async with self._engine.begin() as conn:
+            taken = await _forget(conn, ids)
+            await conn.execute(delete(daemons).where(daemons.c.id.in_(ids)))
+        return taken
 
-    async def daemons(self, *, stale_before: datetime) -> list[DaemonRecord]:
-        """The daemons whose heartbeat is not older than ``stale_before``, oldest first."""
+    async def daemons(self, *, stale_before: datetime | None = None) -> list[DaemonRecord]:
+        """The daemons whose heartbeat is not older than ``stale_before`` (or all), oldest first."""
+        query = select(daemons).order_by(daemons.c.started_at)
+        if stale_before is not None:
+            query = query.where(daemons.c.heartbeat_at >= stale_before)
         async with self._engine.connect() as conn:
-            rows = await conn.execute(
-                select(daemons)
-                .where(daemons.c.heartbeat_at >= stale_before)
-                .order_by(daemons.c.started_at)
-            )
-            return [_daemon(row) for row in rows]
+            return [_daemon(row) for row in await conn.execute(query)]
 
     async def pause_all(self, until: datetime) -> None:
         """Hold every daemon's requests back until ``until`` (a longer pause already set stays)."""
@@ -860,3 +877,23 @@ def _daemon_values(me: DaemonRecord) -> dict[str, Any]:
         "started_at": me.started_at,
         "heartbeat_at": me.heartbeat_at,
     }
+
+
+def where(url: URL) -> str:
+    """Where ``url`` points, without its password: ``host:port/database`` or the file."""
+    if url.get_backend_name() == "sqlite":
+        return f"the SQLite file {url.database}"
+    return f"{url.host or 'localhost'}:{url.port or 5432}/{url.database or ''}"
+
+
+async def _forget(conn: AsyncConnection, owners: Sequence[str] | Any) -> Taken:
+    """Release the claims held by ``owners`` (ids, or a subquery of them)."""
+    counts = []
+    for table in (w, deliveries):
+        result = await conn.execute(
+            update(table)
+            .where(table.c.leased_by.in_(owners))
+            .values(leased_until=None, leased_by=None)
+        )
+        counts.append(result.rowcount)
+    return Taken(orders=counts[0], deliveries=counts[1])
