@@ -32,6 +32,9 @@ bench: $(BIN)/tracker
 	$(BIN)/python benchmarks/bench_deliver.py
 	$(BIN)/python benchmarks/bench_hostile.py
 	$(BIN)/python benchmarks/bench_footprint.py
+	$(BIN)/python benchmarks/bench_fleet.py
+	$(BIN)/python benchmarks/bench_alerts.py
+	$(BIN)/python benchmarks/bench_export.py
 
 # Regenerate the locks (needs uv); they name packages, versions and hashes only.
 lock:

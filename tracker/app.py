@@ -65,6 +65,7 @@ async def polling_on(
             clock=utc_now,
             rng=random.Random(),
             routes=settings.routes(),
+            failing_after=settings.alerts.failing_after,
         )
         yield Polling(settings=settings, store=store, poller=poller)
     finally:

@@ -63,13 +63,20 @@ def _settings(ctx: typer.Context, config: str | None, *, logs: bool = True) -> S
     """
     from tracker import config as config_module
 
-    chosen = config or (ctx.find_root().obj or {}).get("config")
-    settings = config_module.load(config_module.resolve_path(chosen, os.environ))
+    settings = config_module.load(_config_path(ctx, config))
     if logs:
         from tracker.logs import configure as configure_logs
 
         configure_logs(settings.log, stream=sys.stderr)
     return settings
+
+
+def _config_path(ctx: typer.Context, config: str | None) -> Path:
+    """The configuration file named after the command, else before it, else the default."""
+    from tracker import config as config_module
+
+    chosen = config or (ctx.find_root().obj or {}).get("config")
+    return config_module.resolve_path(chosen, os.environ)
 
 
 def _run(coroutine: Coroutine[Any, Any, T]) -> T:
@@ -228,10 +235,11 @@ def status(
         now = utc_now()
         async with open_store(settings.database.url) as store:
             overview = await store.overview(stale_before=now - STALE_AFTER)
+        sinks = [entry.name for entry in settings.sinks]
         if as_json:
-            sys.stdout.write(json.dumps(status_json(overview, now), indent=2) + "\n")
+            sys.stdout.write(json.dumps(status_json(overview, now, sinks), indent=2) + "\n")
         else:
-            out.print(status_rich(overview, now))
+            out.print(status_rich(overview, now, sinks))
 
     _run(read())
 
@@ -306,6 +314,57 @@ def history(
     _run(read())
 
 
+@app.command("export")
+def export(
+    ctx: typer.Context,
+    *,
+    since: Annotated[
+        str | None,
+        typer.Option(
+            "--since",
+            metavar="DATE",
+            help="Required. From DATE on, inclusive: YYYY-MM-DD (midnight UTC) or ISO 8601 "
+            "with an offset.",
+            show_default=False,
+        ),
+    ] = None,
+    until: Annotated[
+        str | None, typer.Option("--until", metavar="DATE", help="Before DATE (exclusive).")
+    ] = None,
+    fmt: Annotated[
+        str,
+        typer.Option(
+            "--format",
+            metavar="csv|ndjson",
+            help="CSV with a header row, or one JSON object per line.",
+        ),
+    ] = "csv",
+    status: Annotated[
+        str | None, typer.Option("--status", metavar="S", help="Only transitions to status S.")
+    ] = None,
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", metavar="FILE", help="Write FILE, once complete, not stdout."),
+    ] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Transitions of a period, oldest first, with their delivery states, for reporting."""
+    from tracker.export import ExportRequest, output_file, stdout_stream
+    from tracker.export import export as write_export
+
+    request = ExportRequest.parse(since=since, until=until, fmt=fmt, status=status)
+    settings = _settings(ctx, config, logs=False)
+    if output is not None:
+        with output_file(output) as stream:
+            _run(write_export(settings.database.url, request, stream, terminal=False))
+        return
+    try:
+        with stdout_stream() as stream:
+            _run(write_export(settings.database.url, request, stream, terminal=sys.stdout.isatty()))
+    except BrokenPipeError:
+        raise typer.Exit(1) from None  # the reader stopped early (`| head`): nothing to add
+
+
 @deliveries_app.command("list")
 def deliveries_list(
     ctx: typer.Context,
@@ -317,15 +376,18 @@ def deliveries_list(
     config: ConfigOption = None,
 ) -> None:
     """Deliveries, oldest first, with their state, attempts and last answer."""
+    import functools
+
     from tracker.views import deliveries_table, delivery_dict
 
     settings = _settings(ctx, config, logs=False)
     chosen = state.value if state else None
+    sinks = {entry.name for entry in settings.sinks}
     _list(
         settings,
         lambda store: store.deliveries(state=chosen, sink=sink),
-        delivery_dict,
-        deliveries_table,
+        functools.partial(delivery_dict, sinks=sinks),
+        functools.partial(deliveries_table, sinks=sinks),
         as_json,
     )
 
@@ -406,17 +468,19 @@ def sinks_test(
 
 @app.command("run")
 def run(ctx: typer.Context, config: ConfigOption = None) -> None:
-    """The daemon: polls on schedule until SIGTERM or SIGINT."""
+    """The daemon: polls on schedule until SIGTERM or SIGINT; SIGHUP reloads the configuration."""
     from tracker.daemon import run_until_signalled
     from tracker.logs import configure as configure_logs
-    from tracker.service import open_service
+    from tracker.service import Reloader, open_service
 
     settings = _settings(ctx, config)
     configure_logs(settings.log)
 
     async def daemon() -> None:
         async with open_service(settings) as service:
-            await run_until_signalled(service.daemon())
+            daemon = service.daemon()
+            reload = Reloader(_config_path(ctx, config), service, daemon)
+            await run_until_signalled(daemon, reload)
 
     _run(daemon())
 

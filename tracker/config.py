@@ -8,9 +8,11 @@ import os
 import re
 import tomllib
 from collections.abc import Mapping
-from datetime import timedelta
+from dataclasses import dataclass
+from datetime import UTC, datetime, time, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
     BaseModel,
@@ -157,6 +159,25 @@ class DeliverySettings(_Section):
     timeout: Duration = timedelta(seconds=10)
 
 
+class AlertSettings(_Section):
+    """``[alerts]``: orders that stay too long in a status, or whose polls keep failing."""
+
+    #: The longest normal stay per status (``waiting = "14d"``); longer raises ``stuck``.
+    stuck: dict[str, Duration] = Field(default_factory=dict)
+    #: Failed polls in a row that raise ``poll_failing``; absent: never.
+    failing_after: int | None = Field(default=None, ge=1)
+
+    @field_validator("stuck")
+    @classmethod
+    def _statuses(cls, value: dict[str, timedelta]) -> dict[str, timedelta]:
+        for status, threshold in value.items():
+            if not is_known(status):
+                raise ValueError(f"unknown status {status!r}; known: {_KNOWN_STATUS_NAMES}")
+            if threshold <= timedelta(0):
+                raise ValueError(f"the threshold of {status!r} must be longer than zero")
+        return value
+
+
 class LogSettings(_Section):
     """``[log]``: format and level of the structured log."""
 
@@ -213,6 +234,9 @@ class _SinkBase(_Section):
         for pattern in value:
             if pattern == "*":  # the contract's own example: every transition, same as "*->*"
                 continue
+            if "->" not in pattern:
+                _alert_pattern(pattern)
+                continue
             sides = pattern.split("->")
             if len(sides) != 2:
                 raise ValueError(f"pattern {pattern!r} is not FROM->TO (each a status or *)")
@@ -223,6 +247,52 @@ class _SinkBase(_Section):
                         f"known: {_KNOWN_STATUS_NAMES}"
                     )
         return value
+
+
+@dataclass(frozen=True, slots=True)
+class DigestTime:
+    """A time of day in a zone: when a daily digest is due."""
+
+    at: time
+    zone: ZoneInfo
+
+    def last_due(self, now: datetime) -> datetime:
+        """The latest due moment at or before ``now`` (UTC), across DST changes."""
+        local = now.astimezone(self.zone)
+        due = datetime.combine(local.date(), self.at, tzinfo=self.zone)
+        if due > local:
+            due = datetime.combine(local.date() - timedelta(days=1), self.at, tzinfo=self.zone)
+        return due.astimezone(UTC)
+
+
+def parse_digest_time(value: str) -> DigestTime:
+    """``"08:00 Europe/Berlin"`` (an IANA zone; ``UTC`` is one)."""
+    clock, _, zone = value.strip().partition(" ")
+    match = re.fullmatch(r"([01]\d|2[0-3]):([0-5]\d)", clock)
+    if match is None or not zone.strip():
+        raise ValueError(f'{value!r} is not HH:MM ZONE, e.g. "08:00 Europe/Berlin"')
+    try:
+        info = ZoneInfo(zone.strip())
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(
+            f"unknown time zone {zone.strip()!r}: use an IANA name like Europe/Berlin or UTC"
+        ) from None
+    return DigestTime(at=time(int(match.group(1)), int(match.group(2))), zone=info)
+
+
+def _alert_pattern(pattern: str) -> None:
+    kind, colon, status = pattern.partition(":")
+    if kind == "stuck" and colon and (status == "*" or is_known(status)):
+        return
+    if kind == "stuck" and colon:
+        raise ValueError(
+            f"pattern {pattern!r} names unknown status {status!r}; known: {_KNOWN_STATUS_NAMES}"
+        )
+    if pattern not in {"poll_failing", "poll_recovered"}:
+        raise ValueError(
+            f"pattern {pattern!r} is not FROM->TO (each a status or *) nor an alert kind "
+            '("stuck:STATUS", "stuck:*", "poll_failing", "poll_recovered")'
+        )
 
 
 class WebhookSinkSettings(_SinkBase):
@@ -260,6 +330,19 @@ class EmailSinkSettings(_SinkBase):
     type: Literal["email"]
     to: tuple[str, ...] = Field(min_length=1)
     templates: Path | None = None
+    #: ``"08:00 Europe/Berlin"``: one message a day at that time instead of one per event.
+    digest: str | None = None
+
+    @field_validator("digest")
+    @classmethod
+    def _daily(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_digest_time(value)
+        return value
+
+    def digest_time(self) -> DigestTime | None:
+        """When this sink's daily digest is due, if it has one."""
+        return parse_digest_time(self.digest) if self.digest is not None else None
 
     @field_validator("templates")
     @classmethod
@@ -288,6 +371,7 @@ class Settings(_Section):
     polling: PollingSettings = PollingSettings()
     watch: WatchSettings = WatchSettings()
     delivery: DeliverySettings = DeliverySettings()
+    alerts: AlertSettings = AlertSettings()
     log: LogSettings = LogSettings()
     smtp: SmtpSettings = SmtpSettings()
     sinks: tuple[SinkSettings, ...] = ()
@@ -302,8 +386,15 @@ class Settings(_Section):
         return value
 
     def routes(self) -> Mapping[str, tuple[str, ...]]:
-        """Each sink's ``on`` patterns, by name, in configuration order."""
-        return {entry.name: entry.on for entry in self.sinks}
+        """Each sink's ``on`` patterns, by name, in configuration order.
+
+        A sink with a daily digest gets no message per event: its digest holds them.
+        """
+        return {
+            entry.name: entry.on
+            for entry in self.sinks
+            if not (isinstance(entry, EmailSinkSettings) and entry.digest is not None)
+        }
 
 
 def resolve_path(explicit: str | None, environ: Mapping[str, str]) -> Path:

@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import math
 import os
 import signal
 import socket
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -17,12 +18,16 @@ import structlog
 from apscheduler.job import Job
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
+from tracker import alerts
 from tracker.batching import BatchWriter
+from tracker.config import Settings
+from tracker.digest import raise_due_digests
 from tracker.errors import ConfigError, clip
 from tracker.model import HEARTBEAT, STALE_AFTER, Claim, DaemonRecord, Transition
 from tracker.outage import Outage
 from tracker.outbox import Dispatcher
 from tracker.poller import Clock, Poller, log_transitions
+from tracker.sinks.registry import Sink
 from tracker.store import PollOutcome, Store
 from tracker.supervision import HeldClaims, renewing, supervised
 
@@ -34,6 +39,12 @@ PAUSE_SLACK = timedelta(seconds=0.5)
 #: Seconds without a tick after which the daemon is unready: ten missed ticks of one second
 #: mean a claim is stuck (the database locked or gone), not that a tick ran late.
 TICK_STALE = 10.0
+#: Seconds between two stuck checks: a stay is reported within this of crossing its threshold.
+STUCK_CHECK = 10.0
+#: Stays reported per round: one query per status, one transaction in all.
+STUCK_BATCH = 1000
+#: Seconds between two looks for a due digest (one key lookup per digest sink).
+DIGEST_CHECK = 60.0
 
 
 def identity(daemon_id: str, now: datetime) -> DaemonRecord:
@@ -95,9 +106,14 @@ class Daemon:
         on_transition: TransitionListener | None = None,
         dispatcher: Dispatcher | None = None,
         outage: Outage | None = None,
+        settings: Settings | None = None,
     ) -> None:
         self._store = store
         self._outage = outage or Outage(store.where)
+        #: The configuration in force: alerts and digests read it. None: neither.
+        self._settings = settings
+        self._stuck: dict[str, timedelta] = dict(settings.alerts.stuck) if settings else {}
+        self._routes: Mapping[str, Sequence[str]] = settings.routes() if settings else {}
         self._poller = poller
         self._clock = clock
         self._workers = workers
@@ -132,6 +148,7 @@ class Daemon:
         self._more_due = False
         self._job: Job | None = None
         self._members = 1
+        self._share = (1, 0)
         self._shared_pause: datetime | None = None
         self.polls = 0
 
@@ -169,15 +186,19 @@ class Daemon:
         # With others alive, their claims are live: an abandoned one is taken when its lease ends.
         if not joined.others and (taken_over := await self._store.release_all()):
             log.info("leases_taken_over", orders=taken_over)
-        self._share_budget(1 + len(joined.others))
+        self._share_budget(1 + len(joined.others), rank=len(joined.others))
         return me
 
-    def _share_budget(self, members: int) -> None:
-        """Poll within ``1 / members`` of the budget: live daemons split it evenly."""
-        if members != self._members:
+    def _share_budget(self, members: int, rank: int) -> None:
+        """Poll within this daemon's share of the budget: live daemons split it in whole
+        requests, the oldest ``budget mod members`` of them one more each (``rank``: this
+        daemon's place among the live ones by start)."""
+        if (members, rank) != self._share:
+            self._share = (members, rank)
             self._members = members
-            self._poller.pacer.share(members)
-            log.info("budget_shared", daemons=members)
+            pacer = self._poller.pacer
+            pacer.share(members, rank)
+            log.info("budget_shared", daemons=members, rate=round(pacer.rate, 3))
 
     async def _beat(self, me: DaemonRecord) -> None:
         """Tell the others this daemon lives, and take over the claims of those that are gone.
@@ -193,16 +214,19 @@ class Daemon:
             if not await self._store.heartbeat(me, now=now):
                 log.warning("daemon_registered_again", daemon=me.id)
             if self._store.shared:
-                others = [d for d in await self._store.daemons() if d.id != me.id]
+                registered = await self._store.daemons()  # oldest first
                 stale = now - STALE_AFTER if self._outage.calm_for(STALE_AFTER) else None
                 gone = [
                     d
-                    for d in others
-                    if gone_from_this_host(d) or (stale is not None and d.heartbeat_at < stale)
+                    for d in registered
+                    if d.id != me.id
+                    and (gone_from_this_host(d) or (stale is not None and d.heartbeat_at < stale))
                 ]
                 if gone:
                     await self._take_over(gone)
-                self._share_budget(1 + len(others) - len(gone))
+                live = [d.id for d in registered if d not in gone]
+                rank = live.index(me.id) if me.id in live else len(live)
+                self._share_budget(max(len(live), rank + 1), rank)
             self._outage.succeeded()
         except Exception as exc:
             if not self._outage.failed(exc, doing="heartbeat"):
@@ -219,7 +243,8 @@ class Daemon:
                 pid=daemon.pid,
                 heartbeat_at=daemon.heartbeat_at.isoformat(),
             )
-        log.info("claims_taken_over", orders=taken.orders, deliveries=taken.deliveries)
+        if taken.orders or taken.deliveries:  # another live daemon may have been first
+            log.info("claims_taken_over", orders=taken.orders, deliveries=taken.deliveries)
 
     async def _share_pause(self) -> None:
         """A 429 (or refused credentials) met by one daemon pauses all, within one tick.
@@ -257,6 +282,8 @@ class Daemon:
         self._every(scheduler, functools.partial(self._beat, me), HEARTBEAT.total_seconds())
         if self._store.shared:  # on SQLite this daemon is the only one
             self._every(scheduler, self._share_pause, self._tick_seconds)
+        self._every(scheduler, self._check_stuck, STUCK_CHECK)
+        self._every(scheduler, self._send_digests, DIGEST_CHECK)
         async with contextlib.AsyncExitStack() as leases:
             await leases.enter_async_context(renewing(self._claims))
             if self._dispatcher is not None:
@@ -348,7 +375,10 @@ class Daemon:
             self._tick_idle.set()
 
     async def _claim_due(self) -> None:
-        room = self._capacity - self._queue.qsize()
+        # About two seconds of this daemon's share: a daemon that dies holds little, and what
+        # it held waits little behind the survivors' own queues.
+        depth = min(self._capacity, 2 * math.ceil(self._poller.pacer.rate) + self._workers)
+        room = depth - self._queue.qsize()
         if room <= 0:
             return
         now = self._clock()
@@ -371,6 +401,77 @@ class Daemon:
         elif reason is None and self._stalled is not None:
             log.info("polling_resumed")
         self._stalled = reason
+
+    async def reconfigure(self, settings: Settings, sinks: Mapping[str, Sink]) -> None:
+        """Work under a reloaded configuration: polls and sends that already began finish as
+        they began; everything that starts after this call uses the new settings."""
+        routes = settings.routes()
+        self._poller.reconfigure(
+            policy=settings.polling.policy(),
+            routes=routes,
+            failing_after=settings.alerts.failing_after,
+        )
+        self._stuck, self._routes = dict(settings.alerts.stuck), routes
+        self._settings = settings
+        if self._dispatcher is not None:
+            await self._dispatcher.replace(sinks, settings.delivery.backoff)
+
+    async def _check_stuck(self) -> None:
+        """Report every stay longer than its status's threshold, once (``meter_order.stuck``)."""
+        if self._stopping or not self._stuck or not self._outage.due():
+            return
+        try:
+            while not self._stopping:
+                now = self._clock()
+                stays = await self._store.stuck(self._stuck, now=now, limit=STUCK_BATCH)
+                reports = [
+                    (
+                        stay,
+                        alerts.stuck(
+                            order_id=stay.order_id,
+                            status=stay.status,
+                            since=stay.since,
+                            threshold=self._stuck[stay.status],
+                            now=now,
+                            routes=self._routes,
+                        ),
+                    )
+                    for stay in stays
+                ]
+                raised = await self._store.report_stuck(reports)
+                reported = {event.event_id for event in raised}
+                for stay, event in reports:
+                    if event.event_id in reported:
+                        log.warning(
+                            "order_stuck",
+                            order_id=stay.order_id,
+                            status=stay.status,
+                            since=stay.since.isoformat(),
+                            event_id=event.event_id,
+                        )
+                if any(event.sinks for event in raised):
+                    self._dispatch_soon()
+                if not raised:
+                    break
+            self._outage.succeeded()
+        except Exception as exc:
+            if not self._outage.failed(exc, doing="checking stuck orders"):
+                log.exception("stuck_check_failed")
+
+    async def _send_digests(self) -> None:
+        """Raise each digest sink's due digest, once (a missed one when the daemon starts)."""
+        if self._stopping or self._settings is None or not self._outage.due():
+            return
+        try:
+            raised = await raise_due_digests(self._store, self._settings, now=self._clock())
+            for event in raised:  # one with nothing to say goes to no sink
+                log.info("digest_raised", key=event.key, sent_to=list(event.sinks))
+            if any(event.sinks for event in raised):
+                self._dispatch_soon()
+            self._outage.succeeded()
+        except Exception as exc:
+            if not self._outage.failed(exc, doing="raising digests"):
+                log.exception("digest_failed")
 
     async def _dispatch(self) -> None:
         if self._stopping or self._dispatcher is None or not self._outage.due():
@@ -443,7 +544,7 @@ class Daemon:
         if self._on_transition is not None:
             for transition in transitions:
                 self._on_transition(transition)
-        if any(outcome.sinks for outcome in batch):
+        if any(outcome.sinks or outcome.alerts for outcome in batch):
             self._dispatch_soon()
 
     async def _shut_down(self, workers: list[asyncio.Task[None]]) -> None:
@@ -473,15 +574,35 @@ class Daemon:
                 log.info("polls_handed_back", waiting=len(waiting), abandoned=len(abandoned))
 
 
-async def run_until_signalled(daemon: Daemon) -> None:
-    """Run ``daemon`` until SIGTERM or SIGINT."""
+async def run_until_signalled(
+    daemon: Daemon, reload: Callable[[], Coroutine[Any, Any, object]] | None = None
+) -> None:
+    """Run ``daemon`` until SIGTERM or SIGINT; SIGHUP runs ``reload`` (one at a time)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    handled = [signal.SIGTERM, signal.SIGINT]
+    for sig in handled:
         loop.add_signal_handler(sig, stop.set)
+    reloading: set[asyncio.Task[object]] = set()
+    if reload is not None:
+        lock = asyncio.Lock()
+
+        async def one_reload() -> object:
+            async with lock:
+                return await reload()
+
+        def on_hangup() -> None:
+            task = asyncio.create_task(one_reload())
+            reloading.add(task)
+            task.add_done_callback(reloading.discard)
+
+        loop.add_signal_handler(signal.SIGHUP, on_hangup)
+        handled.append(signal.SIGHUP)
     try:
         await daemon.run(stop)
     finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in handled:
             with contextlib.suppress(RuntimeError):
                 loop.remove_signal_handler(sig)
+        for task in list(reloading):
+            task.cancel()

@@ -147,6 +147,33 @@ class Transition:
     snapshot_id: int
 
 
+class EventKind(enum.StrEnum):
+    """Events other than transitions, each routed by its own ``on`` pattern."""
+
+    STUCK = "stuck"
+    POLL_FAILING = "poll_failing"
+    POLL_RECOVERED = "poll_recovered"
+    DIGEST = "digest"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Event:
+    """An event that is not a transition (an alert), with its body and the sinks it goes to.
+
+    ``key`` makes it once: a second raise of the same key (another daemon, a restart) is
+    ignored.
+    """
+
+    event_id: str
+    key: str
+    kind: str
+    order_id: str | None
+    status: str | None
+    raised_at: datetime
+    payload: str
+    sinks: tuple[str, ...]
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Snapshot:
     """A stored version of an order, kept because it differed from the one before."""

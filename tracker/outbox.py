@@ -12,6 +12,7 @@ from functools import partial
 import structlog
 
 from tracker.batching import BatchWriter
+from tracker.config import Settings
 from tracker.model import DeliveryState, DueDelivery, SendResult
 from tracker.outage import Outage
 from tracker.schedule import plan_delivery
@@ -32,6 +33,8 @@ class _Lane:
     """One sink's claimed deliveries and the workers that send them."""
 
     sink: Sink
+    #: The sink left the configuration: its workers finish their sends and stop.
+    closed: bool = False
     waiting: deque[DueDelivery] = field(default_factory=deque)
     sending: dict[int, DueDelivery] = field(default_factory=dict)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
@@ -62,8 +65,11 @@ class Dispatcher:
         concurrency: int,
         lease: timedelta,
         outage: Outage | None = None,
+        build: Callable[[Settings], Mapping[str, Sink]] | None = None,
     ) -> None:
         self._store = store
+        #: Builds the sinks of a configuration (a reload); a broken one raises ConfigError.
+        self.build = build
         #: In a daemon: a database outage is waited out, not logged per delivery.
         self._outage = outage
         self._sinks = dict(sinks)
@@ -80,6 +86,7 @@ class Dispatcher:
         self._window = window(concurrency)
         self._lanes = {name: _Lane(sink) for name, sink in sinks.items()}
         self._stopping = False
+        self._started = False
         self._stop = asyncio.Event()
         # Attempts finish one by one; lingering lets a few hundred share a transaction. A crash
         # in between only repeats those attempts, which at-least-once allows.
@@ -96,13 +103,44 @@ class Dispatcher:
     def start(self) -> None:
         """Start each sink's workers and the recording of attempts."""
         self._writer.start()
+        self._started = True
         for lane in self._lanes.values():
-            lane.workers = [
-                asyncio.create_task(
-                    supervised(f"sink-{lane.sink.name}-{n}", partial(self._work, lane))
-                )
-                for n in range(self._concurrency)
-            ]
+            self._start_lane(lane)
+
+    def _start_lane(self, lane: _Lane) -> None:
+        lane.workers = [
+            asyncio.create_task(supervised(f"sink-{lane.sink.name}-{n}", partial(self._work, lane)))
+            for n in range(self._concurrency)
+        ]
+
+    async def replace(self, sinks: Mapping[str, Sink], backoff: Sequence[timedelta]) -> None:
+        """Deliver to ``sinks`` from now on (a reload): sends in flight finish as they began.
+
+        A sink that stays is swapped in for its next send; a new one gets a lane; a removed
+        one's workers stop after their current send and its claimed deliveries are handed
+        back, pending, until the sink returns (``orphaned`` meanwhile).
+        """
+        self._sinks, self._backoff = dict(sinks), tuple(backoff)
+        removed = [lane for name, lane in self._lanes.items() if name not in sinks]
+        for name, sink in sinks.items():
+            if (lane := self._lanes.get(name)) is not None:
+                lane.sink = sink
+            else:
+                self._lanes[name] = lane = _Lane(sink)
+                if self._started and not self._stopping:
+                    self._start_lane(lane)
+        handed_back: list[int] = []
+        for lane in removed:
+            del self._lanes[lane.sink.name]
+            lane.closed = True
+            lane.wake.set()
+            handed_back += [delivery.id for delivery in lane.waiting]
+            lane.waiting.clear()
+        if handed_back:
+            self._claims.drop(handed_back)
+            await self._store.release_deliveries(handed_back)
+        for lane in removed:
+            await asyncio.gather(*lane.workers, return_exceptions=True)
 
     @property
     def claims(self) -> HeldClaims[int]:
@@ -169,7 +207,7 @@ class Dispatcher:
     async def _fill(self, lane: _Lane) -> None:
         async with lane.claiming:
             room = self._window - len(lane.waiting) - len(lane.sending)
-            if room <= 0 or self._stopping:
+            if room <= 0 or self._stopping or lane.closed:
                 return
             due = await self._store.claim_deliveries(
                 sink=lane.sink.name,
@@ -184,7 +222,7 @@ class Dispatcher:
                 lane.wake.set()
 
     async def _work(self, lane: _Lane) -> None:
-        while not self._stopping:
+        while not self._stopping and not lane.closed:
             if not lane.waiting:
                 lane.wake.clear()
                 await lane.wake.wait()

@@ -20,10 +20,12 @@ class Pacer:
     the whole span keeps the promise at the upstream's end too, bursts after an idle spell or a
     restart included. The span ends when the answer's head arrives (the upstream has surely
     counted the request by then), not when its body is read: an answer that drips for seconds
-    costs one request of the budget, like any other. A rate below one becomes one request per
-    ``1 / rate`` seconds. :meth:`pause` holds every request back, e.g. after a 429; a request
-    that would wait more than ``patience`` seconds for a pause raises :class:`Paused` instead
-    (one-shot commands; the daemon waits, its claims renewed).
+    costs one request of the budget, like any other. A rate that is not whole admits its whole
+    part per second (8.5 admits 8: "at most that many start" in any one-second window); a
+    rate below one becomes one request per ``1 / rate`` seconds. :meth:`pause` holds every
+    request back, e.g. after a 429; a request that would wait more than ``patience`` seconds
+    for a pause raises :class:`Paused` instead (one-shot commands; the daemon waits, its
+    claims renewed).
     """
 
     def __init__(
@@ -35,6 +37,8 @@ class Pacer:
     ) -> None:
         self._rate = rate
         self._set_rate(rate)
+        #: A larger share waiting to apply (see :meth:`share`): when, and the rate.
+        self._raise: tuple[float, float] | None = None
         self._finished: deque[float] = deque()
         self._in_flight = 0
         self._slots = asyncio.Semaphore(concurrency)
@@ -46,15 +50,37 @@ class Pacer:
 
     def _set_rate(self, rate: float) -> None:
         self._burst = max(1, math.floor(rate))
-        self._window = self._burst / rate
+        self._window = max(1.0, self._burst / rate)
 
-    def share(self, members: int) -> None:
-        """Spend ``1 / members`` of the configured rate: daemons sharing one budget split it.
+    @property
+    def rate(self) -> float:
+        """The requests per second this pacer admits now (its share of the budget)."""
+        return self._burst / self._window
 
-        A lower rate holds back the next admissions at once; the requests already counted keep
-        counting until their window ends.
+    def share(self, members: int, rank: int = 0) -> None:
+        """Spend this member's share of the configured rate: daemons sharing one budget.
+
+        The budget's whole requests are dealt out as whole shares that add up to it (40 among
+        three: 14, 13 and 13, the larger ones to the lower ``rank``), so every share keeps the
+        one-second rule and together they spend all of it. A budget smaller than the number of
+        members is split evenly instead. A lower rate holds back the next admissions at once;
+        the requests already counted keep counting until their window ends. A higher one (a
+        daemon left) applies one window later, since the leaver's last requests still count.
         """
-        self._set_rate(self._rate / max(members, 1))
+        members = max(members, 1)
+        whole = math.floor(self._rate)
+        if whole < members:
+            rate = self._rate / members
+        else:
+            base, extra = divmod(whole, members)
+            rate = base + (1 if rank < extra else 0)
+        if rate > self.rate:
+            # A daemon left: its last second's requests may still count at the upstream, and
+            # it cannot say so any more. A larger share applies one window later.
+            self._raise = (self._clock() + max(1.0, self._window), rate)
+        else:
+            self._raise = None
+            self._set_rate(rate)
 
     def paused_for(self) -> float:
         """Seconds the current pause still holds every request back (0 when none)."""
@@ -108,6 +134,9 @@ class Pacer:
     def _wait(self) -> float | None:
         """Seconds to wait before the next admission; ``None``: until a request finishes."""
         now = self._clock()
+        if self._raise is not None and now >= self._raise[0]:
+            self._set_rate(self._raise[1])
+            self._raise = None
         horizon = now - self._window
         while self._finished and self._finished[0] <= horizon:
             self._finished.popleft()

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
-import os
 import random
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from datetime import datetime, timedelta
@@ -13,10 +11,11 @@ from typing import Any
 
 import structlog
 
+from tracker import alerts as alerts_
 from tracker.clock import utc_now
 from tracker.diff import decide
 from tracker.errors import RateLimited, UpstreamError, clip
-from tracker.model import Claim, MeterOrder, StatusChange, Transition
+from tracker.model import Claim, Event, MeterOrder, StatusChange, Transition
 from tracker.pacing import Pacer
 from tracker.routing import route
 from tracker.schedule import PollingPolicy
@@ -26,11 +25,6 @@ from tracker.supervision import HeldClaims, renewing
 from tracker.upstream import NomosClient
 
 log = structlog.get_logger("tracker.poller")
-
-
-def new_event_id() -> str:
-    """A fresh, unguessable event id: ``evt_`` + 24 lower-case base32 characters."""
-    return "evt_" + base64.b32encode(os.urandom(15)).decode().lower()
 
 
 Clock = Callable[[], datetime]
@@ -51,12 +45,24 @@ class Poller:
         clock: Clock,
         rng: random.Random,
         routes: Mapping[str, Sequence[str]] | None = None,
+        failing_after: int | None = None,
     ) -> None:
         self._client = client
+        self._failing_after = failing_after
         self._policy = policy
         self._clock = clock
         self._rng = rng
         self._routes = routes or {}
+
+    def reconfigure(
+        self,
+        *,
+        policy: PollingPolicy,
+        routes: Mapping[str, Sequence[str]],
+        failing_after: int | None,
+    ) -> None:
+        """Poll under new settings from the next poll on; a poll in flight keeps the old."""
+        self._policy, self._routes, self._failing_after = policy, routes, failing_after
 
     @property
     def pacer(self) -> Pacer:
@@ -93,6 +99,16 @@ class Poller:
         event: dict[str, Any] = {}
         if decision.change is not None:
             event = self._event(order, decision.change, now)
+        alerts: tuple[Event, ...] = ()
+        if self._failing_after and claim.consecutive_failures >= self._failing_after:
+            recovered = alerts_.poll_recovered(
+                order_id=claim.order_id,
+                status=order.status,
+                failures=claim.consecutive_failures,
+                now=now,
+                routes=self._routes,
+            )
+            alerts = (recovered,)
         return PollOutcome(
             claim=claim,
             polled_at=now,
@@ -101,12 +117,13 @@ class Poller:
             decision=decision,
             final_since=final_since,
             retire=decision.change is None and self._policy.should_retire(final_since, now),
+            alerts=alerts,
             **event,
         )
 
     def _event(self, order: MeterOrder, change: StatusChange, now: datetime) -> dict[str, Any]:
         """A fresh event id, the body every sink gets, and the sinks whose patterns match."""
-        event_id = new_event_id()
+        event_id = alerts_.new_event_id()
         payload = event_body(
             event_id=event_id,
             order_id=order.id,
@@ -139,12 +156,25 @@ class Poller:
             failures=failures,
             retry_at=next_poll_at.isoformat(),
         )
+        alerts: tuple[Event, ...] = ()
+        if failures == self._failing_after:
+            failing = alerts_.poll_failing(
+                order_id=claim.order_id,
+                status=claim.status,
+                failures=failures,
+                error_kind=kind,
+                error=clip(reason),
+                now=now,
+                routes=self._routes,
+            )
+            alerts = (failing,)
         return PollOutcome(
             claim=claim,
             polled_at=now,
             next_poll_at=next_poll_at,
             error_kind=kind,
             error=clip(reason),
+            alerts=alerts,
         )
 
 

@@ -2,21 +2,27 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 
 import httpx
+import structlog
 
 from tracker.app import LEASE_MARGIN, Polling, polling_on
 from tracker.clock import utc_now
-from tracker.config import Settings
+from tracker.config import Settings, load
 from tracker.daemon import Daemon, TransitionListener
+from tracker.errors import ConfigError
 from tracker.outage import Outage
 from tracker.outbox import Dispatcher, window
 from tracker.sinks.registry import build_sinks
 from tracker.store import Store, open_store
+
+log = structlog.get_logger("tracker.service")
 
 #: Polling counts as stalled when orders wait and no poll was recorded for two request timeouts,
 #: one gap of the budget, and this much more (an event loop busy writing a large batch).
@@ -49,6 +55,7 @@ async def open_outbox(
         yield Dispatcher(
             store=store,
             sinks=build_sinks(settings, http),
+            build=functools.partial(build_sinks, http=http),
             backoff=settings.delivery.backoff,
             clock=utc_now,
             concurrency=settings.delivery.max_concurrency,
@@ -86,6 +93,7 @@ class Service(Polling):
             on_transition=on_transition,
             dispatcher=self.dispatcher,
             outage=self.outage,
+            settings=self.settings,
         )
 
 
@@ -109,3 +117,52 @@ async def open_service(settings: Settings) -> AsyncIterator[Service]:
                 dispatcher=dispatcher,
                 outage=outage,
             )
+
+
+class Reloader:
+    """SIGHUP for ``tracker run``: the file is read and checked off to the side (settings and
+    sinks, templates compiled), then swapped in whole between ticks. A file that does not
+    load is refused with one ``config_reload_failed`` line naming the key; the old
+    configuration stays in force."""
+
+    def __init__(self, path: Path, service: Service, daemon: Daemon) -> None:
+        self._path = path
+        self._service = service
+        self._daemon = daemon
+        self.settings = service.settings
+
+    async def __call__(self) -> bool:
+        """Reload once; whether the new configuration is now in force."""
+        build = self._service.dispatcher.build
+        refused: str | None = None
+        try:
+            new = load(self._path)
+            sinks = build(new) if build is not None else {}
+        except ConfigError as exc:
+            refused = str(exc)
+        if refused is not None:
+            log.error("config_reload_failed", error=refused)
+            return False
+        await self._daemon.reconfigure(new, sinks)
+        added = await self._service.store.watch_from_config(new.watch.orders, now=utc_now())
+        log.info(
+            "config_reloaded",
+            sinks=list(sinks),
+            watched=len(added),
+            restart_needed=_fixed_changes(self.settings, new),
+        )
+        self.settings = new
+        return True
+
+
+def _fixed_changes(old: Settings, new: Settings) -> list[str]:
+    """The changed keys that a running daemon reads only at start."""
+    changed = [
+        name for name in ("upstream", "database", "log") if getattr(old, name) != getattr(new, name)
+    ]
+    changed += [
+        f"delivery.{key}"
+        for key in ("max_concurrency", "timeout")
+        if getattr(old.delivery, key) != getattr(new.delivery, key)
+    ]
+    return changed

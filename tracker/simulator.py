@@ -19,6 +19,8 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import TextIO
 
 from tracker.httpserver import HttpServer, Request, Response
 
@@ -199,7 +201,11 @@ class Stats:
 
 
 class Simulator:
-    """The request handler of the simulated upstream."""
+    """The request handler of the simulated upstream.
+
+    With ``request_log``, every counted request (not ``/_stats``) is written as one line:
+    the clock's seconds, the answer's status, the method and the path.
+    """
 
     def __init__(
         self,
@@ -211,6 +217,7 @@ class Simulator:
         token_lifetime: int = 3600,
         rate_limit: int | None = None,
         clock: Callable[[], float] = time.monotonic,
+        request_log: TextIO | None = None,
     ) -> None:
         self._scripts = {script.order_id: script for script in scripts}
         self._basic = "Basic " + base64.b64encode(f"{client_id}:{client_secret}".encode()).decode()
@@ -221,6 +228,7 @@ class Simulator:
         self._clock = clock
         self._started = clock()
         self._recent: deque[float] = deque()
+        self._request_log = request_log
         self.stats = Stats()
 
     @property
@@ -239,6 +247,15 @@ class Simulator:
         if request.path == "/_stats":
             return _json(200, self._stats_body())
         self.stats.count(now)
+        response = self._answer(request, now)
+        if self._request_log is not None:
+            # Flushed at once: a reader may follow the file live, and SIGTERM loses no line.
+            line = f"{now:.6f} {response.status} {request.method} {request.path}\n"
+            self._request_log.write(line)
+            self._request_log.flush()
+        return response
+
+    def _answer(self, request: Request, now: float) -> Response:
         if self._over_limit(now):
             self.stats.rate_limited += 1
             return _error(
@@ -338,10 +355,22 @@ def _error(status: int, code: str, message: str, headers: dict[str, str] | None 
 
 async def _serve(args: argparse.Namespace) -> None:
     scripts = steady_scripts(args.orders) if args.steady else demo_scripts(args.step)
-    simulator = Simulator(scripts, static_token=args.token, rate_limit=args.rate_limit)
-    async with HttpServer(simulator, port=args.port) as server:
-        print(json.dumps({"url": server.url, "orders": simulator.order_ids}), flush=True)  # noqa: T201
-        await asyncio.Event().wait()
+    with contextlib.ExitStack() as files:
+        request_log = (
+            files.enter_context(args.request_log.open("a", encoding="utf-8"))
+            if args.request_log is not None
+            else None
+        )
+        simulator = Simulator(
+            scripts,
+            static_token=args.token,
+            rate_limit=args.rate_limit,
+            request_log=request_log,
+        )
+        async with HttpServer(simulator, port=args.port) as server:
+            announcement = {"url": server.url, "orders": simulator.order_ids}
+            print(json.dumps(announcement), flush=True)  # noqa: T201
+            await asyncio.Event().wait()
 
 
 def main() -> None:
@@ -353,6 +382,12 @@ def main() -> None:
     parser.add_argument("--step", type=float, default=4.5, help="seconds per demo step")
     parser.add_argument("--token", default=None, help="also accept this static bearer token")
     parser.add_argument("--rate-limit", type=int, default=None, help="answer 429 above this rps")
+    parser.add_argument(
+        "--request-log",
+        type=Path,
+        default=None,
+        help="append one line per request: monotonic seconds, status, method, path",
+    )
     args = parser.parse_args()
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(_serve(args))

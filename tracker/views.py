@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Collection
 from datetime import datetime
 from typing import Any, TextIO, TypeVar
 
@@ -135,8 +135,20 @@ def history_json(history: History) -> dict[str, Any]:
     }
 
 
-def delivery_dict(delivery: Delivery, *, brief: bool = False) -> dict[str, Any]:
-    """One delivery as JSON-ready data (``brief``: as nested in a history)."""
+def orphaned(delivery: Delivery, sinks: Collection[str] | None) -> bool:
+    """Pending for a sink no longer configured: kept, not sent, until the sink returns."""
+    return (
+        sinks is not None and delivery.state is DeliveryState.PENDING and delivery.sink not in sinks
+    )
+
+
+def delivery_dict(
+    delivery: Delivery, *, brief: bool = False, sinks: Collection[str] | None = None
+) -> dict[str, Any]:
+    """One delivery as JSON-ready data (``brief``: as nested in a history).
+
+    With the configured ``sinks``, ``orphaned`` says whether its sink was removed.
+    """
     data: dict[str, Any] = {
         "sink": delivery.sink,
         "state": delivery.state.value,
@@ -150,19 +162,28 @@ def delivery_dict(delivery: Delivery, *, brief: bool = False) -> dict[str, Any]:
     }
     if not brief:
         data = {"event_id": delivery.event_id, "order_id": delivery.order_id, **data}
+    if sinks is not None:
+        data["orphaned"] = orphaned(delivery, sinks)
     return data
 
 
-async def deliveries_table(rows: AsyncIterator[Delivery]) -> Table:
-    """A table of deliveries."""
+async def deliveries_table(
+    rows: AsyncIterator[Delivery], sinks: Collection[str] | None = None
+) -> Table:
+    """A table of deliveries; with the configured ``sinks``, orphaned ones say so."""
     table = Table("event", "order", "sink", "state", "attempts", "last answer", "next attempt")
     async for d in rows:
         answer = d.last_error or (f"HTTP {d.last_status}" if d.last_status else "-")
+        state = (
+            Text("pending (orphaned: sink not configured)", style="magenta")
+            if orphaned(d, sinks)
+            else Text(d.state.value, style=_STATE_STYLE[d.state])
+        )
         table.add_row(
             d.event_id,
             d.order_id,
             d.sink,
-            Text(d.state.value, style=_STATE_STYLE[d.state]),
+            state,
             str(d.attempts),
             Text(printable(answer)),
             _short(d.next_attempt_at) if d.state is DeliveryState.PENDING else "-",
@@ -234,8 +255,12 @@ def daemon_dict(daemon: DaemonRecord) -> dict[str, Any]:
     }
 
 
-def status_json(overview: Overview, now: datetime) -> dict[str, Any]:
-    """``tracker status --json``: daemons, orders, deliveries and the last successful poll."""
+def status_json(overview: Overview, now: datetime, sinks: Collection[str] = ()) -> dict[str, Any]:
+    """``tracker status --json``: daemons, orders, deliveries and the last successful poll.
+
+    A sink that is not among the configured ``sinks`` is ``orphaned``: its pending
+    deliveries wait for it to return.
+    """
     return {
         "daemons": [daemon_dict(d) for d in overview.daemons],
         "orders": [
@@ -247,6 +272,7 @@ def status_json(overview: Overview, now: datetime) -> dict[str, Any]:
                 "sink": sink,
                 "state": state,
                 "count": count,
+                "orphaned": sink not in sinks,
                 "oldest_pending_age_seconds": (
                     round((now - oldest).total_seconds(), 3) if oldest is not None else None
                 ),
@@ -257,7 +283,7 @@ def status_json(overview: Overview, now: datetime) -> dict[str, Any]:
     }
 
 
-def status_rich(overview: Overview, now: datetime) -> Group:
+def status_rich(overview: Overview, now: datetime, sinks: Collection[str] = ()) -> Group:
     """``tracker status`` for people: three small tables and the last successful poll."""
     daemons = Table(
         "daemon", "host", "pid", "version", "started", "last heartbeat", title="daemons"
@@ -272,7 +298,8 @@ def status_rich(overview: Overview, now: datetime) -> Group:
     sent = Table("sink", "state", "deliveries", "oldest pending", title="deliveries")
     for sink, state, count, oldest in overview.deliveries:
         age = f"{(now - oldest).total_seconds():.0f} s" if oldest is not None else "-"
-        sent.add_row(Text(printable(sink)), state, str(count), age)
+        name = sink if sink in sinks else f"{sink} (orphaned: not configured)"
+        sent.add_row(Text(printable(name)), state, str(count), age)
     last = Text(f"last successful poll: {_short(overview.last_success_at)}")
     none = Text("no daemon is running") if not overview.daemons else Text("")
     return Group(daemons if overview.daemons else none, orders, sent, last)

@@ -61,7 +61,7 @@ async def imported(*args: str) -> list[str]:
 
 
 class TestReadingCommandsStayLight:
-    """`--help`, `--version`, `history`, `watch list`, `deliveries list` and `status` stay light."""
+    """`--help`, `--version`, history, the lists, status and export stay light."""
 
     @pytest.mark.parametrize(
         "command",
@@ -75,6 +75,8 @@ class TestReadingCommandsStayLight:
             ["deliveries", "list"],
             ["status"],
             ["status", "--json"],
+            ["export", "--since", "2000-01-01"],
+            ["export", "--since", "2000-01-01", "--format", "ndjson"],
         ],
         ids=" ".join,
     )

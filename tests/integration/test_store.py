@@ -31,6 +31,7 @@ from tracker.store import open_store, upgrade
 from tracker.store.db import _SYNC_DRIVERS, SCHEMA_HEAD, _alembic_config, _with_driver, connect
 from tracker.store.repo import PollOutcome, Store
 from tracker.store.tables import metadata
+from tracker.store.tables import watched_orders as watched
 
 A = "prdo_aaaaaaaaaaaaaaaaaaaaaaaa"
 B = "prdo_bbbbbbbbbbbbbbbbbbbbbbbb"
@@ -244,6 +245,14 @@ class TestUpgradeWithData:
             b = await store.history(B)
             assert b is not None
             assert b.snapshots[0].provider == "newco"
+            # Each order's stay began at its last transition, else at its first snapshot.
+            async with store._engine.connect() as conn:
+                stays = dict(
+                    (
+                        await conn.execute(sa.select(watched.c.order_id, watched.c.status_since))
+                    ).all()
+                )
+            assert stays == {A: T0 + timedelta(seconds=2), B: b.snapshots[0].observed_at}
             # The next unchanged answer matches the converted fingerprint: no snapshot is stored.
             claims = {c.order_id: c for c in await store.claim_all(lease_until=T0)}
             for order in (orders["a2"], orders["b1"]):

@@ -201,5 +201,33 @@ class TestPacer:
                 starts.append(time.monotonic())
 
         await asyncio.gather(*(one() for _ in range(5)))
-        # Two per 0.8 s window: the fifth starts no earlier than 1.6 s after the first.
-        assert starts[-1] - starts[0] >= 1.55
+        # At most 2.5 start in any second: two, so the fifth starts two windows after the first.
+        assert starts[-1] - starts[0] >= 1.95
+        for first in starts:
+            assert sum(1 for t in starts if first <= t < first + 1.0) <= 2
+
+    async def test_shares_are_whole_and_spend_the_budget(self) -> None:
+        shares = []
+        for rank in range(3):
+            pacer = Pacer(40, 8)
+            pacer.share(3, rank)
+            shares.append(pacer.rate)
+        assert shares == [14, 13, 13]
+        pacer = Pacer(8.5, 8)
+        assert pacer.rate == 8  # "at most that many start": 8 of 8.5
+        pacer.share(2, 1)
+        assert pacer.rate == 4
+        pacer.share(10, 0)  # fewer whole requests than daemons: an even split
+        assert pacer.rate == pytest.approx(0.85)
+
+    async def test_a_larger_share_waits_one_window(self) -> None:
+        now = [100.0]
+        pacer = Pacer(40, 8, clock=lambda: now[0])
+        pacer.share(2, 0)
+        assert pacer.rate == 20  # smaller: at once
+        pacer.share(1, 0)  # the other left; its last requests still count for a second
+        async with pacer.slot():
+            assert pacer.rate == 20
+        now[0] += 1.0
+        async with pacer.slot():
+            assert pacer.rate == 40

@@ -121,6 +121,29 @@ class TestLoad:
                 '[[sinks]]\nname = "a"\ntype = "email"\nto = ["x@y"]\non = ["ordered"]\n',
                 "sinks[0].on: pattern 'ordered' is not FROM->TO",
             ),
+            (
+                '[[sinks]]\nname = "a"\ntype = "email"\nto = ["x@y"]\non = ["stuck:wating"]\n',
+                "sinks[0].on: pattern 'stuck:wating' names unknown status 'wating'",
+            ),
+            (
+                '[[sinks]]\nname = "a"\ntype = "email"\nto = ["x@y"]\non = ["paging:*"]\n',
+                "sinks[0].on: pattern 'paging:*' is not FROM->TO (each a status or *) nor an alert",
+            ),
+            ('[alerts.stuck]\nwating = "14d"\n', "alerts.stuck: unknown status 'wating'"),
+            ('[alerts.stuck]\nwaiting = "two weeks"\n', "alerts.stuck.waiting: invalid duration"),
+            ("[alerts]\nfailing_after = 0\n", "alerts.failing_after: "),
+            (
+                '[[sinks]]\nname = "a"\ntype = "email"\nto = ["x@y"]\ndigest = "8am"\n',
+                "sinks[0].digest: '8am' is not HH:MM ZONE",
+            ),
+            (
+                '[[sinks]]\nname = "a"\ntype = "email"\nto = ["x@y"]\ndigest = "08:00 CEST+1"\n',
+                "sinks[0].digest: unknown time zone 'CEST+1'",
+            ),
+            (
+                '[[sinks]]\nname = "a"\ntype = "email"\nto = ["x@y"]\ndigest = "07:60 UTC"\n',
+                "sinks[0].digest: '07:60 UTC' is not HH:MM ZONE",
+            ),
             ('[[sinks]]\nname = "a"\ntype = "pager"\n', "sinks[0]: "),
             ("[smtp]\nstarttls = true\ntls = true\n", "smtp: starttls and tls exclude each other"),
             ('[smtp]\nusername = "u"\n', "smtp: username and password go together"),

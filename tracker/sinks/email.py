@@ -7,6 +7,7 @@ import email.utils
 import ssl
 from datetime import UTC, datetime
 from email.message import EmailMessage
+from typing import Any
 
 import aiosmtplib
 import jinja2
@@ -15,10 +16,23 @@ import jinja2.meta
 from tracker.config import EmailSinkSettings, SmtpSettings
 from tracker.errors import ConfigError
 from tracker.model import DueDelivery, SendResult
-from tracker.sinks.render import message_context, test_event
+from tracker.sinks.render import (
+    alert_context,
+    alert_kind,
+    digest_context,
+    is_digest,
+    message_context,
+    sample_alert,
+    sample_digest,
+    test_event,
+)
 from tracker.text import one_line
 
 _TEMPLATES = ("subject.txt", "body.txt", "body.html")
+#: Alerts (stuck, failing, recovered) have templates of their own, with these names.
+_ALERT_TEMPLATES = ("alert.subject.txt", "alert.body.txt", "alert.body.html")
+#: A sink's daily digest (``digest = "08:00 Europe/Berlin"``) has its own, too.
+_DIGEST_TEMPLATES = ("digest.subject.txt", "digest.body.txt", "digest.body.html")
 
 
 def _environment(overrides: str | None) -> jinja2.Environment:
@@ -37,23 +51,37 @@ def _environment(overrides: str | None) -> jinja2.Environment:
 def _templates(settings: EmailSinkSettings) -> dict[str, jinja2.Template]:
     """Compile the sink's templates and render each once, so a broken one fails at start."""
     environment = _environment(str(settings.templates) if settings.templates else None)
-    sample = message_context(test_event("evt_sample", datetime.now(UTC)))
+    now = datetime.now(UTC)
+    samples = {
+        _TEMPLATES: message_context(test_event("evt_sample", now)),
+        _ALERT_TEMPLATES: alert_context(sample_alert(now)),
+        _DIGEST_TEMPLATES: digest_context(sample_digest(now)),
+    }
     compiled: dict[str, jinja2.Template] = {}
-    for name in _TEMPLATES:
-        try:
-            compiled[name] = environment.get_template(name)
-            _check_names(environment, name, known=set(sample))
-            compiled[name].render(sample)
-        except jinja2.TemplateSyntaxError as exc:
-            raise ConfigError(
-                f"sink {settings.name!r}: template {name} line {exc.lineno}: {exc.message}"
-            ) from None
-        except jinja2.TemplateError as exc:
-            raise ConfigError(
-                f"sink {settings.name!r}: template {name}: {exc.message}; "
-                f"the variables are {', '.join(sorted(sample))}"
-            ) from None
+    for names, sample in samples.items():
+        for name in names:
+            compiled[name] = _compiled(environment, settings.name, name, sample)
     return compiled
+
+
+def _compiled(
+    environment: jinja2.Environment, sink: str, name: str, sample: dict[str, Any]
+) -> jinja2.Template:
+    """One template, compiled and rendered once with ``sample``; a broken one is a ConfigError."""
+    try:
+        template = environment.get_template(name)
+        _check_names(environment, name, known=set(sample))
+        template.render(sample)
+    except jinja2.TemplateSyntaxError as exc:
+        raise ConfigError(
+            f"sink {sink!r}: template {name} line {exc.lineno}: {exc.message}"
+        ) from None
+    except jinja2.TemplateError as exc:
+        raise ConfigError(
+            f"sink {sink!r}: template {name}: {exc.message}; "
+            f"the variables are {', '.join(sorted(sample))}"
+        ) from None
+    return template
 
 
 def _check_names(environment: jinja2.Environment, name: str, *, known: set[str]) -> None:
@@ -78,6 +106,15 @@ def tls_context(smtp: SmtpSettings) -> ssl.SSLContext | None:
             f"smtp.ca_file: {cafile} holds no usable certificate ({exc.reason}); "
             "give the PEM file of the relay's CA"
         ) from None
+
+
+def _context(payload: str) -> tuple[str, dict[str, Any]]:
+    """The prefix of the templates a stored body is rendered with, and what they see."""
+    if is_digest(payload):
+        return "digest.", digest_context(payload)
+    if alert_kind(payload) is not None:
+        return "alert.", alert_context(payload)
+    return "", message_context(payload)
 
 
 class EmailSink:
@@ -105,16 +142,19 @@ class EmailSink:
 
     def message(self, delivery: DueDelivery) -> EmailMessage:
         """The message for a delivery; the same event always yields the same Message-ID."""
-        context = message_context(delivery.payload)
+        prefix, context = _context(delivery.payload)
         message = EmailMessage()
-        message["Subject"] = one_line(self._templates["subject.txt"].render(context), 300)
+        message["Subject"] = one_line(self._templates[f"{prefix}subject.txt"].render(context), 300)
         message["From"] = self._smtp.sender
         message["To"] = ", ".join(self._to)
         message["Message-ID"] = f"<{delivery.event_id}.{self.name}@meter-order-tracker>"
         message["Date"] = email.utils.formatdate(usegmt=True)
-        message["X-Meter-Order"] = one_line(context["order_id"])
-        message.set_content(self._templates["body.txt"].render(context))
-        message.add_alternative(self._templates["body.html"].render(context), subtype="html")
+        if "order_id" in context:  # a digest is about many orders
+            message["X-Meter-Order"] = one_line(context["order_id"])
+        message.set_content(self._templates[f"{prefix}body.txt"].render(context))
+        message.add_alternative(
+            self._templates[f"{prefix}body.html"].render(context), subtype="html"
+        )
         return message
 
     async def send(self, delivery: DueDelivery) -> SendResult:

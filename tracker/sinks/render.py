@@ -6,13 +6,23 @@ Pure: standard library only, no I/O.
 from __future__ import annotations
 
 import json
-from datetime import datetime
+from collections.abc import Mapping
+from datetime import date, datetime, timedelta
 from typing import Any
 
 from tracker.model import DueDelivery
+from tracker.text import one_line
 
 EVENT_TYPE = "meter_order.status_changed"
 TEST_EVENT_TYPE = "meter_order.test"
+#: The ``type`` of each alert's body, by its kind (``EventKind``).
+ALERT_TYPES = {
+    "stuck": "meter_order.stuck",
+    "poll_failing": "meter_order.poll_failing",
+    "poll_recovered": "meter_order.poll_recovered",
+}
+#: The ``type`` of a daily digest's body (see ``tracker.digest``).
+DIGEST_TYPE = "meter_order.digest"
 TEST_ORDER_ID = "prdo_test0000000000000000000"
 
 
@@ -47,6 +57,28 @@ def event_body(
     return json.dumps(body, ensure_ascii=False, separators=(",", ":"))
 
 
+def duration(span: timedelta) -> str:
+    """``P14D``, ``PT36H``, ``PT90S``: an ISO 8601 duration in its largest whole unit."""
+    seconds = int(span.total_seconds())
+    if seconds and seconds % 86400 == 0:
+        return f"P{seconds // 86400}D"
+    if seconds and seconds % 3600 == 0:
+        return f"PT{seconds // 3600}H"
+    if seconds and seconds % 60 == 0:
+        return f"PT{seconds // 60}M"
+    return f"PT{seconds}S"
+
+
+def alert_body(*, kind: str, event_id: str, raised_at: datetime, data: Mapping[str, object]) -> str:
+    """The webhook body of an alert: ``type``, ``timestamp`` and ``data`` like a transition's."""
+    body = {
+        "type": ALERT_TYPES[kind],
+        "timestamp": timestamp(raised_at),
+        "data": {"event_id": event_id, **data},
+    }
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":"))
+
+
 def test_event(event_id: str, now: datetime) -> str:
     """The body of a clearly marked test event (type ``meter_order.test``)."""
     order = {
@@ -65,6 +97,40 @@ def test_event(event_id: str, now: datetime) -> str:
         order_raw=json.dumps(order),
         event_type=TEST_EVENT_TYPE,
     )
+
+
+def alert_kind(payload: str) -> str | None:
+    """The alert kind of a stored body (``stuck``, ...), or ``None`` for a transition."""
+    body_type = json.loads(payload).get("type")
+    return next((kind for kind, name in ALERT_TYPES.items() if name == body_type), None)
+
+
+def alert_context(payload: str) -> dict[str, Any]:
+    """What the alert e-mail templates see: the body's ``data`` and its ``kind``."""
+    body = json.loads(payload)
+    data = body["data"]
+    return {
+        "kind": alert_kind(payload),
+        "event_id": data["event_id"],
+        "order_id": data["order_id"],
+        "status": data.get("status") or "unknown",
+        "since": data.get("since", ""),
+        "threshold": data.get("threshold", ""),
+        "failures": data.get("failures", 0),
+        "last_error": data.get("last_error") or "",
+        "raised_at": body["timestamp"],
+    }
+
+
+def sample_alert(now: datetime) -> str:
+    """A stuck alert's body, to check the alert templates against at start."""
+    data = {
+        "order_id": TEST_ORDER_ID,
+        "status": "waiting",
+        "since": timestamp(now),
+        "threshold": "P14D",
+    }
+    return alert_body(kind="stuck", event_id="evt_sample", raised_at=now, data=data)
 
 
 def message_context(payload: str) -> dict[str, Any]:
@@ -90,3 +156,124 @@ def test_delivery(sink: str, now: datetime) -> DueDelivery:
     return DueDelivery(
         id=0, event_id=event_id, sink=sink, attempts=0, payload=test_event(event_id, now)
     )
+
+
+def digest_body(*, event_id: str, raised_at: datetime, data: Mapping[str, object]) -> str:
+    """The stored body of a daily digest: ``type``, ``timestamp`` and ``data`` like an alert's."""
+    body = {
+        "type": DIGEST_TYPE,
+        "timestamp": timestamp(raised_at),
+        "data": {"event_id": event_id, **data},
+    }
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":"))
+
+
+def is_digest(payload: str) -> bool:
+    """Whether a stored body is a daily digest."""
+    return bool(json.loads(payload).get("type") == DIGEST_TYPE)
+
+
+def digest_context(payload: str) -> dict[str, Any]:
+    """What the digest e-mail templates see: the body's ``data``, with what each list leaves out.
+
+    Upstream values (statuses, errors) lose their line breaks and control characters, so that
+    the text body keeps its layout; the HTML body escapes them as well (autoescape).
+    """
+    data = json.loads(payload)["data"]
+    orders = [
+        {
+            "order_id": order["order_id"],
+            "changes": order["changes"],
+            "more": order["changes"] - len(order["moves"]),
+            "moves": [
+                {
+                    "event_id": move["event_id"],
+                    "from_status": one_line(move["from_status"]),
+                    "to_status": one_line(move["to_status"]),
+                    "kind": move["kind"],
+                    "detected_at": move["detected_at"],
+                }
+                for move in order["moves"]
+            ],
+        }
+        for order in data["orders"]
+    ]
+    stuck = [
+        {"order_id": s["order_id"], "status": one_line(s["status"]), "since": s["since"]}
+        for s in data["stuck"]
+    ]
+    failing = [
+        {
+            "order_id": f["order_id"],
+            "status": one_line(f["status"] or "unknown"),
+            "failures": f["failures"],
+            "last_error_kind": f["last_error_kind"] or "",
+            "last_error": one_line(f["last_error"] or "", 300),
+            "last_polled_at": f["last_polled_at"] or "",
+        }
+        for f in data["failing"]
+    ]
+    day = date.fromisoformat(data["date"])
+    return {
+        "event_id": data["event_id"],
+        "sink": data["sink"],
+        "date": f"{day.day} {_MONTHS[day.month - 1]} {day.year}",
+        "period_start": data["period_start"],
+        "period_end": data["period_end"],
+        "changes": data["changes"],
+        "order_count": data["order_count"],
+        "orders": orders,
+        "orders_more": data["order_count"] - len(orders),
+        "stuck": stuck,
+        "stuck_count": data["stuck_count"],
+        "stuck_more": data["stuck_count"] - len(stuck),
+        "failing": failing,
+        "failing_count": data["failing_count"],
+        "failing_more": data["failing_count"] - len(failing),
+    }
+
+
+#: English month abbreviations, whatever the machine's locale (``%b`` follows it).
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
+def sample_digest(now: datetime) -> str:
+    """A digest's body with every section filled, to check the digest templates against."""
+    when = timestamp(now)
+    data = {
+        "sink": "sample",
+        "date": now.date().isoformat(),
+        "period_start": timestamp(now - timedelta(days=1)),
+        "period_end": when,
+        "changes": 3,
+        "order_count": 2,
+        "orders": [
+            {
+                "order_id": TEST_ORDER_ID,
+                "changes": 2,
+                "moves": [
+                    {
+                        "event_id": "evt_sample",
+                        "from_status": "ordered",
+                        "to_status": "checked",
+                        "kind": "advance",
+                        "detected_at": when,
+                    }
+                ],
+            }
+        ],
+        "stuck_count": 2,
+        "stuck": [{"order_id": TEST_ORDER_ID, "status": "waiting", "since": when}],
+        "failing_count": 2,
+        "failing": [
+            {
+                "order_id": TEST_ORDER_ID,
+                "status": None,
+                "failures": 5,
+                "last_error_kind": "server_error",
+                "last_error": "HTTP 503: unavailable",
+                "last_polled_at": when,
+            }
+        ],
+    }
+    return digest_body(event_id="evt_sample", raised_at=now, data=data)

@@ -5,15 +5,16 @@ from __future__ import annotations
 import base64
 import json
 import os
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from sqlalchemy import (
     Column,
     ColumnElement,
     Row,
+    Table,
     and_,
     bindparam,
     case,
@@ -21,8 +22,10 @@ from sqlalchemy import (
     func,
     insert,
     literal,
+    null,
     or_,
     select,
+    tuple_,
     update,
 )
 from sqlalchemy.engine import URL
@@ -35,6 +38,7 @@ from tracker.model import (
     Delivery,
     DeliveryState,
     DueDelivery,
+    Event,
     MeterOrder,
     Snapshot,
     StatusChange,
@@ -43,8 +47,10 @@ from tracker.model import (
 )
 from tracker.store.packing import pack_body, unpack_body
 from tracker.store.tables import (
+    UTCDateTime,
     daemons,
     deliveries,
+    events,
     fleet,
     snapshots,
     transitions,
@@ -55,6 +61,9 @@ w = watched_orders
 
 #: How many rows one statement writes or one fetch reads at most.
 BATCH = 500
+#: The PostgreSQL advisory lock a joining daemon holds ("trk" + "join" in ASCII): two daemons
+#: starting at the same moment each see the other, rather than both finding themselves alone.
+JOIN_LOCK = 0x74726B_6A6F696E
 T = TypeVar("T")
 
 
@@ -74,6 +83,8 @@ class PollOutcome:
     sinks: tuple[str, ...] = ()
     final_since: datetime | None = None
     retire: bool = False
+    #: Alerts this poll raised (failing, recovered): written only if its outcome lands.
+    alerts: tuple[Event, ...] = ()
     #: Set on failure.
     error_kind: str | None = None
     error: str | None = None
@@ -109,6 +120,15 @@ class Joined:
 
     joined: bool
     others: tuple[DaemonRecord, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Stay:
+    """An order's stay in its status, from ``since``."""
+
+    order_id: str
+    status: str
+    since: datetime
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -198,8 +218,10 @@ class Store:
                 fresh = [i for i in chunk if i not in existing]
                 revived = [i for i in chunk if existing.get(i) is False]
                 if fresh:
+                    # Another process (a daemon starting at the same moment) may insert the
+                    # same new ids between the read and this insert: theirs stand.
                     await conn.execute(
-                        insert(w),
+                        _insert_new(conn, w),
                         [
                             {
                                 "order_id": i,
@@ -344,17 +366,87 @@ class Store:
         mine = {"b_owner": self.owner}
         async with self._engine.begin() as conn:
             for outcome in outcomes:
-                if outcome.error_kind is not None:
+                if outcome.decision is not None and outcome.decision.store_snapshot:
+                    landed, changes = await _record_change(conn, outcome, self.owner)
+                    stored += changes
+                elif outcome.alerts:  # written alone, to know whether its claim held
+                    statement, params = (
+                        (_FAILED, _failed_params(outcome))
+                        if outcome.error_kind is not None
+                        else (_QUIET, _quiet_params(outcome))
+                    )
+                    landed = (await conn.execute(statement, [params | mine])).rowcount == 1
+                elif outcome.error_kind is not None:
                     failed.append(_failed_params(outcome) | mine)
-                elif outcome.decision is not None and outcome.decision.store_snapshot:
-                    stored += await _record_change(conn, outcome, self.owner)
+                    continue
                 else:
                     quiet.append(_quiet_params(outcome) | mine)
+                    continue
+                if landed and outcome.alerts:
+                    await _raise(conn, outcome.alerts)
             if quiet:
                 await conn.execute(_QUIET, quiet)
             if failed:
                 await conn.execute(_FAILED, failed)
         return stored
+
+    # -- alerts -----------------------------------------------------------------------------
+
+    async def stuck(
+        self, thresholds: Mapping[str, timedelta], *, now: datetime, limit: int
+    ) -> list[Stay]:
+        """Up to ``limit`` active orders (in all) whose stay is longer than its status's
+        threshold and not reported yet, longest first per status. A partial index holds only
+        the unreported stays, so the cost follows those that crossed, not all orders."""
+        stays: list[Stay] = []
+        async with self._engine.connect() as conn:
+            for status, threshold in thresholds.items():
+                if len(stays) >= limit:
+                    break
+                rows = await conn.execute(
+                    select(w.c.order_id, w.c.status, w.c.status_since)
+                    .where(
+                        w.c.status == status,
+                        w.c.stuck_at.is_(None),
+                        w.c.status_since <= now - threshold,
+                        w.c.active,
+                    )
+                    .order_by(w.c.status_since)
+                    .limit(limit - len(stays))
+                )
+                stays += [Stay(order_id=r[0], status=r[1], since=r[2]) for r in rows]
+        return stays
+
+    async def raise_events(self, raised: Sequence[Event]) -> list[Event]:
+        """Store events with their outbox rows in one transaction; returns the new ones (an
+        event whose ``key`` is stored already, raised by another daemon, is left out)."""
+        async with self._engine.begin() as conn:
+            return await _raise(conn, raised)
+
+    async def report_stuck(self, reports: Sequence[tuple[Stay, Event]]) -> list[Event]:
+        """Mark each stay reported and raise its event, once: a stay another daemon reported,
+        or that ended meanwhile, is left out. A few statements per chunk of stays, not per
+        stay, so that a first start with thousands of stuck orders holds no lock for long."""
+        raised: list[Event] = []
+        async with self._engine.begin() as conn:
+            for chunk in _chunks(reports):
+                at = chunk[0][1].raised_at
+                marked = await conn.execute(
+                    update(w)
+                    .where(
+                        tuple_(w.c.order_id, w.c.status_since).in_(
+                            [(stay.order_id, stay.since) for stay, _ in chunk]
+                        ),
+                        w.c.stuck_at.is_(None),
+                    )
+                    .values(stuck_at=at)
+                    .returning(w.c.order_id, w.c.status_since)
+                )
+                mine = {(row[0], row[1]) for row in marked}
+                raised += await _raise_many(
+                    conn, [e for stay, e in chunk if (stay.order_id, stay.since) in mine]
+                )
+        return raised
 
     # -- the outbox -------------------------------------------------------------------------
 
@@ -366,8 +458,15 @@ class Store:
         async with self._engine.begin() as conn:
             rows = (
                 await conn.execute(
-                    select(d.c.id, d.c.event_id, d.c.sink, d.c.attempts, transitions.c.payload)
-                    .join(transitions, transitions.c.event_id == d.c.event_id)
+                    select(
+                        d.c.id,
+                        d.c.event_id,
+                        d.c.sink,
+                        d.c.attempts,
+                        func.coalesce(transitions.c.payload, events.c.payload).label("payload"),
+                    )
+                    .outerjoin(transitions, transitions.c.event_id == d.c.event_id)
+                    .outerjoin(events, events.c.event_id == d.c.event_id)
                     .where(
                         d.c.state == DeliveryState.PENDING,
                         d.c.sink == sink,
@@ -501,6 +600,8 @@ class Store:
         lock, so two daemons starting at once cannot both find the file free.
         """
         async with self._engine.begin() as conn:
+            if self.shared:  # daemons starting at once join one after the other
+                await conn.execute(select(func.pg_advisory_xact_lock(JOIN_LOCK)))
             stale = (daemons.c.heartbeat_at < stale_before,)
             await _forget(conn, select(daemons.c.id).where(*stale).scalar_subquery())
             await conn.execute(delete(daemons).where(*stale))
@@ -630,19 +731,107 @@ class Store:
                 for table in (watched_orders, snapshots, transitions)
             }
 
+    # -- digests ----------------------------------------------------------------------------
 
-_DELIVERY_ROWS = select(
-    deliveries.c.event_id,
-    transitions.c.order_id,
-    deliveries.c.sink,
-    deliveries.c.state,
-    deliveries.c.attempts,
-    deliveries.c.next_attempt_at,
-    deliveries.c.last_attempt_at,
-    deliveries.c.last_status,
-    deliveries.c.last_error,
-    deliveries.c.delivered_at,
-).join(transitions, transitions.c.event_id == deliveries.c.event_id)
+    async def has_event(self, key: str) -> bool:
+        """Whether an event with this ``key`` is stored: one look into its unique index."""
+        async with self._engine.connect() as conn:
+            found = await conn.execute(select(events.c.id).where(events.c.key == key).limit(1))
+            return found.first() is not None
+
+    async def latest_event_key(self, prefix: str) -> str | None:
+        """The greatest stored event key that starts with ``prefix``, if any.
+
+        Digest keys (``digest:SINK:``) end in a fixed-width UTC time, so the greatest is the
+        latest. The range on ``key`` walks its unique index backwards from the end of the
+        prefix; ``substr`` keeps the answer exact under any collation.
+        """
+        key = events.c.key
+        after = prefix[:-1] + chr(ord(prefix[-1]) + 1)
+        query = (
+            select(key)
+            .where(key >= prefix, key < after, func.substr(key, 1, len(prefix)) == prefix)
+            .order_by(key.desc())
+            .limit(1)
+        )
+        async with self._engine.connect() as conn:
+            latest: str | None = (await conn.execute(query)).scalar()
+            return latest
+
+    async def transitions_between(
+        self, start: datetime, end: datetime
+    ) -> AsyncIterator[Transition]:
+        """The transitions detected from ``start`` up to ``end`` (excluded), by order and then
+        by time, streamed: the index on ``detected_at`` finds them, a day of a busy supplier
+        never sits in memory at once."""
+        t = transitions
+        # Typed loosely (like ``_claim``'s): its rows are read by name, as ``_transition`` does.
+        query: Any = (
+            select(
+                t.c.event_id,
+                t.c.order_id,
+                t.c.from_status,
+                t.c.to_status,
+                t.c.kind,
+                t.c.skipped,
+                t.c.detected_at,
+                t.c.snapshot_id,
+            )
+            .where(t.c.detected_at >= start, t.c.detected_at < end)
+            .order_by(t.c.order_id, t.c.detected_at, t.c.id)
+        )
+        async with self._engine.connect() as conn:
+            result = await conn.stream(query.execution_options(yield_per=BATCH))
+            async for row in result:
+                yield _transition(row)
+
+    async def stuck_now(self, *, limit: int) -> tuple[int, list[Stay]]:
+        """The active orders whose current stay was reported stuck: how many, and the first
+        ``limit`` of them, longest stay first."""
+        now_stuck = (w.c.active, w.c.stuck_at.is_not(None))
+        async with self._engine.connect() as conn:
+            count = await conn.execute(select(func.count()).select_from(w).where(*now_stuck))
+            rows = await conn.execute(
+                select(w.c.order_id, w.c.status, w.c.status_since)
+                .where(*now_stuck)
+                .order_by(w.c.status_since, w.c.order_id)
+                .limit(limit)
+            )
+            stays = [Stay(order_id=r[0], status=r[1], since=r[2]) for r in rows]
+            return count.scalar_one(), stays
+
+    async def failing_now(self, *, at_least: int, limit: int) -> tuple[int, list[WatchedOrder]]:
+        """The active orders whose last ``at_least`` polls (or more) failed in a row: how many,
+        and the first ``limit`` of them, longest streak first."""
+        failing = (w.c.active, w.c.consecutive_failures >= at_least)
+        async with self._engine.connect() as conn:
+            count = await conn.execute(select(func.count()).select_from(w).where(*failing))
+            rows = await conn.execute(
+                select(w)
+                .where(*failing)
+                .order_by(w.c.consecutive_failures.desc(), w.c.order_id)
+                .limit(limit)
+            )
+            orders = [_watched(row) for row in rows]
+            return count.scalar_one(), orders
+
+
+_DELIVERY_ROWS = (
+    select(
+        deliveries.c.event_id,
+        func.coalesce(transitions.c.order_id, events.c.order_id, "").label("order_id"),
+        deliveries.c.sink,
+        deliveries.c.state,
+        deliveries.c.attempts,
+        deliveries.c.next_attempt_at,
+        deliveries.c.last_attempt_at,
+        deliveries.c.last_status,
+        deliveries.c.last_error,
+        deliveries.c.delivered_at,
+    )
+    .outerjoin(transitions, transitions.c.event_id == deliveries.c.event_id)
+    .outerjoin(events, events.c.event_id == deliveries.c.event_id)
+)
 
 _CLAIM_COLUMNS = (
     w.c.order_id,
@@ -655,7 +844,8 @@ _CLAIM_COLUMNS = (
 
 async def _record_change(
     conn: AsyncConnection, outcome: PollOutcome, owner: str
-) -> list[Transition]:
+) -> tuple[bool, list[Transition]]:
+    """Store a changed order's snapshot (and transition); ``False`` when its claim was lost."""
     order, decision, claim = outcome.order, outcome.decision, outcome.claim
     assert order is not None  # noqa: S101 - record() checked
     assert decision is not None  # noqa: S101 - record() checked
@@ -666,10 +856,16 @@ async def _record_change(
         if claim.fingerprint is None
         else w.c.fingerprint == claim.fingerprint
     )
+    new_status = w.c.status.is_distinct_from(order.status)
     updated = await conn.execute(
         update(w)
         .where(w.c.order_id == claim.order_id, w.c.leased_by == owner, same_base)
         .values(
+            # A new status starts a new stay: its start, and not reported stuck yet.
+            status_since=case(
+                (new_status, literal(outcome.polled_at, UTCDateTime())), else_=w.c.status_since
+            ),
+            stuck_at=case((new_status, null()), else_=w.c.stuck_at),
             status=order.status,
             fingerprint=order.fingerprint,
             final_since=outcome.final_since,
@@ -678,7 +874,7 @@ async def _record_change(
         )
     )
     if updated.rowcount == 0:
-        return []
+        return False, []
     snapshot_id = (
         await conn.execute(
             insert(snapshots)
@@ -692,8 +888,8 @@ async def _record_change(
     ).scalar_one()
     change = decision.change
     if change is None or outcome.event_id is None:
-        return []
-    return [await _record_transition(conn, outcome, change, outcome.event_id, snapshot_id)]
+        return True, []
+    return True, [await _record_transition(conn, outcome, change, outcome.event_id, snapshot_id)]
 
 
 async def _record_transition(
@@ -897,3 +1093,91 @@ async def _forget(conn: AsyncConnection, owners: Sequence[str] | Any) -> Taken:
         )
         counts.append(result.rowcount)
     return Taken(orders=counts[0], deliveries=counts[1])
+
+
+async def _raise_many(conn: AsyncConnection, raised: Sequence[Event]) -> list[Event]:
+    """Like :func:`_raise` in three statements for the whole batch (their keys are new)."""
+    if not raised:
+        return []
+    await conn.execute(
+        _insert_new(conn, events),
+        [
+            {
+                "event_id": e.event_id,
+                "key": e.key,
+                "kind": e.kind,
+                "order_id": e.order_id,
+                "status": e.status,
+                "raised_at": e.raised_at,
+                "payload": e.payload,
+            }
+            for e in raised
+        ],
+    )
+    stored = await conn.execute(
+        select(events.c.event_id).where(events.c.event_id.in_([e.event_id for e in raised]))
+    )
+    fresh = set(stored.scalars())
+    kept = [e for e in raised if e.event_id in fresh]
+    outbox = [
+        {
+            "event_id": e.event_id,
+            "sink": sink,
+            "state": DeliveryState.PENDING,
+            "attempts": 0,
+            "created_at": e.raised_at,
+            "next_attempt_at": e.raised_at,
+        }
+        for e in kept
+        for sink in e.sinks
+    ]
+    if outbox:
+        await conn.execute(insert(deliveries), outbox)
+    return kept
+
+
+async def _raise(conn: AsyncConnection, raised: Sequence[Event]) -> list[Event]:
+    """Insert events with their outbox rows; one whose key exists already is left out."""
+    fresh: list[Event] = []
+    for event in raised:
+        values = {
+            "event_id": event.event_id,
+            "key": event.key,
+            "kind": event.kind,
+            "order_id": event.order_id,
+            "status": event.status,
+            "raised_at": event.raised_at,
+            "payload": event.payload,
+        }
+        new = _insert_new(conn, events).values(**values).returning(events.c.event_id)
+        if (await conn.execute(new)).first() is None:
+            continue
+        fresh.append(event)
+        if event.sinks:
+            await conn.execute(
+                insert(deliveries),
+                [
+                    {
+                        "event_id": event.event_id,
+                        "sink": sink,
+                        "state": DeliveryState.PENDING,
+                        "attempts": 0,
+                        "created_at": event.raised_at,
+                        "next_attempt_at": event.raised_at,
+                    }
+                    for sink in event.sinks
+                ],
+            )
+    return fresh
+
+
+def _insert_new(conn: AsyncConnection, table: Table) -> Any:
+    """``INSERT … ON CONFLICT DO NOTHING`` in the connection's dialect."""
+    # Each dialect's module loads only where it is used: reading commands stay light.
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects import postgresql  # noqa: PLC0415
+
+        return postgresql.insert(table).on_conflict_do_nothing()
+    from sqlalchemy.dialects import sqlite  # noqa: PLC0415
+
+    return sqlite.insert(table).on_conflict_do_nothing()

@@ -20,6 +20,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.types import LargeBinary, TypeEngine
 
@@ -100,8 +101,20 @@ watched_orders = Table(
     Column("consecutive_failures", Integer, nullable=False, default=0),
     Column("last_error_kind", String(32)),
     Column("last_error", Text),
+    #: When the current status began (the poll that first saw it): the start of its stay.
+    Column("status_since", UTCDateTime),
+    #: When this stay was reported stuck; cleared when the status changes.
+    Column("stuck_at", UTCDateTime),
     #: Serves ``claim_due``: the active orders due first.
     Index(None, "active", "next_poll_at"),
+    #: Serves the stuck check: one status's stays not reported yet, oldest first.
+    Index(
+        None,
+        "status",
+        "status_since",
+        postgresql_where=text("stuck_at IS NULL"),
+        sqlite_where=text("stuck_at IS NULL"),
+    ),
 )
 
 snapshots = Table(
@@ -133,13 +146,16 @@ transitions = Table(
     Column("payload", Text),
     #: Serves ``history``: one order's transitions in order (and their deliveries' join).
     Index(None, "order_id", "id"),
+    #: Serves ``export`` and digests: the transitions of a period.
+    Index(None, "detected_at"),
 )
 
 deliveries = Table(
     "deliveries",
     metadata,
     Column("id", RowId, primary_key=True, autoincrement=True),
-    Column("event_id", String(40), ForeignKey("transitions.event_id"), nullable=False),
+    #: A transition's or an event's (``events``) id.
+    Column("event_id", String(40), nullable=False),
     Column("sink", String(64), nullable=False),
     Column("state", String(16), nullable=False),
     Column("attempts", Integer, nullable=False),
@@ -155,6 +171,26 @@ deliveries = Table(
     UniqueConstraint("event_id", "sink"),
     #: Serves ``claim_deliveries``: one sink's pending deliveries due first.
     Index(None, "state", "sink", "next_attempt_at"),
+)
+
+#: Events other than transitions: alerts (an order stuck in its status, failing to poll,
+#: recovered) and digests, each raised once, whichever daemon raises it.
+events = Table(
+    "events",
+    metadata,
+    Column("id", RowId, primary_key=True, autoincrement=True),
+    Column("event_id", String(40), nullable=False, unique=True),
+    #: What makes it once: ``stuck:ORDER:STAY-START``, ``digest:SINK:DUE``; a second daemon's
+    #: (or a restarted one's) insert of the same key is ignored.
+    Column("key", String(200), nullable=False, unique=True),
+    Column("kind", String(32), nullable=False),
+    Column("order_id", String(80), ForeignKey("watched_orders.order_id")),
+    Column("status", String(64)),
+    Column("raised_at", UTCDateTime, nullable=False),
+    #: The webhook (or digest) body, rendered once.
+    Column("payload", Text, nullable=False),
+    #: Serves ``history``: one order's events in order.
+    Index(None, "order_id", "id"),
 )
 
 #: What all daemons share beyond the schedule: one row, the pause every request keeps.

@@ -1,0 +1,170 @@
+"""Alerts through the outbox: an order stuck in its status, one whose polls keep failing, and
+its recovery; each raised once, routed only to the sinks that name its kind."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.integration.test_delivery import (
+    FAST,
+    Mailbox,
+    deliver_all,
+    hook_sink,
+    poll,
+    smtp_server,
+)
+from tests.support import HookReceiver, ScriptedUpstream, error, make_settings, ok
+from tracker import alerts
+from tracker.clock import utc_now
+from tracker.daemon import STUCK_CHECK
+from tracker.httpserver import HttpServer
+from tracker.service import open_service
+
+#: Every test here runs on SQLite and on PostgreSQL.
+pytestmark = pytest.mark.usefixtures("database")
+
+A = "prdo_aaaaaaaaaaaaaaaaaaaaaaaa"
+B = "prdo_bbbbbbbbbbbbbbbbbbbbbbbb"
+Upstream = tuple[ScriptedUpstream, str]
+
+
+def bodies(receiver: HookReceiver) -> list[dict[str, Any]]:
+    assert all(hook.verified for hook in receiver.hooks)
+    return [json.loads(hook.body) for hook in receiver.accepted]
+
+
+class TestFailingOrders:
+    """``failing_after`` failed polls in a row raise one alert; the next success one more."""
+
+    async def test_failing_then_recovered(self, upstream: Upstream, tmp_path: Path) -> None:
+        scripted, url = upstream
+        refused = error(503)
+        scripted.script(A, ok("ordered"), refused, refused, refused, ok("ordered"), ok("ordered"))
+        alerts, everything, mailbox = HookReceiver(), HookReceiver(), Mailbox()
+        async with (
+            HttpServer(alerts) as alerts_url,
+            HttpServer(everything) as all_url,
+            smtp_server(mailbox) as port,
+        ):
+            settings = make_settings(
+                tmp_path,
+                url,
+                delivery=FAST,
+                alerts={"failing_after": 2},
+                smtp={"host": "127.0.0.1", "port": port},
+                sinks=[
+                    hook_sink("alerts", alerts_url.url, ["poll_failing", "poll_recovered"]),
+                    hook_sink("all", all_url.url, ["*"]),
+                    {"name": "mail", "type": "email", "to": ["ops@example.com"],
+                     "on": ["poll_failing"]},
+                ],
+            )  # fmt: skip
+            async with open_service(settings) as service:
+                await service.store.watch([A], source="cli", now=utc_now())
+                for _ in range(6):
+                    await poll(service, A)
+                await deliver_all(service)
+        failing, recovered = bodies(alerts)
+        assert failing["type"] == "meter_order.poll_failing"
+        assert failing["data"]["order_id"] == A
+        assert failing["data"]["failures"] == 2  # once, when the streak reached 2, not at 3
+        assert failing["data"]["status"] == "ordered"
+        assert failing["data"]["last_error_kind"]
+        assert failing["timestamp"].endswith("Z")
+        assert recovered["type"] == "meter_order.poll_recovered"
+        assert recovered["data"]["failures"] == 3
+        assert {failing["data"]["event_id"], recovered["data"]["event_id"]} == {
+            hook.event_id for hook in alerts.accepted
+        }
+        assert everything.hooks == []  # "*" means transitions, not alerts
+        [mail] = mailbox.messages
+        assert mail["Subject"] == f"{A}: cannot be polled (2 failures in a row)"
+        text = mail.get_body(("plain",))
+        assert text is not None
+        assert "could not be polled 2 times in a row" in text.get_content()
+
+
+class TestStuckOrders:
+    """A stay longer than its threshold is reported once, across a restart."""
+
+    async def test_stuck_once_per_stay(self, upstream: Upstream, tmp_path: Path) -> None:
+        scripted, url = upstream
+        scripted.script(A, ok("ordered"))
+        scripted.script(B, ok("checked"))
+        exact, any_status, everything = HookReceiver(), HookReceiver(), HookReceiver()
+        async with (
+            HttpServer(exact) as exact_url,
+            HttpServer(any_status) as any_url,
+            HttpServer(everything) as all_url,
+        ):
+            settings = make_settings(
+                tmp_path,
+                url,
+                delivery=FAST,
+                alerts={"stuck": {"ordered": "2s", "checked": "1h"}},
+                sinks=[
+                    hook_sink("exact", exact_url.url, ["stuck:ordered"]),
+                    hook_sink("any", any_url.url, ["stuck:*"]),
+                    hook_sink("all", all_url.url, ["*"]),
+                ],
+            )
+            for _restart in range(2):
+                async with open_service(settings) as service:
+                    await service.store.watch([A, B], source="cli", now=utc_now())
+                    stop = asyncio.Event()
+                    running = asyncio.create_task(service.daemon().run(stop))
+                    # The check runs at start and every STUCK_CHECK; after the restart, at once.
+                    for _ in range(int(STUCK_CHECK + 5) * 10):
+                        if any_status.accepted:
+                            break
+                        await asyncio.sleep(0.1)
+                    await asyncio.sleep(1.0)  # a second raise would be sent by now
+                    stop.set()
+                    await asyncio.wait_for(running, 10)
+            order = await service.store.get(A)
+        assert order is not None
+        [stuck] = bodies(any_status)
+        assert bodies(exact) == [stuck]
+        assert everything.hooks == []
+        assert stuck["type"] == "meter_order.stuck"
+        data = stuck["data"]
+        assert (data["order_id"], data["status"], data["threshold"]) == (A, "ordered", "PT2S")
+        assert data["since"] <= stuck["timestamp"]
+        assert data["event_id"] == any_status.accepted[0].event_id
+
+    async def test_a_new_stay_is_a_new_report(self, upstream: Upstream, tmp_path: Path) -> None:
+        scripted, url = upstream
+        scripted.script(A, ok("ordered"), ok("checked"), ok("ordered"))
+        threshold = {"ordered": timedelta(hours=1)}
+        settings = make_settings(tmp_path, url)
+        async with open_service(settings) as service:
+            store = service.store
+            await store.watch([A], source="cli", now=utc_now())
+
+            async def report(later: timedelta) -> list[datetime]:
+                now = utc_now() + later
+                stays = await store.stuck(threshold, now=now, limit=10)
+                made = [
+                    (s, alerts.stuck(order_id=s.order_id, status=s.status, since=s.since,
+                                     threshold=timedelta(hours=1), now=now, routes={}))
+                    for s in stays
+                ]  # fmt: skip
+                # Two daemons report the same stays at once: one report each, not two.
+                first, second = await store.report_stuck(made), await store.report_stuck(made)
+                assert second == []
+                return [stay.since for stay, event in made if event in first]
+
+            await poll(service, A)
+            assert await report(timedelta(minutes=59)) == []
+            [first_stay] = await report(timedelta(hours=2))
+            assert await report(timedelta(hours=3)) == []  # this stay is reported
+            await poll(service, A)  # checked: the stay ends
+            await poll(service, A)  # ordered again: a new stay
+            [second_stay] = await report(timedelta(hours=2))
+            assert second_stay > first_stay

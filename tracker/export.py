@@ -1,0 +1,356 @@
+"""``tracker export``: the transitions of a period as CSV or NDJSON, streamed for reporting.
+
+Rows come from a server-side cursor (``yield_per``) in batches and are written as they come, so
+the memory an export takes does not grow with the number of rows. Each transition's delivery
+states are gathered by a correlated subquery, one short string per row, never a join held in
+memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import functools
+import io
+import json
+import os
+import sys
+import tempfile
+from collections.abc import AsyncGenerator, Callable, Iterator, Sequence
+from contextlib import aclosing, contextmanager
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time
+from pathlib import Path
+from typing import Any, Literal, TextIO, cast
+
+from sqlalchemy import Select, String, func, select
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.functions import FunctionElement
+
+from tracker.errors import ConfigError
+from tracker.lifecycle import Status, is_known
+from tracker.store import connect, upgrade
+from tracker.store.tables import deliveries, transitions
+from tracker.text import printable
+
+#: Rows per fetch from the cursor: large enough that the round trips (a thread hop on SQLite, a
+#: network one on PostgreSQL) cost little per row, small enough to keep memory flat.
+EXPORT_BATCH = 2_000
+#: The columns, in the order of the CSV header and the NDJSON keys.
+COLUMNS = (
+    "order_id",
+    "from_status",
+    "to_status",
+    "kind",
+    "skipped",
+    "detected_at",
+    "event_id",
+    "deliveries",
+)
+#: The first characters that make a spreadsheet read a cell as a formula (OWASP, "CSV
+#: Injection"); such a cell is written with a single quote before it.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+#: Distinct values of a column (statuses, combinations of delivery states) shaped once each.
+SHAPED_VALUES = 4_096
+Format = Literal["csv", "ndjson"]
+#: One exported row as the query returns it: the columns above, ``deliveries`` aggregated.
+ExportRow = tuple[str, str, str, str, str, str, str, str | None]
+FORMATS: tuple[Format, ...] = ("csv", "ndjson")
+_KNOWN_STATUSES = ", ".join(Status)
+_DATE_HINT = "use YYYY-MM-DD (midnight UTC) or ISO 8601 with an offset, e.g. 2026-11-29T12:00:00Z"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ExportRequest:
+    """What to export: transitions detected in ``[since, until)``, optionally to one status."""
+
+    since: datetime
+    until: datetime | None = None
+    #: Only transitions that moved to this status.
+    status: str | None = None
+    format: Format = "csv"
+
+    @classmethod
+    def parse(
+        cls, *, since: str | None, until: str | None, fmt: str, status: str | None
+    ) -> ExportRequest:
+        """Validate the command line's values, or raise :class:`ConfigError` saying what to do."""
+        if since is None:
+            raise ConfigError(f"--since DATE is required; {_DATE_HINT}")
+        start = parse_moment(since, "--since")
+        end = parse_moment(until, "--until") if until is not None else None
+        if end is not None and start >= end:
+            raise ConfigError(
+                f"--since {since!r} is not before --until {until!r}, so nothing can match; "
+                "--since is inclusive and --until exclusive (for one day, --until the next day)"
+            )
+        if status is not None and not is_known(status):
+            raise ConfigError(
+                f"--status {status!r} is not a known status; use one of: {_KNOWN_STATUSES}"
+            )
+        chosen = next((f for f in FORMATS if f == fmt), None)
+        if chosen is None:
+            raise ConfigError(f"--format {fmt!r} is not known; use csv or ndjson")
+        return cls(since=start, until=end, status=status, format=chosen)
+
+
+def parse_moment(text: str, option: str) -> datetime:
+    """``YYYY-MM-DD`` as midnight UTC, or ISO 8601 with an offset, as an aware UTC datetime."""
+    try:
+        return datetime.combine(date.fromisoformat(text), time(), UTC)
+    except ValueError:
+        pass
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise ConfigError(f"{option} {text!r} is not a date; {_DATE_HINT}") from None
+    if moment.tzinfo is None:
+        raise ConfigError(
+            f"{option} {text!r} has no UTC offset, so its time is ambiguous; add one "
+            "(Z for UTC, or e.g. +01:00) or give a date YYYY-MM-DD"
+        )
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError:  # e.g. 0001-01-01T00:00:00+01:00 is before year 1 in UTC
+        raise ConfigError(f"{option} {text!r} is out of range; {_DATE_HINT}") from None
+
+
+class UtcText(FunctionElement[str]):
+    """A stored time as ISO 8601 text in UTC with microseconds and ``Z``, as in webhook bodies.
+
+    The database formats it while it reads the row (on SQLite in its own thread), which leaves
+    the Python side one step less per row.
+    """
+
+    type = String()
+    inherit_cache = True
+    name = "utc_text"
+
+
+@compiles(UtcText, "sqlite")
+def _utc_text_sqlite(element: UtcText, compiler: SQLCompiler, **kw: Any) -> str:
+    # SQLite keeps integer microseconds since the epoch (``UTCDateTime``).
+    micros = compiler.process(element.clauses, **kw)
+    return (
+        f"(strftime('%Y-%m-%dT%H:%M:%S', {micros} / 1000000, 'unixepoch')"
+        f" || printf('.%06dZ', {micros} % 1000000))"
+    )
+
+
+@compiles(UtcText, "postgresql")
+def _utc_text_postgresql(element: UtcText, compiler: SQLCompiler, **kw: Any) -> str:
+    moment = compiler.process(element.clauses, **kw)
+    return f"""to_char({moment} AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')"""
+
+
+def export_query(request: ExportRequest) -> Select[Any]:
+    """The transitions of the request, oldest first, each with its deliveries' states."""
+    t, d = transitions, deliveries
+    # One short "sink:state sink:state" string per transition, read through the unique index
+    # on (event_id, sink); sink names hold neither a space nor a colon (the configuration
+    # refuses them), and states are fixed words.
+    states = (
+        select(func.aggregate_strings(d.c.sink + ":" + d.c.state, " "))
+        .where(d.c.event_id == t.c.event_id)
+        .scalar_subquery()
+    )
+    query = (
+        select(
+            t.c.order_id,
+            t.c.from_status,
+            t.c.to_status,
+            t.c.kind,
+            t.c.skipped,
+            UtcText(t.c.detected_at),
+            t.c.event_id,
+            states,
+        )
+        .where(t.c.detected_at >= request.since)
+        .order_by(t.c.detected_at, t.c.id)
+    )
+    if request.until is not None:
+        query = query.where(t.c.detected_at < request.until)
+    if request.status is not None:
+        query = query.where(t.c.to_status == request.status)
+    return query
+
+
+def neutralise(value: str) -> str:
+    """``value`` with a single quote before it if a spreadsheet would read it as a formula."""
+    return "'" + value if value.startswith(FORMULA_STARTS) else value
+
+
+def _sink_of(entry: str) -> str:
+    return entry.partition(":")[0]
+
+
+# A column holds few distinct values (statuses, combinations of delivery states), so each is
+# shaped once; the caches are bounded, so many distinct values cannot grow the memory.
+@functools.lru_cache(maxsize=SHAPED_VALUES)
+def _entries(aggregated: str | None) -> tuple[str, ...]:
+    """``sink:state`` entries ordered by sink (the aggregate's own order is not defined)."""
+    return tuple(sorted(aggregated.split(" "), key=_sink_of)) if aggregated else ()
+
+
+@functools.lru_cache(maxsize=SHAPED_VALUES)
+def _csv_states(aggregated: str | None) -> str:
+    return " ".join(_entries(aggregated))
+
+
+@functools.lru_cache(maxsize=SHAPED_VALUES)
+def _json_states(aggregated: str | None) -> list[dict[str, str]]:
+    # Only ever serialised, never changed, so one list may serve every row.
+    return [
+        {"sink": sink, "state": state}
+        for sink, _, state in (entry.partition(":") for entry in _entries(aggregated))
+    ]
+
+
+@functools.lru_cache(maxsize=SHAPED_VALUES)
+def _skipped_list(skipped: str) -> list[str]:
+    return [status for status in skipped.split(",") if status]
+
+
+class CsvWriter:
+    """RFC 4180 CSV with a header row; cells from outside are kept from reading as formulas.
+
+    Statuses come from the upstream (an unknown one is stored as it is) and sink names from the
+    configuration: those cells get a leading single quote when they start like a formula. On a
+    terminal, control characters are shown escaped, as the other commands do.
+    """
+
+    def __init__(self, stream: TextIO, *, terminal: bool) -> None:
+        self._writer = csv.writer(stream, lineterminator="\r\n")
+        shape: Callable[[str], str] = (
+            (lambda value: printable(neutralise(value))) if terminal else neutralise
+        )
+        self._shown = functools.lru_cache(maxsize=SHAPED_VALUES)(shape)
+        self._writer.writerow(COLUMNS)
+
+    def write(self, rows: Sequence[ExportRow]) -> None:
+        """Write one batch of rows."""
+        shown = self._shown
+        self._writer.writerows(
+            (
+                order,
+                shown(before),
+                shown(after),
+                kind,
+                skipped.replace(",", " "),
+                at,
+                event,
+                shown(_csv_states(states)),
+            )
+            for order, before, after, kind, skipped, at, event, states in rows
+        )
+
+
+class NdjsonWriter:
+    """One JSON object per line; values exact (JSON escapes every control character)."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+        self._dumps = json.JSONEncoder().encode
+
+    def write(self, rows: Sequence[ExportRow]) -> None:
+        """Write one batch of rows."""
+        dumps = self._dumps
+        self._stream.writelines(
+            dumps(
+                {
+                    "order_id": order,
+                    "from_status": before,
+                    "to_status": after,
+                    "kind": kind,
+                    "skipped": _skipped_list(skipped),
+                    "detected_at": at,
+                    "event_id": event,
+                    "deliveries": _json_states(states),
+                }
+            )
+            + "\n"
+            for order, before, after, kind, skipped, at, event, states in rows
+        )
+
+
+async def batches(url: str, query: Select[Any]) -> AsyncGenerator[Sequence[ExportRow]]:
+    """The rows of ``query`` in batches, from a server-side cursor on one connection.
+
+    The next batch is fetched while the caller writes the one it has: the database's thread
+    (SQLite) or the server (PostgreSQL) works while Python formats.
+    """
+    upgrade(url)
+    engine = connect(url)
+    try:
+        async with engine.connect() as conn:
+            result = await conn.stream(query.execution_options(yield_per=EXPORT_BATCH))
+            partitions = result.partitions()
+            ahead = asyncio.ensure_future(anext(partitions, None))
+            try:
+                while (batch := await ahead) is not None:
+                    ahead = asyncio.ensure_future(anext(partitions, None))
+                    await asyncio.sleep(0)  # let the fetch start before the batch is written
+                    yield cast("Sequence[ExportRow]", batch)  # rows unpack like these tuples
+            finally:
+                if not ahead.done():  # the caller stopped early (an error, a closed pipe)
+                    ahead.cancel()
+                    await asyncio.wait([ahead])
+    finally:
+        await engine.dispose()
+
+
+async def export(url: str, request: ExportRequest, stream: TextIO, *, terminal: bool) -> int:
+    """Write the request's transitions to ``stream``; returns how many rows were written."""
+    writer = (
+        CsvWriter(stream, terminal=terminal) if request.format == "csv" else NdjsonWriter(stream)
+    )
+    count = 0
+    async with aclosing(batches(url, export_query(request))) as rows:
+        async for batch in rows:
+            writer.write(batch)
+            count += len(batch)
+    return count
+
+
+@contextmanager
+def output_file(path: Path) -> Iterator[TextIO]:
+    """A text stream that becomes ``path`` only once it is complete: never half a report."""
+    if path.is_dir():
+        raise ConfigError(f"--output {path} is a folder; name a file")
+    try:
+        handle, temporary = tempfile.mkstemp(
+            dir=path.parent, prefix=f".{path.name}.", suffix=".part"
+        )
+    except OSError as exc:
+        raise ConfigError(f"--output {path}: cannot write there ({exc.strerror})") from exc
+    # mkstemp makes the file private; a report gets the mode `> FILE` would have given it.
+    umask = os.umask(0o022)
+    os.umask(umask)
+    os.fchmod(handle, 0o666 & ~umask)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8", newline="") as stream:
+            yield stream
+        Path(temporary).replace(path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+@contextmanager
+def stdout_stream() -> Iterator[TextIO]:
+    """Standard output as UTF-8 text that leaves line ends alone (CSV writes its own CRLF).
+
+    When the reader goes away early (``tracker export ... | head``), what is still buffered
+    goes to ``/dev/null`` instead of raising again at exit, and the ``BrokenPipeError`` is
+    raised for the caller to end quietly.
+    """
+    stream = io.TextIOWrapper(sys.stdout.buffer, encoding="utf-8", newline="")
+    try:
+        yield stream
+        stream.flush()
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise
+    finally:
+        stream.detach()
