@@ -23,7 +23,7 @@ typecheck: $(BIN)/tracker
 	$(BIN)/mypy
 
 unit: $(BIN)/tracker
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n 3
 
 test: lint typecheck unit
 

@@ -27,7 +27,7 @@ from tracker.simulator import Simulator, demo_scripts
 #: Every test here runs on SQLite and on PostgreSQL.
 pytestmark = pytest.mark.usefixtures("database")
 
-STEP = 3.5  # seconds per simulated status, on the clock below
+STEP = 2.5  # seconds per simulated status, on the clock below
 TOKEN = "nom_crash_test_token"
 
 

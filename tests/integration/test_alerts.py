@@ -22,7 +22,6 @@ from tests.integration.test_delivery import (
 from tests.support import HookReceiver, ScriptedUpstream, error, make_settings, ok
 from tracker import alerts
 from tracker.clock import utc_now
-from tracker.daemon import STUCK_CHECK
 from tracker.httpserver import HttpServer
 from tracker.service import open_service
 
@@ -107,20 +106,24 @@ class TestStuckOrders:
                 tmp_path,
                 url,
                 delivery=FAST,
-                alerts={"stuck": {"ordered": "2s", "checked": "1h"}},
+                polling={"interval": 3600},
+                alerts={"stuck": {"ordered": "1s", "checked": "1h"}},
                 sinks=[
                     hook_sink("exact", exact_url.url, ["stuck:ordered"]),
                     hook_sink("any", any_url.url, ["stuck:*"]),
                     hook_sink("all", all_url.url, ["*"]),
                 ],
             )
+            async with open_service(settings) as service:
+                await service.store.watch([A, B], source="cli", now=utc_now())
+                await poll(service, A, B)
+            await asyncio.sleep(1.1)  # A's stay in ordered is now longer than its threshold
             for _restart in range(2):
                 async with open_service(settings) as service:
-                    await service.store.watch([A, B], source="cli", now=utc_now())
                     stop = asyncio.Event()
                     running = asyncio.create_task(service.daemon().run(stop))
-                    # The check runs at start and every STUCK_CHECK; after the restart, at once.
-                    for _ in range(int(STUCK_CHECK + 5) * 10):
+                    # The check runs as the daemon starts (then every STUCK_CHECK).
+                    for _ in range(50):
                         if any_status.accepted:
                             break
                         await asyncio.sleep(0.1)
@@ -134,7 +137,7 @@ class TestStuckOrders:
         assert everything.hooks == []
         assert stuck["type"] == "meter_order.stuck"
         data = stuck["data"]
-        assert (data["order_id"], data["status"], data["threshold"]) == (A, "ordered", "PT2S")
+        assert (data["order_id"], data["status"], data["threshold"]) == (A, "ordered", "PT1S")
         assert data["since"] <= stuck["timestamp"]
         assert data["event_id"] == any_status.accepted[0].event_id
 
