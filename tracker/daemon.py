@@ -374,11 +374,13 @@ class Daemon:
         finally:
             self._tick_idle.set()
 
+    def _depth(self) -> int:
+        """How many claims to queue: about two seconds of this daemon's share, so that a
+        daemon that dies holds little, and what it held waits little behind the others'."""
+        return min(self._capacity, 2 * math.ceil(self._poller.pacer.rate) + self._workers)
+
     async def _claim_due(self) -> None:
-        # About two seconds of this daemon's share: a daemon that dies holds little, and what
-        # it held waits little behind the survivors' own queues.
-        depth = min(self._capacity, 2 * math.ceil(self._poller.pacer.rate) + self._workers)
-        room = depth - self._queue.qsize()
+        room = self._depth() - self._queue.qsize()
         if room <= 0:
             return
         now = self._clock()
@@ -504,7 +506,7 @@ class Daemon:
             self._more_due
             and self._tick_idle.is_set()
             and self._job is not None
-            and self._queue.qsize() <= self._capacity // 2
+            and self._queue.qsize() <= self._depth() // 2
         ):
             self._more_due = False
             self._job.modify(next_run_time=datetime.now(UTC))
