@@ -50,15 +50,13 @@ import string
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, func, insert, select, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import Engine, event, func, insert, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tracker import alerts
@@ -74,6 +72,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a file, not with ``-m``
     sys.path.insert(0, str(ROOT))
 
+from benchmarks.common import sync_engine  # noqa: E402 - needs the root on the path
 from tests.postgres import running_cluster  # noqa: E402 - needs the root on the path
 
 #: The daemon's ``alerts.stuck`` of a typical configuration: the statuses where an order waits
@@ -189,19 +188,6 @@ def watched_rows(orders: int, now: datetime) -> list[dict[str, Any]]:
             }
         )
     return made
-
-
-@contextmanager
-def sync_engine(database_url: str) -> Iterator[Engine]:
-    """A synchronous engine on the tracker's database (psycopg on PostgreSQL), disposed after."""
-    url = make_url(database_url)
-    if url.get_backend_name() == "postgresql":
-        url = url.set(drivername="postgresql+psycopg")
-    engine = create_engine(url)
-    try:
-        yield engine
-    finally:
-        engine.dispose()
 
 
 def load(database_url: str, orders: int) -> tuple[Loaded, float]:

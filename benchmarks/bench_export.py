@@ -36,6 +36,12 @@ from pathlib import Path
 from tracker.lifecycle import MAIN_PATH
 from tracker.store.packing import pack_body
 
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # run as a file (``make bench``), not with ``-m``
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks.common import tracker_executable  # noqa: E402 - needs the root on the path
+
 MIB = 1024 * 1024
 #: Transitions per watched order: a meter order lives through about ten statuses.
 PER_ORDER = 10
@@ -54,17 +60,6 @@ class Usage:
     wall: float
     cpu: float
     peak_rss: int
-
-
-def tracker_executable() -> str:
-    """The ``tracker`` script next to this interpreter (the project's virtualenv), else on PATH."""
-    beside = Path(sys.executable).parent / "tracker"
-    if beside.exists():
-        return str(beside)
-    found = shutil.which("tracker")
-    if found is None:
-        raise SystemExit("tracker is not installed; run with the project's .venv/bin/python")
-    return found
 
 
 def measured(argv: Sequence[str]) -> Usage:

@@ -47,7 +47,6 @@ import json
 import math
 import os
 import shlex
-import shutil
 import signal
 import sqlite3
 import statistics
@@ -63,8 +62,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import IO, Any
 
-from sqlalchemy import Engine, bindparam, create_engine, select, update
-from sqlalchemy.engine import make_url
+from sqlalchemy import bindparam, select, update
 
 from tracker.store.tables import daemons, watched_orders
 
@@ -72,6 +70,11 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a file (``make bench``), not with ``-m``
     sys.path.insert(0, str(ROOT))
 
+from benchmarks.common import (  # noqa: E402 - needs the root on the path
+    steady_simulator,
+    sync_engine,
+    tracker_executable,
+)
 from tests.postgres import Cluster, running_cluster  # noqa: E402 - needs the root on the path
 
 TOKEN = "nom_bench_token"  # noqa: S105 - the simulator's throwaway token
@@ -163,28 +166,8 @@ class Simulator:
     def start(cls, orders: int, request_log: Path) -> Simulator:
         """Start it with ``orders`` orders that never change and read its announcement."""
         request_log.touch()
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "tracker.simulator",
-                "--steady",
-                "--orders",
-                str(orders),
-                "--port",
-                "0",
-                "--token",
-                TOKEN,
-                "--request-log",
-                str(request_log),
-            ],
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        if process.stdout is None:
-            raise RuntimeError("the simulator has no stdout")
-        announced = json.loads(process.stdout.readline())
-        return cls(process, announced["url"], announced["orders"], RequestLog(request_log))
+        process, url, ids = steady_simulator(orders, TOKEN, "--request-log", str(request_log))
+        return cls(process, url, ids, RequestLog(request_log))
 
     def stop(self) -> None:
         """Terminate it, wait, and read the rest of its request log."""
@@ -194,17 +177,6 @@ class Simulator:
 
 
 # -- the tracker -----------------------------------------------------------------------------
-
-
-def tracker_executable() -> str:
-    """The ``tracker`` script next to this interpreter (the project's virtualenv), else on PATH."""
-    beside = Path(sys.executable).parent / "tracker"
-    if beside.exists():
-        return str(beside)
-    found = shutil.which("tracker")
-    if found is None:
-        raise SystemExit("tracker is not installed; run with the project's .venv/bin/python")
-    return found
 
 
 def write_config(folder: Path, url: str, database_url: str, rate: float, interval: float) -> Path:
@@ -239,19 +211,6 @@ def run_cli(argv: Sequence[str]) -> None:
     done = subprocess.run(argv, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"{shlex.join(argv)} exited {done.returncode}:\n{done.stderr[-2000:]}")
-
-
-@contextmanager
-def sync_engine(database_url: str) -> Iterator[Engine]:
-    """A synchronous engine on the tracker's database (psycopg on PostgreSQL), disposed after."""
-    url = make_url(database_url)
-    if url.get_backend_name() == "postgresql":
-        url = url.set(drivername="postgresql+psycopg")
-    engine = create_engine(url)
-    try:
-        yield engine
-    finally:
-        engine.dispose()
 
 
 def watch_all(tracker: str, config: Path, ids: Sequence[str], database_url: str) -> None:

@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import signal
 import sqlite3
 import statistics
@@ -47,6 +46,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # run as a file (``make bench``), not with ``-m``
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks.common import steady_simulator, tracker_executable  # noqa: E402 - needs the root on the path
 
 TOKEN = "nom_bench_token"  # noqa: S105 - the simulator's throwaway token
 API_VERSION = "2026-01-29.edison"
@@ -81,17 +86,6 @@ class Footprint:
 
 
 # -- processes -------------------------------------------------------------------------------
-
-
-def tracker_executable() -> str:
-    """The ``tracker`` script next to this interpreter (the project's virtualenv), else on PATH."""
-    beside = Path(sys.executable).parent / "tracker"
-    if beside.exists():
-        return str(beside)
-    found = shutil.which("tracker")
-    if found is None:
-        raise SystemExit("tracker is not installed; run with the project's .venv/bin/python")
-    return found
 
 
 def reap(process: subprocess.Popen[bytes]) -> tuple[int, float, int]:
@@ -130,26 +124,8 @@ class Simulator:
     @classmethod
     def start(cls, orders: int) -> Simulator:
         """Start it with ``orders`` orders that never change and read its announcement."""
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "tracker.simulator",
-                "--steady",
-                "--orders",
-                str(orders),
-                "--port",
-                "0",
-                "--token",
-                TOKEN,
-            ],
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        if process.stdout is None:
-            raise RuntimeError("the simulator has no stdout")
-        announced = json.loads(process.stdout.readline())
-        return cls(process=process, url=announced["url"], ids=announced["orders"])
+        process, url, ids = steady_simulator(orders, TOKEN)
+        return cls(process=process, url=url, ids=ids)
 
     def requests(self) -> int:
         """How many API requests the simulator has answered so far (its ``/_stats``)."""

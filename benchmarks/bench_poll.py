@@ -30,6 +30,12 @@ from tracker.logs import configure as configure_logs
 from tracker.service import open_service
 from tracker.store.tables import watched_orders
 
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # run as a file (``make bench``), not with ``-m``
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks.common import steady_simulator  # noqa: E402 - needs the root on the path
+
 TOKEN = "nom_bench_token"  # noqa: S105 - the simulator's throwaway token
 CONCURRENCY = 8
 ROUNDS = 3
@@ -37,25 +43,7 @@ ROUNDS = 3
 
 def start_simulator(orders: int) -> tuple[subprocess.Popen[str], str, list[str]]:
     """The simulated upstream in its own process, with ``orders`` orders that never change."""
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "tracker.simulator",
-            "--steady",
-            "--orders",
-            str(orders),
-            "--port",
-            "0",
-            "--token",
-            TOKEN,
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert process.stdout is not None  # noqa: S101
-    announced = json.loads(process.stdout.readline())
-    return process, announced["url"], announced["orders"]
+    return steady_simulator(orders, TOKEN)
 
 
 def settings(url: str, database: Path, rate: float) -> Settings:
