@@ -18,6 +18,12 @@ RUN pip install --no-cache-dir --no-deps --no-build-isolation . \
     && chown tracker /var/lib/tracker
 
 USER tracker
+# Healthy while /readyz answers 200 (database answers, scheduler ticking). The mounted
+# configuration must listen where this URL points: inside the container "0.0.0.0:8080",
+# published to the host's loopback only (-p 127.0.0.1:8080:8080). urllib: the image has no curl.
+ENV TRACKER_READYZ_URL=http://127.0.0.1:8080/readyz
+HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 \
+    CMD ["python", "-c", "import os, urllib.request as u; u.build_opener(u.ProxyHandler({})).open(os.environ['TRACKER_READYZ_URL'], timeout=4)"]
 WORKDIR /var/lib/tracker
 # The SQLite file lives here (database.url = "sqlite:////var/lib/tracker/tracker.db").
 VOLUME ["/var/lib/tracker"]

@@ -35,6 +35,7 @@ bench: $(BIN)/tracker
 	$(BIN)/python benchmarks/bench_fleet.py
 	$(BIN)/python benchmarks/bench_alerts.py
 	$(BIN)/python benchmarks/bench_export.py
+	$(BIN)/python benchmarks/bench_http.py
 
 # Regenerate the locks (needs uv); they name packages, versions and hashes only.
 lock:

@@ -214,11 +214,24 @@ def write_config(path: Path, mapping: dict[str, Any]) -> Path:
     tables = {k: v for k, v in mapping.items() if isinstance(v, dict)}
     for name, section in tables.items():
         nested = {k: v for k, v in section.items() if isinstance(v, dict)}
+        arrays = {
+            k: v
+            for k, v in section.items()
+            if isinstance(v, list) and v and all(isinstance(item, dict) for item in v)
+        }
         lines.append(f"[{name}]")
-        lines += [f"{k} = {json.dumps(v)}" for k, v in section.items() if k not in nested]
+        lines += [
+            f"{k} = {json.dumps(v)}"
+            for k, v in section.items()
+            if k not in nested and k not in arrays
+        ]
         for sub, values in nested.items():
             lines.append(f"[{name}.{sub}]")
             lines += [f"{k} = {json.dumps(v)}" for k, v in values.items()]
+        for sub, entries in arrays.items():  # [[http.users]]
+            for entry in entries:
+                lines.append(f"[[{name}.{sub}]]")
+                lines += [f"{k} = {json.dumps(v)}" for k, v in entry.items()]
     for name, entries in mapping.items():
         if isinstance(entries, list):
             for entry in entries:

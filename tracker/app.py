@@ -16,6 +16,7 @@ from tracker.clock import utc_now
 from tracker.config import Settings
 from tracker.poller import Poller
 from tracker.store import Store, open_store
+from tracker.telemetry import SILENT, Telemetry
 from tracker.upstream import build_client
 
 #: How long a claimed order stays hidden from other ticks beyond two request timeouts.
@@ -52,11 +53,14 @@ async def open_polling(settings: Settings, *, one_shot: bool = False) -> AsyncIt
 
 @asynccontextmanager
 async def polling_on(
-    settings: Settings, store: Store, *, one_shot: bool = False
+    settings: Settings, store: Store, *, one_shot: bool = False, telemetry: Telemetry = SILENT
 ) -> AsyncIterator[Polling]:
-    """A poller on an open upstream client over ``store``; the client is closed afterwards."""
+    """A poller on an open upstream client over ``store``; the client is closed afterwards.
+
+    ``telemetry`` hears of every poll and upstream request.
+    """
     patience = settings.upstream.timeout.total_seconds() if one_shot else None
-    client, http = build_client(settings.upstream, patience=patience)
+    client, http = build_client(settings.upstream, patience=patience, telemetry=telemetry)
     try:
         await store.watch_from_config(settings.watch.orders, now=utc_now())
         poller = Poller(
@@ -66,6 +70,7 @@ async def polling_on(
             rng=random.Random(),
             routes=settings.routes(),
             failing_after=settings.alerts.failing_after,
+            telemetry=telemetry,
         )
         yield Polling(settings=settings, store=store, poller=poller)
     finally:

@@ -468,21 +468,69 @@ def sinks_test(
 
 @app.command("run")
 def run(ctx: typer.Context, config: ConfigOption = None) -> None:
-    """The daemon: polls on schedule until SIGTERM or SIGINT; SIGHUP reloads the configuration."""
+    """The daemon: polls on schedule until SIGTERM or SIGINT; SIGHUP reloads the configuration.
+
+    With ``[http] listen`` it serves health and metrics on the same event loop.
+    """
+    import contextlib
+
     from tracker.daemon import run_until_signalled
     from tracker.logs import configure as configure_logs
     from tracker.service import Reloader, open_service
+    from tracker.telemetry import SILENT, Telemetry
 
     settings = _settings(ctx, config)
     configure_logs(settings.log)
+    address = settings.http.address
+    metrics = None
+    if address is not None:
+        from tracker.web import Metrics, build_app, listening
+
+        metrics = Metrics()
+    telemetry: Telemetry = metrics or SILENT
 
     async def daemon() -> None:
-        async with open_service(settings) as service:
+        async with (
+            open_service(settings, telemetry=telemetry) as service,
+            contextlib.AsyncExitStack() as http,
+        ):
             daemon = service.daemon()
             reload = Reloader(_config_path(ctx, config), service, daemon)
+            if address is not None and metrics is not None:
+                web = build_app(
+                    store=service.store,
+                    metrics=metrics,
+                    readiness=daemon.readiness,
+                    sinks=lambda: [entry.name for entry in reload.settings.sinks],
+                )
+                await http.enter_async_context(listening(web, address))
             await run_until_signalled(daemon, reload)
 
     _run(daemon())
+
+
+@app.command("serve")
+def serve(ctx: typer.Context, config: ConfigOption = None) -> None:
+    """Health and metrics on [http] listen, without polling or delivering, until SIGTERM."""
+    from tracker.logs import configure as configure_logs
+    from tracker.store import open_store
+    from tracker.web import Metrics, build_app, serve_until_signalled
+
+    settings = _settings(ctx, config)
+    address = settings.http.address
+    if address is None:
+        raise ConfigError(
+            'http.listen: not set; `tracker serve` needs [http] listen = "127.0.0.1:8080"'
+        )
+    configure_logs(settings.log)
+    sinks = [entry.name for entry in settings.sinks]
+
+    async def serving() -> None:
+        async with open_store(settings.database.url) as store:
+            web = build_app(store=store, metrics=Metrics(), sinks=lambda: sinks)
+            await serve_until_signalled(web, address)
+
+    _run(serving())
 
 
 @app.command("demo")

@@ -224,6 +224,94 @@ class SmtpSettings(_Section):
         return self.starttls or self.tls
 
 
+#: The shortest bearer token accepted: 16 random characters are beyond guessing over HTTP.
+MIN_TOKEN_LENGTH = 16
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    """Where the HTTP listener binds: a host name or address, and a port (0: any free one)."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+def parse_address(value: str) -> Address:
+    """``"127.0.0.1:8080"``, ``"localhost:8080"`` or ``"[::1]:8080"``."""
+    host, colon, port = value.strip().rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not colon or not host or not port.isdigit() or (":" in host and "[" not in value):
+        raise ValueError(
+            f'{value!r} is not HOST:PORT, e.g. "127.0.0.1:8080" (or "[::1]:8080" for IPv6)'
+        )
+    if not 0 <= int(port) <= 65535:
+        raise ValueError(f"port {port} is out of range: use 1 to 65535 (0 picks a free one)")
+    if not re.fullmatch(r"[A-Za-z0-9.:_-]+", host):
+        raise ValueError(f"{host!r} is not a host name or IP address")
+    return Address(host=host, port=int(port))
+
+
+class HttpUser(_Section):
+    """A ``[[http.users]]`` entry: a bearer token for the API and the pages, and its role."""
+
+    #: Appears in the logs of write actions.
+    name: str = Field(pattern=r"^[A-Za-z0-9_.@-]{1,64}$")
+    #: Compared in constant time; never logged.
+    token: SecretStr
+    #: ``read``, or ``write`` (which can also watch, unwatch and retry).
+    role: Literal["read", "write"]
+
+    @field_validator("token")
+    @classmethod
+    def _strong(cls, value: SecretStr) -> SecretStr:
+        text = value.get_secret_value()
+        # The message never quotes the token: a refused one may still be a real secret.
+        if len(text) < MIN_TOKEN_LENGTH:
+            raise ValueError(
+                f"shorter than {MIN_TOKEN_LENGTH} characters; generate one with "
+                "python3 -c 'import secrets; print(secrets.token_urlsafe(32))'"
+            )
+        if not re.fullmatch(r"[\x21-\x7e]+", text):
+            raise ValueError("must be printable ASCII without spaces (it travels in a header)")
+        return value
+
+
+class HttpSettings(_Section):
+    """``[http]``: the listener for health, metrics, the API and the support pages."""
+
+    #: ``HOST:PORT``; absent: no listener.
+    listen: str | None = None
+    users: tuple[HttpUser, ...] = ()
+
+    @field_validator("listen")
+    @classmethod
+    def _address(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_address(value)
+        return value
+
+    @field_validator("users")
+    @classmethod
+    def _unique(cls, value: tuple[HttpUser, ...]) -> tuple[HttpUser, ...]:
+        names = [user.name for user in value]
+        tokens = [user.token.get_secret_value() for user in value]
+        for index, name in enumerate(names):
+            if names.count(name) > 1:
+                raise ValueError(f"user name {name!r} is used twice; names must be unique")
+            if tokens.count(tokens[index]) > 1:
+                raise ValueError(f"user {name!r} shares its token with another user")
+        return value
+
+    @property
+    def address(self) -> Address | None:
+        """Where to listen, if anywhere."""
+        return parse_address(self.listen) if self.listen is not None else None
+
+
 class _SinkBase(_Section):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
     on: tuple[str, ...] = ("*",)
@@ -374,6 +462,7 @@ class Settings(_Section):
     alerts: AlertSettings = AlertSettings()
     log: LogSettings = LogSettings()
     smtp: SmtpSettings = SmtpSettings()
+    http: HttpSettings = HttpSettings()
     sinks: tuple[SinkSettings, ...] = ()
 
     @field_validator("sinks")

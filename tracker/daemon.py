@@ -30,6 +30,7 @@ from tracker.poller import Clock, Poller, log_transitions
 from tracker.sinks.registry import Sink
 from tracker.store import PollOutcome, Store
 from tracker.supervision import HeldClaims, renewing, supervised
+from tracker.telemetry import SILENT, Telemetry
 
 log = structlog.get_logger("tracker.daemon")
 
@@ -107,8 +108,10 @@ class Daemon:
         dispatcher: Dispatcher | None = None,
         outage: Outage | None = None,
         settings: Settings | None = None,
+        telemetry: Telemetry = SILENT,
     ) -> None:
         self._store = store
+        self._telemetry = telemetry
         self._outage = outage or Outage(store.where)
         #: The configuration in force: alerts and digests read it. None: neither.
         self._settings = settings
@@ -543,6 +546,8 @@ class Daemon:
             self._claims.drop([outcome.claim.order_id for outcome in batch])
         self._progress_at = time.monotonic()
         log_transitions(transitions)
+        for transition in transitions:
+            self._telemetry.transitioned(transition.from_status, transition.to_status)
         if self._on_transition is not None:
             for transition in transitions:
                 self._on_transition(transition)

@@ -19,8 +19,17 @@ from tracker.schedule import plan_delivery
 from tracker.sinks.registry import Sink
 from tracker.store import Attempt, Store
 from tracker.supervision import HeldClaims, renewing, supervised
+from tracker.telemetry import SILENT, Telemetry
 
 log = structlog.get_logger("tracker.outbox")
+
+
+#: An attempt's ``result`` in telemetry, by the state it leaves the delivery in.
+_RESULTS: dict[str, str] = {
+    DeliveryState.DELIVERED: "delivered",
+    DeliveryState.PENDING: "failed",  # retried after the backoff
+    DeliveryState.DEAD: "dead",
+}
 
 
 def window(concurrency: int) -> int:
@@ -66,8 +75,10 @@ class Dispatcher:
         lease: timedelta,
         outage: Outage | None = None,
         build: Callable[[Settings], Mapping[str, Sink]] | None = None,
+        telemetry: Telemetry = SILENT,
     ) -> None:
         self._store = store
+        self._telemetry = telemetry
         #: Builds the sinks of a configuration (a reload); a broken one raises ConfigError.
         self.build = build
         #: In a daemon: a database outage is waited out, not logged per delivery.
@@ -263,6 +274,7 @@ class Dispatcher:
             retry_after=result.retry_after,
         )
         _log_attempt(delivery, number, plan.state, plan.next_attempt_at, result)
+        self._telemetry.delivered(delivery.sink, _RESULTS[plan.state])
         return Attempt(
             delivery_id=delivery.id,
             at=now,

@@ -22,6 +22,7 @@ from tracker.schedule import PollingPolicy
 from tracker.sinks.render import event_body
 from tracker.store import PollOutcome, Store
 from tracker.supervision import HeldClaims, renewing
+from tracker.telemetry import SILENT, PollResult, Telemetry
 from tracker.upstream import NomosClient
 
 log = structlog.get_logger("tracker.poller")
@@ -46,8 +47,10 @@ class Poller:
         rng: random.Random,
         routes: Mapping[str, Sequence[str]] | None = None,
         failing_after: int | None = None,
+        telemetry: Telemetry = SILENT,
     ) -> None:
         self._client = client
+        self._telemetry = telemetry
         self._failing_after = failing_after
         self._policy = policy
         self._clock = clock
@@ -78,10 +81,19 @@ class Poller:
         """
         with structlog.contextvars.bound_contextvars(order_id=claim.order_id):
             try:
-                return await self._poll(claim)
+                outcome = await self._poll(claim)
             except Exception as exc:
                 log.exception("poll_crashed", order_id=claim.order_id)
-                return self._failed(claim, INTERNAL, f"internal error: {type(exc).__name__}: {exc}")
+                outcome = self._failed(
+                    claim, INTERNAL, f"internal error: {type(exc).__name__}: {exc}"
+                )
+        if outcome.error_kind is not None:
+            self._telemetry.polled(PollResult.FAILED)
+        elif outcome.decision is not None and outcome.decision.store_snapshot:
+            self._telemetry.polled(PollResult.CHANGED)
+        else:
+            self._telemetry.polled(PollResult.UNCHANGED)
+        return outcome
 
     async def _poll(self, claim: Claim) -> PollOutcome:
         try:

@@ -21,6 +21,7 @@ from tracker.outage import Outage
 from tracker.outbox import Dispatcher, window
 from tracker.sinks.registry import build_sinks
 from tracker.store import Store, open_store
+from tracker.telemetry import SILENT, Telemetry
 
 log = structlog.get_logger("tracker.service")
 
@@ -37,11 +38,16 @@ def delivery_lease(settings: Settings) -> timedelta:
 
 @asynccontextmanager
 async def open_outbox(
-    settings: Settings, store: Store, *, outage: Outage | None = None
+    settings: Settings,
+    store: Store,
+    *,
+    outage: Outage | None = None,
+    telemetry: Telemetry = SILENT,
 ) -> AsyncIterator[Dispatcher]:
     """A dispatcher over the configured sinks; their HTTP client is closed afterwards.
 
-    With ``outage`` (in a daemon), a database outage is waited out rather than failing.
+    With ``outage`` (in a daemon), a database outage is waited out rather than failing;
+    ``telemetry`` hears of every attempt.
     """
     limit = settings.delivery.max_concurrency * max(len(settings.sinks), 1)
     http = httpx.AsyncClient(
@@ -61,6 +67,7 @@ async def open_outbox(
             concurrency=settings.delivery.max_concurrency,
             lease=delivery_lease(settings),
             outage=outage,
+            telemetry=telemetry,
         )
     finally:
         await http.aclose()
@@ -73,6 +80,8 @@ class Service(Polling):
     dispatcher: Dispatcher
     #: The database's reachability, as the daemon and its outbox both see it.
     outage: Outage
+    #: Hears of polls, requests, transitions and delivery attempts (the metrics).
+    telemetry: Telemetry = SILENT
 
     def daemon(self, on_transition: TransitionListener | None = None) -> Daemon:
         """A daemon over this store, poller and outbox, sized from the settings."""
@@ -94,21 +103,24 @@ class Service(Polling):
             dispatcher=self.dispatcher,
             outage=self.outage,
             settings=self.settings,
+            telemetry=self.telemetry,
         )
 
 
 @asynccontextmanager
-async def open_service(settings: Settings) -> AsyncIterator[Service]:
+async def open_service(
+    settings: Settings, *, telemetry: Telemetry = SILENT
+) -> AsyncIterator[Service]:
     """Polling and the outbox over one store, closed afterwards.
 
     The sinks are built first: a template that does not compile stops the start before any
-    configured order is watched.
+    configured order is watched. ``telemetry`` hears of everything the daemon does.
     """
     async with open_store(settings.database.url) as store:
         outage = Outage(store.where)
         async with (
-            open_outbox(settings, store, outage=outage) as dispatcher,
-            polling_on(settings, store) as polling,
+            open_outbox(settings, store, outage=outage, telemetry=telemetry) as dispatcher,
+            polling_on(settings, store, telemetry=telemetry) as polling,
         ):
             yield Service(
                 settings=settings,
@@ -116,6 +128,7 @@ async def open_service(settings: Settings) -> AsyncIterator[Service]:
                 poller=polling.poller,
                 dispatcher=dispatcher,
                 outage=outage,
+                telemetry=telemetry,
             )
 
 
@@ -158,7 +171,9 @@ class Reloader:
 def _fixed_changes(old: Settings, new: Settings) -> list[str]:
     """The changed keys that a running daemon reads only at start."""
     changed = [
-        name for name in ("upstream", "database", "log") if getattr(old, name) != getattr(new, name)
+        name
+        for name in ("upstream", "database", "log", "http")
+        if getattr(old, name) != getattr(new, name)
     ]
     changed += [
         f"delivery.{key}"

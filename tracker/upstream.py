@@ -23,6 +23,7 @@ from tracker.errors import (
 )
 from tracker.model import MeterOrder, parse_json, validate_order_id
 from tracker.pacing import Pacer
+from tracker.telemetry import SILENT, Telemetry
 from tracker.text import one_line
 
 log = structlog.get_logger("tracker.upstream")
@@ -45,11 +46,19 @@ class Exchange:
     then ``None``. Transport failures and the deadline become :class:`TransientError`.
     """
 
-    def __init__(self, http: httpx.AsyncClient, *, deadline: float, max_body: int) -> None:
+    def __init__(
+        self,
+        http: httpx.AsyncClient,
+        *,
+        deadline: float,
+        max_body: int,
+        telemetry: Telemetry = SILENT,
+    ) -> None:
         self._http = http
         self._deadline = deadline
         #: Bytes a successful answer may have.
         self.max_body = max_body
+        self._telemetry = telemetry
 
     async def __call__(
         self, method: str, path: str, *, answered: Callable[[], None], **kwargs: Any
@@ -57,7 +66,11 @@ class Exchange:
         """Send the request and read the answer's body (``None`` when over the limit).
 
         ``answered`` is called when the answer's head has arrived (see :meth:`Pacer.slot`).
+        The exchange is reported to telemetry with its status (none without an answer) and
+        its whole duration, body included.
         """
+        started = time.perf_counter()
+        code: int | None = None
         try:
             async with (
                 asyncio.timeout(self._deadline),
@@ -65,11 +78,15 @@ class Exchange:
             ):
                 answered()
                 limit = self.max_body if response.is_success else ERROR_BODY_LIMIT
-                return response, await _read(response, limit)
+                body = await _read(response, limit)
+                code = response.status_code
+                return response, body
         except (TimeoutError, httpx.TimeoutException) as exc:
             raise TransientError(f"timed out after {self._deadline:g} s") from exc
         except httpx.TransportError as exc:
             raise TransientError(f"connection failed: {_describe(exc)}") from exc
+        finally:
+            self._telemetry.requested(code, time.perf_counter() - started)
 
 
 async def _read(response: httpx.Response, limit: int) -> bytes | None:
@@ -229,6 +246,7 @@ def build_client(
     *,
     transport: httpx.AsyncBaseTransport | None = None,
     patience: float | None = None,
+    telemetry: Telemetry = SILENT,
 ) -> tuple[NomosClient, httpx.AsyncClient]:
     """Wire a :class:`NomosClient` from settings; the caller closes the returned httpx client.
 
@@ -252,7 +270,7 @@ def build_client(
         trust_env=False,
     )
     pacer = Pacer(settings.requests_per_second, settings.max_concurrency, patience=patience)
-    exchange = Exchange(http, deadline=timeout, max_body=settings.max_body)
+    exchange = Exchange(http, deadline=timeout, max_body=settings.max_body, telemetry=telemetry)
     credentials: Credentials
     if settings.token is not None:
         credentials = StaticToken(settings.token.get_secret_value())

@@ -28,6 +28,10 @@ HEAVY = (
     "jinja2",
     "alembic",
     "structlog",
+    "tracker.web",
+    "starlette",
+    "uvicorn",
+    "prometheus_client",
 )
 #: Runs the CLI in a fresh interpreter and reports, at exit, the heavy modules it imported.
 PROBE = """
@@ -93,5 +97,6 @@ class TestReadingCommandsStayLight:
         found = await imported("poll", "--all", "--config", path)
         assert {"tracker.app", "tracker.upstream", "httpx"} <= set(found)  # the probe sees them
         daemon_only = ("tracker.service", "tracker.daemon", "tracker.outbox", "apscheduler")
+        web_only = ("tracker.web", "starlette", "uvicorn", "prometheus_client")
         sinks_only = ("tracker.sinks.registry", "tracker.sinks.email", "jinja2", "aiosmtplib")
-        assert [m for m in found if m.startswith(daemon_only + sinks_only)] == []
+        assert [m for m in found if m.startswith(daemon_only + sinks_only + web_only)] == []

@@ -12,6 +12,7 @@ from tracker.errors import ConfigError
 
 SECRET = "whsec_" + "c2VjcmV0LXNlY3JldC1zZWNyZXQ="  # base64 of a 21-byte key
 EXAMPLE = Path(__file__).parents[2] / "config.example.toml"
+TOKEN = "tok_0123456789abcdef"
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -62,8 +63,11 @@ class TestLoad:
             "SMTP_USER": "u",
             "SMTP_PASSWORD": "p",
             "OPS_WEBHOOK_SECRET": SECRET,
+            "TRACKER_SUPPORT_TOKEN": TOKEN,
         }
         settings = load(EXAMPLE, environ)
+        assert str(settings.http.address) == "127.0.0.1:8080"
+        assert [user.role for user in settings.http.users] == ["read"]
         assert settings.upstream.api_version == "2026-01-29.edison"
         assert settings.upstream.token is not None
         assert settings.upstream.token.get_secret_value() == "nom_live_abc"
@@ -150,6 +154,38 @@ class TestLoad:
             ('[database]\nurl = "mysql://x"\n', "database.url: unsupported scheme 'mysql': use"),
             ('[database]\nurl = "postgresql+asyncpg://x"\n', "use sqlite:///PATH or postgresql://"),
             ("this is = not toml =", "is not valid TOML"),
+            ('[http]\nlisten = "8080"\n', "http.listen: '8080' is not HOST:PORT"),
+            ('[http]\nlisten = "::1:8080"\n', "http.listen: '::1:8080' is not HOST:PORT"),
+            ('[http]\nlisten = "127.0.0.1:70000"\n', "http.listen: port 70000 is out of range"),
+            ('[http]\nlisten = "a host:80"\n', "http.listen: 'a host' is not a host name"),
+            ('[http]\nlisen = "127.0.0.1:80"\n', "http.lisen: unknown key"),
+            (
+                f'[[http.users]]\nname = "ui"\ntoken = "{TOKEN}"\nrole = "admin"\n',
+                "http.users[0].role: ",
+            ),
+            ('[[http.users]]\nname = "ui"\nrole = "read"\n', "http.users[0].token: required"),
+            (
+                '[[http.users]]\nname = "ui"\ntoken = "short"\nrole = "read"\n',
+                "http.users[0].token: shorter than 16 characters",
+            ),
+            (
+                '[[http.users]]\nname = "ui"\ntoken = "has a space in it!!"\nrole = "read"\n',
+                "http.users[0].token: must be printable ASCII without spaces",
+            ),
+            (
+                f'[[http.users]]\nname = "a b"\ntoken = "{TOKEN}"\nrole = "read"\n',
+                "http.users[0].name: ",
+            ),
+            (
+                f'[[http.users]]\nname = "ui"\ntoken = "{TOKEN}"\nrole = "read"\n'
+                f'[[http.users]]\nname = "ui"\ntoken = "{TOKEN}x"\nrole = "write"\n',
+                "http.users: user name 'ui' is used twice",
+            ),
+            (
+                f'[[http.users]]\nname = "ui"\ntoken = "{TOKEN}"\nrole = "read"\n'
+                f'[[http.users]]\nname = "ops"\ntoken = "{TOKEN}"\nrole = "write"\n',
+                "http.users: user 'ui' shares its token with another user",
+            ),
         ],
     )
     def test_refusals_name_the_key(self, tmp_path: Path, text: str, named: str) -> None:
@@ -158,6 +194,34 @@ class TestLoad:
     def test_a_refused_database_url_never_shows_its_password(self, tmp_path: Path) -> None:
         message = refusal(tmp_path, '[database]\nurl = "mysql://app:hunter2@db/x"\n')
         assert "database.url: unsupported scheme 'mysql'" in message
+        assert "hunter2" not in message
+
+    def test_http_listener_and_users(self, tmp_path: Path) -> None:
+        text = (
+            '[http]\nlisten = "[::1]:8080"\n'
+            '[[http.users]]\nname = "support-ui"\ntoken = "${T}"\nrole = "read"\n'
+            f'[[http.users]]\nname = "ops"\ntoken = "{TOKEN}"\nrole = "write"\n'
+        )
+        settings = load(write(tmp_path, text), {"T": "tok_supersecret_value"})
+        assert settings.http.address is not None
+        assert (settings.http.address.host, settings.http.address.port) == ("::1", 8080)
+        assert str(settings.http.address) == "[::1]:8080"
+        assert [(u.name, u.role) for u in settings.http.users] == [
+            ("support-ui", "read"),
+            ("ops", "write"),
+        ]
+        assert settings.http.users[0].token.get_secret_value() == "tok_supersecret_value"
+        assert "tok_supersecret_value" not in repr(settings)
+
+    def test_no_listener_by_default(self, tmp_path: Path) -> None:
+        settings = load(write(tmp_path, ""), {})
+        assert settings.http.address is None
+        assert settings.http.users == ()
+
+    def test_a_refused_token_is_never_quoted(self, tmp_path: Path) -> None:
+        message = refusal(
+            tmp_path, '[[http.users]]\nname = "u"\ntoken = "hunter2"\nrole = "read"\n'
+        )
         assert "hunter2" not in message
 
     def test_unset_variable_is_named(self, tmp_path: Path) -> None:

@@ -9,7 +9,17 @@ import pytest
 
 import tracker
 
-PURE = ["lifecycle", "model", "diff", "schedule", "errors", "routing", "sinks/render", "text"]
+PURE = [
+    "lifecycle",
+    "model",
+    "diff",
+    "schedule",
+    "errors",
+    "routing",
+    "sinks/render",
+    "text",
+    "telemetry",
+]
 FORBIDDEN = {
     "httpx",
     "sqlalchemy",

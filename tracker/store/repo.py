@@ -662,6 +662,11 @@ class Store:
             ).scalar()
             return paused
 
+    async def ping(self) -> None:
+        """Ask the database the most trivial question; raises when it does not answer."""
+        async with self._engine.connect() as conn:
+            await conn.execute(select(literal(1)))
+
     async def overview(self, *, stale_before: datetime) -> Overview:
         """Daemons, orders by status and state, deliveries by sink and state, last success."""
         state = case(

@@ -1,0 +1,234 @@
+"""Prometheus metrics: counters of this process, gauges read from the database at scrape time.
+
+Counters (polls, upstream requests, transitions, delivery attempts) count what this process
+did; Prometheus sums them over the daemons. Gauges (the outbox, the watched orders, the last
+successful poll) describe the one database every daemon shares, so they are read from it when
+scraped, at most once per :data:`GAUGE_CACHE` seconds, and every daemon reports the same values
+(take ``max`` across instances, not ``sum``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Collection, Iterable
+from datetime import datetime
+
+import structlog
+from prometheus_client import (
+    CONTENT_TYPE_PLAIN_0_0_4,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
+from prometheus_client.core import GaugeMetricFamily, Metric
+
+from tracker.clock import utc_now
+from tracker.errors import clip
+from tracker.lifecycle import Status, is_known
+from tracker.model import STALE_AFTER, DeliveryState
+from tracker.store import Overview, Store
+from tracker.telemetry import NO_ANSWER, PollResult
+
+log = structlog.get_logger("tracker.web")
+
+#: Seconds a reading of the database's gauges is served again: several scrapers (or a scraper
+#: and a person) cost one set of grouped queries, and a value is never older than this.
+GAUGE_CACHE = 5.0
+#: Seconds a scrape waits for the database: well within Prometheus's default scrape timeout
+#: (10 s), so that a slow database yields the counters without gauges, not a failed scrape.
+GAUGE_TIMEOUT = 3.0
+#: Upstream requests take milliseconds to a timeout of seconds (10 s by default).
+DURATION_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+#: The ``status`` label of a status outside the 14: what an upstream sends must not create
+#: series without bound.
+UNKNOWN_STATUS = "unknown"
+#: The ``status`` label of an order that has not been answered yet.
+NO_STATUS = "none"
+
+#: The exposition's media type: the classic text format, which every Prometheus reads.
+CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
+_ACTIVE = "active"
+
+# The library's switch (process-wide): a ``*_created`` series beside every counter doubles the
+# series scraped, and no dashboard of ours reads them.
+disable_created_metrics()  # type: ignore[no-untyped-call]
+
+
+def status_label(status: str | None) -> str:
+    """One of the 14 statuses, ``unknown`` for any other, ``none`` before the first answer."""
+    if status is None:
+        return NO_STATUS
+    return status if is_known(status) else UNKNOWN_STATUS
+
+
+class Metrics:
+    """The counters (fed as :class:`tracker.telemetry.Telemetry`) and the database's gauges.
+
+    Each instance has its own registry, so tests and several apps in one process never
+    collide. Labelled children are made once and kept: a poll costs one increment.
+    """
+
+    def __init__(
+        self, *, cache: float = GAUGE_CACHE, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.registry = CollectorRegistry(auto_describe=False)
+        polls = Counter("tracker_polls", "Polls by result.", ["result"], registry=self.registry)
+        self._polls = {
+            result: polls.labels(result=result)
+            for result in (PollResult.UNCHANGED, PollResult.CHANGED, PollResult.FAILED)
+        }
+        self._requests = Counter(
+            "tracker_upstream_requests",
+            "Requests to the upstream by HTTP status (error: no answer).",
+            ["code"],
+            registry=self.registry,
+        )
+        self._codes: dict[int | None, Counter] = {}
+        self._duration = Histogram(
+            "tracker_upstream_request_duration_seconds",
+            "Duration of upstream requests, the whole answer read.",
+            buckets=DURATION_BUCKETS,
+            registry=self.registry,
+        )
+        self._transitions = Counter(
+            "tracker_transitions",
+            "Stored transitions by status.",
+            ["from_status", "to_status"],
+            registry=self.registry,
+        )
+        self._moves: dict[tuple[str, str], Counter] = {}
+        self._deliveries = Counter(
+            "tracker_deliveries",
+            "Delivery attempts by sink and result (failed: retried later).",
+            ["sink", "result"],
+            registry=self.registry,
+        )
+        self._attempts: dict[tuple[str, str], Counter] = {}
+        self._gauges = _DatabaseGauges()
+        self.registry.register(self._gauges)
+        self._cache = cache
+        self._clock = clock
+        self._read_at: float | None = None
+        self._reading = asyncio.Lock()
+        self._failing = False
+
+    # -- Telemetry ---------------------------------------------------------------------------
+
+    def polled(self, result: str) -> None:
+        """Count one poll."""
+        self._polls[result].inc()
+
+    def requested(self, code: int | None, seconds: float) -> None:
+        """Count one upstream request and observe its duration."""
+        child = self._codes.get(code)
+        if child is None:
+            label = NO_ANSWER if code is None else str(code)
+            child = self._codes[code] = self._requests.labels(code=label)
+        child.inc()
+        self._duration.observe(seconds)
+
+    def transitioned(self, from_status: str, to_status: str) -> None:
+        """Count one stored transition."""
+        key = (from_status, to_status)
+        child = self._moves.get(key)
+        if child is None:
+            child = self._moves[key] = self._transitions.labels(
+                from_status=status_label(from_status), to_status=status_label(to_status)
+            )
+        child.inc()
+
+    def delivered(self, sink: str, result: str) -> None:
+        """Count one delivery attempt."""
+        key = (sink, result)
+        child = self._attempts.get(key)
+        if child is None:
+            child = self._attempts[key] = self._deliveries.labels(sink=sink, result=result)
+        child.inc()
+
+    # -- exposition --------------------------------------------------------------------------
+
+    async def refresh(self, store: Store, sinks: Collection[str]) -> None:
+        """Read the gauges from the database unless a reading is fresh enough.
+
+        Scrapes that come together share one reading. A database that does not answer within
+        :data:`GAUGE_TIMEOUT` leaves the gauges out until a reading succeeds (logged once).
+        """
+        async with self._reading:
+            if self._read_at is not None and self._clock() - self._read_at < self._cache:
+                return
+            try:
+                async with asyncio.timeout(GAUGE_TIMEOUT):
+                    now = utc_now()
+                    overview = await store.overview(stale_before=now - STALE_AFTER)
+            except Exception as exc:
+                self._gauges.families = []
+                if not self._failing:
+                    log.warning("metrics_database_failed", error=_first_line(exc))
+                self._failing = True
+            else:
+                self._gauges.families = gauges(overview, now, sinks)
+                self._failing = False
+            self._read_at = self._clock()
+
+    def render(self) -> bytes:
+        """The registry in the Prometheus text format."""
+        return generate_latest(self.registry)
+
+
+class _DatabaseGauges:
+    """A collector that hands out the last reading of the database's gauges."""
+
+    def __init__(self) -> None:
+        self.families: list[Metric] = []
+
+    def collect(self) -> Iterable[Metric]:
+        """The last reading (replaced whole, so a scrape never sees half of one)."""
+        return self.families
+
+
+def gauges(overview: Overview, now: datetime, sinks: Collection[str]) -> list[Metric]:
+    """The gauges of one reading: every configured sink and every status appear, if at 0."""
+    pending = dict.fromkeys(sinks, 0)
+    oldest: dict[str, float] = dict.fromkeys(sinks, 0.0)
+    for sink, state, count, since in overview.deliveries:
+        if state == DeliveryState.PENDING:
+            pending[sink] = pending.get(sink, 0) + count
+            age = (now - since).total_seconds() if since is not None else 0.0
+            oldest[sink] = max(oldest.get(sink, 0.0), age, 0.0)
+    watched = {str(status): 0 for status in Status}
+    for status, state, count in overview.orders:
+        if state == _ACTIVE:
+            label = status_label(status)
+            watched[label] = watched.get(label, 0) + count
+    outbox = GaugeMetricFamily(
+        "tracker_outbox_pending", "Deliveries not yet delivered nor dead.", labels=["sink"]
+    )
+    ages = GaugeMetricFamily(
+        "tracker_outbox_oldest_pending_age_seconds",
+        "Age of the oldest pending delivery (0: none pending).",
+        labels=["sink"],
+    )
+    for sink in sorted(pending):
+        outbox.add_metric([sink], pending[sink])
+        ages.add_metric([sink], round(oldest[sink], 3))
+    orders = GaugeMetricFamily(
+        "tracker_watched_orders", "Active watched orders by status.", labels=["status"]
+    )
+    for status in sorted(watched):
+        orders.add_metric([status], watched[status])
+    last = GaugeMetricFamily(
+        "tracker_last_successful_poll_timestamp_seconds",
+        "When the last poll of any daemon succeeded (Unix time).",
+    )
+    if overview.last_success_at is not None:
+        last.add_metric([], overview.last_success_at.timestamp())
+    return [outbox, ages, orders, last]
+
+
+def _first_line(exc: BaseException) -> str:
+    cause = getattr(exc, "orig", None) or exc
+    lines = str(cause).strip().splitlines()
+    return clip(f"{type(cause).__name__}: {lines[0]}" if lines else type(cause).__name__)
