@@ -470,7 +470,7 @@ def sinks_test(
 def run(ctx: typer.Context, config: ConfigOption = None) -> None:
     """The daemon: polls on schedule until SIGTERM or SIGINT; SIGHUP reloads the configuration.
 
-    With ``[http] listen`` it serves health and metrics on the same event loop.
+    With an HTTP listener configured it serves health, metrics and the API on the same event loop.
     """
     import contextlib
 
@@ -502,6 +502,7 @@ def run(ctx: typer.Context, config: ConfigOption = None) -> None:
                     metrics=metrics,
                     readiness=daemon.readiness,
                     sinks=lambda: [entry.name for entry in reload.settings.sinks],
+                    users=settings.http.users,
                 )
                 await http.enter_async_context(listening(web, address))
             await run_until_signalled(daemon, reload)
@@ -511,7 +512,7 @@ def run(ctx: typer.Context, config: ConfigOption = None) -> None:
 
 @app.command("serve")
 def serve(ctx: typer.Context, config: ConfigOption = None) -> None:
-    """Health and metrics on [http] listen, without polling or delivering, until SIGTERM."""
+    """Health, metrics and the API on the configured listener, without polling or delivering."""
     from tracker.logs import configure as configure_logs
     from tracker.store import open_store
     from tracker.web import Metrics, build_app, serve_until_signalled
@@ -527,7 +528,9 @@ def serve(ctx: typer.Context, config: ConfigOption = None) -> None:
 
     async def serving() -> None:
         async with open_store(settings.database.url) as store:
-            web = build_app(store=store, metrics=Metrics(), sinks=lambda: sinks)
+            web = build_app(
+                store=store, metrics=Metrics(), sinks=lambda: sinks, users=settings.http.users
+            )
             await serve_until_signalled(web, address)
 
     _run(serving())

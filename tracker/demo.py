@@ -1,4 +1,8 @@
-"""``tracker demo``: the simulator, a temporary SQLite database and the daemon, shown live."""
+"""``tracker demo``: the simulator, a temporary SQLite database and the daemon, shown live.
+
+The daemon serves its HTTP listener on a free loopback port, as ``tracker run`` does with
+``[http] listen``: the printed URLs show the health, readiness and metrics move while it runs.
+"""
 
 from __future__ import annotations
 
@@ -15,12 +19,13 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from tracker.config import Settings
+from tracker.config import Address, Settings
 from tracker.httpserver import HttpServer
 from tracker.model import Transition
 from tracker.receivers import MailCatcher, WebhookReceiver, start_mail_catcher
 from tracker.service import open_service
 from tracker.simulator import DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, Simulator, demo_scripts
+from tracker.web import Metrics, build_app, listening
 
 #: Seconds each simulated status lasts, before per-order staggering.
 STEP_SECONDS = 5.0
@@ -36,6 +41,20 @@ _STYLE = {
 
 
 DEMO_WEBHOOK_SECRET = "whsec_" + base64.b64encode(b"tracker-demo-signing-key").decode()
+#: Where the demo's listener binds: loopback, on a port the system picks (printed at start).
+DEMO_LISTEN = Address(host="127.0.0.1", port=0)
+#: The listener's routes the demo points at, each with what it shows.
+DEMO_ROUTES = (
+    ("health", "/healthz"),
+    ("readiness", "/readyz"),
+    ("metrics", "/metrics"),
+)
+
+
+def listener_lines(base_url: str) -> list[str]:
+    """One ``NAME: URL`` line per route of :data:`DEMO_ROUTES`, names aligned."""
+    width = max(len(name) for name, _path in DEMO_ROUTES) + 1
+    return [f"{name + ':':<{width}} {base_url}{path}" for name, path in DEMO_ROUTES]
 
 
 def demo_settings(
@@ -118,14 +137,30 @@ async def run_demo(*, duration: float, console: Console) -> None:
                 f"(blocked and cancelled, to a local SMTP catcher on port {smtp_port}).\n"
                 "Ctrl-C ends it early.\n"
             )
-            async with open_service(settings) as service:
+            metrics = Metrics()
+            sinks = [sink.name for sink in settings.sinks]
+            async with open_service(settings, telemetry=metrics) as service:
                 stop = asyncio.Event()
                 loop = asyncio.get_running_loop()
                 for sig in (signal.SIGINT, signal.SIGTERM):
                     loop.add_signal_handler(sig, stop.set)
                 loop.call_later(min(duration, script_end + 6), stop.set)
                 daemon = service.daemon(on_transition=show)
-                await daemon.run(stop)
+                web = build_app(
+                    store=service.store,
+                    metrics=metrics,
+                    readiness=daemon.readiness,
+                    sinks=lambda: sinks,
+                )
+                async with listening(web, DEMO_LISTEN) as base_url:
+                    console.print(
+                        "The daemon's HTTP listener (what [bold]tracker run[/bold] serves with "
+                        f"{escape('[http] listen')}), while the demo runs:"
+                    )
+                    for line in listener_lines(base_url):
+                        console.print(f"  {escape(line)}")
+                    console.print()
+                    await daemon.run(stop)
                 for sig in (signal.SIGINT, signal.SIGTERM):
                     with contextlib.suppress(RuntimeError):
                         loop.remove_signal_handler(sig)

@@ -87,9 +87,14 @@ class TestServe:
                 health = await client.get("/healthz")
                 ready = await client.get("/readyz")
                 metrics = await client.get("/metrics")
+                bearer = {"Authorization": "Bearer tok_0123456789abcdef"}
+                api = await client.get("/api/v1/orders", headers=bearer)
+                anonymous = await client.get("/api/v1/orders")
         finally:
             events = await stop(process)
         assert (health.status_code, health.json()) == (200, {"status": "ok"})
+        assert api.status_code == 200  # the configured users reach the API
+        assert anonymous.status_code == 401
         assert (ready.status_code, ready.json()) == (200, {"status": "ready"})
         names = {family.name for family in text_string_to_metric_families(metrics.text)}
         assert {"tracker_polls", "tracker_watched_orders", "tracker_outbox_pending"} <= names
@@ -136,9 +141,12 @@ class TestRunWithListener:
                         break
                     await asyncio.sleep(0.05)
                 ready = await client.get("/readyz")
+                bearer = {"Authorization": "Bearer tok_0123456789abcdef"}
+                order = await client.get(f"/api/v1/orders/{A}", headers=bearer)
         finally:
             events = await stop(process)
         assert ready.status_code == 200, ready.text
+        assert (order.status_code, order.json()["order_id"]) == (200, A)
         assert scripted.polls(A) == 1
         assert samples[("tracker_polls_total", (("result", "changed"),))] == 1
         assert samples[("tracker_upstream_requests_total", (("code", "200"),))] >= 1

@@ -283,6 +283,36 @@ class Store:
             row = (await conn.execute(select(w).where(w.c.order_id == order_id))).first()
         return _watched(row) if row is not None else None
 
+    async def watched_page(
+        self,
+        *,
+        status: str | None = None,
+        state: str | None = None,
+        prefix: str | None = None,
+        after: str | None = None,
+        limit: int,
+    ) -> list[WatchedOrder]:
+        """Up to ``limit`` watched orders in id order, after the id ``after`` (keyset paging).
+
+        ``state`` is ``active``, ``retired`` or ``removed``; ``prefix`` matches the order id.
+        """
+        query = select(w).order_by(w.c.order_id).limit(limit)
+        if status is not None:
+            query = query.where(w.c.status == status)
+        if state == "active":
+            query = query.where(w.c.active)
+        elif state == "retired":
+            query = query.where(~w.c.active, w.c.retired_at.is_not(None))
+        elif state == "removed":
+            query = query.where(~w.c.active, w.c.retired_at.is_(None))
+        if prefix:
+            query = query.where(w.c.order_id.startswith(prefix, autoescape=True))
+        if after is not None:
+            query = query.where(w.c.order_id > after)
+        async with self._engine.connect() as conn:
+            rows = await conn.execute(query)
+            return [_watched(row) for row in rows]
+
     # -- polling ----------------------------------------------------------------------------
 
     async def claim_due(self, *, now: datetime, limit: int, lease_until: datetime) -> list[Claim]:
@@ -584,6 +614,30 @@ class Store:
             result = await conn.stream(query.execution_options(yield_per=BATCH))
             async for row in result:
                 yield _delivery(row)
+
+    async def deliveries_page(
+        self,
+        *,
+        state: str | None = None,
+        sink: str | None = None,
+        after_id: int | None = None,
+        limit: int,
+    ) -> list[tuple[int, Delivery]]:
+        """Up to ``limit`` deliveries with their ids, oldest first, after ``after_id``."""
+        query = (
+            _DELIVERY_ROWS.add_columns(deliveries.c.id.label("delivery_id"))
+            .order_by(deliveries.c.id)
+            .limit(limit)
+        )
+        if state is not None:
+            query = query.where(deliveries.c.state == state)
+        if sink is not None:
+            query = query.where(deliveries.c.sink == sink)
+        if after_id is not None:
+            query = query.where(deliveries.c.id > after_id)
+        async with self._engine.connect() as conn:
+            rows = await conn.execute(query)
+            return [(row.delivery_id, _delivery(row)) for row in rows]
 
     # -- daemons ----------------------------------------------------------------------------
 

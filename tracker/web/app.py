@@ -1,4 +1,4 @@
-"""The Starlette app: health, readiness and metrics (the API and the pages join it later).
+"""The Starlette app: health, readiness, metrics and the API (the pages join it later).
 
 The factory receives everything it needs (the store, the metrics, the daemon's readiness, the
 configured sinks) and holds nothing global, so several apps can live in one process.
@@ -7,7 +7,7 @@ configured sinks) and holds nothing global, so several apps can live in one proc
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from http import HTTPStatus
 
 import structlog
@@ -17,8 +17,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from tracker.config import HttpUser
 from tracker.errors import clip
 from tracker.store import Store
+from tracker.web.api import api_routes
 from tracker.web.metrics import CONTENT_TYPE, Metrics
 
 log = structlog.get_logger("tracker.web")
@@ -36,10 +38,12 @@ def build_app(
     metrics: Metrics,
     readiness: Readiness | None = None,
     sinks: Callable[[], Collection[str]] = tuple,
+    users: Sequence[HttpUser] = (),
 ) -> Starlette:
     """The routes over ``store``; ``readiness`` is the daemon's under ``tracker run``.
 
-    ``sinks`` names the configured sinks (read at each scrape, so a reload shows).
+    ``sinks`` names the configured sinks (read at each scrape, so a reload shows); ``users``
+    are the ``[[http.users]]`` whose bearer tokens the API accepts.
     """
 
     async def healthz(_request: Request) -> Response:
@@ -62,6 +66,7 @@ def build_app(
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
             Route("/metrics", scrape, methods=["GET"]),
+            *api_routes(store=store, users=users, sinks=sinks),
         ],
         exception_handlers={HTTPException: _http_error, Exception: _crash},
     )

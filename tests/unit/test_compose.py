@@ -1,0 +1,93 @@
+"""docker-compose.yml and deploy/tracker.compose.toml fit together and the image's HEALTHCHECK."""
+
+from __future__ import annotations
+
+import base64
+import re
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+
+from tests.support import ROOT
+from tracker.config import load
+
+#: PyYAML arrives with the test tools (schemathesis); without it there is nothing to read with.
+yaml = pytest.importorskip("yaml")
+
+COMPOSE = ROOT / "docker-compose.yml"
+TRACKER_TOML = ROOT / "deploy" / "tracker.compose.toml"
+#: Values of the right shape for the variables the example reads.
+SAMPLES = {
+    "OPS_WEBHOOK_URL": "https://hooks.example.com/meter-orders",
+    "OPS_WEBHOOK_SECRET": "whsec_" + base64.b64encode(b"0123456789abcdef0123456789abcdef").decode(),
+}
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    loaded: dict[str, Any] = yaml.safe_load(COMPOSE.read_text(encoding="utf-8"))
+    return loaded
+
+
+def trackers(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The services built from the repository's Dockerfile."""
+    return {name: svc for name, svc in compose["services"].items() if "build" in svc}
+
+
+def dockerfile_env(name: str) -> str:
+    found = re.search(rf"{name}=(\S+)", (ROOT / "Dockerfile").read_text(encoding="utf-8"))
+    assert found, name
+    return found[1]
+
+
+def test_postgres_15_with_a_named_volume_and_a_readiness_check(compose: dict[str, Any]) -> None:
+    postgres = compose["services"]["postgres"]
+    assert postgres["image"] == "postgres:15"
+    volume = postgres["volumes"][0].split(":")[0]
+    assert volume in compose["volumes"]
+    assert "pg_isready" in " ".join(postgres["healthcheck"]["test"])
+    assert "ports" not in postgres  # the compose network only
+
+
+def test_two_daemons_and_one_serve_from_the_dockerfile(compose: dict[str, Any]) -> None:
+    services = trackers(compose)
+    commands = sorted(svc["command"][0] for svc in services.values())
+    assert commands == ["run", "run", "serve"]
+    config_path = dockerfile_env("TRACKER_CONFIG")
+    for name, svc in services.items():
+        assert svc["build"] == ".", name
+        assert svc["depends_on"]["postgres"]["condition"] == "service_healthy", name
+        mounts = {mount["target"]: mount for mount in svc["volumes"]}
+        assert mounts[config_path]["read_only"] is True, name
+        assert (ROOT / mounts[config_path]["source"]).resolve() == TRACKER_TOML.resolve()
+
+
+def test_ports_are_published_on_the_hosts_loopback_only(compose: dict[str, Any]) -> None:
+    published = [port for svc in compose["services"].values() for port in svc.get("ports", [])]
+    assert published
+    assert all(port.startswith("127.0.0.1:") for port in published), published
+    host_ports = [port.split(":")[1] for port in published]
+    assert len(host_ports) == len(set(host_ports))
+
+
+def test_the_shared_config_loads_in_every_service_and_listens_where_the_healthcheck_asks(
+    compose: dict[str, Any],
+) -> None:
+    for name, svc in trackers(compose).items():
+        environment = svc["environment"]
+        # Only what the service passes in: a ${VAR} it lacks stops the load, naming it.
+        settings = load(
+            TRACKER_TOML, {key: SAMPLES.get(key, "sample-value-123456") for key in environment}
+        )
+        address = settings.http.address
+        assert address is not None, name
+        assert address.host == "0.0.0.0", name  # noqa: S104 - inside the container, by design
+        readyz = urlsplit(
+            environment.get("TRACKER_READYZ_URL", dockerfile_env("TRACKER_READYZ_URL"))
+        )
+        assert (readyz.hostname, readyz.port, readyz.path) == ("127.0.0.1", address.port, "/readyz")
+        assert all(port.endswith(f":{address.port}") for port in svc["ports"]), name
+        assert settings.database.url.startswith(
+            "postgresql://tracker:sample-value-123456@postgres:"
+        )

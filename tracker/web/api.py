@@ -1,0 +1,326 @@
+"""The JSON API under ``/api/v1``: thin like the CLI (parse, call the store, serialise).
+
+The objects are the ones the CLI's ``--json`` prints (:mod:`tracker.views`), so the two never
+disagree. Every error is the contract's ``{"error": {"code", "message"}}`` (raised as Starlette's
+``HTTPException`` and rendered by the app's handler).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import functools
+import hashlib
+import hmac
+import json
+import re
+from collections.abc import Awaitable, Callable, Collection, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from tracker.clock import utc_now
+from tracker.config import HttpUser
+from tracker.errors import InvalidOrderId
+from tracker.lifecycle import Status
+from tracker.model import DeliveryState, validate_order_id
+from tracker.store import Store
+from tracker.views import delivery_dict, history_json, watched_dict
+from tracker.web.openapi import document
+
+log = structlog.get_logger("tracker.web")
+
+PREFIX = "/api/v1"
+#: Bytes a request body may hold: a list of a few thousand order ids fits many times over,
+#: and nothing a client sends can hold more of the server's memory than this.
+MAX_BODY = 1024 * 1024
+#: Order ids one ``POST /orders`` may watch: one transaction, a bounded write.
+MAX_IDS = 10_000
+#: Page sizes: the default, and the cap a larger ``limit`` is cut to (a page stays one query
+#: of bounded size however a client asks).
+DEFAULT_LIMIT = 50
+MAX_LIMIT = 500
+#: Digits a delivery id in a cursor may have: any id the database holds (a 64-bit integer).
+MAX_ID_DIGITS = 18
+#: Watched order states, as :func:`tracker.views.state_of` names them.
+STATES = ("active", "retired", "removed")
+#: What an id prefix (``q``) may hold: the characters of an order id.
+PREFIX_PATTERN = re.compile(r"[a-z0-9_]{1,69}")
+#: An event id (``evt_…`` for transitions; other events use the same alphabet).
+EVENT_ID = re.compile(r"[A-Za-z0-9_.:-]{1,40}")
+#: A sink name as a filter: the characters sink names are made of.
+SINK = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+
+Sinks = Callable[[], Collection[str]]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Caller:
+    """Who sent a request: a configured user's name and role."""
+
+    name: str
+    role: str
+
+
+class Tokens:
+    """The configured users' tokens, checked in constant time.
+
+    Each token is compared by its SHA-256 digest, so every comparison has the same length,
+    and every user is compared whatever matched: a wrong token costs what a right one does.
+    """
+
+    def __init__(self, users: Sequence[HttpUser]) -> None:
+        self._users = [
+            (hashlib.sha256(u.token.get_secret_value().encode()).digest(), u) for u in users
+        ]
+
+    def check(self, token: str) -> Caller | None:
+        """The user ``token`` belongs to, or ``None``."""
+        given = hashlib.sha256(token.encode("utf-8", "surrogateescape")).digest()
+        found: HttpUser | None = None
+        for digest, user in self._users:
+            if hmac.compare_digest(given, digest) and found is None:
+                found = user
+        return Caller(name=found.name, role=found.role) if found is not None else None
+
+
+def authenticate(request: Request, tokens: Tokens, *, write: bool = False) -> Caller:
+    """The caller of ``request``; 401 without a known bearer token, 403 for a read token on
+    a write route."""
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    caller = tokens.check(token.strip()) if scheme.lower() == "bearer" and token.strip() else None
+    if caller is None:
+        raise HTTPException(
+            401,
+            "send Authorization: Bearer <token> with a token from [[http.users]]",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    if write and caller.role != "write":
+        raise HTTPException(403, f"user {caller.name!r} has the read role; this needs write")
+    return caller
+
+
+def api_routes(*, store: Store, users: Sequence[HttpUser], sinks: Sinks) -> list[BaseRoute]:
+    """The ``/api/v1`` routes over ``store`` for ``users``."""
+    api = _Api(store=store, tokens=Tokens(users), sinks=sinks)
+    spec = document()
+
+    async def openapi(_request: Request) -> Response:
+        return JSONResponse(spec)
+
+    return [
+        Route(f"{PREFIX}/openapi.json", openapi, methods=["GET"]),
+        _route(f"{PREFIX}/orders", GET=api.list_orders, POST=api.watch_orders),
+        _route(f"{PREFIX}/orders/{{order_id}}", GET=api.get_order, DELETE=api.unwatch_order),
+        _route(f"{PREFIX}/deliveries", GET=api.list_deliveries),
+        _route(f"{PREFIX}/deliveries/{{event_id}}/retry", POST=api.retry_delivery),
+    ]
+
+
+class _Api:
+    """The endpoints: each authenticates, parses, calls the store and serialises."""
+
+    def __init__(self, *, store: Store, tokens: Tokens, sinks: Sinks) -> None:
+        self._store = store
+        self._tokens = tokens
+        self._sinks = sinks
+
+    async def list_orders(self, request: Request) -> Response:
+        authenticate(request, self._tokens)
+        query = _Query(request, ("status", "state", "q", "limit", "cursor"))
+        limit = query.limit()
+        after = query.cursor("o")
+        if after is not None:
+            after = _order_id(after, "cursor")
+        rows = await self._store.watched_page(
+            status=query.choice("status", [s.value for s in Status]),
+            state=query.choice("state", STATES),
+            prefix=query.matching("q", PREFIX_PATTERN),
+            after=after,
+            limit=limit + 1,
+        )
+        more = len(rows) > limit
+        rows = rows[:limit]
+        cursor = _cursor("o", rows[-1].order_id) if more else None
+        return JSONResponse({"items": [watched_dict(o) for o in rows], "next_cursor": cursor})
+
+    async def get_order(self, request: Request) -> Response:
+        authenticate(request, self._tokens)
+        order_id = _order_id(request.path_params["order_id"], "order id")
+        history = await self._store.history(order_id)
+        if history is None:
+            raise HTTPException(404, f"order {order_id} is not watched and never was")
+        return JSONResponse(history_json(history))
+
+    async def watch_orders(self, request: Request) -> Response:
+        caller = authenticate(request, self._tokens, write=True)
+        ids = _order_ids(await _json_body(request))
+        added = await self._store.watch(ids, source="api", now=utc_now())
+        log.info("api_write", user=caller.name, action="watch", ids=ids, added=added)
+        return JSONResponse({"added": added}, status_code=201)
+
+    async def unwatch_order(self, request: Request) -> Response:
+        caller = authenticate(request, self._tokens, write=True)
+        order_id = _order_id(request.path_params["order_id"], "order id")
+        if await self._store.get(order_id) is None:
+            raise HTTPException(404, f"order {order_id} is not watched and never was")
+        removed = await self._store.unwatch([order_id], now=utc_now())
+        log.info("api_write", user=caller.name, action="unwatch", ids=[order_id], removed=removed)
+        return Response(status_code=204)
+
+    async def list_deliveries(self, request: Request) -> Response:
+        authenticate(request, self._tokens)
+        query = _Query(request, ("state", "sink", "limit", "cursor"))
+        limit = query.limit()
+        after = query.cursor("d")
+        if after is not None and not (after.isdigit() and len(after) <= MAX_ID_DIGITS):
+            raise HTTPException(422, "cursor: not one this API issued; start without it")
+        rows = await self._store.deliveries_page(
+            state=query.choice("state", [s.value for s in DeliveryState]),
+            sink=query.matching("sink", SINK),
+            after_id=int(after) if after is not None else None,
+            limit=limit + 1,
+        )
+        more = len(rows) > limit
+        rows = rows[:limit]
+        as_dict = functools.partial(delivery_dict, sinks=set(self._sinks()))
+        return JSONResponse(
+            {
+                "items": [as_dict(d) for _id, d in rows],
+                "next_cursor": _cursor("d", str(rows[-1][0])) if more else None,
+            }
+        )
+
+    async def retry_delivery(self, request: Request) -> Response:
+        caller = authenticate(request, self._tokens, write=True)
+        event_id = request.path_params["event_id"]
+        if not EVENT_ID.fullmatch(event_id):
+            raise HTTPException(422, f"invalid event id {clip_id(event_id)!r}: expected e.g. evt_…")
+        count = await self._store.retry_deliveries(event_ids=[event_id], now=utc_now())
+        if count == 0:
+            raise HTTPException(
+                404, f"event {event_id} has no undelivered delivery (none exists, or all arrived)"
+            )
+        log.info("api_write", user=caller.name, action="retry", ids=[event_id], pending=count)
+        return JSONResponse({"event_id": event_id, "pending": count}, status_code=202)
+
+
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+def _route(path: str, **by_method: Endpoint) -> Route:
+    """One route per path, whatever its methods, so a 405 lists every method it has."""
+
+    async def endpoint(request: Request) -> Response:
+        method = "GET" if request.method == "HEAD" else request.method
+        return await by_method[method](request)
+
+    return Route(path, endpoint, methods=list(by_method))
+
+
+class _Query:
+    """A request's query parameters, each checked against what the route accepts."""
+
+    def __init__(self, request: Request, known: Sequence[str]) -> None:
+        self._params = request.query_params
+        unknown = sorted(set(self._params) - set(known))
+        if unknown:
+            raise HTTPException(
+                422, f"unknown query parameter {unknown[0]!r}: use {', '.join(known)}"
+            )
+
+    def _get(self, name: str) -> str | None:
+        # An empty value is a value: refused below like any other that does not fit.
+        return self._params.get(name)
+
+    def choice(self, name: str, allowed: Sequence[str]) -> str | None:
+        """The value of ``name`` if it is one of ``allowed``; else 422."""
+        value = self._get(name)
+        if value is not None and value not in allowed:
+            raise HTTPException(
+                422, f"{name}: {clip_id(value)!r} is not one of {', '.join(allowed)}"
+            )
+        return value
+
+    def matching(self, name: str, pattern: re.Pattern[str]) -> str | None:
+        """The value of ``name`` if it matches ``pattern``; else 422."""
+        value = self._get(name)
+        if value is not None and not pattern.fullmatch(value):
+            raise HTTPException(422, f"{name}: {clip_id(value)!r} must match {pattern.pattern}")
+        return value
+
+    def limit(self) -> int:
+        """The page size: :data:`DEFAULT_LIMIT` if absent, cut to :data:`MAX_LIMIT`."""
+        value = self._get("limit")
+        if value is None:
+            return DEFAULT_LIMIT
+        digits = value.lstrip("0")
+        if not (value.isascii() and value.isdigit()) or not digits:
+            raise HTTPException(422, f"limit: {clip_id(value)!r} is not a positive integer")
+        # Past a few digits it is cut to the cap anyway: never parse a thousand-digit number.
+        return MAX_LIMIT if len(digits) > len(str(MAX_LIMIT)) else min(int(digits), MAX_LIMIT)
+
+    def cursor(self, kind: str) -> str | None:
+        """The position a cursor of ``kind`` holds, or 422 for one this API did not issue."""
+        value = self._get("cursor")
+        if value is None:
+            return None
+        try:
+            text = base64.urlsafe_b64decode(value.encode("ascii") + b"==").decode("ascii")
+        except (UnicodeError, binascii.Error, ValueError):
+            text = ""
+        found, _, position = text.partition(":")
+        if found != kind or not position:
+            raise HTTPException(422, "cursor: not one this API issued; start without it")
+        return position
+
+
+def _cursor(kind: str, position: str) -> str:
+    """An opaque cursor: the page's last key, which the next page starts after."""
+    return base64.urlsafe_b64encode(f"{kind}:{position}".encode()).decode().rstrip("=")
+
+
+def _order_id(value: str, what: str) -> str:
+    """``value`` if it is an order id; else 422 naming it."""
+    try:
+        return validate_order_id(value)
+    except InvalidOrderId as exc:
+        text = str(exc) if len(value) <= 80 else f"invalid order id {clip_id(value)!r}"
+        raise HTTPException(422, f"{what}: {text}") from exc
+
+
+def clip_id(value: str) -> str:
+    """``value`` cut short for a message: an error never echoes a megabyte back."""
+    return value if len(value) <= 80 else value[:77] + "..."
+
+
+async def _json_body(request: Request) -> Any:
+    """The request's JSON body, at most :data:`MAX_BODY` bytes (413 past it)."""
+    too_large = HTTPException(413, f"the body is larger than {MAX_BODY} bytes")
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY:
+        raise too_large
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_BODY:
+            raise too_large
+    try:
+        return json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise HTTPException(422, f"the body is not JSON: {exc}") from exc
+
+
+def _order_ids(data: Any) -> list[str]:
+    """The ``order_ids`` of a ``POST /orders`` body, each validated; else 422 naming one."""
+    ids = data.get("order_ids") if isinstance(data, dict) else None
+    if not isinstance(ids, list) or not ids or not all(isinstance(i, str) for i in ids):
+        raise HTTPException(422, 'the body must be {"order_ids": ["prdo_…", …]} (at least one)')
+    if len(ids) > MAX_IDS:
+        raise HTTPException(422, f"order_ids: at most {MAX_IDS} per request")
+    return [_order_id(i, "order_ids") for i in ids]
