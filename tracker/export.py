@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Literal, TextIO, cast
 
 from sqlalchemy import Select, String, func, select
+from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.functions import FunctionElement
@@ -283,21 +284,29 @@ async def batches(url: str, query: Select[Any]) -> AsyncGenerator[Sequence[Expor
     upgrade(url)
     engine = connect(url)
     try:
-        async with engine.connect() as conn:
-            result = await conn.stream(query.execution_options(yield_per=EXPORT_BATCH))
-            partitions = result.partitions()
-            ahead = asyncio.ensure_future(anext(partitions, None))
-            try:
-                while (batch := await ahead) is not None:
-                    ahead = asyncio.ensure_future(anext(partitions, None))
-                    await asyncio.sleep(0)  # let the fetch start before the batch is written
-                    yield cast("Sequence[ExportRow]", batch)  # rows unpack like these tuples
-            finally:
-                if not ahead.done():  # the caller stopped early (an error, a closed pipe)
-                    ahead.cancel()
-                    await asyncio.wait([ahead])
+        async with engine.connect() as conn, aclosing(batches_on(conn, query)) as rows:
+            async for batch in rows:
+                yield batch
     finally:
         await engine.dispose()
+
+
+async def batches_on(
+    conn: AsyncConnection, query: Select[Any]
+) -> AsyncGenerator[Sequence[ExportRow]]:
+    """Like :func:`batches`, on an open connection (the API streams over the store's)."""
+    result = await conn.stream(query.execution_options(yield_per=EXPORT_BATCH))
+    partitions = result.partitions()
+    ahead = asyncio.ensure_future(anext(partitions, None))
+    try:
+        while (batch := await ahead) is not None:
+            ahead = asyncio.ensure_future(anext(partitions, None))
+            await asyncio.sleep(0)  # let the fetch start before the batch is written
+            yield cast("Sequence[ExportRow]", batch)  # rows unpack like these tuples
+    finally:
+        if not ahead.done():  # the caller stopped early (an error, a closed pipe)
+            ahead.cancel()
+            await asyncio.wait([ahead])
 
 
 async def export(url: str, request: ExportRequest, stream: TextIO, *, terminal: bool) -> int:

@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import bisect
 import json
 import math
-import os
 import signal
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
+from tests.processes import busiest_second, daemons_now, live_daemons, start_daemon, stop
 from tests.support import (
-    ROOT,
     STATIC_TOKEN,
     Action,
     ScriptedUpstream,
@@ -177,48 +174,6 @@ class TestRunAsDaemon:
             assert secret not in logged
 
 
-async def start_daemon(path: str, *, logs: bool = False) -> asyncio.subprocess.Process:
-    """`tracker run` in its own process (its JSON log lines kept with ``logs``)."""
-    return await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "tracker",
-        "run",
-        "--config",
-        path,
-        stdout=asyncio.subprocess.PIPE if logs else asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-        env={**os.environ},
-        cwd=ROOT,
-    )
-
-
-async def daemons_now(path: str) -> list[dict[str, object]]:
-    """The daemons `tracker status --json` shows."""
-    ran = await tracker_cli("status", "--json", "--config", path)
-    assert ran.code == 0, ran.err
-    found: list[dict[str, object]] = json.loads(ran.out)["daemons"]
-    return found
-
-
-async def live_daemons(path: str, count: int) -> list[dict[str, object]]:
-    """`tracker status --json`'s daemons, once ``count`` of them are registered."""
-    for _ in range(150):
-        found = await daemons_now(path)
-        if len(found) == count:
-            return found
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"never {count} daemons registered")
-
-
-async def stop(process: asyncio.subprocess.Process) -> str:
-    """SIGTERM, then wait for a clean exit; returns what it wrote to stdout."""
-    process.send_signal(signal.SIGTERM)
-    out, err = await asyncio.wait_for(process.communicate(), 15)
-    assert process.returncode == 0, err.decode()
-    return (out or b"").decode()
-
-
 class TestDaemonsAndStatus:
     """Daemons register and beat; SQLite takes one, PostgreSQL several; `status` shows them."""
 
@@ -289,12 +244,6 @@ class TestDaemonsAndStatus:
                 raise AssertionError(f"the restart never replaced the killed daemon: {found}")
         finally:
             await stop(restarted)
-
-
-def busiest_second(arrivals: list[float]) -> int:
-    """The most requests that arrived within any one-second window."""
-    times = sorted(arrivals)
-    return max((bisect.bisect_left(times, t + 1.0) - i for i, t in enumerate(times)), default=0)
 
 
 def busy_orders(tmp_path: Path, url: str, scripted: ScriptedUpstream, action: Action) -> str:

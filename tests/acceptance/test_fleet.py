@@ -20,7 +20,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from tests.acceptance.test_cli import busiest_second, live_daemons, start_daemon, stop
+from tests.processes import busiest_second, live_daemons, start_daemon, stop
 from tests.support import WEBHOOK_SECRET, HookReceiver, settings_mapping, tracker_cli, write_config
 from tracker.httpserver import HttpServer, Request, Response
 from tracker.model import HEARTBEAT

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.acceptance.test_cli import start_daemon
+from tests.processes import start_daemon
 from tests.support import (
     WEBHOOK_SECRET,
     HookReceiver,

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.test_delivery import (
+from tests.outbox import (
     FAST,
     Mailbox,
     deliver_all,

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import csv
 import hmac
+import io
 import json
 import sys
 from collections.abc import AsyncIterator
@@ -17,6 +19,7 @@ import httpx
 import pytest
 import structlog
 
+from tests.outbox import deliver_all, poll
 from tests.support import (
     ROOT,
     WEBHOOK_SECRET,
@@ -29,7 +32,6 @@ from tests.support import (
 from tracker.clock import utc_now
 from tracker.config import Address, from_mapping
 from tracker.model import DeliveryState
-from tracker.poller import poll_now
 from tracker.service import Service, open_service
 from tracker.views import delivery_dict
 from tracker.web import Metrics, build_app, listening
@@ -67,26 +69,6 @@ class World:
 
 def dead_sink(name: str) -> dict[str, Any]:
     return {"name": name, "type": "webhook", "url": NOWHERE, "secret": WEBHOOK_SECRET, "on": ["*"]}
-
-
-async def poll(service: Service, *ids: str) -> None:
-    claims = await service.store.claim(list(ids), lease_until=utc_now() + service.lease)
-    async for _ in poll_now(service.store, service.poller, claims):
-        pass
-
-
-async def deliver_all(service: Service, seconds: float = 5.0) -> None:
-    """Run the dispatcher until nothing is pending (or ``seconds`` pass)."""
-    dispatcher = service.dispatcher
-    dispatcher.start()
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + seconds
-    while loop.time() < deadline:
-        await dispatcher.tick()
-        await asyncio.sleep(0.05)
-        if not [d async for d in service.store.deliveries(state="pending")]:
-            break
-    await dispatcher.stop(1.0)
 
 
 @asynccontextmanager
@@ -434,6 +416,54 @@ class TestRetry:
         wrong_method = await world.client.get("/api/v1/deliveries/evt_x/retry", headers=WRITE)
         assert wrong_method.status_code == 405
         assert wrong_method.headers["allow"] == "POST"
+
+
+class TestTransitions:
+    """`GET /api/v1/transitions`: `tracker export` over HTTP, the same rows."""
+
+    async def test_the_same_rows_as_the_cli(self, world: World) -> None:
+        params = {"since": "2000-01-01"}
+        answer = await world.client.get("/api/v1/transitions", params=params, headers=READ)
+        ran = await tracker_cli(
+            "export", "--since", "2000-01-01", "--format", "ndjson", "--config", str(world.config)
+        )
+        assert ran.code == 0, ran.err
+        assert answer.status_code == 200
+        assert answer.headers["content-type"].startswith("application/x-ndjson")
+        rows = [json.loads(line) for line in answer.text.splitlines()]
+        assert rows == [json.loads(line) for line in ran.out.splitlines()]
+        assert sorted(row["order_id"] for row in rows) == [A, C]
+        assert {d["state"] for row in rows for d in row["deliveries"]} == {"dead"}
+        as_csv = await world.client.get(
+            "/api/v1/transitions",
+            params={**params, "format": "csv", "status": "checked"},
+            headers=READ,
+        )
+        header, *lines = list(csv.reader(io.StringIO(as_csv.text)))
+        assert header[:3] == ["order_id", "from_status", "to_status"]
+        assert len(lines) == 2
+        empty = await world.client.get(
+            "/api/v1/transitions", params={"since": "2000-01-01", "until": "2000-01-02"},
+            headers=READ,
+        )  # fmt: skip
+        assert (empty.status_code, empty.text) == (200, "")
+
+    @pytest.mark.parametrize(
+        ("params", "named"),
+        [
+            ({}, "since"),
+            ({"since": "yesterday"}, "since"),
+            ({"since": "2026-11-02", "until": "2026-11-01"}, "before until"),
+            ({"since": "2026-11-01", "status": "chekced"}, "status"),
+            ({"since": "2026-11-01", "format": "xlsx"}, "format"),
+        ],
+    )
+    async def test_refused(self, world: World, params: dict[str, str], named: str) -> None:
+        answer = await world.client.get("/api/v1/transitions", params=params, headers=READ)
+        assert answer.status_code == 422
+        assert named in answer.json()["error"]["message"]
+        unauthorised = await world.client.get("/api/v1/transitions", params=params)
+        assert unauthorised.status_code == 401
 
 
 class TestSchema:

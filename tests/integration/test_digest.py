@@ -18,7 +18,7 @@ from zoneinfo import ZoneInfo
 import pytest
 import time_machine
 
-from tests.integration.test_delivery import FAST, Mailbox, deliver_all, poll, smtp_server
+from tests.outbox import FAST, Mailbox, deliver_all, poll, smtp_server
 from tests.support import (
     ScriptedUpstream,
     error,

@@ -6,6 +6,7 @@ import base64
 import json
 import os
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
@@ -198,6 +199,12 @@ class Store:
     def where(self) -> str:
         """Where the database is, for messages: never with its password."""
         return where(self._engine.url)
+
+    @asynccontextmanager
+    async def reading(self) -> AsyncIterator[AsyncConnection]:
+        """A connection for one long read streamed to a client (``GET /api/v1/transitions``)."""
+        async with self._engine.connect() as conn:
+            yield conn
 
     async def close(self) -> None:
         """Release the engine's connections."""

@@ -12,21 +12,32 @@ import binascii
 import functools
 import hashlib
 import hmac
+import io
 import json
 import re
-from collections.abc import Awaitable, Callable, Collection, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
+from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any
 
 import structlog
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
 from tracker.clock import utc_now
 from tracker.config import HttpUser
-from tracker.errors import InvalidOrderId
+from tracker.errors import ConfigError, InvalidOrderId
+from tracker.export import (
+    FORMATS,
+    CsvWriter,
+    ExportRequest,
+    NdjsonWriter,
+    batches_on,
+    export_query,
+    parse_moment,
+)
 from tracker.lifecycle import Status
 from tracker.model import DeliveryState, validate_order_id
 from tracker.store import Store
@@ -57,6 +68,8 @@ EVENT_ID = re.compile(r"[A-Za-z0-9_.:-]{1,40}")
 SINK = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 Sinks = Callable[[], Collection[str]]
+#: Characters a free-text query value may have (a date with time and offset fits).
+MAX_TEXT = 64
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -118,6 +131,7 @@ def api_routes(*, store: Store, users: Sequence[HttpUser], sinks: Sinks) -> list
         _route(f"{PREFIX}/orders", GET=api.list_orders, POST=api.watch_orders),
         _route(f"{PREFIX}/orders/{{order_id}}", GET=api.get_order, DELETE=api.unwatch_order),
         _route(f"{PREFIX}/deliveries", GET=api.list_deliveries),
+        _route(f"{PREFIX}/transitions", GET=api.list_transitions),
         _route(f"{PREFIX}/deliveries/{{event_id}}/retry", POST=api.retry_delivery),
     ]
 
@@ -196,6 +210,44 @@ class _Api:
             }
         )
 
+    async def list_transitions(self, request: Request) -> Response:
+        """``tracker export`` over HTTP: the period's transitions, streamed in constant memory."""
+        authenticate(request, self._tokens)
+        query = _Query(request, ("since", "until", "status", "format"))
+        since, until = query.text("since"), query.text("until")
+        if since is None:
+            raise HTTPException(422, "since: required; a date YYYY-MM-DD or ISO 8601 with offset")
+        try:
+            wanted = ExportRequest(
+                since=parse_moment(since, "since"),
+                until=parse_moment(until, "until") if until is not None else None,
+                status=query.choice("status", [s.value for s in Status]),
+                format="csv" if query.choice("format", FORMATS) == "csv" else "ndjson",
+            )
+        except ConfigError as exc:
+            raise HTTPException(422, str(exc)) from None
+        if wanted.until is not None and wanted.since >= wanted.until:
+            raise HTTPException(422, "since is not before until, so nothing can match")
+        media = "text/csv; charset=utf-8" if wanted.format == "csv" else "application/x-ndjson"
+        return StreamingResponse(self._export(wanted), media_type=media)
+
+    async def _export(self, wanted: ExportRequest) -> AsyncIterator[str]:
+        buffer = io.StringIO()
+        writer = (
+            CsvWriter(buffer, terminal=False) if wanted.format == "csv" else NdjsonWriter(buffer)
+        )
+        async with (
+            self._store.reading() as conn,
+            aclosing(batches_on(conn, export_query(wanted))) as rows,
+        ):
+            async for batch in rows:
+                writer.write(batch)
+                yield buffer.getvalue()
+                buffer.seek(0)
+                buffer.truncate()
+        if buffer.tell():  # the CSV header of an empty period
+            yield buffer.getvalue()
+
     async def retry_delivery(self, request: Request) -> Response:
         caller = authenticate(request, self._tokens, write=True)
         event_id = request.path_params["event_id"]
@@ -233,6 +285,13 @@ class _Query:
             raise HTTPException(
                 422, f"unknown query parameter {unknown[0]!r}: use {', '.join(known)}"
             )
+
+    def text(self, name: str) -> str | None:
+        """A free-text value, bounded in length (dates are parsed by the caller)."""
+        value = self._get(name)
+        if value is not None and not 1 <= len(value) <= MAX_TEXT:
+            raise HTTPException(422, f"{name}: between 1 and {MAX_TEXT} characters")
+        return value
 
     def _get(self, name: str) -> str | None:
         # An empty value is a value: refused below like any other that does not fit.

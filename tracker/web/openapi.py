@@ -374,6 +374,57 @@ _PATHS: dict[str, Any] = {
             },
         },
     },
+    "/api/v1/transitions": {
+        "get": {
+            "operationId": "exportTransitions",
+            "summary": "The transitions detected in a period, oldest first, with their delivery "
+            "states: `tracker export` over HTTP, streamed in constant memory.",
+            "parameters": [
+                {
+                    "name": "since",
+                    "in": "query",
+                    "required": True,
+                    "description": "Inclusive: a date `YYYY-MM-DD` (midnight UTC) or ISO 8601 "
+                    "with an offset, e.g. `2026-11-29T12:00:00Z`.",
+                    "schema": {"type": "string", "minLength": 1, "maxLength": 64},
+                },
+                {
+                    "name": "until",
+                    "in": "query",
+                    "required": False,
+                    "description": "Exclusive, in the same forms; absent: up to now.",
+                    "schema": {"type": "string", "minLength": 1, "maxLength": 64},
+                },
+                {
+                    "name": "status",
+                    "in": "query",
+                    "required": False,
+                    "description": "Only transitions to this status.",
+                    "schema": {"type": "string", "enum": [s.value for s in Status]},
+                },
+                {
+                    "name": "format",
+                    "in": "query",
+                    "required": False,
+                    "description": "`ndjson` (one object per line, the default) or `csv` (a "
+                    "header row, RFC 4180 quoting; a cell that starts like a formula gets a "
+                    "leading `'`).",
+                    "schema": {"type": "string", "enum": ["ndjson", "csv"], "default": "ndjson"},
+                },
+            ],
+            "responses": {
+                "200": {
+                    "description": "Columns `order_id`, `from_status`, `to_status`, `kind`, "
+                    "`skipped`, `detected_at`, `event_id`, `deliveries`.",
+                    "content": {
+                        "application/x-ndjson": {"schema": {"type": "string"}},
+                        "text/csv": {"schema": {"type": "string"}},
+                    },
+                },
+                **_READ_ERRORS,
+            },
+        },
+    },
     "/api/v1/deliveries/{event_id}/retry": {
         "post": {
             "operationId": "retryDelivery",

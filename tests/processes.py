@@ -1,0 +1,60 @@
+"""Daemons as a user runs them: `tracker run` in its own process, watched through `status`."""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import json
+import os
+import signal
+import sys
+
+from tests.support import ROOT, tracker_cli
+
+
+async def start_daemon(path: str, *, logs: bool = False) -> asyncio.subprocess.Process:
+    """`tracker run` in its own process (its JSON log lines kept with ``logs``)."""
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "tracker",
+        "run",
+        "--config",
+        path,
+        stdout=asyncio.subprocess.PIPE if logs else asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ},
+        cwd=ROOT,
+    )
+
+
+async def daemons_now(path: str) -> list[dict[str, object]]:
+    """The daemons `tracker status --json` shows."""
+    ran = await tracker_cli("status", "--json", "--config", path)
+    assert ran.code == 0, ran.err
+    found: list[dict[str, object]] = json.loads(ran.out)["daemons"]
+    return found
+
+
+async def live_daemons(path: str, count: int) -> list[dict[str, object]]:
+    """`tracker status --json`'s daemons, once ``count`` of them are registered."""
+    for _ in range(150):
+        found = await daemons_now(path)
+        if len(found) == count:
+            return found
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"never {count} daemons registered")
+
+
+async def stop(process: asyncio.subprocess.Process) -> str:
+    """SIGTERM, then wait for a clean exit; returns what it wrote to stdout."""
+    process.send_signal(signal.SIGTERM)
+    out, err = await asyncio.wait_for(process.communicate(), 15)
+    assert process.returncode == 0, err.decode()
+    return (out or b"").decode()
+
+
+def busiest_second(arrivals: list[float]) -> int:
+    """The most requests that arrived within any one-second window."""
+    times = sorted(arrivals)
+    return max((bisect.bisect_left(times, t + 1.0) - i for i, t in enumerate(times)), default=0)
