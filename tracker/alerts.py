@@ -9,6 +9,7 @@ import base64
 import os
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
+from typing import Any
 
 from tracker.model import Event, EventKind
 from tracker.routing import route_event
@@ -38,15 +39,7 @@ def stuck(
         "since": timestamp(since),
         "threshold": duration(threshold),
     }
-    return _event(
-        EventKind.STUCK,
-        f"{order_id}:{timestamp(since)}",
-        order_id=order_id,
-        status=status,
-        now=now,
-        data=data,
-        routes=routes,
-    )
+    return _event(EventKind.STUCK, data, key_at=since, now=now, routes=routes)
 
 
 def poll_failing(
@@ -68,15 +61,7 @@ def poll_failing(
         "last_error": error,
         "detected_at": timestamp(now),
     }
-    return _event(
-        EventKind.POLL_FAILING,
-        f"{order_id}:{timestamp(now)}",
-        order_id=order_id,
-        status=status,
-        now=now,
-        data=data,
-        routes=routes,
-    )
+    return _event(EventKind.POLL_FAILING, data, key_at=now, now=now, routes=routes)
 
 
 def poll_recovered(
@@ -89,31 +74,23 @@ def poll_recovered(
         "failures": failures,
         "detected_at": timestamp(now),
     }
-    return _event(
-        EventKind.POLL_RECOVERED,
-        f"{order_id}:{timestamp(now)}",
-        order_id=order_id,
-        status=status,
-        now=now,
-        data=data,
-        routes=routes,
-    )
+    return _event(EventKind.POLL_RECOVERED, data, key_at=now, now=now, routes=routes)
 
 
 def _event(
     kind: EventKind,
-    key: str,
+    data: Mapping[str, Any],
     *,
-    order_id: str,
-    status: str | None,
+    key_at: datetime,
     now: datetime,
-    data: Mapping[str, object],
     routes: Routes,
 ) -> Event:
+    """The event of ``kind`` about ``data``'s order; its key is the order and ``key_at``."""
     event_id = new_event_id()
+    order_id, status = data["order_id"], data["status"]
     return Event(
         event_id=event_id,
-        key=f"{kind.value}:{key}",
+        key=f"{kind.value}:{order_id}:{timestamp(key_at)}",
         kind=kind.value,
         order_id=order_id,
         status=status,
