@@ -90,9 +90,14 @@ class TestServe:
                 bearer = {"Authorization": "Bearer tok_0123456789abcdef"}
                 api = await client.get("/api/v1/orders", headers=bearer)
                 anonymous = await client.get("/api/v1/orders")
+                process.send_signal(signal.SIGHUP)  # no reload here: said, and it serves on
+                await asyncio.sleep(0.3)
+                after_hangup = await client.get("/healthz")
         finally:
             events = await stop(process)
         assert (health.status_code, health.json()) == (200, {"status": "ok"})
+        assert after_hangup.status_code == 200
+        assert "config_reload_unsupported" in [e["event"] for e in events]
         assert api.status_code == 200  # the configured users reach the API
         assert anonymous.status_code == 401
         assert (ready.status_code, ready.json()) == (200, {"status": "ready"})

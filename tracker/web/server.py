@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import signal
 import socket
 from collections.abc import AsyncIterator, Iterator
@@ -136,12 +137,24 @@ async def _started(server: _Server, task: asyncio.Task[None], bound: str) -> Non
 
 
 async def serve_until_signalled(app: ASGIApp, address: Address) -> None:
-    """Serve ``app`` on ``address`` until SIGTERM or SIGINT (``tracker serve``)."""
+    """Serve ``app`` on ``address`` until SIGTERM or SIGINT (``tracker serve``).
+
+    SIGHUP (a log rotation, an operator used to ``tracker run``) does not end it: it reads its
+    configuration at start only, and says so.
+    """
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    handled = (signal.SIGTERM, signal.SIGINT)
-    for sig in handled:
+    handled = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+    for sig in handled[:2]:
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(
+        signal.SIGHUP,
+        functools.partial(
+            log.warning,
+            "config_reload_unsupported",
+            hint="tracker serve reads its configuration at start; restart it to apply changes",
+        ),
+    )
     try:
         async with listening(app, address):
             await stop.wait()
