@@ -42,6 +42,14 @@ class StoreError(TrackerError):
 REASON_LIMIT = 300
 
 
+def first_line(exc: BaseException) -> str:
+    """The driver's own first line of a (database) failure, without SQLAlchemy's SQL and
+    background link; the exception's type when it says nothing."""
+    cause = getattr(exc, "orig", None) or exc
+    lines = str(cause).strip().splitlines()
+    return lines[0] if lines else type(cause).__name__
+
+
 def clip(reason: str) -> str:
     """``reason`` cut to :data:`REASON_LIMIT` characters, marked where it was cut."""
     return reason if len(reason) <= REASON_LIMIT else reason[: REASON_LIMIT - 1] + "…"

@@ -13,7 +13,7 @@ import structlog
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
-from tracker.errors import clip
+from tracker.errors import clip, first_line
 
 log = structlog.get_logger("tracker.outage")
 
@@ -30,12 +30,6 @@ def unreachable(exc: BaseException) -> bool:
     if isinstance(exc, DBAPIError) and exc.connection_invalidated:
         return True
     return isinstance(exc, OperationalError | InterfaceError | PoolTimeout | OSError)
-
-
-def _first_line(exc: BaseException) -> str:
-    cause = getattr(exc, "orig", None) or exc
-    lines = str(cause).strip().splitlines()
-    return clip(lines[0] if lines else type(cause).__name__)
 
 
 class Outage:
@@ -87,7 +81,7 @@ class Outage:
                 "database_unavailable",
                 database=self._where,
                 doing=doing,
-                error=_first_line(exc),
+                error=clip(first_line(exc)),
                 retry_in=self._wait,
             )
         elif now >= self._retry_at:  # a retry failed: the next waits longer

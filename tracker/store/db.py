@@ -15,7 +15,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from tracker.errors import StoreError
+from tracker.errors import StoreError, first_line
 from tracker.store.repo import Store, where
 
 _ASYNC_DRIVERS = {"sqlite": "sqlite+aiosqlite", "postgresql": "postgresql+psycopg"}
@@ -92,7 +92,7 @@ def _check_sqlite_folder(url: str) -> None:
 
 def describe(exc: SQLAlchemyError) -> str:
     """A database failure as one line that says what to do."""
-    text = _cause(exc)
+    text = first_line(exc)
     if any(word in text.lower() for word in ("readonly", "read-only", "permission denied")):
         return (
             f"database.url: the database cannot be written ({text}); check the permissions "
@@ -148,7 +148,7 @@ def upgrade(url: str) -> list[str]:
             connection = engine.connect()
         except SQLAlchemyError as exc:  # unreachable, refused credentials, no such database
             raise StoreError(
-                f"database.url: cannot connect to {where(make_url(url))}: {_cause(exc)}"
+                f"database.url: cannot connect to {where(make_url(url))}: {first_line(exc)}"
             ) from exc
         with connection, connection.begin():
             if connection.dialect.name == "postgresql":
@@ -167,17 +167,10 @@ def upgrade(url: str) -> list[str]:
             applied = current_revision(connection)
             _check_references(connection)
     except (SQLAlchemyError, sqlite3.Error, ValueError) as exc:  # ValueError: a row not converted
-        raise StoreError(f"database.url: cannot migrate the database: {_cause(exc)}") from exc
+        raise StoreError(f"database.url: cannot migrate the database: {first_line(exc)}") from exc
     finally:
         engine.dispose()
     return [f"{current or 'empty'} -> {applied}"]
-
-
-def _cause(exc: BaseException) -> str:
-    """The driver's own first line, without SQLAlchemy's SQL and background link."""
-    cause = getattr(exc, "orig", None) or exc
-    lines = str(cause).strip().splitlines()
-    return lines[0] if lines else type(cause).__name__
 
 
 def _check_references(connection: Connection) -> None:

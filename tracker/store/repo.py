@@ -480,7 +480,7 @@ class Store:
                     .returning(w.c.order_id, w.c.status_since)
                 )
                 mine = {(row[0], row[1]) for row in marked}
-                raised += await _raise_many(
+                raised += await _raise(
                     conn, [e for stay, e in chunk if (stay.order_id, stay.since) in mine]
                 )
         return raised
@@ -1161,8 +1161,9 @@ async def _forget(conn: AsyncConnection, owners: Sequence[str] | Any) -> Taken:
     return Taken(orders=counts[0], deliveries=counts[1])
 
 
-async def _raise_many(conn: AsyncConnection, raised: Sequence[Event]) -> list[Event]:
-    """Like :func:`_raise` in three statements for the whole batch (their keys are new)."""
+async def _raise(conn: AsyncConnection, raised: Sequence[Event]) -> list[Event]:
+    """Insert events with their outbox rows, three statements for the whole batch; one whose
+    key is stored already (raised by another daemon) is left out, and so are its rows."""
     if not raised:
         return []
     await conn.execute(
@@ -1200,41 +1201,6 @@ async def _raise_many(conn: AsyncConnection, raised: Sequence[Event]) -> list[Ev
     if outbox:
         await conn.execute(insert(deliveries), outbox)
     return kept
-
-
-async def _raise(conn: AsyncConnection, raised: Sequence[Event]) -> list[Event]:
-    """Insert events with their outbox rows; one whose key exists already is left out."""
-    fresh: list[Event] = []
-    for event in raised:
-        values = {
-            "event_id": event.event_id,
-            "key": event.key,
-            "kind": event.kind,
-            "order_id": event.order_id,
-            "status": event.status,
-            "raised_at": event.raised_at,
-            "payload": event.payload,
-        }
-        new = _insert_new(conn, events).values(**values).returning(events.c.event_id)
-        if (await conn.execute(new)).first() is None:
-            continue
-        fresh.append(event)
-        if event.sinks:
-            await conn.execute(
-                insert(deliveries),
-                [
-                    {
-                        "event_id": event.event_id,
-                        "sink": sink,
-                        "state": DeliveryState.PENDING,
-                        "attempts": 0,
-                        "created_at": event.raised_at,
-                        "next_attempt_at": event.raised_at,
-                    }
-                    for sink in event.sinks
-                ],
-            )
-    return fresh
 
 
 def _insert_new(conn: AsyncConnection, table: Table) -> Any:

@@ -18,7 +18,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from tracker.config import HttpUser
-from tracker.errors import clip
+from tracker.errors import clip, first_line
 from tracker.store import Store
 from tracker.web.api import api_routes
 from tracker.web.metrics import CONTENT_TYPE, Metrics
@@ -80,10 +80,7 @@ async def _ping(store: Store) -> str | None:
     except TimeoutError:
         return f"the database ({store.where}) did not answer within {PING_TIMEOUT:g} s"
     except Exception as exc:
-        cause = getattr(exc, "orig", None) or exc
-        lines = str(cause).strip().splitlines()
-        detail = lines[0] if lines else type(cause).__name__
-        return f"the database ({store.where}) does not answer: {detail}"
+        return f"the database ({store.where}) does not answer: {first_line(exc)}"
     return None
 
 

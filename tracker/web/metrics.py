@@ -26,7 +26,7 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily, Metric
 
 from tracker.clock import utc_now
-from tracker.errors import clip
+from tracker.errors import clip, first_line
 from tracker.lifecycle import Status, is_known
 from tracker.model import STALE_AFTER, DeliveryState
 from tracker.store import Overview, Store
@@ -166,7 +166,10 @@ class Metrics:
             except Exception as exc:
                 self._gauges.families = []
                 if not self._failing:
-                    log.warning("metrics_database_failed", error=_first_line(exc))
+                    kind = type(getattr(exc, "orig", None) or exc).__name__
+                    said = first_line(exc)
+                    error = kind if said == kind else f"{kind}: {said}"
+                    log.warning("metrics_database_failed", error=clip(error))
                 self._failing = True
             else:
                 self._gauges.families = gauges(overview, now, sinks)
@@ -226,9 +229,3 @@ def gauges(overview: Overview, now: datetime, sinks: Collection[str]) -> list[Me
     if overview.last_success_at is not None:
         last.add_metric([], overview.last_success_at.timestamp())
     return [outbox, ages, orders, last]
-
-
-def _first_line(exc: BaseException) -> str:
-    cause = getattr(exc, "orig", None) or exc
-    lines = str(cause).strip().splitlines()
-    return clip(f"{type(cause).__name__}: {lines[0]}" if lines else type(cause).__name__)
