@@ -36,6 +36,8 @@ bench: $(BIN)/tracker
 	$(BIN)/python benchmarks/bench_alerts.py
 	$(BIN)/python benchmarks/bench_export.py
 	$(BIN)/python benchmarks/bench_http.py
+	$(BIN)/python benchmarks/bench_hints.py
+	$(BIN)/python benchmarks/bench_api.py
 
 # Regenerate the locks (needs uv); they name packages, versions and hashes only.
 lock:

@@ -18,10 +18,13 @@ from pathlib import Path
 
 import httpx
 from sqlalchemy import insert
+from starlette.requests import Request
+from starlette.responses import Response
 
 from tracker.clock import utc_now
 from tracker.config import LogSettings, Settings
-from tracker.httpserver import HttpServer, Request, Response
+from tracker.demo.serving import catch_all
+from tracker.demo.serving import serve as serve_locally
 from tracker.logs import configure as configure_logs
 from tracker.model import DeliveryState
 from tracker.service import open_outbox
@@ -47,9 +50,9 @@ async def serve() -> None:
     """The receiver: 204 to every request."""
 
     async def accept(_request: Request) -> Response:
-        return Response(status=204)
+        return Response(status_code=204)
 
-    async with HttpServer(accept) as server:
+    async with serve_locally(catch_all(accept)) as server:
         print(server.url, flush=True)
         await asyncio.Event().wait()
 
@@ -202,6 +205,8 @@ def main() -> None:
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
+        # stdout's first line is the receiver's URL: log lines go to stderr.
+        configure_logs(LogSettings(level="warning"), stream=sys.stderr)
         asyncio.run(serve())
         return
     configure_logs(LogSettings(level="warning"))

@@ -2,7 +2,7 @@
 
 Everything runs as a user would run it: ``tracker watch add --file`` and ``tracker run`` in child
 processes with a TOML configuration, against the steady simulator in a process of its own
-(``python -m tracker.simulator --steady --request-log FILE``), which writes down the moment
+(``python -m tracker.demo.simulator --steady --request-log FILE``), which writes down the moment
 (``time.monotonic``: one clock for every process on Linux), answer and path of every request it
 is sent. PostgreSQL is the tests' throwaway cluster
 (``tests.postgres``: Debian's server run through ``runuser``). Every order is due at the start
@@ -71,6 +71,8 @@ if str(ROOT) not in sys.path:  # run as a file (``make bench``), not with ``-m``
     sys.path.insert(0, str(ROOT))
 
 from benchmarks.common import (  # noqa: E402 - needs the root on the path
+    Request,
+    RequestLog,
     steady_simulator,
     sync_engine,
     tracker_executable,
@@ -96,61 +98,10 @@ DUE_STEP = timedelta(milliseconds=1)
 #: How long a SIGTERMed daemon may take: it gives its in-flight polls one timeout, then hands
 #: the rest back.
 STOP_GRACE = 2 * TIMEOUT + 10
-ORDER_PATH = "/meter-orders/"
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
 # -- the simulated upstream and its request log ----------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Request:
-    """One request as the simulator saw it: monotonic seconds, answer status, method, path."""
-
-    at: float
-    status: int
-    method: str
-    path: str
-
-    @property
-    def order_id(self) -> str | None:
-        """The order of a ``GET /meter-orders/ID`` (a poll), else ``None``."""
-        if self.method == "GET" and self.path.startswith(ORDER_PATH):
-            return self.path.removeprefix(ORDER_PATH)
-        return None
-
-
-@dataclass(slots=True)
-class RequestLog:
-    """The simulator's ``--request-log`` file, read as it grows."""
-
-    path: Path
-    requests: list[Request] = field(default_factory=list)
-    _offset: int = 0
-
-    def refresh(self) -> None:
-        """Read the lines written since the last refresh (a partial last line waits)."""
-        with self.path.open("rb") as file:
-            file.seek(self._offset)
-            chunk = file.read()
-        complete = chunk[: chunk.rfind(b"\n") + 1]
-        self._offset += len(complete)
-        for line in complete.decode().splitlines():
-            at, status, method, path = line.split(" ", 3)
-            self.requests.append(Request(float(at), int(status), method, path))
-
-    def between(self, start: float, end: float) -> list[Request]:
-        """Requests that arrived in ``[start, end)``."""
-        return [r for r in self.requests if start <= r.at < end]
-
-    def first_poll_after(self, moment: float, order_ids: set[str]) -> dict[str, float]:
-        """For each of ``order_ids`` requested after ``moment``: when it first was."""
-        found: dict[str, float] = {}
-        for request in self.requests:
-            order_id = request.order_id
-            if request.at > moment and order_id in order_ids and order_id not in found:
-                found[order_id] = request.at
-        return found
 
 
 @dataclass(slots=True)
@@ -196,6 +147,7 @@ url = "{database_url}"
 
 [polling]
 interval = {interval:.0f}
+sweep = "ids"  # the budget's pace is measured on polls by id
 
 [log]
 format = "json"

@@ -1,7 +1,7 @@
 """Footprint benchmark: startup time, bytes on disk, peak memory and CPU, measured as a user would.
 
 Everything runs through the ``tracker`` command line in child processes, against the steady
-simulator (``python -m tracker.simulator --steady``), with a TOML configuration and a SQLite
+simulator (``python -m tracker.demo.simulator --steady``), with a TOML configuration and a SQLite
 file in a temporary folder. Each child is reaped with ``os.wait4``, which gives its own CPU time
 (user + system) and peak RSS. It prints:
 

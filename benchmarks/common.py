@@ -12,6 +12,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from sqlalchemy import Engine, create_engine
@@ -30,7 +31,7 @@ def steady_simulator(
         [
             sys.executable,
             "-m",
-            "tracker.simulator",
+            "tracker.demo.simulator",
             "--steady",
             "--orders",
             str(orders),
@@ -71,3 +72,57 @@ def sync_engine(database_url: str) -> Iterator[Engine]:
         yield engine
     finally:
         engine.dispose()
+
+
+#: The path of a poll by id, ``GET /meter-orders/ID``.
+ORDER_PATH = "/meter-orders/"
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """One request as the simulator saw it: monotonic seconds, answer status, method, path."""
+
+    at: float
+    status: int
+    method: str
+    path: str
+
+    @property
+    def order_id(self) -> str | None:
+        """The order of a ``GET /meter-orders/ID`` (a poll), else ``None``."""
+        if self.method == "GET" and self.path.startswith(ORDER_PATH):
+            return self.path.removeprefix(ORDER_PATH)
+        return None
+
+
+@dataclass(slots=True)
+class RequestLog:
+    """The simulator's ``--request-log`` file, read as it grows."""
+
+    path: Path
+    requests: list[Request] = field(default_factory=list)
+    _offset: int = 0
+
+    def refresh(self) -> None:
+        """Read the lines written since the last refresh (a partial last line waits)."""
+        with self.path.open("rb") as file:
+            file.seek(self._offset)
+            chunk = file.read()
+        complete = chunk[: chunk.rfind(b"\n") + 1]
+        self._offset += len(complete)
+        for line in complete.decode().splitlines():
+            at, status, method, path = line.split(" ", 3)
+            self.requests.append(Request(float(at), int(status), method, path))
+
+    def between(self, start: float, end: float) -> list[Request]:
+        """Requests that arrived in ``[start, end)``."""
+        return [r for r in self.requests if start <= r.at < end]
+
+    def first_poll_after(self, moment: float, order_ids: set[str]) -> dict[str, float]:
+        """For each of ``order_ids`` requested after ``moment``: when it first was."""
+        found: dict[str, float] = {}
+        for request in self.requests:
+            order_id = request.order_id
+            if request.at > moment and order_id in order_ids and order_id not in found:
+                found[order_id] = request.at
+        return found

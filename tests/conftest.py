@@ -10,7 +10,7 @@ import pytest
 from tests import support
 from tests.postgres import Cluster, running_cluster
 from tests.support import ScriptedUpstream
-from tracker.httpserver import HttpServer
+from tracker.demo.serving import catch_all, serve
 
 
 @pytest.fixture(scope="session")
@@ -41,7 +41,7 @@ def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
 async def upstream() -> AsyncIterator[tuple[ScriptedUpstream, str]]:
     """A scripted Nomos upstream and its base URL."""
     scripted = ScriptedUpstream()
-    async with HttpServer(scripted) as server:
+    async with serve(catch_all(scripted)) as server:
         yield scripted, server.url
 
 

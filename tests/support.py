@@ -14,8 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from starlette.requests import Request
+from starlette.responses import Response
+
 from tracker.config import Settings, from_mapping
-from tracker.httpserver import Request, Response
+from tracker.demo.serving import DroppedAnswer
 
 API_VERSION = "2026-01-29.edison"
 STATIC_TOKEN = "nom_static_9f8e7d6c5b4a"
@@ -25,7 +28,7 @@ ROOT = Path(__file__).parents[1]
 #: The database of the running test, set by the ``database`` fixture (else a SQLite file).
 database_url: str | None = None
 
-Action = Callable[[str], Awaitable[Response | None]]
+Action = Callable[[str], Awaitable[Response]]
 
 
 def order_body(order_id: str, status: str | None = "waiting", **changes: Any) -> dict[str, Any]:
@@ -46,8 +49,8 @@ def order_body(order_id: str, status: str | None = "waiting", **changes: Any) ->
 
 def _json(status: int, body: object, headers: dict[str, str] | None = None) -> Response:
     return Response(
-        status=status,
-        body=json.dumps(body).encode(),
+        content=json.dumps(body).encode(),
+        status_code=status,
         headers={"Content-Type": "application/json", **(headers or {})},
     )
 
@@ -77,16 +80,18 @@ def raw(body: bytes, code: int = 200) -> Action:
     """Answer with exactly ``body``."""
 
     async def act(_order_id: str) -> Response:
-        return Response(status=code, body=body, headers={"Content-Type": "application/json"})
+        return Response(
+            content=body, status_code=code, headers={"Content-Type": "application/json"}
+        )
 
     return act
 
 
 def drop() -> Action:
-    """Close the connection without answering."""
+    """Close the connection before the answer is complete."""
 
-    async def act(_order_id: str) -> None:
-        return None
+    async def act(_order_id: str) -> Response:
+        return DroppedAnswer()
 
     return act
 
@@ -94,7 +99,7 @@ def drop() -> Action:
 def stall(seconds: float, then: Action) -> Action:
     """Wait ``seconds`` before answering like ``then``."""
 
-    async def act(order_id: str) -> Response | None:
+    async def act(order_id: str) -> Response:
         await asyncio.sleep(seconds)
         return await then(order_id)
 
@@ -135,34 +140,32 @@ class ScriptedUpstream:
         """How many GETs ``order_id`` received."""
         return sum(1 for s in self.seen if s.path == f"/meter-orders/{order_id}")
 
-    async def __call__(self, request: Request) -> Response | None:
+    async def __call__(self, request: Request) -> Response:
+        path = request.url.path
         self.seen.append(
             Seen(
-                path=request.path,
+                path=path,
                 version=request.headers.get("x-api-version"),
                 authorization=request.headers.get("authorization"),
             )
         )
-        if request.path == "/oauth/token":
-            return self._token(request)
+        if path == "/oauth/token":
+            return self._token(request, await request.body())
         header = request.headers.get("authorization", "")
         token = header.removeprefix("Bearer ")
         if token != STATIC_TOKEN and token not in self.tokens:
             return await error(401, request_id="req_unauth")("")
-        order_id = request.path.removeprefix("/meter-orders/")
+        order_id = path.removeprefix("/meter-orders/")
         actions = self.scripts.get(order_id)
         if not actions:
             return await error(404, request_id="req_missing")(order_id)
         action = actions.pop(0) if len(actions) > 1 else actions[0]
         return await action(order_id)
 
-    def _token(self, request: Request) -> Response:
+    def _token(self, request: Request, body: bytes) -> Response:
         self.token_requests += 1
         expected = "Basic " + base64.b64encode(f"{CLIENT_ID}:{CLIENT_SECRET}".encode()).decode()
-        if (
-            request.headers.get("authorization") != expected
-            or b"client_credentials" not in request.body
-        ):
+        if request.headers.get("authorization") != expected or b"client_credentials" not in body:
             return _json(401, {"code": "UNAUTHORIZED", "message": "bad client", "requestId": "r"})
         token = f"tok_{next(self._counter)}_secretpart"
         self.tokens.add(token)
@@ -310,17 +313,16 @@ class HookReceiver:
     async def __call__(self, request: Request) -> Response:
         if self.delay:
             await asyncio.sleep(self.delay)
+        body = await request.body()
         try:
-            self._webhook.verify(request.body, request.headers)
+            self._webhook.verify(body, dict(request.headers))
             verified = True
         except Exception:
             verified = False
         answer = self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
         if not verified:
             answer = 401
-        self.hooks.append(
-            Hook(request.headers.get("webhook-id", ""), request.body, verified, answer)
-        )
+        self.hooks.append(Hook(request.headers.get("webhook-id", ""), body, verified, answer))
         self.times.append(asyncio.get_running_loop().time())
         headers = {"Retry-After": self.retry_after} if answer in {429, 503} else {}
-        return Response(status=answer, headers=headers)
+        return Response(status_code=answer, headers=headers)

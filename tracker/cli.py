@@ -503,6 +503,7 @@ def run(ctx: typer.Context, config: ConfigOption = None) -> None:
                     readiness=daemon.readiness,
                     sinks=lambda: [entry.name for entry in reload.settings.sinks],
                     users=settings.http.users,
+                    webhook_secret=settings.upstream.webhook_secret,
                 )
                 await http.enter_async_context(listening(web, address))
             await run_until_signalled(daemon, reload)
@@ -529,7 +530,11 @@ def serve(ctx: typer.Context, config: ConfigOption = None) -> None:
     async def serving() -> None:
         async with open_store(settings.database.url) as store:
             web = build_app(
-                store=store, metrics=Metrics(), sinks=lambda: sinks, users=settings.http.users
+                store=store,
+                metrics=Metrics(),
+                sinks=lambda: sinks,
+                users=settings.http.users,
+                webhook_secret=settings.upstream.webhook_secret,
             )
             await serve_until_signalled(web, address)
 

@@ -71,6 +71,8 @@ class UpstreamSettings(_Section):
     max_body: int = Field(default=2 * 1024 * 1024, ge=1024)
     requests_per_second: float = Field(default=8, gt=0)
     max_concurrency: int = Field(default=8, ge=1, le=256)
+    #: Signs the provider's webhooks (``POST /hooks/nomos``): absent, hints are refused.
+    webhook_secret: SecretStr | None = None
 
     @field_validator("base_url")
     @classmethod
@@ -113,6 +115,9 @@ class PollingSettings(_Section):
     jitter: Duration | None = None
     intervals: dict[str, Duration] = Field(default_factory=dict)
     final_grace: Duration = timedelta(days=7)
+    #: How due orders are learned: ``auto`` (list pages when they cost fewer requests),
+    #: ``list`` (pages whenever an order's customer is known) or ``ids`` (one request each).
+    sweep: Literal["auto", "list", "ids"] = "auto"
 
     @field_validator("intervals")
     @classmethod

@@ -22,7 +22,13 @@ from tracker import alerts
 from tracker.batching import BatchWriter
 from tracker.config import Settings
 from tracker.digest import raise_due_digests
-from tracker.errors import ConfigError, clip
+from tracker.errors import (
+    ConfigError,
+    OrderNotFound,
+    RequestRejected,
+    UpstreamError,
+    clip,
+)
 from tracker.model import HEARTBEAT, STALE_AFTER, Claim, DaemonRecord, Transition
 from tracker.outage import Outage
 from tracker.outbox import Dispatcher
@@ -30,7 +36,9 @@ from tracker.poller import Clock, Poller, log_transitions
 from tracker.sinks.registry import Sink
 from tracker.store import PollOutcome, Store
 from tracker.supervision import HeldClaims, renewing, supervised
+from tracker.sweep import Batch, SweepPlanner
 from tracker.telemetry import SILENT, Telemetry
+from tracker.upstream import ListPage
 
 log = structlog.get_logger("tracker.daemon")
 
@@ -44,8 +52,20 @@ TICK_STALE = 10.0
 STUCK_CHECK = 10.0
 #: Stays reported per round: one query per status, one transaction in all.
 STUCK_BATCH = 1000
+#: Due orders of unknown customer that make reading the organisation's whole list worth it.
+DISCOVERY_MIN = 200
+#: Pages a discovery sweep reads between two looks at its yield.
+DISCOVERY_TRIAL = 10
+#: After a discovery sweep found too few watched orders per page, polls by id for this long.
+DISCOVERY_PAUSE = timedelta(hours=1)
+#: After a discovery sweep failed on the upstream, the next one waits this long.
+DISCOVERY_RETRY = timedelta(minutes=1)
 #: Seconds between two looks for a due digest (one key lookup per digest sink).
 DIGEST_CHECK = 60.0
+
+
+def _order_id(claim: Claim) -> str:
+    return claim.order_id
 
 
 def identity(daemon_id: str, now: datetime) -> DaemonRecord:
@@ -132,7 +152,16 @@ class Daemon:
         self._stall_after = stall_after
         self._tick_seconds = tick
         self._on_transition = on_transition
-        self._queue: asyncio.Queue[Claim | None] = asyncio.Queue(maxsize=capacity)
+        #: Work for the pollers: an order to poll by id, or a batch to sweep.
+        #: Unbounded: what is claimed is bounded by :meth:`_depth` (a batch counts as one).
+        self._queue: asyncio.Queue[Claim | Batch | None] = asyncio.Queue()
+        self._planner = SweepPlanner(mode=settings.polling.sweep if settings else "ids")
+        self._discovery: asyncio.Task[None] | None = None
+        self._discover_after = datetime.min.replace(tzinfo=UTC)
+        #: How early a sweep may refresh an order: within its jitter, as a poll may fall.
+        self._lookahead = settings.polling.policy().jitter if settings else timedelta(0)
+        #: Claims taken ahead of their due time, each with the timer that queues it then.
+        self._timed: dict[str, tuple[Claim, asyncio.TimerHandle]] = {}
         self._writer: BatchWriter[PollOutcome] = BatchWriter(self._record, name="polls")
         self._dispatcher = dispatcher
         self._dispatch_job: Job | None = None
@@ -154,6 +183,8 @@ class Daemon:
         self._share = (1, 0)
         self._shared_pause: datetime | None = None
         self.polls = 0
+        #: List pages read by sweeps.
+        self.pages = 0
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run until ``stop`` is set, then finish or hand back what is in flight.
@@ -383,16 +414,164 @@ class Daemon:
         return min(self._capacity, 2 * math.ceil(self._poller.pacer.rate) + self._workers)
 
     async def _claim_due(self) -> None:
-        room = self._depth() - self._queue.qsize()
+        """Claim the orders due by the next tick; each is queued at its own due time.
+
+        So a poll starts within a fraction of a tick of when it is due, not up to a whole tick
+        late, and the orders due within one second are spread over it. While list sweeps are
+        on, the due orders whose customer is known go to sweeps, a page's worth per request
+        (see :meth:`_claim_keyed`).
+        """
+        room = self._depth() - self._queue.qsize() - len(self._timed)
         if room <= 0:
             return
         now = self._clock()
-        claims = await self._store.claim_due(
-            now=now, limit=room, lease_until=self._claims.lease_until()
+        soon = now + timedelta(seconds=self._tick_seconds)
+        lease_until = self._claims.lease_until()
+        if not self._planner.sweeps:
+            claims = await self._store.claim_due(
+                now=now, limit=room, lease_until=lease_until, until=soon
+            )
+            self._more_due = len(claims) == room
+            self._queue_by_id(self._claims.take_fresh(claims, _order_id), now)
+            return
+        keyed = await self._claim_keyed(now, room)
+        unkeyed: list[Claim] = []
+        if not await self._discovering(now):
+            unkeyed = await self._store.claim_due(
+                now=now, limit=room, lease_until=lease_until, until=soon, keyed=False
+            )
+        self._more_due = len(unkeyed) == room or len(keyed) >= room * self._per_page()
+        batches, by_id = self._planner.plan(self._claims.take_fresh(keyed + unkeyed, _order_id))
+        for batch in batches:
+            self._queue.put_nowait(batch)
+        self._queue_by_id(by_id, now)
+
+    def _per_page(self) -> int:
+        return self._planner.values_per_page()
+
+    async def _claim_keyed(self, now: datetime, room: int) -> list[Claim]:
+        """The due orders a sweep can find: up to ``room`` pages' worth, the last page filled
+        with orders due within the jitter. Those are refreshed early by less than their
+        jitter, and the pages of a pass hold a hundred orders each, not the few due in one
+        second."""
+        per_page = self._per_page()
+        lease_until = self._claims.lease_until()
+        keyed = await self._store.claim_due(
+            now=now,
+            limit=room * per_page,
+            lease_until=lease_until,
+            until=now + timedelta(seconds=self._tick_seconds),
+            keyed=True,
         )
-        for claim in self._claims.take_fresh(claims, lambda claim: claim.order_id):
-            self._queue.put_nowait(claim)
-        self._more_due = len(claims) == room
+        if keyed and (short := -len(keyed) % per_page):
+            keyed += await self._store.claim_due(
+                now=now,
+                limit=short,
+                lease_until=lease_until,
+                until=now + self._lookahead,
+                keyed=True,
+            )
+        return keyed
+
+    async def _discovering(self, now: datetime) -> bool:
+        """Whether a discovery sweep runs (started now if it is worth it): then polls by id
+        leave the orders whose customer is not known to it.
+
+        Orders never answered cannot be swept by customer. When hundreds of them are due
+        (after watching many at once), the organisation's whole list is read instead, newest
+        first: a page of 100 can answer for up to 100 of them. One daemon of a fleet does it
+        (the oldest); the others poll by id meanwhile, and a lease keeps each order to one.
+        """
+        if self._discovery is not None and not self._discovery.done():
+            return True
+        planner = self._planner
+        if (
+            planner.mode == "ids"
+            or not planner.listing
+            or self._share[1] != 0
+            or now < self._discover_after
+            or await self._store.unkeyed_due(now=now, limit=DISCOVERY_MIN) < DISCOVERY_MIN
+        ):
+            return False
+        self._discovery = asyncio.create_task(self._discover())
+        return True
+
+    async def _discover(self) -> None:
+        """Read the organisation's list, applying each item whose order is watched and due
+        (within the jitter) as a poll; stop early when pages hold too few watched orders."""
+        read = found = 0
+        cursor: str | None = None
+        cursors: set[str] = set()
+        log.info("discovery_started")
+        try:
+            while not self._stopping:
+                page = await self._poller.page({}, cursor)
+                read += 1
+                found += await self._apply_listed(page)
+                now = self._clock()
+                if page.next_page is None:
+                    break
+                if page.next_page in cursors:
+                    log.warning(
+                        "list_page_malformed",
+                        reason=f"list page {read} repeats an earlier cursor",
+                        request_id=page.request_id,
+                    )
+                    break
+                if read % DISCOVERY_TRIAL == 0:
+                    if found < read:  # less than one watched order per page: ids cost less
+                        self._discover_after = now + DISCOVERY_PAUSE
+                        break
+                    if not await self._store.unkeyed_due(now=now, limit=1):
+                        break
+                cursors.add(cursor := page.next_page)
+        except (OrderNotFound, RequestRejected) as exc:
+            log.warning("list_unavailable", reason=exc.reason, request_id=exc.request_id)
+            self._planner.unavailable()
+        except UpstreamError as exc:
+            log.warning("discovery_failed", reason=exc.reason, request_id=exc.request_id)
+            self._discover_after = self._clock() + DISCOVERY_RETRY
+        except Exception:
+            log.exception("discovery_crashed")
+            self._discover_after = self._clock() + DISCOVERY_PAUSE
+        log.info("discovery_ended", pages=read, found=found)
+
+    async def _apply_listed(self, page: ListPage) -> int:
+        """Apply the page's items whose orders are watched and due; how many there were."""
+        listed = {order.id: order for order in page.items}
+        now = self._clock()
+        claims = await self._store.claim_listed(
+            list(listed),
+            now=now,
+            until=now + self._lookahead,
+            lease_until=self._claims.lease_until(),
+        )
+        for claim in self._claims.take_fresh(claims, _order_id):
+            outcome = self._poller.apply(claim, listed[claim.order_id])
+            self._poller.count(outcome)
+            self._writer.put(outcome)
+            self.polls += 1
+        self.pages += 1
+        return len(claims)
+
+    def _queue_by_id(self, claims: list[Claim], now: datetime) -> None:
+        """Queue each claim for a poll by id at its due time."""
+        loop = asyncio.get_running_loop()
+        for claim in claims:
+            wait = (claim.due_at - now).total_seconds() if claim.due_at is not None else 0.0
+            if wait > 0:
+                self._timed[claim.order_id] = (
+                    claim,
+                    loop.call_later(wait, self._queue_timed, claim.order_id),
+                )
+            else:
+                self._queue.put_nowait(claim)
+
+    def _queue_timed(self, order_id: str) -> None:
+        """An order claimed ahead of its due time is due now: queue it for a worker (once the
+        daemon stops, it stays to be handed back)."""
+        if not self._stopping and (timed := self._timed.pop(order_id, None)) is not None:
+            self._queue.put_nowait(timed[0])
 
     async def _watch_progress(self) -> None:
         """Log once when polling stalls and once when it resumes.
@@ -417,6 +596,8 @@ class Daemon:
             failing_after=settings.alerts.failing_after,
         )
         self._stuck, self._routes = dict(settings.alerts.stuck), routes
+        self._planner.mode = settings.polling.sweep
+        self._lookahead = settings.polling.policy().jitter
         self._settings = settings
         if self._dispatcher is not None:
             await self._dispatcher.replace(sinks, settings.delivery.backoff)
@@ -515,13 +696,34 @@ class Daemon:
             self._job.modify(next_run_time=datetime.now(UTC))
 
     async def _work(self) -> None:
-        while (claim := await self._queue.get()) is not None:
+        while (work := await self._queue.get()) is not None:
+            claims = work.claims if isinstance(work, Batch) else (work,)
             try:
-                await self._poll(claim)
+                if isinstance(work, Batch):
+                    await self._sweep(work)
+                else:
+                    await self._poll(work)
             except BaseException:
-                # Unrecorded: stop renewing its lease, so that it expires and the order is polled.
-                self._claims.drop([claim.order_id])
+                # Unrecorded: stop renewing the leases, so that they expire and the orders are
+                # polled again.
+                self._claims.drop([claim.order_id for claim in claims])
                 raise
+
+    async def _sweep(self, batch: Batch) -> None:
+        """Learn a batch from list pages; poll by id what the pages did not show."""
+        self._refill_soon()
+        ids = [claim.order_id for claim in batch.claims]
+        self._in_flight.update(ids)
+        try:
+            swept = await self._poller.sweep(batch, self._planner)
+        finally:
+            self._in_flight.difference_update(ids)
+        for outcome in swept.outcomes:
+            self._writer.put(outcome)
+        self.polls += len(swept.outcomes)
+        self.pages += swept.pages
+        for claim in swept.leftovers:  # claimed still: every worker may take one
+            self._queue.put_nowait(claim)
 
     async def _poll(self, claim: Claim) -> None:
         self._refill_soon()
@@ -554,11 +756,25 @@ class Daemon:
         if any(outcome.sinks or outcome.alerts for outcome in batch):
             self._dispatch_soon()
 
-    async def _shut_down(self, workers: list[asyncio.Task[None]]) -> None:
-        waiting: list[str] = []
+    def _unqueue(self) -> list[str]:
+        """Take back every claim not yet given to a worker: timed and queued."""
+        waiting = list(self._timed)
+        for _claim, timer in self._timed.values():
+            timer.cancel()
+        self._timed.clear()
         while not self._queue.empty():
-            if (claim := self._queue.get_nowait()) is not None:
-                waiting.append(claim.order_id)
+            work = self._queue.get_nowait()
+            if isinstance(work, Batch):
+                waiting.extend(claim.order_id for claim in work.claims)
+            elif work is not None:
+                waiting.append(work.order_id)
+        return waiting
+
+    async def _shut_down(self, workers: list[asyncio.Task[None]]) -> None:
+        waiting = self._unqueue()
+        if self._discovery is not None:
+            self._discovery.cancel()
+            await asyncio.gather(self._discovery, return_exceptions=True)
         for _ in workers:
             self._queue.put_nowait(None)
         # In-flight polls may finish within the grace; the rest are abandoned unwritten.

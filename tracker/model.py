@@ -86,13 +86,30 @@ class MeterOrder:
             raise MalformedAnswer(f"object is {data.get('object')!r}, not 'meter_order'")
         if data.get("id") != expected_id:
             raise MalformedAnswer(f"id is {data.get('id')!r}, not the requested {expected_id!r}")
+        return cls._parse(data, raw=body.decode())
+
+    @classmethod
+    def from_item(cls, data: Any) -> MeterOrder:
+        """Parse one item of a list page as strictly as an answer by id; its raw snapshot is
+        the object as the list returned it."""
+        if not isinstance(data, dict):
+            raise MalformedAnswer(f"an item is a JSON {type(data).__name__}, not an object")
+        item_id = data.get("id")
+        if not isinstance(item_id, str) or not ORDER_ID.fullmatch(item_id):
+            raise MalformedAnswer(f"an item's id {str(item_id)[:40]!r} is not a meter order id")
+        return cls._parse(data, raw=json.dumps(data, ensure_ascii=False, separators=(",", ":")))
+
+    @classmethod
+    def _parse(cls, data: dict[str, Any], *, raw: str) -> MeterOrder:
+        if data.get("object") != "meter_order":
+            raise MalformedAnswer(f"object is {data.get('object')!r}, not 'meter_order'")
         fields: dict[str, str] = {}
         for name in _REQUIRED:
             value = data.get(name)
             if not isinstance(value, str) or not value:
                 raise MalformedAnswer(f"field {name!r} is missing or not a non-empty string")
             fields[name] = value
-        return cls(id=expected_id, raw=body.decode(), **fields)
+        return cls(id=data["id"], raw=raw, **fields)
 
     @property
     def fingerprint(self) -> int:
@@ -203,6 +220,9 @@ class WatchedOrder:
     last_error: str | None
     retired_at: datetime | None
     removed_at: datetime | None
+    #: The latest snapshot's customer and subscription; ``None`` before the first snapshot.
+    customer: str | None = None
+    subscription: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -214,6 +234,11 @@ class Claim:
     fingerprint: int | None
     final_since: datetime | None
     consecutive_failures: int
+    #: When the order came due (``next_poll_at`` when claimed); ``None``: now.
+    due_at: datetime | None = None
+    #: The customer and subscription of its last snapshot (what list sweeps filter by).
+    customer: str | None = None
+    subscription: str | None = None
 
 
 class DeliveryState(enum.StrEnum):

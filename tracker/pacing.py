@@ -22,7 +22,10 @@ class Pacer:
     counted the request by then), not when its body is read: an answer that drips for seconds
     costs one request of the budget, like any other. A rate that is not whole admits its whole
     part per second (8.5 admits 8: "at most that many start" in any one-second window); a
-    rate below one becomes one request per ``1 / rate`` seconds. :meth:`pause` holds every
+    rate below one becomes one request per ``1 / rate`` seconds. Admissions are also spread
+    evenly, one every ``1 / rate`` seconds, so an upstream whose limiter is a leaky bucket
+    never sees a burst above the rate (20 per second arrive 50 ms apart, not within one tick's
+    few milliseconds). :meth:`pause` holds every
     request back, e.g. after a 429; a request that would wait more than ``patience`` seconds
     for a pause raises :class:`Paused` instead (one-shot commands; the daemon waits, its
     claims renewed).
@@ -46,6 +49,8 @@ class Pacer:
         self._done = asyncio.Event()
         self._clock = clock or asyncio.get_running_loop().time
         self._paused_until = 0.0
+        #: When the last request was admitted: the next one waits ``1 / rate`` after it.
+        self._admitted_at = -math.inf
         self._patience = patience
 
     def _set_rate(self, rate: float) -> None:
@@ -81,6 +86,11 @@ class Pacer:
         else:
             self._raise = None
             self._set_rate(rate)
+
+    @property
+    def in_flight(self) -> int:
+        """Requests admitted whose answer has not begun to come back."""
+        return self._in_flight
 
     def paused_for(self) -> float:
         """Seconds the current pause still holds every request back (0 when none)."""
@@ -130,6 +140,7 @@ class Pacer:
                     )
                 await asyncio.sleep(wait)
             self._in_flight += 1
+            self._admitted_at = self._clock()
 
     def _wait(self) -> float | None:
         """Seconds to wait before the next admission; ``None``: until a request finishes."""
@@ -140,7 +151,7 @@ class Pacer:
         horizon = now - self._window
         while self._finished and self._finished[0] <= horizon:
             self._finished.popleft()
-        pause = self._paused_until - now
+        pause = max(self._paused_until - now, self._admitted_at + self._window / self._burst - now)
         excess = self._in_flight + len(self._finished) - self._burst
         if excess < 0:
             return pause if pause > 0 else 0

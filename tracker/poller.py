@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import random
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -14,7 +15,15 @@ import structlog
 from tracker import alerts as alerts_
 from tracker.clock import utc_now
 from tracker.diff import decide
-from tracker.errors import RateLimited, UpstreamError, clip
+from tracker.errors import (
+    MalformedAnswer,
+    OrderNotFound,
+    Paused,
+    RateLimited,
+    RequestRejected,
+    UpstreamError,
+    clip,
+)
 from tracker.model import Claim, Event, MeterOrder, StatusChange, Transition
 from tracker.pacing import Pacer
 from tracker.routing import route
@@ -22,8 +31,9 @@ from tracker.schedule import PollingPolicy
 from tracker.sinks.render import event_body
 from tracker.store import PollOutcome, Store
 from tracker.supervision import HeldClaims, renewing
+from tracker.sweep import Batch, SweepPlanner, strays
 from tracker.telemetry import SILENT, PollResult, Telemetry
-from tracker.upstream import NomosClient
+from tracker.upstream import ListPage, NomosClient
 
 log = structlog.get_logger("tracker.poller")
 
@@ -33,6 +43,45 @@ Clock = Callable[[], datetime]
 INTERNAL = "internal"
 #: ``poll_now`` polls and records this many orders at a time.
 WINDOW = 256
+#: Pages one sweep may take: ten times what a full batch is expected to need.
+MAX_PAGES = 50
+#: Requests one poll sends into 429s (each after the pause the one before set) before it fails.
+RATE_LIMITED_TRIES = 3
+
+
+def _nothing() -> None:
+    """A callback with nothing to do."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Swept:
+    """What one sweep learned: outcomes to record, and claims left to poll by id."""
+
+    outcomes: list[PollOutcome]
+    leftovers: list[Claim]
+    pages: int
+
+
+@dataclass(slots=True)
+class _Reading:
+    """What a sweep's pages have shown so far."""
+
+    pages: int = 0
+    items: int = 0
+    #: The batch's orders found, by id.
+    found: dict[str, MeterOrder] = field(default_factory=dict)
+
+
+def _check_cursor(page: ListPage, cursors: set[str], pages: int) -> None:
+    """Refuse a cursor that leads back to a page already read, and endless pages."""
+    assert page.next_page is not None  # noqa: S101 - checked by the caller
+    if page.next_page in cursors:
+        raise MalformedAnswer(
+            f"list page {pages} repeats an earlier cursor", request_id=page.request_id
+        )
+    if pages >= MAX_PAGES:
+        raise MalformedAnswer(f"the pages go on past {MAX_PAGES}", request_id=page.request_id)
+    cursors.add(page.next_page)
 
 
 class Poller:
@@ -87,20 +136,140 @@ class Poller:
                 outcome = self._failed(
                     claim, INTERNAL, f"internal error: {type(exc).__name__}: {exc}"
                 )
+        self.count(outcome)
+        return outcome
+
+    def count(self, outcome: PollOutcome) -> None:
+        """Report one outcome to telemetry as a poll (by id, or from a list page)."""
         if outcome.error_kind is not None:
             self._telemetry.polled(PollResult.FAILED)
         elif outcome.decision is not None and outcome.decision.store_snapshot:
             self._telemetry.polled(PollResult.CHANGED)
         else:
             self._telemetry.polled(PollResult.UNCHANGED)
-        return outcome
+
+    async def sweep(self, batch: Batch, planner: SweepPlanner) -> Swept:
+        """Learn the batch's orders from list pages; never raises.
+
+        Each order found is decided exactly as if it had been polled by id. The orders the
+        pages did not show come back as ``leftovers``, to be polled by id: orders whose
+        customer changed, and every order not found when the upstream ignored the filter, sent
+        a page that is not a list of meter orders, or refused the list. A page the upstream
+        failed to answer (5xx, timeout, refused credentials) fails the orders not yet found, as
+        a failed poll would; a 429 is waited out as for a poll.
+        """
+        wanted = {claim.order_id: claim for claim in batch.claims}
+        read = _Reading()
+        failed: list[PollOutcome] = []
+        try:
+            await self._read(batch, planner, wanted, read)
+        except MalformedAnswer as exc:
+            log.warning("list_page_malformed", reason=exc.reason, request_id=exc.request_id)
+        except (OrderNotFound, RequestRejected) as exc:
+            log.warning("list_unavailable", reason=exc.reason, request_id=exc.request_id)
+            planner.unavailable()
+        except UpstreamError as exc:
+            retry_after = exc.retry_after if isinstance(exc, RateLimited) else None
+            failed = [
+                self._failed(claim, exc.kind, exc.reason, exc.request_id, retry_after)
+                for order_id, claim in wanted.items()
+                if order_id not in read.found
+            ]
+        except Exception:
+            log.exception("sweep_crashed", orders=len(wanted))
+        else:
+            planner.learn(values=len(batch.values), items=read.items)
+        outcomes = [self.apply(wanted[order_id], order) for order_id, order in read.found.items()]
+        outcomes += failed
+        for outcome in outcomes:
+            self.count(outcome)
+        done = set(read.found) | {outcome.claim.order_id for outcome in failed}
+        leftovers = [claim for order_id, claim in wanted.items() if order_id not in done]
+        log.debug("swept", pages=read.pages, items=read.items, leftovers=len(leftovers))
+        return Swept(outcomes=outcomes, leftovers=leftovers, pages=read.pages)
+
+    async def _read(
+        self, batch: Batch, planner: SweepPlanner, wanted: Mapping[str, Claim], read: _Reading
+    ) -> None:
+        """Read the batch's pages into ``read``: all, or up to one whose filter was ignored.
+
+        A page that fails to parse, or whose cursor leads back to an earlier page, raises
+        :class:`MalformedAnswer`, and nothing of it is in ``read``.
+        """
+        cursor: str | None = None
+        cursors: set[str] = set()
+        while True:
+            page = await self.page(batch.filters(), cursor)
+            read.pages += 1
+            if strays(batch, page.items):
+                self._filter_ignored(batch, planner, page)
+            read.found.update((order.id, order) for order in page.items if order.id in wanted)
+            read.items += len(page.items)
+            if page.next_page is None or batch.field in planner.ignored:
+                return
+            _check_cursor(page, cursors, read.pages)
+            cursor = page.next_page
+
+    async def page(self, filters: Mapping[str, str], cursor: str | None) -> ListPage:
+        """One list page; a 429 is waited out as for a poll."""
+        for _ in range(RATE_LIMITED_TRIES - 1):
+            try:
+                return await self._client.list_page(filters, cursor)
+            except Paused:
+                raise
+            except RateLimited as exc:
+                log.info("list_rate_limited", retry_after=exc.retry_after)
+        return await self._client.list_page(filters, cursor)
+
+    @staticmethod
+    def _filter_ignored(batch: Batch, planner: SweepPlanner, page: ListPage) -> None:
+        """The page holds orders its filter should have kept out: stop trusting the filter."""
+        if batch.field in planner.ignored:
+            return
+        planner.ignore(batch.field)
+        log.warning(
+            "list_filter_ignored",
+            filter=f"filter[{batch.field}][in]",
+            request_id=page.request_id,
+            then="polls by id" if planner.field is None else f"filter[{planner.field}][in]",
+        )
 
     async def _poll(self, claim: Claim) -> PollOutcome:
         try:
-            order = await self._client.fetch(claim.order_id)
+            order = await self._fetch(claim)
         except UpstreamError as exc:
             retry_after = exc.retry_after if isinstance(exc, RateLimited) else None
             return self._failed(claim, exc.kind, exc.reason, exc.request_id, retry_after)
+        return self.apply(claim, order)
+
+    async def _fetch(self, claim: Claim) -> MeterOrder:
+        """The order as the upstream has it now.
+
+        A 429 pauses every request (the pacer holds them all until its ``Retry-After`` ends),
+        and this order is asked again right after that pause: the 429 was about the budget,
+        not about the order. Only a run of them fails the poll.
+        """
+
+        def started() -> None:
+            if claim.due_at is not None:
+                self._telemetry.started_late((self._clock() - claim.due_at).total_seconds())
+
+        for _ in range(RATE_LIMITED_TRIES - 1):
+            try:
+                return await self._client.fetch(claim.order_id, started=started)
+            except Paused:
+                raise
+            except RateLimited as exc:
+                log.info(
+                    "poll_rate_limited", retry_after=exc.retry_after, request_id=exc.request_id
+                )
+                started = _nothing
+        return await self._client.fetch(claim.order_id)
+
+    def apply(self, claim: Claim, order: MeterOrder) -> PollOutcome:
+        """What to store for ``order``, as the upstream answered it for ``claim``: by id, or as
+        an item of a list page (the same diff, snapshot, event body, outbox rows and schedule).
+        """
         now = self._clock()
         decision = decide(claim.status, claim.fingerprint, order)
         if decision.store_snapshot and not order.status_known:

@@ -55,7 +55,13 @@ class PollingPolicy:
         rng: random.Random,
         retry_after: float | None = None,
     ) -> datetime:
-        """When to poll again after the ``failures``-th failure in a row of ``kind``."""
+        """When to poll again after the ``failures``-th failure in a row of ``kind``.
+
+        A 429 is about the budget, not the order: the order is due again right when the pause
+        it set ends, however many came before.
+        """
+        if kind == "rate_limited":
+            return now + max(timedelta(seconds=retry_after or 0), _SHORTEST)
         first, longest = _BACKOFF.get(kind, _BACKOFF["transient"])
         cap = max(longest if longest is not None else self.interval_for(status), first)
         wait = min(first * (1 << min(max(failures - 1, 0), 30)), cap)

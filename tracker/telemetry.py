@@ -36,6 +36,10 @@ class Telemetry(Protocol):
         """One upstream request ended: its HTTP status (``None``: no answer) and duration."""
         ...
 
+    def started_late(self, seconds: float) -> None:
+        """A poll's request started ``seconds`` after the order came due."""
+        ...
+
     def transitioned(self, from_status: str, to_status: str) -> None:
         """One transition was stored."""
         ...
@@ -52,6 +56,9 @@ class Silent:
         """Dropped."""
 
     def requested(self, code: int | None, seconds: float) -> None:
+        """Dropped."""
+
+    def started_late(self, seconds: float) -> None:
         """Dropped."""
 
     def transitioned(self, from_status: str, to_status: str) -> None:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import httpx
@@ -33,6 +34,12 @@ DEFAULT_RETRY_AFTER = 30.0
 RENEW_MARGIN = 120.0
 #: After credentials are refused, every request waits this long (doubling up to the cap).
 AUTH_PAUSE, AUTH_PAUSE_CAP = 60.0, 3600.0
+#: Orders per list page: the most the upstream answers with.
+PAGE_SIZE = 100
+#: The longest wait a ``ratelimit-reset`` answer may set (a larger one is read as this).
+MAX_RESET = 60.0
+#: A ``ratelimit-reset`` above this is a Unix time rather than seconds from now.
+EPOCH_SECONDS = 1e9
 #: Bytes of an error answer read for its code and message; the rest is not read.
 ERROR_BODY_LIMIT = 64 * 1024
 
@@ -191,6 +198,39 @@ class ClientCredentials:
         log.info("upstream_token_renewed", expires_in=lifetime)
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ListPage:
+    """One page of ``GET /meter-orders``: its orders, and the cursor of the next one."""
+
+    items: tuple[MeterOrder, ...]
+    #: Pass back as ``cursor`` for the next page; ``None`` on the last page.
+    next_page: str | None
+    request_id: str | None = None
+
+    @classmethod
+    def parse(cls, body: bytes, *, request_id: str | None = None) -> ListPage:
+        """A list answer, strictly, or :class:`MalformedAnswer` saying what is wrong."""
+        data = parse_json(body)
+        if not isinstance(data, dict) or data.get("object") != "list":
+            kind = data.get("object") if isinstance(data, dict) else type(data).__name__
+            raise MalformedAnswer(f"a list page is {kind!r}, not a 'list' object")
+        items, has_more, next_page = data.get("items"), data.get("has_more"), data.get("next_page")
+        if not isinstance(items, list):
+            raise MalformedAnswer("a list page has no 'items' array")
+        if not isinstance(has_more, bool):
+            raise MalformedAnswer("a list page lacks 'has_more' (true or false)")
+        if has_more and (not isinstance(next_page, str) or not next_page):
+            raise MalformedAnswer("a list page says has_more but gives no 'next_page' cursor")
+        if len(items) > PAGE_SIZE:
+            raise MalformedAnswer(f"a list page holds {len(items)} items, more than {PAGE_SIZE}")
+        orders = tuple(MeterOrder.from_item(item) for item in items)
+        return cls(
+            items=orders,
+            next_page=next_page if has_more else None,
+            request_id=request_id,
+        )
+
+
 class NomosClient:
     """``GET /meter-orders/{id}`` with the version pinned, paced and parsed strictly."""
 
@@ -205,15 +245,55 @@ class NomosClient:
         """The pace every request keeps: shared budget, pauses."""
         return self._pacer
 
-    async def fetch(self, order_id: str) -> MeterOrder:
-        """Fetch and parse one meter order, or raise an :class:`UpstreamError` subclass."""
+    async def fetch(
+        self, order_id: str, *, started: Callable[[], None] | None = None
+    ) -> MeterOrder:
+        """Fetch and parse one meter order, or raise an :class:`UpstreamError` subclass.
+
+        ``started`` is called when the pace admits the request (how late a poll began).
+        """
         path = f"/meter-orders/{validate_order_id(order_id)}"
+        response, body = await self._call(path, started=started)
+        try:
+            return MeterOrder.from_json(body, expected_id=order_id)
+        except MalformedAnswer as exc:
+            exc.request_id = _request_id(response, _error_body(body))
+            raise
+
+    async def list_page(self, filters: Mapping[str, str], cursor: str | None = None) -> ListPage:
+        """One page (``PAGE_SIZE`` orders at most) of ``GET /meter-orders`` with ``filters``
+        (e.g. ``{"filter[customer][in]": "cus_a,cus_b"}``), after ``cursor``.
+
+        Raises :class:`MalformedAnswer` (with the ``requestId``) for a page that is not a list
+        object, lacks ``has_more``, or holds an item that is not a meter order: nothing of such
+        a page may be used. Whether the upstream applied the filters is the caller's to check.
+        """
+        params = {"limit": str(PAGE_SIZE), **filters}
+        if cursor is not None:
+            params["cursor"] = cursor
+        response, body = await self._call("/meter-orders", params=params)
+        try:
+            return ListPage.parse(body, request_id=_request_id(response, {}))
+        except MalformedAnswer as exc:
+            exc.request_id = _request_id(response, _error_body(body))
+            raise
+
+    async def _call(
+        self,
+        path: str,
+        *,
+        params: Mapping[str, str] | None = None,
+        started: Callable[[], None] | None = None,
+    ) -> tuple[httpx.Response, bytes]:
+        """GET ``path`` within the pace, renewing the token once on a 401; a successful answer
+        and its body, or an :class:`UpstreamError` (a 429 pauses every request)."""
         try:
             header = await self._credentials.header()
-            response, body = await self._get(path, header)
+            response, body = await self._get(path, header, started, params)
             if response.status_code == 401:
                 await self._credentials.renew(header)
-                response, body = await self._get(path, await self._credentials.header())
+                header = await self._credentials.header()
+                response, body = await self._get(path, header, None, params)
             _raise_for_status(response, body)
         except RateLimited as exc:
             self._pacer.pause(exc.retry_after)
@@ -228,17 +308,43 @@ class NomosClient:
                 f"answer larger than {self._exchange.max_body} bytes; not read, not stored",
                 request_id=_request_id(response, {}),
             )
-        try:
-            return MeterOrder.from_json(body, expected_id=order_id)
-        except MalformedAnswer as exc:
-            exc.request_id = _request_id(response, _error_body(body))
-            raise
+        return response, body
 
-    async def _get(self, path: str, authorization: str) -> tuple[httpx.Response, bytes | None]:
+    async def _get(
+        self,
+        path: str,
+        authorization: str,
+        started: Callable[[], None] | None = None,
+        params: Mapping[str, str] | None = None,
+    ) -> tuple[httpx.Response, bytes | None]:
         async with self._pacer.slot() as answered:
-            return await self._exchange(
-                "GET", path, answered=answered, headers={"Authorization": authorization}
+            if started is not None:
+                started()
+            response, body = await self._exchange(
+                "GET",
+                path,
+                answered=answered,
+                headers={"Authorization": authorization},
+                params=params,
             )
+        self._heed(response)
+        return response, body
+
+    def _heed(self, response: httpx.Response) -> None:
+        """Slow down before a 429: when the upstream says the budget of its current window is
+        spent (``ratelimit-remaining`` no more than the requests this pacer has in flight),
+        hold every request until the window resets (``ratelimit-reset``)."""
+        remaining = _number(response.headers.get("ratelimit-remaining"))
+        if remaining is None or response.status_code == 429:
+            return
+        if remaining <= self._pacer.in_flight:
+            reset = _number(response.headers.get("ratelimit-reset"))
+            if reset is not None and reset > EPOCH_SECONDS:  # a moment, not a delay
+                reset = max(reset - time.time(), 0.0)
+            wait = min(reset, MAX_RESET) if reset is not None else 1.0
+            if wait > 0 and self._pacer.paused_for() < wait:
+                log.info("upstream_budget_spent", remaining=int(remaining), pause=wait)
+                self._pacer.pause(wait)
 
 
 def build_client(
@@ -333,6 +439,15 @@ def _retry_after(response: httpx.Response) -> float:
     except ValueError:
         return DEFAULT_RETRY_AFTER
     return seconds if 0 <= seconds <= 86400 else DEFAULT_RETRY_AFTER
+
+
+def _number(value: str | None) -> float | None:
+    """A header's non-negative number, or ``None`` when absent or not one."""
+    try:
+        number = float(value) if value is not None else None
+    except ValueError:
+        return None
+    return number if number is not None and 0 <= number < 1e12 else None
 
 
 def _describe(exc: Exception) -> str:

@@ -48,6 +48,8 @@ def watched_dict(order: WatchedOrder) -> dict[str, Any]:
         "consecutive_failures": order.consecutive_failures,
         "last_error_kind": order.last_error_kind,
         "last_error": order.last_error,
+        "customer": order.customer,
+        "subscription": order.subscription,
     }
 
 

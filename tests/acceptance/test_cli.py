@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+from starlette.responses import Response
 
 from tests.processes import busiest_second, daemons_now, live_daemons, start_daemon, stop
 from tests.support import (
@@ -22,7 +23,6 @@ from tests.support import (
     tracker_cli,
     write_config,
 )
-from tracker.httpserver import Response
 
 #: Every test here runs on SQLite and on PostgreSQL.
 pytestmark = pytest.mark.usefixtures("database")
@@ -298,7 +298,7 @@ class TestSharedBudget:
         armed_at, fired_at = math.inf, math.inf
         answer, refuse = ok("ordered"), error(429, {"Retry-After": "3"})
 
-        async def once_refused(order_id: str) -> Response | None:
+        async def once_refused(order_id: str) -> Response:
             nonlocal fired_at
             if time.monotonic() >= armed_at and fired_at == math.inf:
                 fired_at = time.monotonic()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -12,6 +13,8 @@ import time
 from pathlib import Path
 
 import pytest
+from starlette.requests import Request
+from starlette.responses import Response
 
 from tests.support import (
     ROOT,
@@ -21,8 +24,8 @@ from tests.support import (
     tracker_cli,
     write_config,
 )
-from tracker.httpserver import HttpServer, Request, Response
-from tracker.simulator import Simulator, demo_scripts
+from tracker.demo.serving import catch_all, serve
+from tracker.demo.simulator import Simulator, demo_scripts
 
 #: Every test here runs on SQLite and on PostgreSQL.
 pytestmark = pytest.mark.usefixtures("database")
@@ -82,17 +85,18 @@ class TestKillAndRestart:
     async def test_sigkill_loop(self, tmp_path: Path) -> None:
         # A slow receiver, so that kills land in the middle of bursts of deliveries.
         receiver = HookReceiver(delay=0.15)
-        hooks = await HttpServer(receiver).start()
+        servers = contextlib.AsyncExitStack()
+        hooks = await servers.enter_async_context(serve(catch_all(receiver)))
         clock = DaemonClock()
         scripts = {s.order_id: s for s in demo_scripts(STEP)}
         simulator = Simulator(list(scripts.values()), static_token=TOKEN, clock=clock)
 
         async def upstream(request: Request) -> Response:
-            if request.path.startswith("/meter-orders/"):
-                clock.start()  # a daemon polls: the orders move on
-            return await simulator(request)
+            if request.url.path.startswith("/meter-orders"):
+                clock.start()  # a daemon polls (by id, or a list page): the orders move on
+            return await simulator.answer(request)
 
-        server = await HttpServer(upstream).start()
+        server = await servers.enter_async_context(serve(catch_all(upstream)))
         path = write_config(
             tmp_path / "c.toml",
             settings_mapping(
@@ -134,8 +138,7 @@ class TestKillAndRestart:
             daemon.send_signal(signal.SIGTERM)
             assert await asyncio.wait_for(daemon.wait(), 15) == 0
         finally:
-            await server.close()
-            await hooks.close()
+            await servers.aclose()
         assert kills >= 5
         assert all(hook.verified for hook in receiver.hooks)
         stored: set[str] = set()

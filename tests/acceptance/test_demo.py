@@ -13,10 +13,14 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.support import ROOT
 
 #: ``  metrics:   http://127.0.0.1:PORT/metrics`` and its siblings, as the demo prints them.
-URL_LINE = re.compile(r"^\s+(health|readiness|metrics):\s+(http://127\.0\.0\.1:\d+/\w+)\s*$")
+URL_LINE = re.compile(r"^\s+(board|health|readiness|metrics):\s+(http://127\.0\.0\.1:\d+/\w*)\s*$")
+#: The closing line counting the simulator's requests by kind.
+KINDS_LINE = re.compile(
+    r"upstream requests by kind: (\d+) list pages \((\d+) orders in them\), (\d+) by-id"
+)
 #: Seconds the demo runs: a few rounds of polls at its 2 s interval, and gauges read twice.
 DURATION = 20
-#: The simulator's orders (``tracker.simulator.demo_scripts``).
+#: The simulator's orders (``tracker.demo.simulator.demo_scripts``).
 ORDERS = 12
 
 
@@ -48,12 +52,13 @@ async def test_the_demo_prints_live_urls_of_health_and_metrics_that_move() -> No
     printed: list[str] = []
     urls: dict[str, str] = {}
     try:
-        while len(urls) < 3:
+        while len(urls) < 4:
             line = (await asyncio.wait_for(process.stdout.readline(), 20)).decode()
             assert line, f"the demo ended before printing its URLs: {printed}"
             printed.append(line)
             if found := URL_LINE.match(line):
                 urls[found[1]] = found[2]
+        assert urls["board"] + "healthz" == urls["health"]
         assert urls["health"].endswith("/healthz")
         assert urls["readiness"].endswith("/readyz")
         assert urls["metrics"].endswith("/metrics")
@@ -95,3 +100,7 @@ async def test_the_demo_prints_live_urls_of_health_and_metrics_that_move() -> No
     assert watched.get("none", 0) < ORDERS
     assert "Where each order stands" in out
     assert "webhooks received with verified signatures" in out
+    kinds = KINDS_LINE.search(out)
+    assert kinds is not None, out
+    _list_pages, _listed, by_id = map(int, kinds.groups())
+    assert by_id > 0

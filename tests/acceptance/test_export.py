@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from starlette.requests import Request
+from starlette.responses import Response
 
 from tests.support import (
     ROOT,
@@ -27,9 +29,9 @@ from tests.support import (
     tracker_cli,
     write_config,
 )
+from tracker.demo.serving import catch_all, serve
 from tracker.errors import ConfigError
 from tracker.export import ExportRequest
-from tracker.httpserver import HttpServer, Request, Response
 
 #: Every test here runs on SQLite and on PostgreSQL.
 pytestmark = pytest.mark.usefixtures("database")
@@ -47,7 +49,7 @@ ANSWERS = {"/ok": 204, "/gone": 410, "/flaky": 500}
 
 async def receiver(request: Request) -> Response:
     """Webhook receivers on one server, each path answering its own way."""
-    return Response(status=ANSWERS[request.path])
+    return Response(status_code=ANSWERS[request.url.path])
 
 
 def sink(name: str, url: str, on: list[str]) -> dict[str, Any]:
@@ -66,7 +68,7 @@ async def exported(upstream: Upstream, tmp_path: Path) -> AsyncIterator[str]:
     scripted, url = upstream
     scripted.script(A, ok("ordered"), ok("checked"), ok("installation_planning"))
     scripted.script(B, ok("ordered"), ok(ODD), ok("cancelled"))
-    async with HttpServer(receiver) as hooks:
+    async with serve(catch_all(receiver)) as hooks:
         sinks = [
             sink("ops", f"{hooks.url}/ok", ["*"]),
             sink("gone", f"{hooks.url}/gone", ["*->cancelled"]),

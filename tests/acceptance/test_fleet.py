@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import bisect
-import dataclasses
 import itertools
 import json
 import math
@@ -19,12 +18,15 @@ from typing import Any
 
 import psycopg
 import pytest
+from starlette.datastructures import MutableHeaders
+from starlette.requests import Request
+from starlette.responses import Response
 
 from tests.processes import busiest_second, live_daemons, start_daemon, stop
 from tests.support import WEBHOOK_SECRET, HookReceiver, settings_mapping, tracker_cli, write_config
-from tracker.httpserver import HttpServer, Request, Response
+from tracker.demo.serving import catch_all, serve
+from tracker.demo.simulator import Script, Simulator, demo_scripts, order_id
 from tracker.model import HEARTBEAT
-from tracker.simulator import Script, Simulator, demo_scripts, order_id
 from tracker.store import Store, open_store
 from tracker.views import history_json
 
@@ -161,16 +163,17 @@ class FleetUpstream:
         now = time.monotonic()
         self.arrivals.append(now)
         token = request.headers.get("authorization", "").removeprefix("Bearer ")
-        lifecycle = self.lifecycles.get(request.path.removeprefix("/meter-orders/"))
+        lifecycle = self.lifecycles.get(request.url.path.removeprefix("/meter-orders/"))
         daemon = self.daemons.get(token)
         if lifecycle is None or daemon is None:
-            self.strays.append(f"{request.method} {request.path}")
-            return Response(status=404)
+            self.strays.append(f"{request.method} {request.url.path}")
+            return Response(status_code=404)
         lifecycle.polled(now)
         self.polls[lifecycle.script.order_id].append(Poll(now, daemon))
         await asyncio.sleep(UPSTREAM_DELAY)
-        headers = request.headers | {"authorization": f"Bearer {SIMULATOR_TOKEN}"}
-        return await lifecycle.simulator(dataclasses.replace(request, headers=headers))
+        scope = {**request.scope, "headers": list(request.scope["headers"])}
+        MutableHeaders(scope=scope)["authorization"] = f"Bearer {SIMULATOR_TOKEN}"
+        return await lifecycle.simulator.answer(Request(scope))
 
     def polled_by(self) -> Counter[str]:
         """How many polls each daemon made."""
@@ -343,7 +346,8 @@ def config(tmp_path: Path, name: str, upstream_url: str, hooks_url: str) -> str:
             "timeout": TIMEOUT,
             "max_concurrency": 8,
         },
-        polling={"interval": INTERVAL, "jitter": JITTER},
+        # Polls by id: each order's lifecycle moves on only after two polls saw its status.
+        polling={"interval": INTERVAL, "jitter": JITTER, "sweep": "ids"},
         watch={"orders": [order_id(f"fleet-{n}") for n in range(ORDERS)]},
         log={"level": "warning"},
         delivery={"backoff": ["0.5s"] * 10, "max_concurrency": 4, "timeout": 2},
@@ -482,8 +486,8 @@ class TestFleetLosesADaemon:
         async with (
             open_store(database) as store,
             await psycopg.AsyncConnection.connect(database, autocommit=True) as conn,
-            HttpServer(upstream) as server,
-            HttpServer(receiver) as hooks,
+            serve(catch_all(upstream)) as server,
+            serve(catch_all(receiver)) as hooks,
         ):
             paths = {name: config(tmp_path, name, server.url, hooks.url) for name in TOKENS}
             kill = await run_fleet(paths, upstream, receiver, store, conn)

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from starlette.responses import Response
 
 from tests.processes import start_daemon
 from tests.support import (
@@ -20,7 +21,7 @@ from tests.support import (
     tracker_cli,
     write_config,
 )
-from tracker.httpserver import HttpServer, Response
+from tracker.demo.serving import catch_all, serve
 
 #: Every test here runs on SQLite and on PostgreSQL.
 pytestmark = pytest.mark.usefixtures("database")
@@ -74,13 +75,13 @@ class TestReloadOnSighup:
         scripted, url = upstream
         status = {A: "ordered", B: "waiting"}
 
-        async def answer(order_id: str) -> Response | None:
+        async def answer(order_id: str) -> Response:
             return await ok(status[order_id])(order_id)
 
         scripted.script(A, answer)
         scripted.script(B, answer)
         old, new = HookReceiver(answers=(503,)), HookReceiver()
-        async with HttpServer(old) as old_url, HttpServer(new) as new_url:
+        async with serve(catch_all(old)) as old_url, serve(catch_all(new)) as new_url:
             sections: dict[str, Any] = {
                 "polling": {"interval": 0.3},
                 "delivery": {"backoff": ["1h"], "timeout": 2},

@@ -22,7 +22,7 @@ from tests.outbox import (
 from tests.support import HookReceiver, ScriptedUpstream, error, make_settings, ok
 from tracker import alerts
 from tracker.clock import utc_now
-from tracker.httpserver import HttpServer
+from tracker.demo.serving import catch_all, serve
 from tracker.service import open_service
 
 #: Every test here runs on SQLite and on PostgreSQL.
@@ -47,8 +47,8 @@ class TestFailingOrders:
         scripted.script(A, ok("ordered"), refused, refused, refused, ok("ordered"), ok("ordered"))
         alerts, everything, mailbox = HookReceiver(), HookReceiver(), Mailbox()
         async with (
-            HttpServer(alerts) as alerts_url,
-            HttpServer(everything) as all_url,
+            serve(catch_all(alerts)) as alerts_url,
+            serve(catch_all(everything)) as all_url,
             smtp_server(mailbox) as port,
         ):
             settings = make_settings(
@@ -98,9 +98,9 @@ class TestStuckOrders:
         scripted.script(B, ok("checked"))
         exact, any_status, everything = HookReceiver(), HookReceiver(), HookReceiver()
         async with (
-            HttpServer(exact) as exact_url,
-            HttpServer(any_status) as any_url,
-            HttpServer(everything) as all_url,
+            serve(catch_all(exact)) as exact_url,
+            serve(catch_all(any_status)) as any_url,
+            serve(catch_all(everything)) as all_url,
         ):
             settings = make_settings(
                 tmp_path,

@@ -192,6 +192,10 @@ class TestOrders:
         assert await ids(q="prdo_c") == [C]
         assert await ids(q="prdo_") == [A, B, C]
         assert await ids(q="prdo_x") == []
+        # Every order here is the default body's customer's, on its subscription.
+        assert await ids(q="cus_qacki3zcrkc9r41qt44ngl9d") == [A, B, C]
+        assert await ids(q="sub_vzyqxohw546im28zwyhn04ei", status="ordered") == [B]
+        assert await ids(q="cus_qacki") == []
 
     async def test_list_objects_are_the_cli_objects(self, world: World) -> None:
         answer = await world.client.get("/api/v1/orders", headers=READ)

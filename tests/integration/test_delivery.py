@@ -20,7 +20,7 @@ from tests.support import (
 )
 from tracker.clock import utc_now
 from tracker.config import Settings
-from tracker.httpserver import HttpServer
+from tracker.demo.serving import catch_all, serve
 from tracker.model import Delivery, DeliveryState
 from tracker.service import Service, open_service
 
@@ -56,8 +56,8 @@ class TestRoutingAndFanOut:
         everything, blocked = HookReceiver(), HookReceiver()
         mailbox = Mailbox()
         async with (
-            HttpServer(everything) as all_url,
-            HttpServer(blocked) as blocked_url,
+            serve(catch_all(everything)) as all_url,
+            serve(catch_all(blocked)) as blocked_url,
             smtp_server(mailbox) as port,
         ):
             settings = make_settings(
@@ -111,7 +111,7 @@ class TestRetries:
         scripted, url = upstream
         scripted.script(A, ok("ordered"), ok("checked"))
         receiver = HookReceiver(answers=(503, 503, 204))
-        async with HttpServer(receiver) as hooks:
+        async with serve(catch_all(receiver)) as hooks:
             settings = make_settings(
                 tmp_path,
                 url,
@@ -131,7 +131,7 @@ class TestRetries:
         scripted, url = upstream
         scripted.script(A, ok("ordered"), ok("checked"))
         receiver = HookReceiver(answers=(503, 204), retry_after="1")
-        async with HttpServer(receiver) as hooks:
+        async with serve(catch_all(receiver)) as hooks:
             settings = make_settings(
                 tmp_path, url, delivery=FAST, sinks=[hook_sink("ops", hooks.url, ["*"])]
             )
@@ -143,7 +143,7 @@ class TestRetries:
         scripted, url = upstream
         scripted.script(A, ok("ordered"), ok("checked"))
         receiver = HookReceiver(answers=(410,))
-        async with HttpServer(receiver) as hooks:
+        async with serve(catch_all(receiver)) as hooks:
             settings = make_settings(
                 tmp_path, url, delivery=FAST, sinks=[hook_sink("ops", hooks.url, ["*"])]
             )
@@ -157,7 +157,7 @@ class TestRetries:
     ) -> None:
         scripted, url = upstream
         scripted.script(A, ok("ordered"), ok("checked"))
-        async with HttpServer(HookReceiver()) as closed:
+        async with serve(catch_all(HookReceiver())) as closed:
             dead_url = closed.url  # nothing listens here once the block ends
         settings = make_settings(
             tmp_path, url, delivery=FAST, sinks=[hook_sink("ops", dead_url, ["*"])]
@@ -172,7 +172,7 @@ class TestRetries:
         scripted, url = upstream
         scripted.script(A, ok("ordered"), ok("checked"))
         receiver = HookReceiver(answers=(500,))
-        async with HttpServer(receiver) as hooks:
+        async with serve(catch_all(receiver)) as hooks:
             mapping = settings_mapping(
                 tmp_path, url, delivery=FAST, sinks=[hook_sink("ops", hooks.url, ["*"])]
             )
@@ -271,7 +271,7 @@ class TestSinksCommand:
     ) -> None:
         _scripted, url = upstream
         receiver = HookReceiver(answers=(answer,))
-        async with HttpServer(receiver) as hooks:
+        async with serve(catch_all(receiver)) as hooks:
             mapping = settings_mapping(tmp_path, url, sinks=[hook_sink("ops", hooks.url, ["*"])])
             path = str(write_config(tmp_path / "c.toml", mapping))
             ran = await tracker_cli("sinks", "test", "ops", "--config", path)

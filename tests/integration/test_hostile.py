@@ -25,8 +25,8 @@ from tests.support import ScriptedUpstream, error, make_settings, ok
 from tracker.app import Polling, open_polling
 from tracker.clock import utc_now
 from tracker.daemon import Daemon
+from tracker.demo.serving import catch_all, serve
 from tracker.errors import MalformedAnswer, TransientError
-from tracker.httpserver import HttpServer
 from tracker.model import Claim, DueDelivery
 from tracker.poller import Poller, poll_now
 from tracker.service import open_service
@@ -231,10 +231,10 @@ class TestPausesOutliveLeases:
     @pytest.mark.usefixtures("database")
     async def test_long_retry_after(self, tmp_path: Path, logs: list[dict[str, Any]]) -> None:
         scripted = ScriptedUpstream()
-        scripted.script(A, error(429, {"Retry-After": "5"}))
+        scripted.script(A, error(429, {"Retry-After": "5"}), ok("checked"))
         for order_id in (B, C, D):
             scripted.script(order_id, ok("checked"))
-        async with HttpServer(scripted) as server:
+        async with serve(catch_all(scripted)) as server:
             settings = make_settings(tmp_path, server.url, upstream={"requests_per_second": 1})
             async with open_polling(settings) as polling:
                 await polling.store.watch([A, B, C, D], source="cli", now=utc_now())
@@ -258,8 +258,11 @@ class TestPausesOutliveLeases:
                     await until(settled, 15)
                     await asyncio.sleep(1.5)  # a second claim would land in here
                     assert daemon.readiness() is None
-        # Each order once: A's 429 paused every request for 5 s, more than three leases.
-        assert [scripted.polls(i) for i in (A, B, C, D)] == [1, 1, 1, 1]
+        # Each order once, and A again right when the pause its 429 set (5 s, more than three
+        # leases) ended: no order was asked twice within the pause.
+        assert [scripted.polls(i) for i in (A, B, C, D)] == [2, 1, 1, 1]
+        first, again = [s.at for s in scripted.seen if s.path.endswith(A)]
+        assert again - first >= 4.9
         assert any(r is not None and "no poll recorded" in r for r in reasons)
         events = [entry["event"] for entry in logs]
         assert "worker_crashed" not in events

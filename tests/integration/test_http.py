@@ -24,7 +24,7 @@ from tests.support import (
 )
 from tracker.clock import utc_now
 from tracker.config import Address
-from tracker.httpserver import HttpServer
+from tracker.demo.serving import catch_all, serve
 from tracker.service import Service, open_service
 from tracker.store import Store, open_store
 from tracker.web import Metrics, Readiness, build_app, listening
@@ -141,7 +141,7 @@ class TestMetrics:
         scripted.script(B, error(500))
         scripted.script(C, ok("ordered"))
         hooks, flaky = HookReceiver(), HookReceiver(answers=(500,))
-        async with HttpServer(hooks) as good, HttpServer(flaky) as bad:
+        async with serve(catch_all(hooks)) as good, serve(catch_all(flaky)) as bad:
             settings = make_settings(
                 tmp_path,
                 url,

@@ -253,6 +253,11 @@ class TestUpgradeWithData:
                     ).all()
                 )
             assert stays == {A: T0 + timedelta(seconds=2), B: b.snapshots[0].observed_at}
+            # Each order's customer and subscription are its latest snapshot's (0006).
+            for order in (orders["a2"], orders["b1"]):
+                (found,) = await store.watched_page(q=order.customer, after=order.id[:-1], limit=1)
+                assert (found.order_id, found.customer) == (order.id, order.customer)
+                assert found.subscription == order.subscription
             # The next unchanged answer matches the converted fingerprint: no snapshot is stored.
             claims = {c.order_id: c for c in await store.claim_all(lease_until=T0)}
             for order in (orders["a2"], orders["b1"]):

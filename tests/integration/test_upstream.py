@@ -20,6 +20,7 @@ from tests.support import (
     raw,
     stall,
 )
+from tracker.demo.serving import catch_all, serve
 from tracker.errors import (
     AuthFailed,
     InvalidOrderId,
@@ -29,7 +30,6 @@ from tracker.errors import (
     RequestRejected,
     TransientError,
 )
-from tracker.httpserver import HttpServer
 from tracker.pacing import Pacer
 from tracker.upstream import build_client
 
@@ -69,7 +69,7 @@ class TestFetch:
     async def test_oauth_renewed_before_expiry(self, tmp_path: Path) -> None:
         scripted = ScriptedUpstream(token_lifetime=1)
         scripted.script(ID, ok())
-        async with HttpServer(scripted) as server:
+        async with serve(catch_all(scripted)) as server:
             client, http = build_client(make_settings(tmp_path, server.url, oauth=True).upstream)
             async with http:
                 await client.fetch(ID)
@@ -138,7 +138,7 @@ class TestFaults:
     async def test_repeated_401_with_static_token_is_auth_failed(self, tmp_path: Path) -> None:
         scripted = ScriptedUpstream()
         scripted.script(ID, ok())
-        async with HttpServer(scripted) as server:
+        async with serve(catch_all(scripted)) as server:
             settings = make_settings(tmp_path, server.url, upstream={"token": "nom_wrong"})
             client, http = build_client(settings.upstream)
             async with http:

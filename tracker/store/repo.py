@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from sqlalchemy import (
     Column,
@@ -27,6 +27,7 @@ from sqlalchemy import (
     or_,
     select,
     tuple_,
+    union,
     update,
 )
 from sqlalchemy.engine import URL
@@ -53,6 +54,7 @@ from tracker.store.tables import (
     deliveries,
     events,
     fleet,
+    hints,
     snapshots,
     transitions,
     watched_orders,
@@ -62,6 +64,9 @@ w = watched_orders
 
 #: How many rows one statement writes or one fetch reads at most.
 BATCH = 500
+#: The width of ``watched_orders.customer`` and ``.subscription`` (``String(80)``, like order
+#: ids): a longer value is not kept there (PostgreSQL would refuse the whole poll's write).
+SEARCH_WIDTH = 80
 #: The PostgreSQL advisory lock a joining daemon holds ("trk" + "join" in ASCII): two daemons
 #: starting at the same moment each see the other, rather than both finding themselves alone.
 JOIN_LOCK = 0x74726B_6A6F696E
@@ -295,47 +300,98 @@ class Store:
         *,
         status: str | None = None,
         state: str | None = None,
-        prefix: str | None = None,
+        q: str | None = None,
         after: str | None = None,
         limit: int,
     ) -> list[WatchedOrder]:
         """Up to ``limit`` watched orders in id order, after the id ``after`` (keyset paging).
 
-        ``state`` is ``active``, ``retired`` or ``removed``; ``prefix`` matches the order id.
+        ``state`` is ``active``, ``retired`` or ``removed``. ``q`` matches an order id that
+        starts with it, or a customer or subscription equal to it (exact: a prefix of those
+        would read and sort every order of every customer it matches, for any page).
         """
-        query = select(w).order_by(w.c.order_id).limit(limit)
+        filters: list[ColumnElement[bool]] = []
         if status is not None:
-            query = query.where(w.c.status == status)
+            filters.append(w.c.status == status)
         if state == "active":
-            query = query.where(w.c.active)
+            filters.append(w.c.active)
         elif state == "retired":
-            query = query.where(~w.c.active, w.c.retired_at.is_not(None))
+            filters += [~w.c.active, w.c.retired_at.is_not(None)]
         elif state == "removed":
-            query = query.where(~w.c.active, w.c.retired_at.is_(None))
-        if prefix:
-            query = query.where(w.c.order_id.startswith(prefix, autoescape=True))
+            filters += [~w.c.active, w.c.retired_at.is_(None)]
         if after is not None:
-            query = query.where(w.c.order_id > after)
+            filters.append(w.c.order_id > after)
+        if q:
+            found = _search(q, filters, limit, backend=self._engine.dialect.name)
+            filters = [w.c.order_id.in_(found)]
+        query = select(w).where(*filters).order_by(w.c.order_id).limit(limit)
         async with self._engine.connect() as conn:
             rows = await conn.execute(query)
             return [_watched(row) for row in rows]
 
     # -- polling ----------------------------------------------------------------------------
 
-    async def claim_due(self, *, now: datetime, limit: int, lease_until: datetime) -> list[Claim]:
-        """Take up to ``limit`` due orders, oldest due first, hiding them until ``lease_until``."""
+    async def claim_due(
+        self,
+        *,
+        now: datetime,
+        limit: int,
+        lease_until: datetime,
+        until: datetime | None = None,
+        keyed: bool | None = None,
+    ) -> list[Claim]:
+        """Take up to ``limit`` due orders, oldest due first, hiding them until ``lease_until``.
+
+        With ``until``, orders that come due by then are taken too (each claim says when).
+        ``keyed`` takes only orders whose customer is known (a list sweep can find them), or
+        with ``False`` only those whose customer is not.
+        """
         due = (
             select(*_CLAIM_COLUMNS)
             .where(
                 w.c.active,
-                w.c.next_poll_at <= now,
+                w.c.next_poll_at <= (until or now),
                 or_(w.c.leased_until.is_(None), w.c.leased_until <= now),
+                *_keyed(keyed),
             )
             .order_by(w.c.next_poll_at)
             .limit(limit)
             .with_for_update(skip_locked=True)
         )
         return await self._claim(due, lease_until)
+
+    async def claim_listed(
+        self, order_ids: Sequence[str], *, now: datetime, until: datetime, lease_until: datetime
+    ) -> list[Claim]:
+        """Take those of ``order_ids`` (one list page's) that are watched, due by ``until``
+        and not claimed by another poll: a discovery sweep learns them from the page."""
+        listed = (
+            select(*_CLAIM_COLUMNS)
+            .where(
+                w.c.order_id.in_(order_ids),
+                w.c.active,
+                w.c.next_poll_at <= until,
+                or_(w.c.leased_until.is_(None), w.c.leased_until <= now),
+            )
+            .with_for_update(skip_locked=True)
+        )
+        return await self._claim(listed, lease_until)
+
+    async def unkeyed_due(self, *, now: datetime, limit: int) -> int:
+        """How many due orders (``limit`` at most) have no known customer: never answered."""
+        due = (
+            select(w.c.order_id)
+            .where(
+                w.c.active,
+                w.c.customer.is_(None),
+                w.c.next_poll_at <= now,
+                or_(w.c.leased_until.is_(None), w.c.leased_until <= now),
+            )
+            .limit(limit)
+            .subquery()
+        )
+        async with self._engine.connect() as conn:
+            return int(await conn.scalar(select(func.count()).select_from(due)) or 0)
 
     async def claim(self, order_ids: Sequence[str], *, lease_until: datetime) -> list[Claim]:
         """Take the given watched orders now, due or not (``tracker poll``)."""
@@ -425,6 +481,7 @@ class Store:
                 await conn.execute(_QUIET, quiet)
             if failed:
                 await conn.execute(_FAILED, failed)
+            await self._settle_hints(conn, outcomes)
         return stored
 
     # -- alerts -----------------------------------------------------------------------------
@@ -833,16 +890,7 @@ class Store:
         t = transitions
         # Typed loosely (like ``_claim``'s): its rows are read by name, as ``_transition`` does.
         query: Any = (
-            select(
-                t.c.event_id,
-                t.c.order_id,
-                t.c.from_status,
-                t.c.to_status,
-                t.c.kind,
-                t.c.skipped,
-                t.c.detected_at,
-                t.c.snapshot_id,
-            )
+            select(*_TRANSITION_COLUMNS)
             .where(t.c.detected_at >= start, t.c.detected_at < end)
             .order_by(t.c.order_id, t.c.detected_at, t.c.id)
         )
@@ -881,6 +929,131 @@ class Store:
             orders = [_watched(row) for row in rows]
             return count.scalar_one(), orders
 
+    # Support pages
+
+    async def latest_transitions(self, *, limit: int) -> list[Transition]:
+        """The ``limit`` transitions detected last, latest first (the board's list): the index
+        on ``detected_at`` is walked backwards, so the cost follows ``limit``, not the table."""
+        t = transitions
+        query: Any = (
+            select(*_TRANSITION_COLUMNS)
+            .order_by(t.c.detected_at.desc(), t.c.id.desc())
+            .limit(limit)
+        )
+        async with self._engine.connect() as conn:
+            return [_transition(row) for row in await conn.execute(query)]
+
+    # Push hints
+
+    #: How long a hint's event id is remembered: the provider redelivers within hours, and a
+    #: replay older than this costs one extra poll, nothing more.
+    HINT_RETENTION = timedelta(days=1)
+    #: Old hints one arriving hint prunes at most: each hint's write stays small and bounded,
+    #: and the table still shrinks faster than hints arrive.
+    HINT_PRUNE = 100
+
+    async def hint(
+        self, *, event_id: str, order_id: str, now: datetime
+    ) -> Literal["due", "in_flight", "already_due", "ignored", "replayed"]:
+        """Take the provider's hint that ``order_id`` changed; says what it did.
+
+        ``due``: the watched order was made due now. ``in_flight``: a poll of it holds a claim,
+        and that poll's answer may predate the change; the hint is kept pending and the poll's
+        record makes the order due again (``_settle_hints``). ``already_due``: it will be
+        polled anyway. ``ignored``: not watched, or no longer active. ``replayed``: this event
+        id was taken before; nothing changed. Leases are never touched.
+        """
+        async with self._engine.connect() as conn, conn.begin() as tx:
+            # The order's row first, as a poll's record takes it: the hint and the record
+            # take turns on that row, so whichever comes second sees the other's write.
+            row = (
+                await conn.execute(
+                    update(w)
+                    .where(w.c.order_id == order_id, w.c.active)
+                    .values(
+                        next_poll_at=case(
+                            (
+                                and_(w.c.leased_by.is_(None), w.c.next_poll_at > now),
+                                literal(now, UTCDateTime()),
+                            ),
+                            else_=w.c.next_poll_at,
+                        )
+                    )
+                    .returning(w.c.leased_by, w.c.next_poll_at)
+                )
+            ).first()
+            in_flight = row is not None and row.leased_by is not None
+            taken = await conn.execute(
+                _insert_new(conn, hints)
+                .values(event_id=event_id, order_id=order_id, received_at=now, pending=in_flight)
+                .returning(hints.c.id)
+            )
+            if taken.first() is None:
+                await tx.rollback()  # a replay changes nothing, the order's row included
+                return "replayed"
+        await self._prune_hints(now)
+        if row is None:
+            return "ignored"
+        if in_flight:
+            return "in_flight"
+        return "due" if row.next_poll_at == now else "already_due"
+
+    async def _prune_hints(self, now: datetime) -> None:
+        """Forget up to ``HINT_PRUNE`` hints older than ``HINT_RETENTION``, oldest first."""
+        old = (
+            select(hints.c.id)
+            .where(hints.c.received_at < now - self.HINT_RETENTION)
+            .order_by(hints.c.received_at)
+            .limit(self.HINT_PRUNE)
+        )
+        async with self._engine.begin() as conn:
+            await conn.execute(delete(hints).where(hints.c.id.in_(old)))
+
+    async def hinted(self, order_id: str) -> list[tuple[str, bool]]:
+        """The remembered hints about ``order_id``, oldest first: (event id, pending)."""
+        query = (
+            select(hints.c.event_id, hints.c.pending)
+            .where(hints.c.order_id == order_id)
+            .order_by(hints.c.id)
+        )
+        async with self._engine.connect() as conn:
+            return [(row.event_id, row.pending) for row in await conn.execute(query)]
+
+    @staticmethod
+    async def _settle_hints(conn: AsyncConnection, outcomes: Sequence[PollOutcome]) -> None:
+        """Within ``record``'s transaction: make due again the recorded orders about which a
+        hint arrived while they were polled, and clear those hints.
+
+        It runs after the outcomes' writes, which hold their orders' rows until the commit:
+        a hint that came first is visible here (its pending mark committed before this
+        statement began); one that comes later waits for the row and finds no claim, so it
+        makes the order due itself. An order whose claim another process now holds is left
+        to that process's record, its hints pending.
+        """
+        if not outcomes:
+            return
+        at = min(outcome.polled_at for outcome in outcomes)
+        for chunk in _chunks([outcome.claim.order_id for outcome in outcomes]):
+            pending = select(hints.c.order_id).where(hints.c.pending, hints.c.order_id.in_(chunk))
+            settled = await conn.execute(
+                update(w)
+                .where(w.c.order_id.in_(pending), w.c.leased_by.is_(None))
+                .values(
+                    next_poll_at=case(
+                        (w.c.next_poll_at > at, literal(at, UTCDateTime())),
+                        else_=w.c.next_poll_at,
+                    )
+                )
+                .returning(w.c.order_id)
+            )
+            ids = settled.scalars().all()
+            if ids:
+                await conn.execute(
+                    update(hints)
+                    .where(hints.c.pending, hints.c.order_id.in_(ids))
+                    .values(pending=False)
+                )
+
 
 _DELIVERY_ROWS = (
     select(
@@ -899,12 +1072,42 @@ _DELIVERY_ROWS = (
     .outerjoin(events, events.c.event_id == deliveries.c.event_id)
 )
 
+
+def _search(q: str, filters: Sequence[ColumnElement[bool]], limit: int, *, backend: str) -> Any:
+    """The ids of the first ``limit`` orders ``q`` matches (``watched_page``), a subquery.
+
+    One branch per way to match, each walking its own index in id order and stopping after
+    ``limit`` rows; a single ``OR`` would let the planner scan the whole table in id order,
+    or fetch every match and sort it.
+    """
+    by_id: ColumnElement[bool]
+    if backend == "postgresql":
+        # LIKE with a constant prefix: ix_watched_orders_order_id_pattern serves it under
+        # any collation (the primary key's index only under C).
+        by_id = w.c.order_id.startswith(q, autoescape=True)
+    elif q[-1] == "\U0010ffff":  # the last code point has no successor (no id holds it)
+        by_id = and_(w.c.order_id >= q, func.substr(w.c.order_id, 1, len(q)) == q)
+    else:
+        # SQLite's LIKE ignores case, so no index of a BINARY column serves it; the range of
+        # ids from ``q`` up to ``q`` with its last character's successor is the same set
+        # (byte order), read from the primary key's index.
+        by_id = and_(w.c.order_id >= q, w.c.order_id < q[:-1] + chr(ord(q[-1]) + 1))
+    branches = [
+        select(w.c.order_id).where(match, *filters).order_by(w.c.order_id).limit(limit).subquery()
+        for match in (by_id, w.c.customer == q, w.c.subscription == q)
+    ]
+    return union(*(select(branch.c.order_id) for branch in branches))
+
+
 _CLAIM_COLUMNS = (
     w.c.order_id,
     w.c.status,
     w.c.fingerprint,
     w.c.final_since,
     w.c.consecutive_failures,
+    w.c.next_poll_at,
+    w.c.customer,
+    w.c.subscription,
 )
 
 
@@ -936,6 +1139,9 @@ async def _record_change(
             fingerprint=order.fingerprint,
             final_since=outcome.final_since,
             last_change_at=outcome.polled_at,
+            # What ``q`` finds the order by, always the latest snapshot's.
+            customer=_searchable(order.customer),
+            subscription=_searchable(order.subscription),
             **_quiet_values(outcome),
         )
     )
@@ -1008,6 +1214,12 @@ async def _record_transition(
     return transition
 
 
+def _searchable(value: str) -> str | None:
+    """``value`` if its column holds it whole, else ``None``: never cut, as a cut id could
+    equal another's."""
+    return value if len(value) <= SEARCH_WIDTH else None
+
+
 def _quiet_values(outcome: PollOutcome) -> dict[str, Any]:
     return {
         "next_poll_at": outcome.next_poll_at,
@@ -1049,6 +1261,13 @@ def _chunks(items: Sequence[T]) -> Iterable[Sequence[T]]:
         yield items[start : start + BATCH]
 
 
+def _keyed(keyed: bool | None) -> list[Any]:
+    """The condition of :meth:`Store.claim_due`'s ``keyed``."""
+    if keyed is None:
+        return []
+    return [w.c.customer.is_not(None) if keyed else w.c.customer.is_(None)]
+
+
 def _claim(row: Row[Any]) -> Claim:
     return Claim(
         order_id=row.order_id,
@@ -1056,6 +1275,9 @@ def _claim(row: Row[Any]) -> Claim:
         fingerprint=row.fingerprint,
         final_since=row.final_since,
         consecutive_failures=row.consecutive_failures,
+        due_at=row.next_poll_at,
+        customer=row.customer,
+        subscription=row.subscription,
     )
 
 
@@ -1074,6 +1296,8 @@ def _watched(row: Row[Any]) -> WatchedOrder:
         last_error=row.last_error,
         retired_at=row.retired_at,
         removed_at=row.removed_at,
+        customer=row.customer,
+        subscription=row.subscription,
     )
 
 
@@ -1104,6 +1328,19 @@ def _delivery(row: Row[*tuple[Any, ...]]) -> Delivery:
         last_error=row.last_error,
         delivered_at=row.delivered_at,
     )
+
+
+#: What :func:`_transition` reads.
+_TRANSITION_COLUMNS = (
+    transitions.c.event_id,
+    transitions.c.order_id,
+    transitions.c.from_status,
+    transitions.c.to_status,
+    transitions.c.kind,
+    transitions.c.skipped,
+    transitions.c.detected_at,
+    transitions.c.snapshot_id,
+)
 
 
 def _transition(row: Row[Any]) -> Transition:

@@ -105,6 +105,11 @@ watched_orders = Table(
     Column("status_since", UTCDateTime),
     #: When this stay was reported stuck; cleared when the status changes.
     Column("stuck_at", UTCDateTime),
+    #: The latest snapshot's customer and subscription, written with its status, so that
+    #: ``q`` finds an order by them without unpacking bodies; null before the first snapshot,
+    #: or when the value is longer than the column (see ``Store.record``).
+    Column("customer", String(80)),
+    Column("subscription", String(80)),
     #: Serves ``claim_due``: the active orders due first.
     Index(None, "active", "next_poll_at"),
     #: Serves the stuck check: one status's stays not reported yet, oldest first.
@@ -114,6 +119,18 @@ watched_orders = Table(
         "status_since",
         postgresql_where=text("stuck_at IS NULL"),
         sqlite_where=text("stuck_at IS NULL"),
+    ),
+    #: Serve ``q`` (``watched_page``): one customer's (subscription's) orders in id order, so
+    #: that a page reads only its own rows.
+    Index(None, "customer", "order_id"),
+    Index(None, "subscription", "order_id"),
+    #: Serves ``q`` as an order id prefix on PostgreSQL: ``LIKE 'prdo_ab%'`` can use a b-tree
+    #: of the database's collation only when that is ``C``, but this one under any collation.
+    #: On SQLite it repeats the primary key's index (the prefix is a range over that one).
+    Index(
+        "ix_watched_orders_order_id_pattern",
+        "order_id",
+        postgresql_ops={"order_id": "varchar_pattern_ops"},
     ),
 )
 
@@ -211,4 +228,28 @@ daemons = Table(
     Column("version", String(32), nullable=False),
     Column("started_at", UTCDateTime, nullable=False),
     Column("heartbeat_at", UTCDateTime, nullable=False),
+)
+
+#: The provider's webhooks (``POST /hooks/nomos``) seen in the last day: one row per event id,
+#: so that a replay (at-least-once delivery, several ``tracker serve`` behind one address) is
+#: recognised by every process. Rows older than ``HINT_RETENTION`` are pruned as hints arrive.
+hints = Table(
+    "hints",
+    metadata,
+    Column("id", RowId, primary_key=True, autoincrement=True),
+    Column("event_id", String(64), nullable=False, unique=True),
+    Column("order_id", String(80), nullable=False),
+    Column("received_at", UTCDateTime, nullable=False),
+    #: Arrived while a poll of its order was in flight: that poll's answer may predate the
+    #: change, so recording it makes the order due again (``Store.record``) and clears this.
+    Column("pending", Boolean, nullable=False, default=False),
+    #: Serves the pruning: the oldest rows first.
+    Index(None, "received_at"),
+    #: Serves ``Store.record``'s look for pending hints: holds only those, so it stays tiny.
+    Index(
+        "ix_hints_order_id_pending",
+        "order_id",
+        postgresql_where=text("pending"),
+        sqlite_where=text("pending"),
+    ),
 )

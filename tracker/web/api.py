@@ -42,6 +42,7 @@ from tracker.lifecycle import Status
 from tracker.model import DeliveryState, validate_order_id
 from tracker.store import Store
 from tracker.views import delivery_dict, history_json, watched_dict
+from tracker.web.bodies import bounded_body
 from tracker.web.openapi import document
 
 log = structlog.get_logger("tracker.web")
@@ -60,8 +61,10 @@ MAX_LIMIT = 500
 MAX_ID_DIGITS = 18
 #: Watched order states, as :func:`tracker.views.state_of` names them.
 STATES = ("active", "retired", "removed")
-#: What an id prefix (``q``) may hold: the characters of an order id.
-PREFIX_PATTERN = re.compile(r"[a-z0-9_]{1,69}")
+#: What ``q`` may hold: the characters of the ids it matches (an order id's prefix, a whole
+#: ``cus_…`` or ``sub_…``), at most as many as their columns hold; anything else is refused
+#: before it reaches a query.
+SEARCH_PATTERN = re.compile(r"[a-z0-9_]{1,80}")
 #: An event id (``evt_…`` for transitions; other events use the same alphabet).
 EVENT_ID = re.compile(r"[A-Za-z0-9_.:-]{1,40}")
 #: A sink name as a filter: the characters sink names are made of.
@@ -154,7 +157,7 @@ class _Api:
         rows = await self._store.watched_page(
             status=query.choice("status", [s.value for s in Status]),
             state=query.choice("state", STATES),
-            prefix=query.matching("q", PREFIX_PATTERN),
+            q=query.matching("q", SEARCH_PATTERN),
             after=after,
             limit=limit + 1,
         )
@@ -251,15 +254,26 @@ class _Api:
     async def retry_delivery(self, request: Request) -> Response:
         caller = authenticate(request, self._tokens, write=True)
         event_id = request.path_params["event_id"]
-        if not EVENT_ID.fullmatch(event_id):
-            raise HTTPException(422, f"invalid event id {clip_id(event_id)!r}: expected e.g. evt_…")
-        count = await self._store.retry_deliveries(event_ids=[event_id], now=utc_now())
+        count = await retry_event(self._store, event_id, user=caller.name, logged="api_write")
         if count == 0:
             raise HTTPException(
                 404, f"event {event_id} has no undelivered delivery (none exists, or all arrived)"
             )
-        log.info("api_write", user=caller.name, action="retry", ids=[event_id], pending=count)
         return JSONResponse({"event_id": event_id, "pending": count}, status_code=202)
+
+
+async def retry_event(
+    store: Store, event_id: str, *, user: str, logged: str, invalid: int = 422
+) -> int:
+    """Make an event's undelivered deliveries pending again, for the API and the pages alike:
+    how many there were. A malformed id is refused with ``invalid`` before any query; a retry
+    that found something is logged as ``logged`` with the user's name."""
+    if not EVENT_ID.fullmatch(event_id):
+        raise HTTPException(invalid, f"invalid event id {clip_id(event_id)!r}: expected e.g. evt_…")
+    count = await store.retry_deliveries(event_ids=[event_id], now=utc_now())
+    if count:
+        log.info(logged, user=user, action="retry", ids=[event_id], pending=count)
+    return count
 
 
 Endpoint = Callable[[Request], Awaitable[Response]]
@@ -361,14 +375,7 @@ def clip_id(value: str) -> str:
 async def _json_body(request: Request) -> Any:
     """The request's JSON body, at most :data:`MAX_BODY` bytes (413 past it)."""
     too_large = HTTPException(413, f"the body is larger than {MAX_BODY} bytes")
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY:
-        raise too_large
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > MAX_BODY:
-            raise too_large
+    body = await bounded_body(request, MAX_BODY, too_large)
     try:
         return json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:

@@ -1,4 +1,4 @@
-"""The Starlette app: health, readiness, metrics and the API (the pages join it later).
+"""The Starlette app: health, readiness, metrics, the API and the support pages.
 
 The factory receives everything it needs (the store, the metrics, the daemon's readiness, the
 configured sinks) and holds nothing global, so several apps can live in one process.
@@ -11,6 +11,7 @@ from collections.abc import Callable, Collection, Sequence
 from http import HTTPStatus
 
 import structlog
+from pydantic import SecretStr
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -21,7 +22,9 @@ from tracker.config import HttpUser
 from tracker.errors import clip, first_line
 from tracker.store import Store
 from tracker.web.api import api_routes
+from tracker.web.hooks import hook_routes
 from tracker.web.metrics import CONTENT_TYPE, Metrics
+from tracker.web.pages import error_page, page_routes, wants_page
 
 log = structlog.get_logger("tracker.web")
 
@@ -39,11 +42,13 @@ def build_app(
     readiness: Readiness | None = None,
     sinks: Callable[[], Collection[str]] = tuple,
     users: Sequence[HttpUser] = (),
+    webhook_secret: SecretStr | None = None,  # POST /hooks/nomos: see tracker.web.hooks
 ) -> Starlette:
     """The routes over ``store``; ``readiness`` is the daemon's under ``tracker run``.
 
     ``sinks`` names the configured sinks (read at each scrape, so a reload shows); ``users``
-    are the ``[[http.users]]`` whose bearer tokens the API accepts.
+    are the ``[[http.users]]`` whose bearer tokens the API and the pages accept. Errors are
+    JSON, but pages for the pages' routes and for browsers (see :func:`wants_page`).
     """
 
     async def healthz(_request: Request) -> Response:
@@ -67,6 +72,8 @@ def build_app(
             Route("/readyz", readyz, methods=["GET"]),
             Route("/metrics", scrape, methods=["GET"]),
             *api_routes(store=store, users=users, sinks=sinks),
+            *hook_routes(store=store, secret=webhook_secret, metrics=metrics),
+            *page_routes(store=store, users=users, sinks=sinks),
         ],
         exception_handlers={HTTPException: _http_error, Exception: _crash},
     )
@@ -90,9 +97,11 @@ def error_body(status: int, message: str) -> dict[str, dict[str, str]]:
     return {"error": {"code": code, "message": message}}
 
 
-async def _http_error(_request: Request, exc: Exception) -> Response:
+async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)  # noqa: S101 - registered for HTTPException only
     message = exc.detail if exc.detail else HTTPStatus(exc.status_code).phrase
+    if wants_page(request):
+        return error_page(exc.status_code, message, headers=exc.headers)
     return JSONResponse(
         error_body(exc.status_code, message), status_code=exc.status_code, headers=exc.headers
     )
@@ -105,4 +114,6 @@ async def _crash(request: Request, exc: Exception) -> Response:
         error=clip(f"{type(exc).__name__}: {exc}"),
         exc_info=exc,
     )
+    if wants_page(request):
+        return error_page(500, "internal error; see the log")
     return JSONResponse(error_body(500, "internal error; see the log"), status_code=500)

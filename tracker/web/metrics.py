@@ -42,6 +42,10 @@ GAUGE_CACHE = 5.0
 GAUGE_TIMEOUT = 3.0
 #: Upstream requests take milliseconds to a timeout of seconds (10 s by default).
 DURATION_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+#: Seconds a poll starts after its due time: fine below a second, where a paced daemon lives.
+LATENESS_BUCKETS = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 30.0, 120.0, 600.0)
+#: What became of a provider webhook (``tracker_hints_total``): each appears, if at 0.
+HINT_RESULTS = ("accepted", "ignored", "replayed", "refused")
 #: The ``status`` label of a status outside the 14: what an upstream sends must not create
 #: series without bound.
 UNKNOWN_STATUS = "unknown"
@@ -93,6 +97,12 @@ class Metrics:
             buckets=DURATION_BUCKETS,
             registry=self.registry,
         )
+        self._lateness = Histogram(
+            "tracker_poll_lateness_seconds",
+            "How long after its due time a poll's request started (pace and queue).",
+            buckets=LATENESS_BUCKETS,
+            registry=self.registry,
+        )
         self._transitions = Counter(
             "tracker_transitions",
             "Stored transitions by status.",
@@ -107,6 +117,13 @@ class Metrics:
             registry=self.registry,
         )
         self._attempts: dict[tuple[str, str], Counter] = {}
+        hints = Counter(
+            "tracker_hints",
+            "Provider webhooks (push hints) at /hooks/nomos by result.",
+            ["result"],
+            registry=self.registry,
+        )
+        self._hints = {result: hints.labels(result=result) for result in HINT_RESULTS}
         self._gauges = _DatabaseGauges()
         self.registry.register(self._gauges)
         self._cache = cache
@@ -130,6 +147,10 @@ class Metrics:
         child.inc()
         self._duration.observe(seconds)
 
+    def started_late(self, seconds: float) -> None:
+        """Observe how late a poll started."""
+        self._lateness.observe(max(seconds, 0.0))
+
     def transitioned(self, from_status: str, to_status: str) -> None:
         """Count one stored transition."""
         key = (from_status, to_status)
@@ -147,6 +168,10 @@ class Metrics:
         if child is None:
             child = self._attempts[key] = self._deliveries.labels(sink=sink, result=result)
         child.inc()
+
+    def hinted(self, result: str) -> None:
+        """Count one provider webhook by result (one of :data:`HINT_RESULTS`)."""
+        self._hints[result].inc()
 
     # -- exposition --------------------------------------------------------------------------
 

@@ -56,6 +56,8 @@ _WATCHED: dict[str, Any] = {
         "consecutive_failures",
         "last_error_kind",
         "last_error",
+        "customer",
+        "subscription",
     ],
     "additionalProperties": False,
     "properties": {
@@ -77,6 +79,15 @@ _WATCHED: dict[str, Any] = {
         "consecutive_failures": {"type": "integer", "minimum": 0},
         "last_error_kind": {"type": ["string", "null"]},
         "last_error": {"type": ["string", "null"]},
+        "customer": {
+            "type": ["string", "null"],
+            "description": "The customer the latest snapshot names; null before the first "
+            "snapshot (or for a value longer than 80 characters).",
+        },
+        "subscription": {
+            "type": ["string", "null"],
+            "description": "The subscription the latest snapshot names; null as for customer.",
+        },
     },
 }
 
@@ -269,9 +280,12 @@ _PATHS: dict[str, Any] = {
                     "name": "q",
                     "in": "query",
                     "required": False,
-                    "description": "Only orders whose id starts with this. Matching a customer "
-                    "or subscription id is not offered yet: the store does not index them.",
-                    "schema": {"type": "string", "pattern": "^[a-z0-9_]{1,69}$"},
+                    "description": "Only orders whose id starts with this, or whose customer "
+                    "or subscription (as the latest snapshot says) is exactly this, e.g. "
+                    "`prdo_x83b`, `cus_qacki3zcrkc9r41qt44ngl9d` or "
+                    "`sub_vzyqxohw546im28zwyhn04ei`. A customer or subscription matches whole "
+                    "only, not by a prefix.",
+                    "schema": {"type": "string", "pattern": "^[a-z0-9_]{1,80}$"},
                 },
                 _LIMIT,
                 _CURSOR,

@@ -13,8 +13,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import ASGIApp
 
-from tracker.httpserver import Request, Response
+from tracker.demo.serving import catch_all
 from tracker.sinks.webhook import InvalidSignature, verify
 
 Report = Callable[[str], None]
@@ -31,25 +34,31 @@ class WebhookReceiver:
     received: list[dict[str, Any]] = field(default_factory=list)
     _failed: set[str] = field(default_factory=set)
 
-    async def __call__(self, request: Request) -> Response:
+    @property
+    def app(self) -> ASGIApp:
+        """The receiver as an ASGI app, answering on every path."""
+        return catch_all(self.answer)
+
+    async def answer(self, request: Request) -> Response:
         """Verify, then accept (204) or refuse (401 bad signature, 503 forced failure)."""
         key = base64.b64decode(self.secret.removeprefix("whsec_"))
+        body = await request.body()
         try:
-            event_id = verify(key, request.headers, request.body, now=time.time())
+            event_id = verify(key, request.headers, body, now=time.time())
         except InvalidSignature as exc:
             self.report(f"webhook refused: {exc}")
-            return Response(status=401)
+            return Response(status_code=401)
         if len(self._failed) < self.fail_first and event_id not in self._failed:
             self._failed.add(event_id)
             self.report(f"webhook answered 503 to {event_id} on purpose; the outbox will retry")
-            return Response(status=503, headers={"Retry-After": "1"})
-        data = json.loads(request.body)["data"]
+            return Response(status_code=503, headers={"Retry-After": "1"})
+        data = json.loads(body)["data"]
         self.received.append(data)
         self.report(
             f"webhook received {event_id} {data['from_status']} → {data['to_status']} "
             "(signature verified)"
         )
-        return Response(status=204)
+        return Response(status_code=204)
 
 
 class MailCatcher:

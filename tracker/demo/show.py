@@ -1,7 +1,9 @@
 """``tracker demo``: the simulator, a temporary SQLite database and the daemon, shown live.
 
 The daemon serves its HTTP listener on a free loopback port, as ``tracker run`` does with
-``[http] listen``: the printed URLs show the health, readiness and metrics move while it runs.
+``[http] listen``: the printed URLs show the support board, health, readiness and metrics move
+while it runs. The end summary counts the simulator's requests by kind (list pages and by-id
+requests), so what list sweeps save shows.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import secrets
 import signal
 import tempfile
 import time
@@ -20,11 +23,12 @@ from rich.markup import escape
 from rich.table import Table
 
 from tracker.config import Address, Settings
-from tracker.httpserver import HttpServer
+from tracker.demo.hints import HintTarget
+from tracker.demo.receivers import MailCatcher, WebhookReceiver, start_mail_catcher
+from tracker.demo.serving import serve
+from tracker.demo.simulator import DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, Simulator, demo_scripts
 from tracker.model import Transition
-from tracker.receivers import MailCatcher, WebhookReceiver, start_mail_catcher
 from tracker.service import open_service
-from tracker.simulator import DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, Simulator, demo_scripts
 from tracker.web import Metrics, build_app, listening
 
 #: Seconds each simulated status lasts, before per-order staggering.
@@ -41,10 +45,13 @@ _STYLE = {
 
 
 DEMO_WEBHOOK_SECRET = "whsec_" + base64.b64encode(b"tracker-demo-signing-key").decode()
+#: Signs the simulator's push hints, as the provider signs its webhooks.
+DEMO_HINT_SECRET = "demo-hint-signing-secret"  # noqa: S105 - the demo's own throwaway secret
 #: Where the demo's listener binds: loopback, on a port the system picks (printed at start).
 DEMO_LISTEN = Address(host="127.0.0.1", port=0)
 #: The listener's routes the demo points at, each with what it shows.
 DEMO_ROUTES = (
+    ("board", "/"),
     ("health", "/healthz"),
     ("readiness", "/readyz"),
     ("metrics", "/metrics"),
@@ -57,10 +64,16 @@ def listener_lines(base_url: str) -> list[str]:
     return [f"{name + ':':<{width}} {base_url}{path}" for name, path in DEMO_ROUTES]
 
 
-def demo_settings(
-    base_url: str, database: Path, order_ids: list[str], webhook_url: str, smtp_port: int
+def demo_settings(  # noqa: PLR0917 - the demo's parts, each named
+    base_url: str,
+    database: Path,
+    order_ids: list[str],
+    webhook_url: str,
+    smtp_port: int,
+    board_token: str,
 ) -> Settings:
-    """The embedded default: OAuth against the simulator, fast polling, the real budget."""
+    """The embedded default: OAuth against the simulator, fast polling, the real budget, push
+    hints, and one support user (``demo``, with ``board_token``) for the pages."""
     return Settings.model_validate(
         {
             "upstream": {
@@ -70,7 +83,9 @@ def demo_settings(
                 "requests_per_second": 8,
                 "max_concurrency": 4,
                 "timeout": 5,
+                "webhook_secret": DEMO_HINT_SECRET,
             },
+            "http": {"users": [{"name": "demo", "token": board_token, "role": "write"}]},
             "database": {"url": f"sqlite:///{database}"},
             "polling": {"interval": 2, "jitter": 0.3, "final_grace": 6},
             "watch": {"orders": order_ids},
@@ -126,9 +141,15 @@ async def run_demo(*, duration: float, console: Console) -> None:
     catcher = MailCatcher(receiver_says)
     mail_server, smtp_port = await start_mail_catcher(catcher)
     with tempfile.TemporaryDirectory(prefix="tracker-demo-") as folder:
-        async with HttpServer(simulator) as server, HttpServer(receiver) as hooks:
+        async with serve(simulator.app) as server, serve(receiver.app) as hooks:
+            board_token = secrets.token_urlsafe(18)
             settings = demo_settings(
-                server.url, Path(folder) / "demo.db", simulator.order_ids, hooks.url, smtp_port
+                server.url,
+                Path(folder) / "demo.db",
+                simulator.order_ids,
+                hooks.url,
+                smtp_port,
+                board_token,
             )
             console.print(
                 f"[bold]tracker demo[/bold]: {len(scripts)} simulated orders at {server.url}, "
@@ -151,6 +172,8 @@ async def run_demo(*, duration: float, console: Console) -> None:
                     metrics=metrics,
                     readiness=daemon.readiness,
                     sinks=lambda: sinks,
+                    users=settings.http.users,
+                    webhook_secret=settings.upstream.webhook_secret,
                 )
                 async with listening(web, DEMO_LISTEN) as base_url:
                     console.print(
@@ -159,8 +182,13 @@ async def run_demo(*, duration: float, console: Console) -> None:
                     )
                     for line in listener_lines(base_url):
                         console.print(f"  {escape(line)}")
-                    console.print()
-                    await daemon.run(stop)
+                    console.print(
+                        f"  (log in to the board with the token {escape(board_token)}; the "
+                        "simulator sends a signed push hint to /hooks/nomos at every change)\n"
+                    )
+                    hints = HintTarget(url=f"{base_url}/hooks/nomos", secret=DEMO_HINT_SECRET)
+                    async with simulator.hints_running(hints):
+                        await daemon.run(stop)
                 for sig in (signal.SIGINT, signal.SIGTERM):
                     with contextlib.suppress(RuntimeError):
                         loop.remove_signal_handler(sig)
@@ -203,4 +231,15 @@ def _summary(  # noqa: PLR0917 - one call site; the pieces of the report
         f"(busiest second: {stats.busiest_second}, 429s: {stats.rate_limited}), "
         f"{counts['snapshots']} snapshots, {counts['transitions']} transitions: "
         + ", ".join(f"{n} {kind}" for kind, n in kinds.most_common())
+    )
+    console.print(request_kinds(simulator, polls))
+
+
+def request_kinds(simulator: Simulator, polls: int) -> str:
+    """What the simulator was asked, by kind, against one request per poll."""
+    stats = simulator.stats
+    return (
+        f"upstream requests by kind: {stats.list_requests} list pages "
+        f"({stats.items_served} orders in them), {stats.id_requests} by-id requests; "
+        f"one request per poll would have taken {polls}"
     )

@@ -1,0 +1,85 @@
+"""Debian's headless Chromium through Selenium: start it, size it, log in, take screenshots."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from selenium import webdriver
+from selenium.webdriver.chrome.options import Options
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.remote.webdriver import WebDriver
+from selenium.webdriver.support import expected_conditions
+from selenium.webdriver.support.wait import WebDriverWait
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+MISSING = (
+    "the browser tests need Debian's Chromium and its driver ({missing} not found); "
+    "install them: apt-get install -y chromium chromium-driver (.ci/run does)"
+)
+#: Headless, without the sandbox (CI runs as root) or /dev/shm (small in containers).
+ARGUMENTS = (
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-dev-shm-usage",
+    "--disable-gpu",
+    "--hide-scrollbars",
+    "--lang=en-US",
+)
+#: A laptop's viewport, and a phone's (an iPhone 12-15's CSS pixels).
+LAPTOP = (1280, 800)
+PHONE = (390, 844)
+#: Seconds a page may take to load, or a condition to come true.
+WAIT = 15
+#: The tallest full-page screenshot: a long timeline is cut here rather than be megapixels.
+MAX_HEIGHT = 4000
+
+
+def missing() -> list[str]:
+    """The paths of Chromium or its driver that are not installed."""
+    return [str(path) for path in (CHROMIUM, CHROMEDRIVER) if not path.exists()]
+
+
+def start() -> WebDriver:
+    """A headless Chromium session (fails saying what to install when it is missing)."""
+    absent = missing()
+    if absent:
+        raise RuntimeError(MISSING.format(missing=" and ".join(absent)))
+    options = Options()
+    options.binary_location = str(CHROMIUM)
+    for argument in ARGUMENTS:
+        options.add_argument(argument)
+    driver = webdriver.Chrome(options=options, service=Service(str(CHROMEDRIVER)))
+    driver.set_page_load_timeout(WAIT)
+    return driver
+
+
+def viewport(driver: WebDriver, size: tuple[int, int], *, mobile: bool = False) -> None:
+    """Make the page's viewport exactly ``size`` CSS pixels (a phone's: ``mobile``)."""
+    width, height = size
+    driver.execute_cdp_cmd(
+        "Emulation.setDeviceMetricsOverride",
+        {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": mobile},
+    )
+
+
+def log_in(driver: WebDriver, base: str, token: str, path: str = "/") -> None:
+    """Log in through the form, as a person would, starting from ``path``."""
+    driver.delete_all_cookies()
+    driver.get(base + path)
+    WebDriverWait(driver, WAIT).until(expected_conditions.url_contains("/login"))
+    driver.find_element(By.ID, "token").send_keys(token)
+    driver.find_element(By.CSS_SELECTOR, "form[action='/login'] button[type=submit]").click()
+    WebDriverWait(driver, WAIT).until(lambda d: "/login" not in d.current_url)
+
+
+def screenshot(driver: WebDriver, path: Path, *, full: bool = False) -> Path:
+    """Save the viewport (or, ``full``, the whole page at the viewport's width) as a PNG."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if full:
+        width = driver.execute_script("return window.innerWidth")
+        height = driver.execute_script("return document.documentElement.scrollHeight")
+        viewport(driver, (int(width), min(int(height), MAX_HEIGHT)))
+    driver.save_screenshot(str(path))
+    return path

@@ -1,0 +1,162 @@
+"""Smooth pacing and exact due times: requests spread over each second, polls when due."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import structlog
+from sqlalchemy import update
+from starlette.requests import Request
+from starlette.responses import Response
+
+from tests.support import error, make_settings, ok, order_body
+from tracker.clock import utc_now
+from tracker.demo.serving import catch_all, serve
+from tracker.pacing import Pacer
+from tracker.service import open_service
+from tracker.store.tables import watched_orders
+
+from .test_polling import Upstream
+
+ORDERS = [f"prdo_{letter * 24}" for letter in "abcdefgh"]
+
+
+class TestSmoothPace:
+    """A budget is spent evenly across each second, never in a burst."""
+
+    async def test_requests_are_spread(self) -> None:
+        pacer = Pacer(20, 8)
+        starts: list[float] = []
+
+        async def one() -> None:
+            async with pacer.slot():
+                starts.append(time.monotonic())
+
+        await asyncio.gather(*(one() for _ in range(30)))
+        gaps = [b - a for a, b in itertools.pairwise(starts)]
+        # 1/20 s apart (the loop's timer may fire a little early); never 20 within a few ms.
+        assert min(gaps) >= 0.045
+        for first in starts:
+            assert sum(1 for t in starts if first <= t < first + 0.1) <= 3
+            assert sum(1 for t in starts if first <= t < first + 1.0) <= 20
+
+
+class TestDueTimes:
+    """Each order is polled when it is due, not at the next whole tick."""
+
+    async def test_never_polled_before_due(self, upstream: Upstream, tmp_path: Path) -> None:
+        scripted, url = upstream
+        for order_id in ORDERS:
+            scripted.script(order_id, ok("ordered"))
+        settings = make_settings(
+            tmp_path, url, polling={"interval": "1h"}, upstream={"requests_per_second": 50}
+        )
+        async with open_service(settings) as polling:
+            await polling.store.watch(ORDERS, source="cli", now=utc_now())
+            # Due at spread moments within the next two seconds, not on tick boundaries.
+            start = utc_now() + timedelta(seconds=0.5)
+            due = {
+                order_id: start + timedelta(seconds=0.23 * index)
+                for index, order_id in enumerate(ORDERS)
+            }
+            async with polling.store._engine.begin() as conn:
+                for order_id, moment in due.items():
+                    await conn.execute(
+                        update(watched_orders)
+                        .where(watched_orders.c.order_id == order_id)
+                        .values(next_poll_at=moment)
+                    )
+            wall_at_start, mono_at_start = utc_now(), time.monotonic()
+            stop = asyncio.Event()
+            running = asyncio.create_task(polling.daemon().run(stop))
+            try:
+                for _ in range(200):
+                    if all(scripted.polls(order_id) for order_id in ORDERS):
+                        break
+                    await asyncio.sleep(0.05)
+            finally:
+                stop.set()
+                await asyncio.wait_for(running, 10)
+        for order_id in ORDERS:
+            arrived = next(s.at for s in scripted.seen if s.path.endswith(order_id))
+            due_in = (due[order_id] - wall_at_start).total_seconds()
+            # Not early: a poll is never sent before its order is due.
+            assert arrived - mono_at_start >= due_in - 0.05, order_id
+
+
+class TestRateLimitedOrder:
+    """An order whose poll met a 429 is asked again when the pause ends, not backed off."""
+
+    async def test_retried_after_the_pause(self, upstream: Upstream, tmp_path: Path) -> None:
+        scripted, url = upstream
+        order = ORDERS[0]
+        scripted.script(order, error(429, {"retry-after": "1"}), ok("checked"))
+        settings = make_settings(tmp_path, url, polling={"interval": "1h"})
+        async with open_service(settings) as polling:
+            await polling.store.watch([order], source="cli", now=utc_now())
+            stop = asyncio.Event()
+            running = asyncio.create_task(polling.daemon().run(stop))
+            try:
+                for _ in range(200):
+                    got = await polling.store.get(order)
+                    if got is not None and got.status == "checked":
+                        break
+                    await asyncio.sleep(0.05)
+            finally:
+                stop.set()
+                await asyncio.wait_for(running, 10)
+            got = await polling.store.get(order)
+        assert got is not None
+        assert got.status == "checked"
+        assert got.consecutive_failures == 0  # the 429 was about the budget, not the order
+        times = [s.at for s in scripted.seen if s.path.endswith(order)]
+        assert len(times) == 2
+        # The second request waited out the 1 s pause, and no per-order backoff (30 s) on top.
+        assert 0.95 <= times[1] - times[0] < 10
+
+
+class TestRateLimitHeaders:
+    """The upstream's ``ratelimit-remaining`` slows the tracker down before a 429 comes."""
+
+    async def test_waits_for_the_reset(self, tmp_path: Path) -> None:
+        arrivals: list[float] = []
+
+        async def upstream(request: Request) -> Response:
+            arrivals.append(time.monotonic())
+            order = request.url.path.removeprefix("/meter-orders/")
+            spent = (
+                {"ratelimit-remaining": "0", "ratelimit-reset": "1"} if len(arrivals) == 1 else {}
+            )
+            return Response(
+                json.dumps(order_body(order, status="ordered")),
+                media_type="application/json",
+                headers={"ratelimit-limit": "10", **spent},
+            )
+
+        async with serve(catch_all(upstream)) as server:
+            settings = make_settings(
+                tmp_path, server.url, polling={"interval": "1h", "sweep": "ids"}
+            )
+            async with open_service(settings) as polling:
+                await polling.store.watch(ORDERS[:3], source="cli", now=utc_now())
+                stop = asyncio.Event()
+                with structlog.testing.capture_logs() as logs:
+                    running = asyncio.create_task(polling.daemon().run(stop))
+                    try:
+                        async with asyncio.timeout(20):
+                            while len(arrivals) < 3:  # noqa: ASYNC110 - a server's list
+                                await asyncio.sleep(0.05)
+                    finally:
+                        stop.set()
+                        await asyncio.wait_for(running, 10)
+        # The first answer said the window's budget was spent: the next request waited for
+        # the reset (1 s), where the tracker's own budget (200/s) would have sent it at once.
+        assert arrivals[1] - arrivals[0] >= 0.95
+        spent = [e for e in logs if e["event"] == "upstream_budget_spent"]
+        assert len(spent) == 1
+        assert spent[0]["pause"] == 1.0

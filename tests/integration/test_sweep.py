@@ -1,0 +1,216 @@
+"""List sweeps against the simulated upstream: pages instead of requests, nothing lost."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import structlog
+from sqlalchemy import func, select
+from starlette.requests import Request
+from starlette.responses import Response
+
+from tests.support import STATIC_TOKEN, make_settings, order_body
+from tracker.clock import utc_now
+from tracker.demo.serving import catch_all, serve
+from tracker.demo.simulator import Script, Simulator, order_id, steady_scripts
+from tracker.service import Service, open_service
+from tracker.store.tables import snapshots, transitions, watched_orders
+
+#: Orders that move while the test runs: ordered, then checked after a few seconds.
+MOVING = [
+    Script(
+        order_id=order_id(f"moving-{i}"),
+        provider="metrify",
+        steps=(("ordered", 3.0 + i), ("checked", 0.0)),
+    )
+    for i in range(3)
+]
+SWEEP_POLLING = {"interval": 2, "jitter": 1, "sweep": "auto"}
+
+
+@pytest.fixture
+async def simulator() -> AsyncIterator[tuple[Simulator, str]]:
+    sim = Simulator([*steady_scripts(40), *MOVING], unwatched=30, static_token=STATIC_TOKEN)
+    async with serve(sim.app) as server:
+        yield sim, server.url
+
+
+async def run_until(
+    service: Service, done: Callable[[], Awaitable[bool]], limit: float = 30
+) -> None:
+    """Run the daemon until ``done`` says so (or ``limit`` seconds pass), then stop it."""
+    stop = asyncio.Event()
+    running = asyncio.create_task(service.daemon().run(stop))
+    try:
+        async with asyncio.timeout(limit):
+            while not await done():  # noqa: ASYNC110 - the state is in the database
+                await asyncio.sleep(0.1)
+    finally:
+        stop.set()
+        await asyncio.wait_for(running, 10)
+
+
+class TestSweeps:
+    """Due orders are learned from list pages, each applied exactly as a poll by id."""
+
+    async def test_pages_replace_requests(
+        self, database: str, simulator: tuple[Simulator, str], tmp_path: Path
+    ) -> None:
+        sim, url = simulator
+        watched = sim.order_ids
+        settings = make_settings(tmp_path, url, polling=SWEEP_POLLING)
+        async with open_service(settings) as service:
+            await service.store.watch(watched, source="cli", now=utc_now())
+            first_pass = len(watched)
+
+            async def moved() -> bool:
+                orders = [await service.store.get(o.order_id) for o in MOVING]
+                return sim.stats.list_requests >= 3 and all(
+                    o is not None and o.status == "checked" for o in orders
+                )
+
+            await run_until(service, moved, limit=40)
+            for script in MOVING:
+                history = await service.store.history(script.order_id)
+                assert history is not None
+                assert [(t.from_status, t.to_status) for t in history.transitions] == [
+                    ("ordered", "checked")
+                ]
+                async with service.store._engine.connect() as conn:
+                    stored_payload = await conn.scalar(
+                        select(transitions.c.payload).where(
+                            transitions.c.event_id == history.transitions[0].event_id
+                        )
+                    )
+                payload = json.loads(stored_payload or "{}")
+                # The event's order is the object as the list returned it.
+                assert payload["data"]["order"]["customer"] == "cus_" + script.order_id[5:]
+                assert payload["data"]["order"]["status"] == "checked"
+            async with service.store._engine.connect() as conn:
+                stored = await conn.scalar(select(func.count()).select_from(watched_orders))
+                ids = set(await conn.scalars(select(snapshots.c.order_id).distinct()))
+        assert stored == len(watched)  # the organisation's other orders are not stored
+        assert ids == set(watched)
+        # The first pass polls by id (customers are not known yet); later ones read pages.
+        assert sim.stats.list_requests >= 3
+        assert sim.stats.id_requests <= first_pass + 3
+        assert sim.stats.items_served >= len(watched)
+
+    async def test_an_ignored_filter_falls_back(self, tmp_path: Path) -> None:
+        sim = Simulator(
+            steady_scripts(12),
+            unwatched=20,
+            static_token=STATIC_TOKEN,
+            ignore_filters=("customer", "subscription"),
+        )
+        async with serve(sim.app) as server:
+            settings = make_settings(tmp_path, server.url, polling=SWEEP_POLLING)
+            async with open_service(settings) as service:
+                await service.store.watch(sim.order_ids, source="cli", now=utc_now())
+                with structlog.testing.capture_logs() as logs:
+
+                    async def third_pass() -> bool:
+                        return sim.stats.id_requests >= 3 * len(sim.order_ids) - 2
+
+                    await run_until(service, third_pass)
+                orders = [await service.store.get(o) for o in sim.order_ids]
+        ignored = [e for e in logs if e["event"] == "list_filter_ignored"]
+        assert [e["then"] for e in ignored] == ["filter[subscription][in]", "polls by id"]
+        assert [e["filter"] for e in ignored] == [
+            "filter[customer][in]",
+            "filter[subscription][in]",
+        ]
+        assert sim.stats.list_requests == 2  # once per filter, then never again
+        for order in orders:  # every order still refreshed, by id
+            assert order is not None
+            assert order.status == "ordered"
+            assert order.consecutive_failures == 0
+
+
+BAD_PAGES: dict[str, Callable[[dict[str, Any]], Any]] = {
+    "not_a_list": lambda _page: {"object": "meter_order"},
+    "no_has_more": lambda page: {"object": "list", "items": page["items"]},
+    "not_meter_orders": lambda page: {
+        **page,
+        "items": [{**item, "object": "customer"} for item in page["items"]],
+    },
+    "repeated_cursor": lambda page: {**page, "has_more": True, "next_page": "same"},
+}
+
+
+class TestBadPages:
+    """A bad list page stores nothing from itself; its orders are polled by id instead."""
+
+    @pytest.mark.parametrize("kind", list(BAD_PAGES))
+    async def test_bad_page(self, kind: str, tmp_path: Path) -> None:
+        orders = [order_id(f"bad-{i}") for i in range(3)]
+        answers = {o: order_body(o, status="ordered", customer=f"cus_{o[5:]}") for o in orders}
+        seen: list[str] = []
+
+        async def upstream(request: Request) -> Response:
+            seen.append(request.url.path)
+            if request.url.path == "/meter-orders":
+                page = {"object": "list", "items": list(answers.values()), "has_more": False}
+                body = BAD_PAGES[kind](page)
+                return Response(
+                    json.dumps(body),
+                    media_type="application/json",
+                    headers={"x-request-id": "req_page"},
+                )
+            wanted = request.url.path.removeprefix("/meter-orders/")
+            return Response(json.dumps(answers[wanted]), media_type="application/json")
+
+        async with serve(catch_all(upstream)) as server:
+            settings = make_settings(
+                tmp_path, server.url, polling={**SWEEP_POLLING, "sweep": "list"}
+            )
+            async with open_service(settings) as service:
+                await service.store.watch(orders, source="cli", now=utc_now())
+                with structlog.testing.capture_logs() as logs:
+
+                    async def paged_then_polled() -> bool:
+                        return seen.count("/meter-orders") >= 1 and len(seen) >= 2 * len(orders) + 1
+
+                    await run_until(service, paged_then_polled)
+                    await asyncio.sleep(0)
+                histories = [await service.store.history(o) for o in orders]
+        malformed = [e for e in logs if e["event"] == "list_page_malformed"]
+        assert malformed
+        assert malformed[0]["request_id"] == "req_page"
+        # Each order has its one snapshot from the poll by id, none from the bad page.
+        for history in histories:
+            assert history is not None
+            assert len(history.snapshots) == 1
+            assert json.loads(history.snapshots[0].raw)["object"] == "meter_order"
+
+
+class TestDiscovery:
+    """Many orders never answered are learned from the organisation's list, not one by one."""
+
+    async def test_first_pass_reads_the_list(self, database: str, tmp_path: Path) -> None:
+        sim = Simulator(steady_scripts(260), unwatched=90, static_token=STATIC_TOKEN)
+        async with serve(sim.app) as server:
+            settings = make_settings(tmp_path, server.url, polling=SWEEP_POLLING)
+            async with open_service(settings) as service:
+                await service.store.watch(sim.order_ids, source="cli", now=utc_now())
+                with structlog.testing.capture_logs() as logs:
+
+                    async def all_seen() -> bool:
+                        async with service.store._engine.connect() as conn:
+                            seen = await conn.scalar(
+                                select(func.count(snapshots.c.order_id.distinct()))
+                            )
+                        return seen == len(sim.order_ids)
+
+                    await run_until(service, all_seen)
+        ended = [e for e in logs if e["event"] == "discovery_ended"]
+        assert ended
+        assert ended[0]["found"] >= len(sim.order_ids) - 10
+        # 350 orders in the organisation: four pages, where ids would have taken 260 requests.
+        assert sim.stats.list_requests <= 10
+        assert sim.stats.id_requests <= 10

@@ -1,0 +1,234 @@
+"""``POST /hooks/nomos``: the provider's webhooks about meter orders, taken as hints.
+
+A hint says only that an order changed; the tracker never believes more than that. A valid
+one about a watched order makes it due now, so it is polled within the normal pace and diffed
+as always; its ``topic`` is logged, never stored as a status. The route exists only when
+``[upstream] webhook_secret`` is set: without it ``/hooks/nomos`` answers 404, like any path
+the tracker does not serve.
+
+What is refused, each with one ``hint_refused`` log line (the reason, never the secret nor the
+signature) and nothing changed:
+
+- 401: no ``X-Nomos-Signature``, a malformed one, a timestamp more than :data:`TOLERANCE`
+  away from now (either way), or no ``v1`` signature that matches;
+- 413: a body over :data:`MAX_BODY` bytes;
+- 400: a body that is not JSON; 422: JSON without an event ``id`` or a valid
+  ``context.meter_order``.
+
+A replayed event id (the provider delivers at least once; several processes may serve this
+address over one PostgreSQL database) is answered 202 and changes nothing: every process
+remembers the event ids of the last day in the ``hints`` table.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import re
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+import structlog
+from pydantic import SecretStr
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from tracker.clock import utc_now
+from tracker.errors import InvalidOrderId
+from tracker.model import validate_order_id
+from tracker.store import Store
+from tracker.web.bodies import bounded_body
+from tracker.web.metrics import Metrics
+
+log = structlog.get_logger("tracker.web")
+
+PATH = "/hooks/nomos"
+HEADER = "x-nomos-signature"
+#: Seconds a signature's timestamp may lie away from now, either way: room for the two clocks
+#: and the provider's retries, and no more, so a captured request cannot be replayed later.
+TOLERANCE = 300
+#: Bytes a webhook's body may have: the provider's are a few hundred; nothing a caller sends
+#: can hold more of the server's memory than this.
+MAX_BODY = 64 * 1024
+#: Characters the signature header may have: a timestamp and a handful of signatures (one per
+#: secret the provider is rolling over).
+MAX_HEADER = 1024
+#: Digits of the timestamp: Unix seconds, good far beyond this century.
+MAX_T_DIGITS = 12
+#: A ``v1`` signature: the hex of an HMAC-SHA256.
+SIGNATURE = re.compile(r"[0-9a-fA-F]{64}")
+#: An event id (``evt_…``): what the ``hints`` table's column holds.
+EVENT_ID = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+#: Characters of a topic (or an offending value) written to the log.
+MAX_LOGGED = 64
+
+Clock = Callable[[], datetime]
+
+
+class Refused(Exception):
+    """Why a webhook is not taken: the HTTP status and a reason safe to log and answer."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+def hook_routes(
+    *,
+    store: Store,
+    secret: SecretStr | None,
+    clock: Clock = utc_now,
+    metrics: Metrics | None = None,
+) -> list[BaseRoute]:
+    """``POST /hooks/nomos`` over ``store``, verified with ``secret``; none without a secret.
+
+    ``clock`` dates the hints and judges the signatures' timestamps; ``metrics`` (if any)
+    counts each webhook in ``tracker_hints_total``.
+    """
+    if secret is None:
+        return []
+    hook = _Hook(store=store, key=secret.get_secret_value().encode(), clock=clock, metrics=metrics)
+    return [Route(PATH, hook.receive, methods=["POST"])]
+
+
+def signed_header(key: bytes, body: bytes, timestamp: int) -> str:
+    """The ``X-Nomos-Signature`` the provider sends for ``body`` at ``timestamp`` (for tests,
+    benchmarks and the simulator)."""
+    digest = hmac.new(key, f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
+    return f"t={timestamp},v1={digest}"
+
+
+def parse_signature(header: str) -> tuple[str, list[str]]:
+    """The timestamp (as sent) and the well-formed ``v1`` signatures of a header.
+
+    Other schemes (``v0=…``) are skipped, as the provider may add them; a header without
+    exactly one timestamp or without any well-formed ``v1`` is malformed.
+    """
+    if len(header) > MAX_HEADER:
+        raise Refused(401, f"X-Nomos-Signature is longer than {MAX_HEADER} characters")
+    stamps: list[str] = []
+    signatures: list[str] = []
+    for item in header.split(","):
+        key, _, value = item.strip().partition("=")
+        if key == "t":
+            stamps.append(value)
+        elif key == "v1" and SIGNATURE.fullmatch(value):
+            signatures.append(value.lower())
+    if len(stamps) != 1 or not (stamps[0].isascii() and stamps[0].isdigit()):
+        raise Refused(401, "X-Nomos-Signature is malformed: expected one t=<unix seconds>")
+    if len(stamps[0]) > MAX_T_DIGITS:
+        raise Refused(401, "X-Nomos-Signature is malformed: t is not a Unix time in seconds")
+    if not signatures:
+        raise Refused(401, "X-Nomos-Signature is malformed: expected v1=<hex HMAC-SHA256>")
+    return stamps[0], signatures
+
+
+def verify(key: bytes, body: bytes, timestamp: str, signatures: list[str]) -> bool:
+    """Whether any of ``signatures`` is HMAC-SHA256(key, "<timestamp>.<body>").
+
+    Each is compared in constant time, and all are compared whichever matched: the time taken
+    says nothing about how close a forgery came.
+    """
+    expected = hmac.new(key, timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
+    matched = False
+    for signature in signatures:
+        matched |= hmac.compare_digest(expected, signature)
+    return matched
+
+
+def parse_hint(body: bytes) -> tuple[str, str, str | None]:
+    """The event id, the order id and the topic (``None`` if absent) of a webhook's body."""
+    try:
+        data: Any = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise Refused(400, f"the body is not JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise Refused(422, 'the body must be an object {"id": "evt_…", "context": {…}}')
+    event_id = data.get("id")
+    if not isinstance(event_id, str) or not EVENT_ID.fullmatch(event_id):
+        raise Refused(422, f"id: expected an event id matching {EVENT_ID.pattern}")
+    context = data.get("context")
+    order_id = context.get("meter_order") if isinstance(context, dict) else None
+    if not isinstance(order_id, str):
+        raise Refused(422, 'context.meter_order: expected an order id, e.g. "prdo_…"')
+    try:
+        validate_order_id(order_id)
+    except InvalidOrderId:
+        raise Refused(
+            422, f"context.meter_order: {_clip(order_id)!r} is not a valid order id"
+        ) from None
+    topic = data.get("topic")
+    return event_id, order_id, _clip(topic) if isinstance(topic, str) else None
+
+
+def _clip(value: str) -> str:
+    """``value`` cut short for a log line or a message."""
+    return value if len(value) <= MAX_LOGGED else value[: MAX_LOGGED - 3] + "..."
+
+
+class _Hook:
+    """The endpoint: verify, parse, hand the hint to the store, answer 202."""
+
+    def __init__(self, *, store: Store, key: bytes, clock: Clock, metrics: Metrics | None) -> None:
+        self._store = store
+        self._key = key
+        self._clock = clock
+        self._metrics = metrics
+
+    def _count(self, result: str) -> None:
+        if self._metrics is not None:
+            self._metrics.hinted(result)
+
+    async def receive(self, request: Request) -> Response:
+        """Take one webhook (the module's docstring says what is refused, and how)."""
+        from tracker.web.app import error_body  # noqa: PLC0415 - the app imports this module
+
+        try:
+            event_id, order_id, topic = await self._verified(request)
+        except Refused as refused:
+            self._count("refused")
+            client = request.client.host if request.client is not None else None
+            log.warning("hint_refused", status=refused.status, reason=refused.reason, client=client)
+            # Answered here rather than raised: the app renders errors outside the API as pages,
+            # and the provider reads JSON.
+            return JSONResponse(error_body(refused.status, refused.reason), refused.status)
+        outcome = await self._store.hint(event_id=event_id, order_id=order_id, now=self._clock())
+        fields = {"event_id": event_id, "order_id": order_id, "topic": topic}
+        if outcome == "replayed":
+            self._count("replayed")
+            log.info("hint_replayed", **fields)
+        elif outcome == "ignored":
+            self._count("ignored")
+            log.info("hint_ignored", **fields, reason="the order is not watched (or not active)")
+        else:
+            self._count("accepted")
+            log.info("hint_accepted", **fields, outcome=outcome)
+        return JSONResponse({"status": "accepted"}, status_code=202)
+
+    async def _verified(self, request: Request) -> tuple[str, str, str | None]:
+        """The hint a signed, fresh, well-formed request carries; else :class:`Refused`."""
+        header = request.headers.get(HEADER)
+        if header is None:
+            raise Refused(401, "no X-Nomos-Signature header: the provider signs every webhook")
+        timestamp, signatures = parse_signature(header)
+        skew = int(timestamp) - self._clock().timestamp()
+        if abs(skew) > TOLERANCE:
+            raise Refused(
+                401,
+                f"the signature's timestamp is {skew:+.0f} s from now; at most {TOLERANCE} s",
+            )
+        body = await _body(request)
+        if not verify(self._key, body, timestamp, signatures):
+            raise Refused(401, "no v1 signature matches the body: check webhook_secret")
+        return parse_hint(body)
+
+
+async def _body(request: Request) -> bytes:
+    """The request's body, at most :data:`MAX_BODY` bytes (413 past it)."""
+    return await bounded_body(
+        request, MAX_BODY, Refused(413, f"the body is larger than {MAX_BODY} bytes")
+    )

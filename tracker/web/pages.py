@@ -1,0 +1,658 @@
+"""The support pages: server-rendered HTML over the store, thin like the API.
+
+Each page authenticates (a session cookie set by ``/login``, or the API's bearer header),
+parses, calls the same store methods as the API and renders a Jinja2 template with every value
+escaped. A page POST is refused unless it comes from this host (``Origin``), carries the form's
+CSRF token (an HMAC of the session) and fits in :data:`~tracker.web.api.MAX_BODY`. No page needs
+JavaScript; the Content-Security-Policy allows none.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import functools
+import hashlib
+import importlib.resources
+import urllib.parse
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from http import HTTPStatus
+from typing import Any
+
+import jinja2
+import structlog
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, RedirectResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from tracker.clock import utc_now
+from tracker.config import HttpUser
+from tracker.errors import InvalidOrderId
+from tracker.lifecycle import BLOCKED, COMPLETE, MAIN_PATH, Status, is_known
+from tracker.model import STALE_AFTER, DeliveryState, validate_order_id
+from tracker.store import History, Store
+from tracker.views import history_json, orphaned, state_of
+from tracker.web.api import (
+    EVENT_ID,
+    MAX_BODY,
+    PREFIX,
+    SEARCH_PATTERN,
+    STATES,
+    Tokens,
+    clip_id,
+    retry_event,
+)
+from tracker.web.bodies import bounded_body
+from tracker.web.sessions import COOKIE, SESSION_LIFETIME, Session, Sessions
+
+log = structlog.get_logger("tracker.web")
+
+#: Sent with every page: no script, no plugin, no frame, styles and forms from this host only.
+CSP = (
+    "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; "
+    "frame-ancestors 'none'"
+)
+SECURITY_HEADERS = {
+    "Content-Security-Policy": CSP,
+    "X-Content-Type-Options": "nosniff",
+    # Not "no-referrer": with it a browser sends "Origin: null" on a form POST, which the
+    # cross-site check refuses. "same-origin" keeps order ids in URLs from leaving the site.
+    "Referrer-Policy": "same-origin",
+    # Pages show customers' data: never kept by a browser's or a proxy's cache.
+    "Cache-Control": "no-store",
+}
+#: Rows on one page of a list: a screen or two, one bounded query.
+PAGE_SIZE = 50
+#: Transitions and failing orders the board lists (the rest are a search or a page away).
+LATEST_SHOWN = 20
+FAILING_SHOWN = 20
+#: Fields one form may send: ours have three; more is not a form of ours.
+MAX_FIELDS = 20
+#: Characters a status filter may have: an undocumented status from the board's link fits.
+MAX_STATUS = 64
+#: Characters of the page a login returns to (a search with every filter fits).
+MAX_NEXT = 2000
+#: Path prefixes that are not pages: they keep their JSON or text answers.
+NOT_PAGES = (f"{PREFIX}/", "/healthz", "/readyz", "/metrics", "/hooks/")
+#: The stylesheet, from package data.
+CSS_PATH = "/static/tracker.css"
+#: The board's lifecycle strip: the main path from ``waiting``, then the detours.
+STRIP_MAIN: tuple[Status, ...] = MAIN_PATH[1:]
+STRIP_DETOURS: tuple[Status, ...] = (
+    Status.BLOCKED,
+    Status.BLOCKED_WIM,
+    Status.PRE_INSTALLED,
+    Status.CANCELLED,
+    Status.INTENDED,
+)
+
+
+class PageRoute(Route):
+    """A route of the pages: its errors are pages too."""
+
+
+def wants_page(request: Request) -> bool:
+    """Whether an error answers ``request`` as a page rather than as JSON.
+
+    For a route of the pages (matched, the method perhaps not); for a path nothing serves, when
+    a browser asks (``Accept: text/html``) outside the API, the probes and the hooks. Every
+    other route, and a script asking for a path nothing serves, keeps its JSON error.
+    """
+    route = request.scope.get("route")
+    if route is not None:
+        return isinstance(route, PageRoute)
+    if request.url.path.startswith(NOT_PAGES):
+        return False
+    return "text/html" in request.headers.get("accept", "")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Visitor:
+    """Who looks at a page: a configured user, by session cookie or by bearer token."""
+
+    name: str
+    role: str
+    #: ``None`` when authenticated by a bearer header (no cookie, no CSRF token needed).
+    session: Session | None = None
+    csrf: str | None = None
+
+    @property
+    def writes(self) -> bool:
+        """Whether this visitor may retry deliveries."""
+        return self.role == "write"
+
+
+# -- rendering -------------------------------------------------------------------------------
+
+
+@functools.cache
+def _templates() -> jinja2.Environment:
+    """The pages' templates, every one autoescaped, an unknown name an error."""
+    environment = jinja2.Environment(
+        loader=jinja2.PackageLoader("tracker.web", "templates"),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    environment.filters["utc"] = utc_text
+    environment.filters["ago"] = ago
+    environment.globals["tone"] = tone
+    return environment
+
+
+@functools.cache
+def _stylesheet() -> tuple[bytes, str]:
+    """The stylesheet and a version of it for its URL (a changed file is fetched anew)."""
+    css = importlib.resources.files("tracker.web").joinpath("static/tracker.css").read_bytes()
+    return css, hashlib.sha256(css).hexdigest()[:12]
+
+
+def render(
+    name: str,
+    *,
+    status: int = 200,
+    visitor: Visitor | None = None,
+    headers: Mapping[str, str] | None = None,
+    **context: Any,
+) -> HTMLResponse:
+    """The template ``name`` as a page, with the security headers."""
+    html = (
+        _templates()
+        .get_template(name)
+        .render(
+            now=utc_now(),
+            css=f"{CSS_PATH}?v={_stylesheet()[1]}",
+            visitor=visitor,
+            **context,
+        )
+    )
+    return HTMLResponse(html, status_code=status, headers={**SECURITY_HEADERS, **(headers or {})})
+
+
+def error_page(status: int, message: str, headers: Mapping[str, str] | None = None) -> Response:
+    """An error as a page: the status, its phrase and what to do."""
+    phrase = HTTPStatus(status).phrase
+    return render(
+        "error.html", status=status, headers=headers, code=status, phrase=phrase, message=message
+    )
+
+
+def tone(status: str | None) -> str:
+    """How a status reads at a glance: ``done``, ``stopped``, ``held``, ``unknown`` or ``on``."""
+    if status is None:
+        return "none"
+    if not is_known(status):
+        return "unknown"
+    if status in COMPLETE:
+        return "done"
+    if status == Status.CANCELLED:
+        return "stopped"
+    if status in BLOCKED:
+        return "held"
+    return "on"
+
+
+def _moment(value: datetime | str | None) -> datetime | None:
+    if value is None or isinstance(value, datetime):
+        return value
+    return datetime.fromisoformat(value)
+
+
+def utc_text(value: datetime | str | None) -> str:
+    """``2026-11-30 10:20:05 UTC``, or ``-``."""
+    moment = _moment(value)
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC") if moment else "-"
+
+
+def ago(value: datetime | str | None, now: datetime) -> str:
+    """How long before ``now``: ``just now``, ``5 min ago``, ``3 h ago``, ``2 days ago``."""
+    moment = _moment(value)
+    if moment is None:
+        return ""
+    seconds = (now - moment).total_seconds()
+    future = seconds < 0
+    seconds = abs(seconds)
+    if seconds < 60:
+        return "just now" if not future else "in under a minute"
+    for size, unit in ((86400, "day"), (3600, "h"), (60, "min")):
+        if seconds >= size:
+            count = int(seconds // size)
+            text = f"{count} {unit}{'s' if unit == 'day' and count > 1 else ''}"
+            return f"in {text}" if future else f"{text} ago"
+    return ""  # pragma: no cover - the loop ends at a minute, which was handled
+
+
+# -- the routes ------------------------------------------------------------------------------
+
+Sinks = Callable[[], Collection[str]]
+Handler = Callable[[Request, Visitor], Awaitable[Response]]
+
+
+def page_routes(*, store: Store, users: Sequence[HttpUser], sinks: Sinks) -> list[BaseRoute]:
+    """The support pages over ``store`` for ``users``: login, board, search, order, dead letters."""
+    pages = _Pages(store=store, users=users, sinks=sinks)
+    return [
+        PageRoute("/login", pages.login_page, methods=["GET", "POST"]),
+        PageRoute("/logout", pages.logout, methods=["POST"]),
+        PageRoute("/", pages.page(pages.board), methods=["GET"]),
+        PageRoute("/orders", pages.page(pages.search), methods=["GET"]),
+        PageRoute("/orders/{order_id}", pages.page(pages.order), methods=["GET"]),
+        PageRoute("/dead-letters", pages.page(pages.dead_letters), methods=["GET"]),
+        PageRoute("/dead-letters/{event_id}/retry", pages.page(pages.retry), methods=["POST"]),
+        PageRoute(CSS_PATH, stylesheet, methods=["GET"]),
+    ]
+
+
+async def stylesheet(_request: Request) -> Response:
+    """The one stylesheet, cacheable: its URL changes with its content."""
+    css, _version = _stylesheet()
+    headers = {"X-Content-Type-Options": "nosniff", "Cache-Control": "public, max-age=86400"}
+    return Response(css, media_type="text/css; charset=utf-8", headers=headers)
+
+
+class _Pages:
+    """The pages: each authenticates, parses, calls the store and renders."""
+
+    def __init__(self, *, store: Store, users: Sequence[HttpUser], sinks: Sinks) -> None:
+        self._store = store
+        self._tokens = Tokens(users)
+        self._sessions = Sessions(users)
+        self._sinks = sinks
+
+    # -- who is asking ----------------------------------------------------------------------
+
+    def _visitor(self, request: Request) -> Visitor | None:
+        """The visitor by bearer header (401 when wrong) or by session cookie, or ``None``."""
+        header = request.headers.get("authorization")
+        if header is not None:
+            scheme, _, token = header.partition(" ")
+            caller = self._tokens.check(token.strip()) if scheme.lower() == "bearer" else None
+            if caller is None or not token.strip():
+                raise HTTPException(
+                    401,
+                    "send Authorization: Bearer <token> with a token from [[http.users]], "
+                    "or log in at /login",
+                    headers={"WWW-Authenticate": "Bearer"},
+                )
+            return Visitor(name=caller.name, role=caller.role)
+        value = request.cookies.get(COOKIE)
+        session = self._sessions.verify(value, utc_now()) if value else None
+        if session is None:
+            return None
+        return Visitor(
+            name=session.name,
+            role=session.role,
+            session=session,
+            csrf=self._sessions.csrf(session),
+        )
+
+    def page(self, handler: Handler) -> Callable[[Request], Awaitable[Response]]:
+        """``handler`` behind authentication and, for a POST, the cross-site checks.
+
+        A browser without a valid session is sent to ``/login`` (a GET) or refused (a POST).
+        """
+
+        async def endpoint(request: Request) -> Response:
+            visitor = self._visitor(request)
+            if visitor is None:
+                if request.method in {"GET", "HEAD"}:
+                    return _to_login(request)
+                raise HTTPException(401, "your session has ended; log in again at /login")
+            if request.method == "POST":
+                _same_origin(request)
+                form = await _form(request)
+                if visitor.session is not None and not self._sessions.csrf_matches(
+                    visitor.session, form.get("csrf", "")
+                ):
+                    log.warning(
+                        "page_post_refused", user=visitor.name, reason="csrf", path=request.url.path
+                    )
+                    raise HTTPException(403, "the form is stale or foreign; reload the page")
+            return await handler(request, visitor)
+
+        return endpoint
+
+    # -- login and logout -------------------------------------------------------------------
+
+    async def login_page(self, request: Request) -> Response:
+        """The login form (GET), or a login (POST)."""
+        if request.method == "POST":
+            return await self.login(request)
+        return render("login.html", next=_local(request.query_params.get("next")), error=None)
+
+    async def login(self, request: Request) -> Response:
+        """A valid token sets the session cookie; a wrong one shows the form again (401)."""
+        _same_origin(request)
+        form = await _form(request)
+        target = _local(form.get("next"))
+        token = form.get("token", "").strip()
+        caller = self._tokens.check(token) if token else None
+        if caller is None:
+            log.info("page_login_refused", client=_client(request))
+            return render(
+                "login.html",
+                status=401,
+                next=target,
+                error="That token is not one of the configured [[http.users]].",
+            )
+        session = self._sessions.issue(caller.name, utc_now())
+        log.info("page_login", user=caller.name, role=caller.role, client=_client(request))
+        response = RedirectResponse(target, status_code=303)
+        response.headers.append("set-cookie", _cookie(session.value, request))
+        return response
+
+    async def logout(self, request: Request) -> Response:
+        """End the browser's session (its cookie) and go back to the login form."""
+        _same_origin(request)
+        form = await _form(request)
+        visitor = self._visitor(request)
+        if visitor is not None and visitor.session is not None:
+            if not self._sessions.csrf_matches(visitor.session, form.get("csrf", "")):
+                raise HTTPException(403, "the form is stale or foreign; reload the page")
+            log.info("page_logout", user=visitor.name)
+        response = RedirectResponse("/login", status_code=303)
+        response.headers.append("set-cookie", _cookie("", request))
+        return response
+
+    # -- the pages --------------------------------------------------------------------------
+
+    async def board(self, _request: Request, visitor: Visitor) -> Response:
+        """Active orders per status, unknown and failing ones, the latest transitions."""
+        now = utc_now()
+        overview = await self._store.overview(stale_before=now - STALE_AFTER)
+        counts: dict[str | None, int] = {}
+        for status, state, count in overview.orders:
+            if state == "active":
+                counts[status] = counts.get(status, 0) + count
+        failing_count, failing = await self._store.failing_now(at_least=1, limit=FAILING_SHOWN)
+        dead = sum(n for _sink, state, n, _at in overview.deliveries if state == DeliveryState.DEAD)
+        pending = sum(
+            n for _sink, state, n, _at in overview.deliveries if state == DeliveryState.PENDING
+        )
+        return render(
+            "board.html",
+            visitor=visitor,
+            main=[(s.value, counts.get(s.value, 0)) for s in STRIP_MAIN],
+            detours=[(s.value, counts.get(s.value, 0)) for s in STRIP_DETOURS],
+            unknown=sorted((s, n) for s, n in counts.items() if s is not None and not is_known(s)),
+            unpolled=counts.get(None, 0),
+            active=sum(counts.values()),
+            failing_count=failing_count,
+            failing=failing,
+            latest=await self._store.latest_transitions(limit=LATEST_SHOWN),
+            dead=dead,
+            pending=pending,
+            daemons=len(overview.daemons),
+            last_success_at=overview.last_success_at,
+        )
+
+    async def search(self, request: Request, visitor: Visitor) -> Response:
+        """Watched orders by id, customer or subscription, status and state, a page at a time."""
+        params = request.query_params
+        q = params.get("q", "").strip()
+        status = params.get("status", "").strip()
+        state = params.get("state", "").strip()
+        shown = {"q": q, "status": status, "state": state}
+        problem = _search_problem(q, status, state)
+        after = None
+        if problem is None and params.get("cursor"):
+            after = _uncursor("o", params["cursor"])
+            if after is None:
+                problem = "That page link is not one this site made; start the search again."
+        if problem is not None:
+            return render(
+                "orders.html",
+                status=400,
+                visitor=visitor,
+                shown=shown,
+                statuses=list(Status),
+                states=STATES,
+                error=problem,
+                rows=[],
+                next_url=None,
+            )
+        rows = await self._store.watched_page(
+            status=status or None,
+            state=state or None,
+            q=q or None,
+            after=after,
+            limit=PAGE_SIZE + 1,
+        )
+        next_url = None
+        if len(rows) > PAGE_SIZE:
+            rows = rows[:PAGE_SIZE]
+            kept = {k: v for k, v in shown.items() if v}
+            next_url = "/orders?" + urllib.parse.urlencode(
+                {**kept, "cursor": _cursor("o", rows[-1].order_id)}
+            )
+        return render(
+            "orders.html",
+            visitor=visitor,
+            shown=shown,
+            statuses=list(Status),
+            states=STATES,
+            error=None,
+            rows=[(o, state_of(o)) for o in rows],
+            next_url=next_url,
+        )
+
+    async def order(self, request: Request, visitor: Visitor) -> Response:
+        """One order: its status since when, its timeline and each transition's deliveries."""
+        raw = request.path_params["order_id"]
+        try:
+            order_id = validate_order_id(raw)
+        except InvalidOrderId as exc:
+            text = str(exc) if len(raw) <= 80 else f"invalid order id {clip_id(raw)!r}"
+            raise HTTPException(400, text) from exc
+        history = await self._store.history(order_id)
+        if history is None:
+            raise HTTPException(404, f"order {order_id} is not watched and never was")
+        data = history_json(history)
+        latest = data["snapshots"][-1]["order"] if data["snapshots"] else {}
+        return render(
+            "order.html",
+            visitor=visitor,
+            order=data,
+            watched=history.order,
+            since=_since(history),
+            customer=latest.get("customer"),
+            subscription=latest.get("subscription"),
+            provider=latest.get("provider"),
+            timeline=_timeline(history, data),
+        )
+
+    async def dead_letters(self, request: Request, visitor: Visitor) -> Response:
+        """Deliveries that gave up, a page at a time, each with a retry for write users."""
+        params = request.query_params
+        after = None
+        if params.get("cursor"):
+            position = _uncursor("d", params["cursor"])
+            if position is None or not (position.isdigit() and len(position) <= 18):
+                raise HTTPException(400, "that page link is not one this site made")
+            after = int(position)
+        rows = await self._store.deliveries_page(
+            state=DeliveryState.DEAD.value, after_id=after, limit=PAGE_SIZE + 1
+        )
+        next_url = None
+        if len(rows) > PAGE_SIZE:
+            rows = rows[:PAGE_SIZE]
+            next_url = "/dead-letters?" + urllib.parse.urlencode(
+                {"cursor": _cursor("d", str(rows[-1][0]))}
+            )
+        sinks = set(self._sinks())
+        return render(
+            "dead_letters.html",
+            visitor=visitor,
+            rows=[(d, orphaned(d, sinks)) for _id, d in rows],
+            next_url=next_url,
+            notice=_notice(params.get("retried"), params.get("pending"), params.get("missing")),
+        )
+
+    async def retry(self, request: Request, visitor: Visitor) -> Response:
+        """Make an event's undelivered deliveries pending again, as the API's retry does."""
+        if not visitor.writes:
+            raise HTTPException(403, f"user {visitor.name!r} has the read role; this needs write")
+        event_id = request.path_params["event_id"]
+        count = await retry_event(
+            self._store, event_id, user=visitor.name, logged="page_write", invalid=400
+        )
+        said = {"retried": event_id, "pending": str(count)} if count else {"missing": event_id}
+        return RedirectResponse("/dead-letters?" + urllib.parse.urlencode(said), status_code=303)
+
+
+# -- helpers ---------------------------------------------------------------------------------
+
+
+def _search_problem(q: str, status: str, state: str) -> str | None:
+    """What is wrong with a search's fields, in words; ``None`` when nothing is."""
+    if q and not SEARCH_PATTERN.fullmatch(q):
+        return (
+            "Search by the start of an order id, or a whole customer or subscription id: "
+            "lower-case letters, digits and _ only (e.g. prdo_x83b, or a cus_… in full)."
+        )
+    if len(status) > MAX_STATUS:
+        return f"A status has at most {MAX_STATUS} characters."
+    if state and state not in STATES:
+        return f"The state is one of {', '.join(STATES)}."
+    return None
+
+
+def _since(history: History) -> datetime | None:
+    """Since when the order has its status: the first of the latest run of equal snapshots."""
+    since = None
+    for snapshot in reversed(history.snapshots):
+        if snapshot.status != history.order.status:
+            break
+        since = snapshot.observed_at
+    return since
+
+
+def _timeline(history: History, data: dict[str, Any]) -> list[dict[str, Any]]:
+    """Snapshots oldest first, each with the transition it revealed (with its deliveries)."""
+    moves = {
+        move.snapshot_id: shown
+        for move, shown in zip(history.transitions, data["transitions"], strict=True)
+    }
+    return [
+        {"snapshot": shown, "transition": moves.get(snapshot.id)}
+        for snapshot, shown in zip(history.snapshots, data["snapshots"], strict=True)
+    ]
+
+
+def _notice(retried: str | None, pending: str | None, missing: str | None) -> str | None:
+    """The message a retry left in the query string, if it is one a retry leaves."""
+    if retried and EVENT_ID.fullmatch(retried) and pending and pending.isdigit():
+        many = "delivery is" if pending == "1" else "deliveries are"
+        return f"Retried {retried}: {pending} {many} pending again and will be sent shortly."
+    if missing and EVENT_ID.fullmatch(missing):
+        return f"Nothing to retry for {missing}: no undelivered delivery (none, or all arrived)."
+    return None
+
+
+def _cursor(kind: str, position: str) -> str:
+    """A cursor as the API makes them: the page's last key, which the next page starts after."""
+    return base64.urlsafe_b64encode(f"{kind}:{position}".encode()).decode().rstrip("=")
+
+
+def _uncursor(kind: str, value: str) -> str | None:
+    """The position a cursor of ``kind`` holds, or ``None`` for one not made here."""
+    try:
+        text = base64.urlsafe_b64decode(value.encode("ascii") + b"==").decode("ascii")
+    except (UnicodeError, binascii.Error, ValueError):
+        return None
+    found, _, position = text.partition(":")
+    if found != kind or not position:
+        return None
+    if kind == "o":
+        try:
+            return validate_order_id(position)
+        except InvalidOrderId:
+            return None
+    return position
+
+
+def _local(target: str | None) -> str:
+    """``target`` if it is a path on this site; else ``/`` (a login never sends you away)."""
+    if not target or len(target) > MAX_NEXT or not target.startswith("/"):
+        return "/"
+    if target.startswith(("//", "/\\")) or not all("\x21" <= c <= "\x7e" for c in target):
+        return "/"
+    parts = urllib.parse.urlsplit(target)
+    if parts.scheme or parts.netloc or "\\" in target:
+        return "/"
+    return target
+
+
+def _to_login(request: Request) -> Response:
+    """303 to ``/login``, coming back here after; a cookie that was refused is cleared."""
+    here = request.scope.get("raw_path") or request.url.path.encode()
+    query = request.scope.get("query_string", b"")
+    target = here.decode("latin-1") + ("?" + query.decode("latin-1") if query else "")
+    response = RedirectResponse(
+        "/login?" + urllib.parse.urlencode({"next": _local(target)}), status_code=303
+    )
+    if COOKIE in request.cookies:
+        response.headers.append("set-cookie", _cookie("", request))
+    return response
+
+
+def _cookie(value: str, request: Request) -> str:
+    """The session's Set-Cookie value; an empty ``value`` clears it."""
+    age = int(SESSION_LIFETIME.total_seconds()) if value else 0
+    parts = [f"{COOKIE}={value}", f"Max-Age={age}", "Path=/", "HttpOnly", "SameSite=Strict"]
+    # Behind a TLS proxy the scheme is the proxy's word: believing it can only make the
+    # cookie stricter (never sent over plain HTTP), never weaker.
+    forwarded = request.headers.get("x-forwarded-proto", "").lower()
+    if request.url.scheme == "https" or forwarded == "https":
+        parts.append("Secure")
+    return "; ".join(parts)
+
+
+def _same_origin(request: Request) -> None:
+    """403 unless a POST comes from a page of this host (or from no page at all: a script).
+
+    ``Origin`` must name this host (the ``Host`` header, or the proxy's ``X-Forwarded-Host``:
+    a cross-site form cannot set either); ``Sec-Fetch-Site`` must not say another site.
+    """
+    refused = HTTPException(403, "a request from another site is refused")
+    site = request.headers.get("sec-fetch-site")
+    if site is not None and site not in {"same-origin", "none"}:
+        log.warning("page_post_refused", reason="sec-fetch-site", path=request.url.path)
+        raise refused
+    origin = request.headers.get("origin")
+    if origin is None:
+        return
+    hosts = {
+        h.strip().lower()
+        for h in (request.headers.get("host"), request.headers.get("x-forwarded-host"))
+        if h
+    }
+    parts = urllib.parse.urlsplit(origin)
+    if parts.scheme not in {"http", "https"} or parts.netloc.lower() not in hosts:
+        log.warning("page_post_refused", reason="origin", path=request.url.path)
+        raise refused
+
+
+async def _form(request: Request) -> dict[str, str]:
+    """The request's urlencoded form, at most :data:`MAX_BODY` bytes (413 past it)."""
+    too_large = HTTPException(413, f"the form is larger than {MAX_BODY} bytes")
+    body = await bounded_body(request, MAX_BODY, too_large)
+    kind = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    if body and kind != "application/x-www-form-urlencoded":
+        raise HTTPException(415, "send the form as application/x-www-form-urlencoded")
+    try:
+        pairs = urllib.parse.parse_qsl(
+            body.decode("utf-8"), keep_blank_values=True, max_num_fields=MAX_FIELDS
+        )
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise HTTPException(400, "the form could not be read") from exc
+    return dict(pairs)
+
+
+def _client(request: Request) -> str | None:
+    """The peer's address, for the login log lines."""
+    return request.client.host if request.client is not None else None
