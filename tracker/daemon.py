@@ -22,17 +22,11 @@ from tracker import alerts
 from tracker.batching import BatchWriter
 from tracker.config import Settings
 from tracker.digest import raise_due_digests
-from tracker.errors import (
-    ConfigError,
-    OrderNotFound,
-    RequestRejected,
-    UpstreamError,
-    clip,
-)
+from tracker.errors import ConfigError, UpstreamError, clip
 from tracker.model import HEARTBEAT, STALE_AFTER, Claim, DaemonRecord, Transition
 from tracker.outage import Outage
 from tracker.outbox import Dispatcher
-from tracker.poller import Clock, Poller, log_transitions
+from tracker.poller import LIST_REFUSED, Clock, Poller, log_transitions
 from tracker.sinks.registry import Sink
 from tracker.store import PollOutcome, Store
 from tracker.supervision import HeldClaims, renewing, supervised
@@ -52,16 +46,29 @@ TICK_STALE = 10.0
 STUCK_CHECK = 10.0
 #: Stays reported per round: one query per status, one transaction in all.
 STUCK_BATCH = 1000
+#: The most a sweep refreshes an order ahead of its due time.
+LOOKAHEAD_CAP = timedelta(minutes=5)
 #: Due orders of unknown customer that make reading the organisation's whole list worth it.
 DISCOVERY_MIN = 200
 #: Pages a discovery sweep reads between two looks at its yield.
 DISCOVERY_TRIAL = 10
 #: After a discovery sweep found too few watched orders per page, polls by id for this long.
 DISCOVERY_PAUSE = timedelta(hours=1)
+#: After a discovery sweep read the whole list, the next one waits this long: watched orders
+#: it did not show (unknown to the upstream, or of another organisation) are polled by id.
+DISCOVERY_AGAIN = timedelta(minutes=10)
 #: After a discovery sweep failed on the upstream, the next one waits this long.
 DISCOVERY_RETRY = timedelta(minutes=1)
 #: Seconds between two looks for a due digest (one key lookup per digest sink).
 DIGEST_CHECK = 60.0
+
+
+def lookahead(settings: Settings | None) -> timedelta:
+    """How early a sweep may refresh an order to fill its page: within the jitter, as a poll
+    may fall, and at most :data:`LOOKAHEAD_CAP` (a day's interval has a jitter of hours)."""
+    if settings is None:
+        return timedelta(0)
+    return min(settings.polling.policy().jitter, LOOKAHEAD_CAP)
 
 
 def _order_id(claim: Claim) -> str:
@@ -158,8 +165,8 @@ class Daemon:
         self._planner = SweepPlanner(mode=settings.polling.sweep if settings else "ids")
         self._discovery: asyncio.Task[None] | None = None
         self._discover_after = datetime.min.replace(tzinfo=UTC)
-        #: How early a sweep may refresh an order: within its jitter, as a poll may fall.
-        self._lookahead = settings.polling.policy().jitter if settings else timedelta(0)
+        #: How early a sweep may refresh an order (see :func:`lookahead`).
+        self._lookahead = lookahead(settings)
         #: Claims taken ahead of their due time, each with the timer that queues it then.
         self._timed: dict[str, tuple[Claim, asyncio.TimerHandle]] = {}
         self._writer: BatchWriter[PollOutcome] = BatchWriter(self._record, name="polls")
@@ -509,7 +516,8 @@ class Daemon:
                 read += 1
                 found += await self._apply_listed(page)
                 now = self._clock()
-                if page.next_page is None:
+                if page.next_page is None:  # read to the end: what it did not show is polled by id
+                    self._discover_after = now + DISCOVERY_AGAIN
                     break
                 if page.next_page in cursors:
                     log.warning(
@@ -525,7 +533,7 @@ class Daemon:
                     if not await self._store.unkeyed_due(now=now, limit=1):
                         break
                 cursors.add(cursor := page.next_page)
-        except (OrderNotFound, RequestRejected) as exc:
+        except LIST_REFUSED as exc:
             log.warning("list_unavailable", reason=exc.reason, request_id=exc.request_id)
             self._planner.unavailable()
         except UpstreamError as exc:
@@ -597,7 +605,7 @@ class Daemon:
         )
         self._stuck, self._routes = dict(settings.alerts.stuck), routes
         self._planner.mode = settings.polling.sweep
-        self._lookahead = settings.polling.policy().jitter
+        self._lookahead = lookahead(settings)
         self._settings = settings
         if self._dispatcher is not None:
             await self._dispatcher.replace(sinks, settings.delivery.backoff)
@@ -722,8 +730,11 @@ class Daemon:
             self._writer.put(outcome)
         self.polls += len(swept.outcomes)
         self.pages += swept.pages
-        for claim in swept.leftovers:  # claimed still: every worker may take one
-            self._queue.put_nowait(claim)
+        if self._stopping:  # handed back with the polls in flight
+            self._in_flight.update(claim.order_id for claim in swept.leftovers)
+        else:
+            for claim in swept.leftovers:  # claimed still: every worker may take one
+                self._queue.put_nowait(claim)
 
     async def _poll(self, claim: Claim) -> None:
         self._refill_soon()

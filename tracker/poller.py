@@ -16,6 +16,7 @@ from tracker import alerts as alerts_
 from tracker.clock import utc_now
 from tracker.diff import decide
 from tracker.errors import (
+    AuthFailed,
     MalformedAnswer,
     OrderNotFound,
     Paused,
@@ -43,6 +44,8 @@ Clock = Callable[[], datetime]
 INTERNAL = "internal"
 #: ``poll_now`` polls and records this many orders at a time.
 WINDOW = 256
+#: What a list request may meet that means "not this endpoint": polls by id do instead.
+LIST_REFUSED = (OrderNotFound, RequestRejected, AuthFailed)
 #: Pages one sweep may take: ten times what a full batch is expected to need.
 MAX_PAGES = 50
 #: Requests one poll sends into 429s (each after the pause the one before set) before it fails.
@@ -154,9 +157,10 @@ class Poller:
         Each order found is decided exactly as if it had been polled by id. The orders the
         pages did not show come back as ``leftovers``, to be polled by id: orders whose
         customer changed, and every order not found when the upstream ignored the filter, sent
-        a page that is not a list of meter orders, or refused the list. A page the upstream
-        failed to answer (5xx, timeout, refused credentials) fails the orders not yet found, as
-        a failed poll would; a 429 is waited out as for a poll.
+        a page that is not a list of meter orders, or refused the list (a 4xx, refused
+        credentials included: a token may be allowed orders by id but not the list). A page the
+        upstream failed to answer (5xx, timeout) fails the orders not yet found, as a failed poll
+        would; a 429 is waited out as for a poll.
         """
         wanted = {claim.order_id: claim for claim in batch.claims}
         read = _Reading()
@@ -165,7 +169,7 @@ class Poller:
             await self._read(batch, planner, wanted, read)
         except MalformedAnswer as exc:
             log.warning("list_page_malformed", reason=exc.reason, request_id=exc.request_id)
-        except (OrderNotFound, RequestRejected) as exc:
+        except LIST_REFUSED as exc:
             log.warning("list_unavailable", reason=exc.reason, request_id=exc.request_id)
             planner.unavailable()
         except UpstreamError as exc:
@@ -177,7 +181,7 @@ class Poller:
             ]
         except Exception:
             log.exception("sweep_crashed", orders=len(wanted))
-        else:
+        if read.pages and not planner.ignores(batch.field):
             planner.learn(values=len(batch.values), items=read.items)
         outcomes = [self.apply(wanted[order_id], order) for order_id, order in read.found.items()]
         outcomes += failed
@@ -191,7 +195,8 @@ class Poller:
     async def _read(
         self, batch: Batch, planner: SweepPlanner, wanted: Mapping[str, Claim], read: _Reading
     ) -> None:
-        """Read the batch's pages into ``read``: all, or up to one whose filter was ignored.
+        """Read the batch's pages into ``read``: until the last, until every wanted order was
+        found, or up to one whose filter was ignored.
 
         A page that fails to parse, or whose cursor leads back to an earlier page, raises
         :class:`MalformedAnswer`, and nothing of it is in ``read``.
@@ -201,13 +206,15 @@ class Poller:
         while True:
             page = await self.page(batch.filters(), cursor)
             read.pages += 1
+            if page.next_page is not None:
+                _check_cursor(page, cursors, read.pages)
             if strays(batch, page.items):
                 self._filter_ignored(batch, planner, page)
             read.found.update((order.id, order) for order in page.items if order.id in wanted)
             read.items += len(page.items)
-            if page.next_page is None or batch.field in planner.ignored:
+            done = page.next_page is None or len(read.found) == len(wanted)
+            if done or planner.ignores(batch.field):
                 return
-            _check_cursor(page, cursors, read.pages)
             cursor = page.next_page
 
     async def page(self, filters: Mapping[str, str], cursor: str | None) -> ListPage:
@@ -224,7 +231,7 @@ class Poller:
     @staticmethod
     def _filter_ignored(batch: Batch, planner: SweepPlanner, page: ListPage) -> None:
         """The page holds orders its filter should have kept out: stop trusting the filter."""
-        if batch.field in planner.ignored:
+        if planner.ignores(batch.field):
             return
         planner.ignore(batch.field)
         log.warning(

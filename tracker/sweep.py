@@ -8,13 +8,14 @@ organisation. The upstream ignores a filter it does not know, silently, so every
 checked against the filter sent; a filter found ignored is not sent again, and the orders a
 sweep did not show are polled by id.
 
-Pure: standard library only, no I/O.
+Pure: standard library only, no I/O (the clock is passed in).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -31,6 +32,8 @@ PAGE_SIZE = 100
 MAX_VALUES = 100
 #: Weight of the newest sweep in the learned orders per value.
 LEARNING = 0.2
+#: Seconds a refused list endpoint, or an ignored filter, is left alone before it is tried again.
+RETRY_AFTER = 3600.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -64,20 +67,30 @@ class SweepPlanner:
     mode: Mode = "auto"
     #: Orders a page returned per value asked for, learned from the pages.
     per_value: float = 1.0
-    #: Fields the upstream was found to ignore: not sent again.
-    ignored: set[str] = field(default_factory=set)
-    #: Whether the list endpoint answers at all (a 404 or another 4xx: it does not).
-    listing: bool = True
+    #: Fields the upstream was found to ignore, each with when to try it again.
+    ignored: dict[str, float] = field(default_factory=dict)
+    #: When the list endpoint may be asked again after it refused a list (a 4xx).
+    refused_until: float = -math.inf
+    clock: Callable[[], float] = time.monotonic
+
+    @property
+    def listing(self) -> bool:
+        """Whether the list endpoint may be asked now."""
+        return self.clock() >= self.refused_until
+
+    def ignores(self, name: str) -> bool:
+        """Whether a filter on ``name`` is not to be sent now (the upstream ignored it)."""
+        return self.ignored.get(name, -math.inf) > self.clock()
 
     @property
     def sweeps(self) -> bool:
         """Whether due orders may be swept at all now."""
-        return self.mode != "ids" and self.field is not None
+        return self.mode != "ids" and self.listing and self.field is not None
 
     @property
     def field(self) -> Field | None:
         """The field sweeps filter by now; ``None`` when the upstream ignores them all."""
-        return next((name for name in FIELDS if name not in self.ignored), None)
+        return next((name for name in FIELDS if not self.ignores(name)), None)
 
     def plan(self, claims: Iterable[Claim]) -> tuple[list[Batch], list[Claim]]:
         """Split ``claims`` into batches to sweep and claims to poll by id."""
@@ -88,7 +101,7 @@ class SweepPlanner:
         by_id: list[Claim] = []
         for claim in claims:
             value = getattr(claim, by_field)
-            if value:
+            if value and "," not in value:  # a comma would split it in an ``in`` filter
                 groups.setdefault(value, []).append(claim)
             else:
                 by_id.append(claim)  # never seen: its customer is not known yet
@@ -119,13 +132,13 @@ class SweepPlanner:
             self.per_value += LEARNING * (seen - self.per_value)
 
     def unavailable(self) -> None:
-        """The upstream refused the list endpoint itself: poll by id from now on."""
-        self.listing = False
-        self.ignored.update(FIELDS)
+        """The upstream refused the list endpoint itself: poll by id for :data:`RETRY_AFTER`."""
+        self.refused_until = self.clock() + RETRY_AFTER
 
     def ignore(self, name: str) -> None:
-        """The upstream answered a filter on ``name`` with orders that do not match it."""
-        self.ignored.add(name)
+        """The upstream answered a filter on ``name`` with orders that do not match it: do not
+        send it for :data:`RETRY_AFTER` (an upstream may learn it, a glitch may pass)."""
+        self.ignored[name] = self.clock() + RETRY_AFTER
 
 
 def strays(batch: Batch, orders: Sequence[MeterOrder]) -> list[MeterOrder]:

@@ -271,7 +271,9 @@ class NomosClient:
         params = {"limit": str(PAGE_SIZE), **filters}
         if cursor is not None:
             params["cursor"] = cursor
-        response, body = await self._call("/meter-orders", params=params)
+        # A refusal of the list alone (a token allowed orders by id, not lists) must not pause
+        # the polls by id: the caller turns to them instead.
+        response, body = await self._call("/meter-orders", params=params, pause_refused=False)
         try:
             return ListPage.parse(body, request_id=_request_id(response, {}))
         except MalformedAnswer as exc:
@@ -284,9 +286,11 @@ class NomosClient:
         *,
         params: Mapping[str, str] | None = None,
         started: Callable[[], None] | None = None,
+        pause_refused: bool = True,
     ) -> tuple[httpx.Response, bytes]:
         """GET ``path`` within the pace, renewing the token once on a 401; a successful answer
-        and its body, or an :class:`UpstreamError` (a 429 pauses every request)."""
+        and its body, or an :class:`UpstreamError` (a 429 pauses every request; so do refused
+        credentials, with ``pause_refused``)."""
         try:
             header = await self._credentials.header()
             response, body = await self._get(path, header, started, params)
@@ -299,8 +303,9 @@ class NomosClient:
             self._pacer.pause(exc.retry_after)
             raise
         except AuthFailed:
-            self._pacer.pause(self._auth_pause)
-            self._auth_pause = min(self._auth_pause * 2, AUTH_PAUSE_CAP)
+            if pause_refused:
+                self._pacer.pause(self._auth_pause)
+                self._auth_pause = min(self._auth_pause * 2, AUTH_PAUSE_CAP)
             raise
         self._auth_pause = AUTH_PAUSE
         if body is None:

@@ -139,6 +139,8 @@ BAD_PAGES: dict[str, Callable[[dict[str, Any]], Any]] = {
         **page,
         "items": [{**item, "object": "customer"} for item in page["items"]],
     },
+    # The first page (good, see the test) leads to cursor "same"; the page there leads to
+    # "same" again: that second page is the bad one.
     "repeated_cursor": lambda page: {**page, "has_more": True, "next_page": "same"},
 }
 
@@ -152,11 +154,17 @@ class TestBadPages:
         answers = {o: order_body(o, status="ordered", customer=f"cus_{o[5:]}") for o in orders}
         seen: list[str] = []
 
+        # The bad page says "cancelled" where the answers by id say "ordered": a snapshot or
+        # a transition to cancelled would come from the bad page.
+        listed = [{**answer, "status": "cancelled"} for answer in answers.values()]
+
         async def upstream(request: Request) -> Response:
             seen.append(request.url.path)
             if request.url.path == "/meter-orders":
-                page = {"object": "list", "items": list(answers.values()), "has_more": False}
+                page = {"object": "list", "items": listed, "has_more": False}
                 body = BAD_PAGES[kind](page)
+                if kind == "repeated_cursor" and "cursor" not in request.query_params:
+                    body = {**body, "items": [answers[orders[0]]]}  # a good first page
                 return Response(
                     json.dumps(body),
                     media_type="application/json",
@@ -185,8 +193,8 @@ class TestBadPages:
         # Each order has its one snapshot from the poll by id, none from the bad page.
         for history in histories:
             assert history is not None
-            assert len(history.snapshots) == 1
-            assert json.loads(history.snapshots[0].raw)["object"] == "meter_order"
+            assert [snapshot.status for snapshot in history.snapshots] == ["ordered"]
+            assert history.transitions == ()
 
 
 class TestDiscovery:
@@ -194,10 +202,12 @@ class TestDiscovery:
 
     async def test_first_pass_reads_the_list(self, database: str, tmp_path: Path) -> None:
         sim = Simulator(steady_scripts(260), unwatched=90, static_token=STATIC_TOKEN)
+        # Watched, but unknown to the upstream: no list shows them; polled by id, they are 404.
+        strangers = [order_id(f"stranger-{i}") for i in range(210)]
         async with serve(sim.app) as server:
             settings = make_settings(tmp_path, server.url, polling=SWEEP_POLLING)
             async with open_service(settings) as service:
-                await service.store.watch(sim.order_ids, source="cli", now=utc_now())
+                await service.store.watch([*sim.order_ids, *strangers], source="cli", now=utc_now())
                 with structlog.testing.capture_logs() as logs:
 
                     async def all_seen() -> bool:
@@ -207,10 +217,55 @@ class TestDiscovery:
                             )
                         return seen == len(sim.order_ids)
 
-                    await run_until(service, all_seen)
+                    async def strangers_tried() -> bool:
+                        tried = [await service.store.get(o) for o in strangers]
+                        return await all_seen() and all(
+                            o is not None and o.last_error_kind == "not_found" for o in tried
+                        )
+
+                    await run_until(service, strangers_tried)
         ended = [e for e in logs if e["event"] == "discovery_ended"]
-        assert ended
+        assert len(ended) == 1  # the whole list once; what it did not show is polled by id
         assert ended[0]["found"] >= len(sim.order_ids) - 10
         # 350 orders in the organisation: four pages, where ids would have taken 260 requests.
         assert sim.stats.list_requests <= 10
-        assert sim.stats.id_requests <= 10
+        assert sim.stats.id_requests <= len(strangers) + 10
+
+
+class TestRefusedList:
+    """A token allowed orders by id but not the list: polls by id go on, nothing fails."""
+
+    async def test_list_refused_alone(self, tmp_path: Path) -> None:
+        orders = [order_id(f"refused-{i}") for i in range(4)]
+        answers = {o: order_body(o, status="ordered", customer=f"cus_{o[5:]}") for o in orders}
+        seen: list[str] = []
+
+        async def upstream(request: Request) -> Response:
+            seen.append(request.url.path)
+            if request.url.path == "/meter-orders":
+                refused = {"code": "FORBIDDEN", "message": "no list for you", "requestId": "r1"}
+                return Response(json.dumps(refused), 403, media_type="application/json")
+            wanted = request.url.path.removeprefix("/meter-orders/")
+            return Response(json.dumps(answers[wanted]), media_type="application/json")
+
+        async with serve(catch_all(upstream)) as server:
+            settings = make_settings(
+                tmp_path, server.url, polling={**SWEEP_POLLING, "sweep": "list"}
+            )
+            async with open_service(settings) as service:
+                await service.store.watch(orders, source="cli", now=utc_now())
+                with structlog.testing.capture_logs() as logs:
+
+                    async def twice_by_id() -> bool:
+                        return all(seen.count(f"/meter-orders/{o}") >= 2 for o in orders)
+
+                    await run_until(service, twice_by_id)
+                watched = [await service.store.get(o) for o in orders]
+        assert seen.count("/meter-orders") == 1  # asked once, then left alone
+        assert [e["event"] for e in logs if e["event"] == "list_unavailable"] == [
+            "list_unavailable"
+        ]
+        for order in watched:  # no failure recorded, no pause held the polls by id back
+            assert order is not None
+            assert order.consecutive_failures == 0
+            assert order.last_error_kind is None

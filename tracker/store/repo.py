@@ -973,16 +973,22 @@ class Store:
                     .values(
                         next_poll_at=case(
                             (
-                                and_(w.c.leased_by.is_(None), w.c.next_poll_at > now),
+                                and_(_unclaimed(now), w.c.next_poll_at > now),
                                 literal(now, UTCDateTime()),
                             ),
                             else_=w.c.next_poll_at,
                         )
                     )
-                    .returning(w.c.leased_by, w.c.next_poll_at)
+                    .returning(w.c.leased_by, w.c.leased_until, w.c.next_poll_at)
                 )
             ).first()
-            in_flight = row is not None and row.leased_by is not None
+            # Claimed means a live lease: one left behind by a killed process does not count.
+            in_flight = (
+                row is not None
+                and row.leased_by is not None
+                and row.leased_until is not None
+                and row.leased_until > now
+            )
             taken = await conn.execute(
                 _insert_new(conn, hints)
                 .values(event_id=event_id, order_id=order_id, received_at=now, pending=in_flight)
@@ -1037,7 +1043,7 @@ class Store:
             pending = select(hints.c.order_id).where(hints.c.pending, hints.c.order_id.in_(chunk))
             settled = await conn.execute(
                 update(w)
-                .where(w.c.order_id.in_(pending), w.c.leased_by.is_(None))
+                .where(w.c.order_id.in_(pending), _unclaimed(at))
                 .values(
                     next_poll_at=case(
                         (w.c.next_poll_at > at, literal(at, UTCDateTime())),
@@ -1259,6 +1265,11 @@ def _failed_params(outcome: PollOutcome) -> dict[str, Any]:
 def _chunks(items: Sequence[T]) -> Iterable[Sequence[T]]:
     for start in range(0, len(items), BATCH):
         yield items[start : start + BATCH]
+
+
+def _unclaimed(now: datetime) -> Any:
+    """No live claim on the order: none taken, or its lease ran out (a killed process's)."""
+    return or_(w.c.leased_by.is_(None), w.c.leased_until <= now)
 
 
 def _keyed(keyed: bool | None) -> list[Any]:
