@@ -73,7 +73,7 @@ if str(ROOT) not in sys.path:  # run as a file (``make bench``), not with ``-m``
 from benchmarks.common import (  # noqa: E402 - needs the root on the path
     Request,
     RequestLog,
-    steady_simulator,
+    SteadySimulator,
     sync_engine,
     tracker_executable,
 )
@@ -102,29 +102,6 @@ TICKS = os.sysconf("SC_CLK_TCK")
 
 
 # -- the simulated upstream and its request log ----------------------------------------------
-
-
-@dataclass(slots=True)
-class Simulator:
-    """The steady simulator in its own process, so that its CPU is never counted."""
-
-    process: subprocess.Popen[str]
-    url: str
-    ids: list[str]
-    log: RequestLog
-
-    @classmethod
-    def start(cls, orders: int, request_log: Path) -> Simulator:
-        """Start it with ``orders`` orders that never change and read its announcement."""
-        request_log.touch()
-        process, url, ids = steady_simulator(orders, TOKEN, "--request-log", str(request_log))
-        return cls(process, url, ids, RequestLog(request_log))
-
-    def stop(self) -> None:
-        """Terminate it, wait, and read the rest of its request log."""
-        self.process.terminate()
-        self.process.wait()
-        self.log.refresh()
 
 
 # -- the tracker -----------------------------------------------------------------------------
@@ -492,7 +469,7 @@ def wait_for_takeover(run: FleetRun, running: Sequence[Daemon]) -> None:
 
 def fleet_run(plan: Plan, cluster: Cluster, tracker: str, folder: Path) -> FleetRun:
     """Three daemons on one PostgreSQL: warm-up, steady part, kill, takeover, restart."""
-    simulator = Simulator.start(plan.orders, folder / "requests.log")
+    simulator = SteadySimulator.start(plan.orders, TOKEN, folder / "requests.log")
     run = FleetRun(log=simulator.log)
     running: list[Daemon] = []
     try:
@@ -525,7 +502,7 @@ def fleet_run(plan: Plan, cluster: Cluster, tracker: str, folder: Path) -> Fleet
 
 def solo_run(plan: Plan, tracker: str, folder: Path) -> SoloRun:
     """One daemon on a SQLite file, same orders and budget: the CPU per poll to compare with."""
-    simulator = Simulator.start(plan.orders, folder / "requests.log")
+    simulator = SteadySimulator.start(plan.orders, TOKEN, folder / "requests.log")
     run = SoloRun(log=simulator.log)
     try:
         database_url = f"sqlite:///{folder / 'tracker.db'}"

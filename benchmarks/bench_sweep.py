@@ -37,7 +37,6 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -45,8 +44,7 @@ if str(ROOT) not in sys.path:  # run as a file (``make bench``), not with ``-m``
     sys.path.insert(0, str(ROOT))
 
 from benchmarks.common import (  # noqa: E402 - needs the root on the path
-    RequestLog,
-    steady_simulator,
+    SteadySimulator,
     tracker_executable,
 )
 
@@ -56,34 +54,16 @@ WATCHED = 10_000
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
-@dataclass(slots=True)
-class Upstream:
-    """The simulator process, its URL, its watched ids and its request log."""
-
-    process: subprocess.Popen[str]
-    url: str
-    ids: list[str]
-    log: RequestLog
-
-    def stats(self) -> dict[str, int]:
-        """Its ``/_stats``."""
-        with urllib.request.urlopen(f"{self.url}/_stats", timeout=60) as answer:  # noqa: S310
-            return dict(json.load(answer))
-
-
 @contextmanager
-def upstream(orders: int, unwatched: int, folder: Path) -> Iterator[Upstream]:
+def upstream(orders: int, unwatched: int, folder: Path) -> Iterator[SteadySimulator]:
     """The steady simulator with ``orders`` watched and ``unwatched`` more in the organisation."""
-    log = folder / "requests.log"
-    log.touch()
-    process, url, ids = steady_simulator(
-        orders, TOKEN, "--unwatched", str(unwatched), "--request-log", str(log)
+    simulator = SteadySimulator.start(
+        orders, TOKEN, folder / "requests.log", "--unwatched", str(unwatched)
     )
     try:
-        yield Upstream(process, url, ids, RequestLog(log))
+        yield simulator
     finally:
-        process.terminate()
-        process.wait()
+        simulator.stop()
 
 
 def write_config(

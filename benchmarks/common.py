@@ -10,6 +10,7 @@ import json
 import shutil
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -126,3 +127,34 @@ class RequestLog:
             if request.at > moment and order_id in order_ids and order_id not in found:
                 found[order_id] = request.at
         return found
+
+
+@dataclass(slots=True)
+class SteadySimulator:
+    """The steady simulator in its own process (its CPU is never counted), with its log."""
+
+    process: subprocess.Popen[str]
+    url: str
+    ids: list[str]
+    log: RequestLog
+
+    @classmethod
+    def start(cls, orders: int, token: str, request_log: Path, *extra: str) -> SteadySimulator:
+        """Start it with ``orders`` orders that never change (``extra``: more of its options,
+        e.g. ``--unwatched M``) and read its announcement."""
+        request_log.touch()
+        process, url, ids = steady_simulator(
+            orders, token, "--request-log", str(request_log), *extra
+        )
+        return cls(process, url, ids, RequestLog(request_log))
+
+    def stats(self) -> dict[str, int]:
+        """Its ``/_stats``."""
+        with urllib.request.urlopen(f"{self.url}/_stats", timeout=60) as answer:  # noqa: S310
+            return dict(json.load(answer))
+
+    def stop(self) -> None:
+        """Terminate it, wait, and read the rest of its request log."""
+        self.process.terminate()
+        self.process.wait()
+        self.log.refresh()

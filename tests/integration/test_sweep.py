@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -132,6 +133,43 @@ class TestSweeps:
             assert order.consecutive_failures == 0
 
 
+def json_response(
+    body: object, status: int = 200, headers: dict[str, str] | None = None
+) -> Response:
+    return Response(json.dumps(body), status, headers=headers, media_type="application/json")
+
+
+class PagedUpstream:
+    """Answers ``count`` orders by id ("ordered", each its own customer), and list requests
+    with ``listing``; remembers every path asked for."""
+
+    def __init__(
+        self, seed: str, count: int, listing: Callable[[Request], Response] | None = None
+    ) -> None:
+        self.orders = [order_id(f"{seed}-{i}") for i in range(count)]
+        self.answers = {
+            o: order_body(o, status="ordered", customer=f"cus_{o[5:]}") for o in self.orders
+        }
+        self.listing = listing or (lambda _request: json_response({}, 404))
+        self.seen: list[str] = []
+
+    async def __call__(self, request: Request) -> Response:
+        self.seen.append(request.url.path)
+        if request.url.path == "/meter-orders":
+            return self.listing(request)
+        return json_response(self.answers[request.url.path.removeprefix("/meter-orders/")])
+
+
+@asynccontextmanager
+async def swept_service(tmp_path: Path, paged: PagedUpstream) -> AsyncIterator[Service]:
+    """A service preferring list pages against ``paged``, its orders watched."""
+    async with serve(catch_all(paged)) as server:
+        settings = make_settings(tmp_path, server.url, polling={**SWEEP_POLLING, "sweep": "list"})
+        async with open_service(settings) as service:
+            await service.store.watch(paged.orders, source="cli", now=utc_now())
+            yield service
+
+
 BAD_PAGES: dict[str, Callable[[dict[str, Any]], Any]] = {
     "not_a_list": lambda _page: {"object": "meter_order"},
     "no_has_more": lambda page: {"object": "list", "items": page["items"]},
@@ -150,43 +188,27 @@ class TestBadPages:
 
     @pytest.mark.parametrize("kind", list(BAD_PAGES))
     async def test_bad_page(self, kind: str, tmp_path: Path) -> None:
-        orders = [order_id(f"bad-{i}") for i in range(3)]
-        answers = {o: order_body(o, status="ordered", customer=f"cus_{o[5:]}") for o in orders}
-        seen: list[str] = []
-
+        paged = PagedUpstream("bad", 3)
         # The bad page says "cancelled" where the answers by id say "ordered": a snapshot or
         # a transition to cancelled would come from the bad page.
-        listed = [{**answer, "status": "cancelled"} for answer in answers.values()]
+        listed = [{**answer, "status": "cancelled"} for answer in paged.answers.values()]
 
-        async def upstream(request: Request) -> Response:
-            seen.append(request.url.path)
-            if request.url.path == "/meter-orders":
-                page = {"object": "list", "items": listed, "has_more": False}
-                body = BAD_PAGES[kind](page)
-                if kind == "repeated_cursor" and "cursor" not in request.query_params:
-                    body = {**body, "items": [answers[orders[0]]]}  # a good first page
-                return Response(
-                    json.dumps(body),
-                    media_type="application/json",
-                    headers={"x-request-id": "req_page"},
-                )
-            wanted = request.url.path.removeprefix("/meter-orders/")
-            return Response(json.dumps(answers[wanted]), media_type="application/json")
+        def listing(request: Request) -> Response:
+            body = BAD_PAGES[kind]({"object": "list", "items": listed, "has_more": False})
+            if kind == "repeated_cursor" and "cursor" not in request.query_params:
+                body = {**body, "items": [paged.answers[paged.orders[0]]]}  # a good first page
+            return json_response(body, headers={"x-request-id": "req_page"})
 
-        async with serve(catch_all(upstream)) as server:
-            settings = make_settings(
-                tmp_path, server.url, polling={**SWEEP_POLLING, "sweep": "list"}
-            )
-            async with open_service(settings) as service:
-                await service.store.watch(orders, source="cli", now=utc_now())
-                with structlog.testing.capture_logs() as logs:
+        paged.listing = listing
 
-                    async def paged_then_polled() -> bool:
-                        return seen.count("/meter-orders") >= 1 and len(seen) >= 2 * len(orders) + 1
+        async def paged_then_polled() -> bool:
+            seen = paged.seen
+            return seen.count("/meter-orders") >= 1 and len(seen) >= 2 * len(paged.orders) + 1
 
-                    await run_until(service, paged_then_polled)
-                    await asyncio.sleep(0)
-                histories = [await service.store.history(o) for o in orders]
+        async with swept_service(tmp_path, paged) as service:
+            with structlog.testing.capture_logs() as logs:
+                await run_until(service, paged_then_polled)
+            histories = [await service.store.history(o) for o in paged.orders]
         malformed = [e for e in logs if e["event"] == "list_page_malformed"]
         assert malformed
         assert malformed[0]["request_id"] == "req_page"
@@ -236,32 +258,17 @@ class TestRefusedList:
     """A token allowed orders by id but not the list: polls by id go on, nothing fails."""
 
     async def test_list_refused_alone(self, tmp_path: Path) -> None:
-        orders = [order_id(f"refused-{i}") for i in range(4)]
-        answers = {o: order_body(o, status="ordered", customer=f"cus_{o[5:]}") for o in orders}
-        seen: list[str] = []
+        refused = {"code": "FORBIDDEN", "message": "no list for you", "requestId": "r1"}
+        paged = PagedUpstream("refused", 4, lambda _request: json_response(refused, 403))
 
-        async def upstream(request: Request) -> Response:
-            seen.append(request.url.path)
-            if request.url.path == "/meter-orders":
-                refused = {"code": "FORBIDDEN", "message": "no list for you", "requestId": "r1"}
-                return Response(json.dumps(refused), 403, media_type="application/json")
-            wanted = request.url.path.removeprefix("/meter-orders/")
-            return Response(json.dumps(answers[wanted]), media_type="application/json")
+        async def twice_by_id() -> bool:
+            return all(paged.seen.count(f"/meter-orders/{o}") >= 2 for o in paged.orders)
 
-        async with serve(catch_all(upstream)) as server:
-            settings = make_settings(
-                tmp_path, server.url, polling={**SWEEP_POLLING, "sweep": "list"}
-            )
-            async with open_service(settings) as service:
-                await service.store.watch(orders, source="cli", now=utc_now())
-                with structlog.testing.capture_logs() as logs:
-
-                    async def twice_by_id() -> bool:
-                        return all(seen.count(f"/meter-orders/{o}") >= 2 for o in orders)
-
-                    await run_until(service, twice_by_id)
-                watched = [await service.store.get(o) for o in orders]
-        assert seen.count("/meter-orders") == 1  # asked once, then left alone
+        async with swept_service(tmp_path, paged) as service:
+            with structlog.testing.capture_logs() as logs:
+                await run_until(service, twice_by_id)
+            watched = [await service.store.get(o) for o in paged.orders]
+        assert paged.seen.count("/meter-orders") == 1  # asked once, then left alone
         assert [e["event"] for e in logs if e["event"] == "list_unavailable"] == [
             "list_unavailable"
         ]
