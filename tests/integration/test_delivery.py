@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -157,12 +158,15 @@ class TestRetries:
     ) -> None:
         scripted, url = upstream
         scripted.script(A, ok("ordered"), ok("checked"))
-        async with serve(catch_all(HookReceiver())) as closed:
-            dead_url = closed.url  # nothing listens here once the block ends
-        settings = make_settings(
-            tmp_path, url, delivery=FAST, sinks=[hook_sink("ops", dead_url, ["*"])]
-        )
-        [delivery] = await one_transition_delivered(settings)
+        # A port held bound but never listening: connections are refused, and no other test's
+        # server can take the port meanwhile (as it could a port closed after use).
+        with socket.socket() as held:
+            held.bind(("127.0.0.1", 0))
+            dead_url = f"http://127.0.0.1:{held.getsockname()[1]}"
+            settings = make_settings(
+                tmp_path, url, delivery=FAST, sinks=[hook_sink("ops", dead_url, ["*"])]
+            )
+            [delivery] = await one_transition_delivered(settings)
         assert delivery.state is DeliveryState.DEAD
         assert delivery.attempts == 3
         assert delivery.last_error is not None

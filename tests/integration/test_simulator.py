@@ -430,9 +430,12 @@ class TestHints:
                 await asyncio.sleep(0.1)
                 async with client_for(server.url) as client:
                     assert len((await page(client))["items"]) == 1
-            dead_url = hooks.url
+        # A privileged port nothing listens on (a closed test server's port could be taken by
+        # another test's server meanwhile).
         unreachable = Simulator(
-            scripts, static_token=TOKEN, hints=HintTarget(url=dead_url, secret=HINT_SECRET)
+            scripts,
+            static_token=TOKEN,
+            hints=HintTarget(url="http://127.0.0.1:9/hooks", secret=HINT_SECRET),
         )
         async with unreachable.hints_running():
             for _ in range(50):
