@@ -332,7 +332,7 @@ class NomosClient:
                 headers={"Authorization": authorization},
                 params=params,
             )
-        self._heed(response)
+            self._heed(response)  # before the slot is free: the next request sees the pause
         return response, body
 
     def _heed(self, response: httpx.Response) -> None:

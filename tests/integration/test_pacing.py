@@ -139,8 +139,12 @@ class TestRateLimitHeaders:
             )
 
         async with serve(catch_all(upstream)) as server:
+            # One request at a time: the second starts only after the first's answer was read.
             settings = make_settings(
-                tmp_path, server.url, polling={"interval": "1h", "sweep": "ids"}
+                tmp_path,
+                server.url,
+                polling={"interval": "1h", "sweep": "ids"},
+                upstream={"max_concurrency": 1},
             )
             async with open_service(settings) as polling:
                 await polling.store.watch(ORDERS[:3], source="cli", now=utc_now())
