@@ -9,16 +9,20 @@ import json
 import os
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.types import ASGIApp
 
-from tracker.config import Settings, from_mapping
+from tracker.config import Address, Settings, from_mapping
 from tracker.demo.serving import DroppedAnswer
+from tracker.web import listening
 
 API_VERSION = "2026-01-29.edison"
 STATIC_TOKEN = "nom_static_9f8e7d6c5b4a"
@@ -326,3 +330,14 @@ class HookReceiver:
         self.times.append(asyncio.get_running_loop().time())
         headers = {"Retry-After": self.retry_after} if answer in {429, 503} else {}
         return Response(status_code=answer, headers=headers)
+
+
+@asynccontextmanager
+async def app_client(app: ASGIApp) -> AsyncIterator[tuple[str, httpx.AsyncClient]]:
+    """``app`` on a free loopback port, served as the daemon serves its listener, and a client
+    pointed at it (which keeps cookies)."""
+    async with (
+        listening(app, Address("127.0.0.1", 0)) as url,
+        httpx.AsyncClient(base_url=url, timeout=10) as client,
+    ):
+        yield url, client

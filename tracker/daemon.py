@@ -164,6 +164,9 @@ class Daemon:
         self._queue: asyncio.Queue[Claim | Batch | None] = asyncio.Queue()
         self._planner = SweepPlanner(mode=settings.polling.sweep if settings else "ids")
         self._discovery: asyncio.Task[None] | None = None
+        #: Whether the last tick found as many due orders of unknown customer as it could take
+        #: (at the start: maybe); only then is the count that may start a discovery read.
+        self._unkeyed_backlog = True
         self._discover_after = datetime.min.replace(tzinfo=UTC)
         #: How early a sweep may refresh an order (see :func:`lookahead`).
         self._lookahead = lookahead(settings)
@@ -447,21 +450,22 @@ class Daemon:
             unkeyed = await self._store.claim_due(
                 now=now, limit=room, lease_until=lease_until, until=soon, keyed=False
             )
-        self._more_due = len(unkeyed) == room or len(keyed) >= room * self._per_page()
+        # A full claim of unknown customers is a backlog: worth a look for a discovery sweep.
+        self._unkeyed_backlog = len(unkeyed) == room
+        self._more_due = (
+            self._unkeyed_backlog or len(keyed) >= room * self._planner.values_per_page()
+        )
         batches, by_id = self._planner.plan(self._claims.take_fresh(keyed + unkeyed, _order_id))
         for batch in batches:
             self._queue.put_nowait(batch)
         self._queue_by_id(by_id, now)
-
-    def _per_page(self) -> int:
-        return self._planner.values_per_page()
 
     async def _claim_keyed(self, now: datetime, room: int) -> list[Claim]:
         """The due orders a sweep can find: up to ``room`` pages' worth, the last page filled
         with orders due within the jitter. Those are refreshed early by less than their
         jitter, and the pages of a pass hold a hundred orders each, not the few due in one
         second."""
-        per_page = self._per_page()
+        per_page = self._planner.values_per_page()
         lease_until = self._claims.lease_until()
         keyed = await self._store.claim_due(
             now=now,
@@ -497,6 +501,7 @@ class Daemon:
             or not planner.listing
             or self._share[1] != 0
             or now < self._discover_after
+            or not self._unkeyed_backlog
             or await self._store.unkeyed_due(now=now, limit=DISCOVERY_MIN) < DISCOVERY_MIN
         ):
             return False

@@ -24,17 +24,18 @@ from tests.support import (
     ROOT,
     WEBHOOK_SECRET,
     ScriptedUpstream,
+    app_client,
     ok,
     settings_mapping,
     tracker_cli,
     write_config,
 )
 from tracker.clock import utc_now
-from tracker.config import Address, from_mapping
+from tracker.config import from_mapping
 from tracker.model import DeliveryState
 from tracker.service import Service, open_service
 from tracker.views import delivery_dict
-from tracker.web import Metrics, build_app, listening
+from tracker.web import Metrics, build_app
 from tracker.web.openapi import document
 
 #: Every test here runs on SQLite and on PostgreSQL.
@@ -77,11 +78,8 @@ async def serving(service: Service, users: Any) -> AsyncIterator[tuple[str, http
     app = build_app(
         store=service.store, metrics=Metrics(), sinks=lambda: ("ops", "audit"), users=users
     )
-    async with (
-        listening(app, Address("127.0.0.1", 0)) as url,
-        httpx.AsyncClient(base_url=url, timeout=10) as client,
-    ):
-        yield url, client
+    async with app_client(app) as served:
+        yield served
 
 
 @pytest.fixture

@@ -25,6 +25,7 @@ from tests.outbox import poll
 from tests.support import (
     ROOT,
     ScriptedUpstream,
+    app_client,
     make_settings,
     ok,
     settings_mapping,
@@ -33,10 +34,10 @@ from tests.support import (
     write_config,
 )
 from tracker.clock import utc_now
-from tracker.config import Address, Settings
+from tracker.config import Settings
 from tracker.service import Service, open_service
 from tracker.store import Store, open_store
-from tracker.web import Metrics, build_app, listening
+from tracker.web import Metrics, build_app
 from tracker.web.hooks import MAX_BODY, hook_routes, signed_header
 
 #: Every test here runs on SQLite and on PostgreSQL.
@@ -113,10 +114,7 @@ async def serving(
 ) -> AsyncIterator[httpx.AsyncClient]:
     """The app as ``tracker run`` builds it, on a free loopback port, and a client for it."""
     app = build_app(store=store, metrics=metrics, webhook_secret=settings.upstream.webhook_secret)
-    async with (
-        listening(app, Address("127.0.0.1", 0)) as url,
-        httpx.AsyncClient(base_url=url, timeout=10) as client,
-    ):
+    async with app_client(app) as (_url, client):
         yield client
 
 

@@ -20,13 +20,13 @@ import time_machine
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from tests.outbox import FAST, deliver_all, hook_sink, poll
-from tests.support import ScriptedUpstream, error, ok, settings_mapping
+from tests.support import ScriptedUpstream, app_client, error, ok, settings_mapping
 from tracker.clock import utc_now
-from tracker.config import Address, HttpUser, from_mapping
+from tracker.config import HttpUser, from_mapping
 from tracker.model import DeliveryState
 from tracker.service import Service, open_service
 from tracker.store import Store
-from tracker.web import Metrics, build_app, listening
+from tracker.web import Metrics, build_app
 from tracker.web.pages import CSP
 from tracker.web.sessions import COOKIE
 
@@ -67,11 +67,8 @@ class World:
 async def serving(store: Store, users: Any) -> AsyncIterator[tuple[str, httpx.AsyncClient]]:
     """The app on a free loopback port, and a client pointed at it (which keeps cookies)."""
     app = build_app(store=store, metrics=Metrics(), sinks=lambda: ("ops",), users=users)
-    async with (
-        listening(app, Address("127.0.0.1", 0)) as url,
-        httpx.AsyncClient(base_url=url, timeout=10) as client,
-    ):
-        yield url, client
+    async with app_client(app) as served:
+        yield served
 
 
 @pytest.fixture
