@@ -38,6 +38,7 @@ bench: $(BIN)/tracker
 	$(BIN)/python benchmarks/bench_http.py
 	$(BIN)/python benchmarks/bench_hints.py
 	$(BIN)/python benchmarks/bench_api.py
+	$(BIN)/python benchmarks/bench_abuse.py
 
 # Regenerate the locks (needs uv); they name packages, versions and hashes only.
 lock:

@@ -484,7 +484,11 @@ def run(ctx: typer.Context, config: ConfigOption = None) -> None:
     address = settings.http.address
     metrics = None
     if address is not None:
+        import structlog
+
+        from tracker.store import listener_store
         from tracker.web import Metrics, build_app, listening
+        from tracker.web.auth import Users
 
         metrics = Metrics()
     telemetry: Telemetry = metrics or SILENT
@@ -495,14 +499,28 @@ def run(ctx: typer.Context, config: ConfigOption = None) -> None:
             contextlib.AsyncExitStack() as http,
         ):
             daemon = service.daemon()
-            reload = Reloader(_config_path(ctx, config), service, daemon)
+            listeners: list[Callable[[Settings], None]] = []
+            reload = Reloader(_config_path(ctx, config), service, daemon, listeners=listeners)
             if address is not None and metrics is not None:
+                # The listener's own small pool: no client can take polling's connections.
+                store = await http.enter_async_context(listener_store(settings.database.url))
+                users = Users(settings.http.users, logins=store.logins)
+
+                def reload_users(new: Settings) -> None:
+                    ended = users.replace(new.http.users)
+                    if ended:
+                        structlog.get_logger("tracker.web").info(
+                            "http_sessions_ended", users=ended, reason="reload"
+                        )
+
+                listeners.append(reload_users)
                 web = build_app(
-                    store=service.store,
+                    store=store,
+                    probe=service.store,
                     metrics=metrics,
                     readiness=daemon.readiness,
                     sinks=lambda: [entry.name for entry in reload.settings.sinks],
-                    users=settings.http.users,
+                    users=users,
                     webhook_secret=settings.upstream.webhook_secret,
                 )
                 await http.enter_async_context(listening(web, address))

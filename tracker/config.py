@@ -35,6 +35,20 @@ _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?")
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
 _VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _KNOWN_STATUS_NAMES = ", ".join(sorted(Status))
+#: The keys whose values are secrets (``SecretStr``): a refusal never quotes what they hold.
+SECRET_KEYS = frozenset({"token", "client_secret", "webhook_secret", "password", "secret"})
+_NOT_QUOTED = "invalid value (not quoted: it is a secret or comes from an environment variable)"
+#: Where tomllib ends its message: ``(at line 3, column 9)`` or ``(at end of document)``.
+_TOML_POSITION = re.compile(r"\s*\(at (line \d+, column \d+|end of document)\)$")
+#: tomllib messages that quote the file (a character, a key): they may be part of a secret.
+_TOML_QUOTING = (
+    (re.compile(r"Found invalid character .*"), "invalid character"),
+    (re.compile(r"Illegal character .*"), "illegal character"),
+    (re.compile(r"Cannot declare .* twice"), "a table is declared twice"),
+    (re.compile(r"Cannot mutate immutable namespace .*"), "cannot add to an inline value"),
+    (re.compile(r"Cannot redefine namespace .*"), "a table is defined twice"),
+    (re.compile(r"Duplicate inline table key .*"), "a key is repeated in an inline table"),
+)
 
 
 def parse_duration(value: object) -> timedelta:
@@ -78,7 +92,7 @@ class UpstreamSettings(_Section):
     @classmethod
     def _http_url(cls, value: str) -> str:
         if not re.fullmatch(r"https?://[^\s/]+(/\S*)?", value):
-            raise ValueError(f"{value!r} is not an http(s) URL")
+            raise ValueError(f"{_url_shown(value)!r} is not an http(s) URL")
         return value.rstrip("/")
 
     @model_validator(mode="after")
@@ -99,11 +113,15 @@ class DatabaseSettings(_Section):
     @classmethod
     def _supported(cls, value: str) -> str:
         if not re.match(r"(sqlite(\+aiosqlite)?|postgresql(\+psycopg)?)://", value):
-            scheme = value.split("://", 1)[0] if "://" in value else value[:20]
+            scheme = value.split("://", 1)[0] if "://" in value else ""
             # Only the scheme is named: the rest of a URL may hold a password.
+            named = (
+                f"unsupported scheme {scheme!r}"
+                if re.fullmatch(r"[A-Za-z][A-Za-z0-9+.-]{0,19}", scheme)
+                else "not a URL with a scheme"
+            )
             raise ValueError(
-                f"unsupported scheme {scheme!r}: use sqlite:///PATH or "
-                "postgresql://USER:PASSWORD@HOST:PORT/DATABASE"
+                f"{named}: use sqlite:///PATH or postgresql://USER:PASSWORD@HOST:PORT/DATABASE"
             )
         return value
 
@@ -373,6 +391,15 @@ def parse_digest_time(value: str) -> DigestTime:
     return DigestTime(at=time(int(match.group(1)), int(match.group(2))), zone=info)
 
 
+def _url_shown(url: str) -> str:
+    """``url`` as far as its host, without user or password: its path may hold a token too."""
+    scheme, separator, rest = url.partition("://")
+    if not separator:
+        scheme, rest = "", url
+    host = rest.split("/", 1)[0].rpartition("@")[2]
+    return f"{scheme}{separator}{host}" + ("/…" if "/" in rest else "")
+
+
 def _alert_pattern(pattern: str) -> None:
     kind, colon, status = pattern.partition(":")
     if kind == "stuck" and colon and (status == "*" or is_known(status)):
@@ -399,7 +426,7 @@ class WebhookSinkSettings(_SinkBase):
     @classmethod
     def _http_url(cls, value: str) -> str:
         if not re.fullmatch(r"https?://\S+", value):
-            raise ValueError(f"{value!r} is not an http(s) URL")
+            raise ValueError(f"{_url_shown(value)!r} is not an http(s) URL")
         return value
 
     @field_validator("secret")
@@ -501,10 +528,14 @@ def resolve_path(explicit: str | None, environ: Mapping[str, str]) -> Path:
 
 
 def load(path: Path, environ: Mapping[str, str] | None = None) -> Settings:
-    """Read, expand and validate the configuration file at ``path``."""
+    """Read, expand and validate the configuration file at ``path``.
+
+    A file that does not decode or parse is refused by position, never by content: the file
+    holds secrets, and the parsers' own errors carry the text they stopped at.
+    """
     env = os.environ if environ is None else environ
     try:
-        text = path.read_text(encoding="utf-8")
+        data = path.read_bytes()
     except FileNotFoundError:
         raise ConfigError(
             f"config file {path} not found: copy config.example.toml to {path} "
@@ -512,37 +543,95 @@ def load(path: Path, environ: Mapping[str, str] | None = None) -> Settings:
         ) from None
     except OSError as exc:
         raise ConfigError(f"config file {path} cannot be read: {exc.strerror}") from exc
+    return from_mapping(_parsed(_decoded(data, path), path), env, origin=str(path))
+
+
+# The parsers' errors are raised from after their ``except`` blocks, so they carry neither a
+# cause nor a context: a UnicodeDecodeError holds the whole file (``object``), a
+# TOMLDecodeError may too (``doc``, Python 3.14), and a ValidationError holds the values.
+
+
+def _decoded(data: bytes, path: Path) -> str:
     try:
-        raw = tomllib.loads(text)
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        where = _byte_position(exc)
+    raise ConfigError(f"config file {path} is not UTF-8: {where}")
+
+
+def _parsed(text: str, path: Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
-    return from_mapping(raw, env, origin=str(path))
+        reason = _toml_error(exc)
+    except RecursionError:  # tomllib parses nested arrays and tables by recursion
+        reason = "arrays or inline tables nested too deeply"
+    raise ConfigError(f"config file {path} is not valid TOML: {reason}")
+
+
+def _byte_position(exc: UnicodeDecodeError) -> str:
+    data = exc.object
+    line = data.count(b"\n", 0, exc.start) + 1
+    column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+    return (
+        f"the byte at line {line}, column {column} (offset {exc.start}) cannot be decoded; "
+        "save the file as UTF-8"
+    )
+
+
+def _toml_error(exc: tomllib.TOMLDecodeError) -> str:
+    message = str(exc).splitlines()[0] if str(exc) else ""
+    position = _TOML_POSITION.search(message)
+    reason = message[: position.start()] if position else message
+    for quoting, plain in _TOML_QUOTING:
+        if quoting.fullmatch(reason):
+            reason = plain
+    if position is None:  # not a message this code knows: its text may quote the file
+        return "the parser stopped (no position given)"
+    return f"{reason[:1].lower()}{reason[1:]} at {position.group(1)}"
+
+
+#: Where a ``${VAR}`` was expanded (keys and list indexes, as pydantic locates errors), and to what.
+Expansions = dict[tuple[str | int, ...], list[str]]
 
 
 def from_mapping(raw: Mapping[str, Any], environ: Mapping[str, str], origin: str) -> Settings:
     """Validate an already parsed configuration, expanding ``${VAR}`` from ``environ``."""
-    expanded = _expand(raw, environ, ())
+    expansions: Expansions = {}
+    expanded = _expand(raw, environ, (), expansions)
     try:
         return Settings.model_validate(expanded)
     except ValidationError as exc:
-        raise ConfigError(f"{origin}: {_first_error(exc)}") from None
+        refusal = _first_error(exc, expansions)
+    raise ConfigError(f"{origin}: {refusal}")
 
 
-def _expand(value: Any, environ: Mapping[str, str], where: tuple[str | int, ...]) -> Any:
+def _expand(
+    value: Any, environ: Mapping[str, str], where: tuple[str | int, ...], expansions: Expansions
+) -> Any:
     if isinstance(value, str):
-        return _VARIABLE.sub(lambda match: _variable(match.group(1), environ, where), value)
+        return _VARIABLE.sub(
+            lambda match: _variable(match.group(1), environ, where, expansions), value
+        )
     if isinstance(value, Mapping):
-        return {key: _expand(item, environ, (*where, key)) for key, item in value.items()}
+        return {
+            key: _expand(item, environ, (*where, key), expansions) for key, item in value.items()
+        }
     if isinstance(value, list):
-        return [_expand(item, environ, (*where, index)) for index, item in enumerate(value)]
+        return [
+            _expand(item, environ, (*where, index), expansions) for index, item in enumerate(value)
+        ]
     return value
 
 
-def _variable(name: str, environ: Mapping[str, str], where: tuple[str | int, ...]) -> str:
+def _variable(
+    name: str, environ: Mapping[str, str], where: tuple[str | int, ...], expansions: Expansions
+) -> str:
     if name not in environ:
         raise ConfigError(
             f"{_dotted(where)}: environment variable {name} is not set; export it or remove the key"
         )
+    expansions.setdefault(where, []).append(environ[name])
     return environ[name]
 
 
@@ -553,7 +642,7 @@ def _dotted(location: tuple[str | int, ...]) -> str:
     return text or "(top level)"
 
 
-def _first_error(exc: ValidationError) -> str:
+def _first_error(exc: ValidationError, expansions: Expansions) -> str:
     error = exc.errors(include_url=False)[0]
     # A discriminated union puts the sink type into the location; users never wrote it.
     location = tuple(part for part in error["loc"] if part not in {"webhook", "email"})
@@ -563,4 +652,28 @@ def _first_error(exc: ValidationError) -> str:
     if error["type"] == "missing":
         return f"{key}: required key is missing"
     message = str(error["msg"]).removeprefix("Value error, ")
+    if any(_quotes(message, value) for value in _hidden(location, error["input"], expansions)):
+        return f"{key}: {_NOT_QUOTED}"
     return f"{key}: {message}"
+
+
+def _quotes(message: str, value: str) -> bool:
+    """Whether ``value`` stands in ``message`` (a short token "short" is not in "shorter")."""
+    return re.search(rf"(?<![A-Za-z0-9]){re.escape(value)}(?![A-Za-z0-9])", message) is not None
+
+
+def _hidden(location: tuple[Any, ...], given: object, expansions: Expansions) -> list[str]:
+    """What a refusal at ``location`` must not quote: a secret key's value, and what came
+    from the environment into the refused value (``${VAR}`` is how secrets are kept out of
+    the file). A section's refusal (``given`` a table) is made of this module's own words."""
+    if isinstance(given, Mapping):
+        return []
+    secret = bool(location) and location[-1] in SECRET_KEYS
+    hidden = [given] if secret and isinstance(given, str) else []
+    hidden += [
+        value
+        for where, values in expansions.items()
+        if where[: len(location)] == location
+        for value in values
+    ]
+    return [value for value in hidden if value]

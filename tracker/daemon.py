@@ -19,14 +19,14 @@ from apscheduler.job import Job
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from tracker import alerts
-from tracker.batching import BatchWriter
+from tracker.batching import BatchWriter, WriteFailures
 from tracker.config import Settings
 from tracker.digest import raise_due_digests
-from tracker.errors import ConfigError, UpstreamError, clip
+from tracker.errors import ConfigError, UpstreamError, clip, first_line
 from tracker.model import HEARTBEAT, STALE_AFTER, Claim, DaemonRecord, Transition
-from tracker.outage import Outage
+from tracker.outage import Outage, unreachable
 from tracker.outbox import Dispatcher
-from tracker.poller import LIST_REFUSED, Clock, Poller, log_transitions
+from tracker.poller import INTERNAL, LIST_REFUSED, Clock, Poller, log_transitions
 from tracker.sinks.registry import Sink
 from tracker.store import PollOutcome, Store
 from tracker.supervision import HeldClaims, renewing, supervised
@@ -61,6 +61,11 @@ DISCOVERY_AGAIN = timedelta(minutes=10)
 DISCOVERY_RETRY = timedelta(minutes=1)
 #: Seconds between two looks for a due digest (one key lookup per digest sink).
 DIGEST_CHECK = 60.0
+#: Writes of results failing in a row that make the daemon unready. One order's result that
+#: the database refuses fails twice (in its batch, then alone) before its failure or the
+#: others land; a third failure with nothing landing in between means no result can be
+#: recorded. So does an order whose failure, written instead of its result, fails too.
+UNRECORDABLE_AFTER = 3
 
 
 def lookahead(settings: Settings | None) -> timedelta:
@@ -172,7 +177,12 @@ class Daemon:
         self._lookahead = lookahead(settings)
         #: Claims taken ahead of their due time, each with the timer that queues it then.
         self._timed: dict[str, tuple[Claim, asyncio.TimerHandle]] = {}
-        self._writer: BatchWriter[PollOutcome] = BatchWriter(self._record, name="polls")
+        # A batch the database refused (not one it could not be reached for) is written again
+        # an order at a time: one order's result it refuses must not drop the others'.
+        self._writer: BatchWriter[PollOutcome] = BatchWriter(
+            self._record, name="polls", split=lambda exc: not unreachable(exc)
+        )
+        self._write_failures = WriteFailures(limit=UNRECORDABLE_AFTER)
         self._dispatcher = dispatcher
         self._dispatch_job: Job | None = None
         self._in_flight: set[str] = set()
@@ -366,10 +376,12 @@ class Daemon:
         Unready: the last tick failed or is long past (a claim hanging on a locked database), or
         orders wait (queued, polled or unwritten) and no poll has been recorded for
         ``stall_after`` seconds, as when every worker hangs, every request is paused or every
-        write fails.
+        write fails; or the last writes of results all failed (see :data:`UNRECORDABLE_AFTER`).
         """
         if (outage := self._outage.describe()) is not None:
             return outage
+        if (unrecordable := self._write_failures.describe()) is not None:
+            return unrecordable
         if self._tick_error is not None:
             return f"claiming due orders failed: {self._tick_error}"
         since_tick = time.monotonic() - self._ticked_at
@@ -752,13 +764,18 @@ class Daemon:
         self.polls += 1
 
     async def _record(self, batch: list[PollOutcome]) -> None:
-        """Write a batch; while the database is gone it is kept and written when it returns."""
+        """Write a batch; while the database is gone it is kept and written when it returns.
+
+        A batch the database refuses is raised, and the writer hands its outcomes back one at
+        a time; one it refuses alone is recorded as a failed poll instead (:meth:`_unrecorded`).
+        """
         try:
-            transitions = await self._outage.retrying(
-                functools.partial(self._store.record, batch),
-                doing="recording polls",
-                stop=self._stop,
-            )
+            transitions = await self._write(batch)
+        except Exception as exc:
+            if len(batch) > 1 or unreachable(exc):
+                raise
+            await self._unrecorded(batch[0], exc)
+            return
         finally:
             # Written, or (on failure) left to expire and be polled again.
             self._claims.drop([outcome.claim.order_id for outcome in batch])
@@ -770,6 +787,45 @@ class Daemon:
             for transition in transitions:
                 self._on_transition(transition)
         if any(outcome.sinks or outcome.alerts for outcome in batch):
+            self._dispatch_soon()
+
+    async def _write(self, outcomes: list[PollOutcome]) -> list[Transition]:
+        """Record ``outcomes`` (waiting out an outage), counting the writes that fail."""
+        try:
+            transitions = await self._outage.retrying(
+                functools.partial(self._store.record, outcomes),
+                doing="recording polls",
+                stop=self._stop,
+            )
+        except Exception as exc:
+            if not unreachable(exc):
+                self._write_failures.failed(exc)
+            raise
+        self._write_failures.succeeded()
+        return transitions
+
+    async def _unrecorded(self, outcome: PollOutcome, exc: Exception) -> None:
+        """The database refused ``outcome`` even alone: record a failed poll of the order
+        instead (kind ``internal``, logged ``poll_failed`` with the database's reason, counted
+        and backed off like any), so that it shows failing and raises ``poll_failing``.
+
+        If that is refused too, the order's lease expires and it is polled again.
+        """
+        failed = self._poller.failed(
+            outcome.claim, INTERNAL, f"its result could not be recorded: {first_line(exc)}"
+        )
+        self._poller.count(failed)
+        try:
+            await self._write([failed])
+        except Exception as again:
+            if not unreachable(again):
+                self._write_failures.exhausted()
+            log.warning(
+                "poll_unrecorded", order_id=outcome.claim.order_id, error=clip(first_line(again))
+            )
+            return
+        self._progress_at = time.monotonic()
+        if failed.alerts:
             self._dispatch_soon()
 
     def _unqueue(self) -> list[str]:

@@ -1,9 +1,12 @@
 """``tracker export``: the transitions of a period as CSV or NDJSON, streamed for reporting.
 
-Rows come from a server-side cursor (``yield_per``) in batches and are written as they come, so
-the memory an export takes does not grow with the number of rows. Each transition's delivery
-states are gathered by a correlated subquery, one short string per row, never a join held in
-memory.
+Rows come in batches and are written as they come, so the memory an export takes does not grow
+with the number of rows. ``tracker export`` reads them from one server-side cursor
+(:func:`batches`) on an engine of its own; the daemon's API reads them in chunks
+(:func:`chunks`), each a short keyset-paginated query on a pooled connection that is given back
+before the chunk is sent, so a client that reads slowly holds no connection. Each transition's
+delivery states are gathered by a correlated subquery, one short string per row, never a join
+held in memory.
 """
 
 from __future__ import annotations
@@ -16,14 +19,15 @@ import json
 import os
 import sys
 import tempfile
+import unicodedata
 from collections.abc import AsyncGenerator, Callable, Iterator, Sequence
-from contextlib import aclosing, contextmanager
+from contextlib import AbstractAsyncContextManager, aclosing, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time
 from pathlib import Path
 from typing import Any, Literal, TextIO, cast
 
-from sqlalchemy import Select, String, func, select
+from sqlalchemy import Select, String, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.compiler import SQLCompiler
@@ -50,8 +54,14 @@ COLUMNS = (
     "deliveries",
 )
 #: The first characters that make a spreadsheet read a cell as a formula (OWASP, "CSV
-#: Injection"); such a cell is written with a single quote before it.
-FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+#: Injection"), with their full-width forms (some spreadsheets fold them to ASCII); such a
+#: cell, and one that starts with any whitespace or control character (which a spreadsheet may
+#: skip to find a formula behind it), is written with a single quote before it.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r", "\n", "\uff1d", "\uff0b", "\uff0d", "\uff20")
+#: Unicode categories of a first character that hides what follows: separators (Z: spaces,
+#: line and paragraph separators) and others (C: controls, format characters such as
+#: zero-width spaces and direction marks, private use, unassigned).
+INVISIBLE_STARTS = ("C", "Z")
 #: Distinct values of a column (statuses, combinations of delivery states) shaped once each.
 SHAPED_VALUES = 4_096
 Format = Literal["csv", "ndjson"]
@@ -179,7 +189,11 @@ def export_query(request: ExportRequest) -> Select[Any]:
 
 def neutralise(value: str) -> str:
     """``value`` with a single quote before it if a spreadsheet would read it as a formula."""
-    return "'" + value if value.startswith(FORMULA_STARTS) else value
+    if value.startswith(FORMULA_STARTS) or (
+        value and unicodedata.category(value[0]).startswith(INVISIBLE_STARTS)
+    ):
+        return "'" + value
+    return value
 
 
 def _sink_of(entry: str) -> str:
@@ -294,7 +308,8 @@ async def batches(url: str, query: Select[Any]) -> AsyncGenerator[Sequence[Expor
 async def batches_on(
     conn: AsyncConnection, query: Select[Any]
 ) -> AsyncGenerator[Sequence[ExportRow]]:
-    """Like :func:`batches`, on an open connection (the API streams over the store's)."""
+    """Like :func:`batches`, on an open connection, held until the last batch (the API reads
+    in :func:`chunks` instead, which holds none while the client reads)."""
     result = await conn.stream(query.execution_options(yield_per=EXPORT_BATCH))
     partitions = result.partitions()
     ahead = asyncio.ensure_future(anext(partitions, None))
@@ -307,6 +322,47 @@ async def batches_on(
         if not ahead.done():  # the caller stopped early (an error, a closed pipe)
             ahead.cancel()
             await asyncio.wait([ahead])
+
+
+async def chunks(
+    reading: Callable[[], AbstractAsyncContextManager[AsyncConnection]],
+    request: ExportRequest,
+    size: int = EXPORT_BATCH,
+) -> AsyncGenerator[Sequence[ExportRow]]:
+    """The request's rows in chunks of at most ``size``, in the order of :func:`export_query`.
+
+    Each chunk is one short query on a connection taken from ``reading`` (``Store.reading``)
+    and given back before the chunk is yielded: a caller that waits (a client that does not
+    read) holds no connection. Chunks follow each other by keyset, after the last row's
+    ``(detected_at, id)``, a unique key, so no row comes twice; the export ends at the
+    highest transition id it saw at its start, so rows that existed then all come, and rows
+    added while it runs cannot keep it going.
+    """
+    if size < 1:
+        raise ValueError(f"size must be at least 1, not {size}")
+    t = transitions
+    # The key travels after the exported columns and is cut off before a chunk is yielded.
+    query = export_query(request).add_columns(t.c.detected_at, t.c.id).limit(size)
+    last: tuple[datetime, int] | None = None
+    end: int | None = None
+    while True:
+        async with reading() as conn:
+            if end is None:
+                end = (await conn.execute(select(func.max(t.c.id)))).scalar()
+                if end is None:  # no transitions at all
+                    return
+            page = query.where(t.c.id <= end)
+            if last is not None:
+                at, after = last
+                # The first condition alone lets the index on detected_at bound the scan.
+                page = page.where(t.c.detected_at >= at, or_(t.c.detected_at > at, t.c.id > after))
+            rows = (await conn.execute(page)).all()
+        if not rows:
+            return
+        last = (rows[-1][-2], rows[-1][-1])
+        yield [cast("ExportRow", tuple(row[:-2])) for row in rows]
+        if len(rows) < size:
+            return
 
 
 async def export(url: str, request: ExportRequest, stream: TextIO, *, terminal: bool) -> int:

@@ -9,6 +9,7 @@ import enum
 import hashlib
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -23,7 +24,28 @@ KNOWN_PROVIDERS = frozenset({"energy-metering", "metrify", "inexogy"})
 #: How deep an answer may nest. A meter order is one flat object; this leaves the provider room
 #: for nested fields, while a stored body parses again anywhere, far from the stack's limit.
 MAX_DEPTH = 32
-_REQUIRED = ("subscription", "customer", "provider", "status", "created_at", "updated_at")
+#: The fields every meter order has, each with the most characters it may have: what the
+#: narrowest column it lands in holds (``tracker/store/tables.py``), so that a value the
+#: database would refuse is a malformed answer for its own order, found where it is parsed,
+#: and never a failed write that takes a batch of other orders' results with it.
+FIELD_LIMITS: Mapping[str, int] = {
+    # watched_orders.subscription and .customer are String(80), like order ids.
+    "subscription": 80,
+    "customer": 80,
+    # Kept only in the body, but a label of metrics and pages: an identifier like a status.
+    "provider": 64,
+    # watched_orders.status, transitions.from_status/to_status and events.status: String(64).
+    "status": 64,
+    # Kept only in the body; ISO 8601 with nanoseconds and an offset takes 35.
+    "created_at": 64,
+    "updated_at": 64,
+}
+#: What no field of a meter order may hold: it is an identifier or a timestamp, never free
+#: text. C0 and C1 control characters and DEL (PostgreSQL refuses NUL in text, the others break
+#: log lines, mail headers and terminals), lone surrogates (no UTF-8 encoding exists for them:
+#: every driver refuses them), line and paragraph separators and the invisible direction
+#: overrides (a status that reads as another on the support pages).
+_UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 
 
 def validate_order_id(order_id: str) -> str:
@@ -37,10 +59,14 @@ def validate_order_id(order_id: str) -> str:
 
 
 def parse_json(body: bytes) -> Any:
-    """Parse an upstream body, or raise :class:`MalformedAnswer`; nesting too deep is malformed."""
+    """Parse an upstream body, or raise :class:`MalformedAnswer`; nesting too deep is malformed.
+
+    The body must be UTF-8 (RFC 8259): ``json.loads`` would also take UTF-16 and UTF-32 or a
+    byte order mark, which the body kept as text (``MeterOrder.raw``) could not be read back as.
+    """
     too_deep = MalformedAnswer(f"body is JSON nested deeper than {MAX_DEPTH} levels")
     try:
-        data = json.loads(body)
+        data = json.loads(body.decode())
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise MalformedAnswer(f"body is not JSON: {exc}") from exc
     except RecursionError:
@@ -49,6 +75,23 @@ def parse_json(body: bytes) -> Any:
     if _deeper_than(data, MAX_DEPTH):
         raise too_deep
     return data
+
+
+def _check_storable(data: dict[str, Any]) -> None:
+    """Raise :class:`MalformedAnswer` when the body holds a lone surrogate (``"\\ud800"``)
+    anywhere, unknown fields included.
+
+    Unknown fields are kept as the upstream sent them, inside the stored body and the events'
+    JSON, where JSON escapes every control character; but a lone surrogate has no UTF-8 form, so
+    neither the snapshot nor an event carrying the order could be written.
+    """
+    try:
+        json.dumps(data, ensure_ascii=False).encode()
+    except UnicodeEncodeError as exc:
+        raise MalformedAnswer(
+            f"the body holds a lone surrogate (U+{ord(exc.object[exc.start]):04X}), "
+            "which has no UTF-8 form"
+        ) from None
 
 
 def _deeper_than(value: Any, limit: int) -> bool:
@@ -88,27 +131,47 @@ class MeterOrder:
             raise MalformedAnswer(f"id is {data.get('id')!r}, not the requested {expected_id!r}")
         return cls._parse(data, raw=body.decode())
 
-    @classmethod
-    def from_item(cls, data: Any) -> MeterOrder:
-        """Parse one item of a list page as strictly as an answer by id; its raw snapshot is
-        the object as the list returned it."""
+    @staticmethod
+    def item_id(data: Any) -> str:
+        """The order id of one item of a list page, or :class:`MalformedAnswer` when the item
+        is not a meter order at all (then the whole page is suspect, not one order)."""
         if not isinstance(data, dict):
             raise MalformedAnswer(f"an item is a JSON {type(data).__name__}, not an object")
         item_id = data.get("id")
         if not isinstance(item_id, str) or not ORDER_ID.fullmatch(item_id):
             raise MalformedAnswer(f"an item's id {str(item_id)[:40]!r} is not a meter order id")
-        return cls._parse(data, raw=json.dumps(data, ensure_ascii=False, separators=(",", ":")))
+        if data.get("object") != "meter_order":
+            raise MalformedAnswer(f"object is {data.get('object')!r}, not 'meter_order'")
+        return item_id
+
+    @classmethod
+    def from_item(cls, data: Any) -> MeterOrder:
+        """Parse one item of a list page as strictly as an answer by id; its raw snapshot is
+        the object as the list returned it."""
+        cls.item_id(data)
+        raw = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+        return cls._parse(data, raw=raw)
 
     @classmethod
     def _parse(cls, data: dict[str, Any], *, raw: str) -> MeterOrder:
         if data.get("object") != "meter_order":
             raise MalformedAnswer(f"object is {data.get('object')!r}, not 'meter_order'")
         fields: dict[str, str] = {}
-        for name in _REQUIRED:
+        for name, limit in FIELD_LIMITS.items():
             value = data.get(name)
             if not isinstance(value, str) or not value:
                 raise MalformedAnswer(f"field {name!r} is missing or not a non-empty string")
+            if len(value) > limit:
+                raise MalformedAnswer(
+                    f"field {name!r} has {len(value)} characters, more than {limit}"
+                )
+            if unsafe := _UNSAFE.search(value):
+                raise MalformedAnswer(
+                    f"field {name!r} holds U+{ord(unsafe.group()):04X}, a control character "
+                    "or one that no identifier may hold"
+                )
             fields[name] = value
+        _check_storable(data)
         return cls(id=data["id"], raw=raw, **fields)
 
     @property

@@ -34,6 +34,7 @@ from tracker.store import PollOutcome, Store
 from tracker.supervision import HeldClaims, renewing
 from tracker.sweep import Batch, SweepPlanner, strays
 from tracker.telemetry import SILENT, PollResult, Telemetry
+from tracker.text import printable
 from tracker.upstream import ListPage, NomosClient
 
 log = structlog.get_logger("tracker.poller")
@@ -73,6 +74,12 @@ class _Reading:
     items: int = 0
     #: The batch's orders found, by id.
     found: dict[str, MeterOrder] = field(default_factory=dict)
+    #: The batch's orders whose items were malformed (``ListPage.refused``), by id.
+    refused: set[str] = field(default_factory=set)
+
+    def covers(self, wanted: Mapping[str, Claim]) -> bool:
+        """Whether every wanted order was found or refused: no page more can tell more."""
+        return len(self.found.keys() | self.refused) >= len(wanted)
 
 
 def _check_cursor(page: ListPage, cursors: set[str], pages: int) -> None:
@@ -136,7 +143,7 @@ class Poller:
                 outcome = await self._poll(claim)
             except Exception as exc:
                 log.exception("poll_crashed", order_id=claim.order_id)
-                outcome = self._failed(
+                outcome = self.failed(
                     claim, INTERNAL, f"internal error: {type(exc).__name__}: {exc}"
                 )
         self.count(outcome)
@@ -156,11 +163,12 @@ class Poller:
 
         Each order found is decided exactly as if it had been polled by id. The orders the
         pages did not show come back as ``leftovers``, to be polled by id: orders whose
-        customer changed, and every order not found when the upstream ignored the filter, sent
-        a page that is not a list of meter orders, or refused the list (a 4xx, refused
-        credentials included: a token may be allowed orders by id but not the list). A page the
-        upstream failed to answer (5xx, timeout) fails the orders not yet found, as a failed poll
-        would; a 429 is waited out as for a poll.
+        customer changed, an order whose item was malformed (polled by id, its malformed
+        answer fails it alone, as any), and every order not found when the upstream ignored the
+        filter, sent a page that is not a list of meter orders, or refused the list (a 4xx,
+        refused credentials included: a token may be allowed orders by id but not the list).
+        A page the upstream failed to answer (5xx, timeout) fails the orders not yet found, as
+        a failed poll would; a 429 is waited out as for a poll.
         """
         wanted = {claim.order_id: claim for claim in batch.claims}
         read = _Reading()
@@ -175,7 +183,7 @@ class Poller:
         except UpstreamError as exc:
             retry_after = exc.retry_after if isinstance(exc, RateLimited) else None
             failed = [
-                self._failed(claim, exc.kind, exc.reason, exc.request_id, retry_after)
+                self.failed(claim, exc.kind, exc.reason, exc.request_id, retry_after)
                 for order_id, claim in wanted.items()
                 if order_id not in read.found
             ]
@@ -211,8 +219,18 @@ class Poller:
             if strays(batch, page.items):
                 self._filter_ignored(batch, planner, page)
             read.found.update((order.id, order) for order in page.items if order.id in wanted)
-            read.items += len(page.items)
-            done = page.next_page is None or len(read.found) == len(wanted)
+            for order_id, reason in page.refused.items():
+                if order_id in wanted and order_id not in read.refused:
+                    read.refused.add(order_id)
+                    log.warning(
+                        "list_item_malformed",
+                        order_id=order_id,
+                        reason=reason,
+                        request_id=page.request_id,
+                        then="polled by id",
+                    )
+            read.items += len(page.items) + len(page.refused)
+            done = page.next_page is None or read.covers(wanted)
             if done or planner.ignores(batch.field):
                 return
             cursor = page.next_page
@@ -246,7 +264,7 @@ class Poller:
             order = await self._fetch(claim)
         except UpstreamError as exc:
             retry_after = exc.retry_after if isinstance(exc, RateLimited) else None
-            return self._failed(claim, exc.kind, exc.reason, exc.request_id, retry_after)
+            return self.failed(claim, exc.kind, exc.reason, exc.request_id, retry_after)
         return self.apply(claim, order)
 
     async def _fetch(self, claim: Claim) -> MeterOrder:
@@ -323,7 +341,7 @@ class Poller:
         sinks = route(self._routes, change.from_status, change.to_status)
         return {"event_id": event_id, "payload": payload, "sinks": sinks}
 
-    def _failed(
+    def failed(
         self,
         claim: Claim,
         kind: str,
@@ -331,13 +349,18 @@ class Poller:
         request_id: str | None = None,
         retry_after: float | None = None,
     ) -> PollOutcome:
+        """A failed poll of ``claim`` (logged ``poll_failed``): backed off by ``kind``, and
+        raising ``poll_failing`` when it makes ``failing_after`` in a row."""
         now = self._clock()
+        # Stored with the order: whatever a reason quotes, the database must take it.
+        reason = storable(reason)
         failures = claim.consecutive_failures + 1
         next_poll_at = self._policy.retry_at(
             now, kind, failures, claim.status, self._rng, retry_after
         )
         log.warning(
             "poll_failed",
+            order_id=claim.order_id,
             kind=kind,
             reason=reason,
             request_id=request_id,
@@ -364,6 +387,12 @@ class Poller:
             error=clip(reason),
             alerts=alerts,
         )
+
+
+def storable(text: str) -> str:
+    """``text`` as every database's text column takes it: control characters (NUL among them)
+    and lone surrogates written as escapes."""
+    return printable(text).encode("utf-8", "backslashreplace").decode()
 
 
 def log_transitions(transitions: Sequence[Transition]) -> None:

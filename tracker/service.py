@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import timedelta
@@ -132,49 +132,98 @@ async def open_service(
             )
 
 
+#: Hears of each configuration a reload put in force (the HTTP users, for one).
+ReloadListener = Callable[[Settings], None]
+
+
 class Reloader:
     """SIGHUP for ``tracker run``: the file is read and checked off to the side (settings and
-    sinks, templates compiled), then swapped in whole between ticks. A file that does not
-    load is refused with one ``config_reload_failed`` line naming the key; the old
-    configuration stays in force."""
+    sinks, templates compiled), then swapped in whole between ticks, and ``listeners`` hear
+    of it. A file that does not load is refused with one ``config_reload_failed`` line naming
+    the key or the position; the old configuration stays in force.
 
-    def __init__(self, path: Path, service: Service, daemon: Daemon) -> None:
+    Whatever else fails is one ``config_reload_failed`` line naming only the exception's type:
+    its message, arguments and traceback may quote the file, and the file holds secrets.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        service: Service,
+        daemon: Daemon,
+        *,
+        listeners: Sequence[ReloadListener] = (),
+    ) -> None:
         self._path = path
         self._service = service
         self._daemon = daemon
+        self._listeners = tuple(listeners)
         self.settings = service.settings
 
     async def __call__(self) -> bool:
-        """Reload once; whether the new configuration is now in force."""
+        """Reload once; whether the new configuration is now in force everywhere."""
         build = self._service.dispatcher.build
-        refused: str | None = None
         try:
             new = load(self._path)
             sinks = build(new) if build is not None else {}
         except ConfigError as exc:
-            refused = str(exc)
-        if refused is not None:
-            log.error("config_reload_failed", error=refused)
-            return False
-        await self._daemon.reconfigure(new, sinks)
-        added = await self._service.store.watch_from_config(new.watch.orders, now=utc_now())
+            return _refused(str(exc))
+        except Exception as exc:  # logged by its type alone: see the class docstring
+            return _refused(
+                f"checking the file failed unexpectedly ({type(exc).__name__}); "
+                "the old configuration stays in force"
+            )
+        old = self.settings
+        try:
+            await self._daemon.reconfigure(new, sinks)
+        except Exception as exc:  # logged by its type alone: see the class docstring
+            return _refused(
+                f"applying the file failed unexpectedly ({type(exc).__name__}); polling and "
+                "delivery may follow it in part: fix the cause and reload again"
+            )
+        self.settings = new
+        failed = [f"a listener ({type(exc).__name__})" for exc in self._tell(new)]
+        try:
+            added = await self._service.store.watch_from_config(new.watch.orders, now=utc_now())
+        except Exception as exc:  # logged by its type alone: see the class docstring
+            failed.append(f"storing its watched orders ({type(exc).__name__})")
+        if failed:
+            return _refused(
+                f"the new configuration is in force, but {', '.join(failed)} failed: "
+                "fix the cause and reload again"
+            )
         log.info(
             "config_reloaded",
             sinks=list(sinks),
             watched=len(added),
-            restart_needed=_fixed_changes(self.settings, new),
+            restart_needed=_fixed_changes(old, new),
         )
-        self.settings = new
         return True
+
+    def _tell(self, new: Settings) -> list[Exception]:
+        """Call every listener, each even when one before it failed; returns the failures."""
+        failures: list[Exception] = []
+        for listener in self._listeners:
+            try:
+                listener(new)
+            except Exception as exc:  # the others must still hear
+                failures.append(exc)
+        return failures
+
+
+def _refused(error: str) -> bool:
+    log.error("config_reload_failed", error=error)
+    return False
 
 
 def _fixed_changes(old: Settings, new: Settings) -> list[str]:
     """The changed keys that a running daemon reads only at start."""
     changed = [
-        name
-        for name in ("upstream", "database", "log", "http")
-        if getattr(old, name) != getattr(new, name)
+        name for name in ("upstream", "database", "log") if getattr(old, name) != getattr(new, name)
     ]
+    # The listener is bound once; its users are handed on to whoever listens to reloads.
+    if old.http.listen != new.http.listen:
+        changed.append("http.listen")
     changed += [
         f"delivery.{key}"
         for key in ("max_concurrency", "timeout")

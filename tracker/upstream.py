@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import httpx
@@ -206,10 +206,18 @@ class ListPage:
     #: Pass back as ``cursor`` for the next page; ``None`` on the last page.
     next_page: str | None
     request_id: str | None = None
+    #: Items that are meter orders, but malformed ones (a field missing, too long, holding a
+    #: control character): the order's id and why. They are not in ``items``.
+    refused: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
     def parse(cls, body: bytes, *, request_id: str | None = None) -> ListPage:
-        """A list answer, strictly, or :class:`MalformedAnswer` saying what is wrong."""
+        """A list answer, strictly, or :class:`MalformedAnswer` saying what is wrong.
+
+        A page whose shape is wrong, or that holds an item which is not a meter order with a
+        valid id, is refused whole; a meter order item whose fields are malformed goes to
+        ``refused`` alone, so that one order's bad answer cannot hide the others'.
+        """
         data = parse_json(body)
         if not isinstance(data, dict) or data.get("object") != "list":
             kind = data.get("object") if isinstance(data, dict) else type(data).__name__
@@ -223,11 +231,19 @@ class ListPage:
             raise MalformedAnswer("a list page says has_more but gives no 'next_page' cursor")
         if len(items) > PAGE_SIZE:
             raise MalformedAnswer(f"a list page holds {len(items)} items, more than {PAGE_SIZE}")
-        orders = tuple(MeterOrder.from_item(item) for item in items)
+        orders: list[MeterOrder] = []
+        refused: dict[str, str] = {}
+        for item in items:
+            order_id = MeterOrder.item_id(item)
+            try:
+                orders.append(MeterOrder.from_item(item))
+            except MalformedAnswer as exc:
+                refused[order_id] = exc.reason
         return cls(
-            items=orders,
+            items=tuple(orders),
             next_page=next_page if has_more else None,
             request_id=request_id,
+            refused=refused,
         )
 
 
@@ -266,7 +282,8 @@ class NomosClient:
 
         Raises :class:`MalformedAnswer` (with the ``requestId``) for a page that is not a list
         object, lacks ``has_more``, or holds an item that is not a meter order: nothing of such
-        a page may be used. Whether the upstream applied the filters is the caller's to check.
+        a page may be used. A meter order item with malformed fields is in ``refused`` alone.
+        Whether the upstream applied the filters is the caller's to check.
         """
         params = {"limit": str(PAGE_SIZE), **filters}
         if cursor is not None:

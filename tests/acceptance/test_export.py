@@ -39,9 +39,10 @@ pytestmark = pytest.mark.usefixtures("database")
 A = "prdo_aaaaaaaaaaaaaaaaaaaaaaaa"
 B = "prdo_bbbbbbbbbbbbbbbbbbbbbbbb"
 Upstream = tuple[ScriptedUpstream, str]
-#: A status outside the 14, as an upstream may send it: it starts like a spreadsheet formula
-#: and holds a comma, double quotes and a line break.
-ODD = '=HYPERLINK("http://x.invalid/?a,b")\nnext'
+#: A status outside the 14, as an upstream may send it (control characters are refused where
+#: it is parsed): it starts with the full-width equals sign, which a spreadsheet may read as
+#: "=", and holds a comma, double quotes and a space.
+ODD = '\uff1dHYPERLINK("http://x.invalid/?a,b") next'
 HEADER = "order_id,from_status,to_status,kind,skipped,detected_at,event_id,deliveries"
 #: What each sink's receiver answers: delivered, dead at once (410 Gone), failed and pending.
 ANSWERS = {"/ok": 204, "/gone": 410, "/flaky": 500}
@@ -147,7 +148,7 @@ class TestExport:
 
         # CSV: a header row, CRLF line ends (RFC 4180), the odd status quoted and defused.
         assert csv_all.startswith(HEADER + "\r\n")
-        assert '"\'=HYPERLINK(""http://x.invalid/?a,b"")\nnext"' in csv_all
+        assert '"\'\uff1dHYPERLINK(""http://x.invalid/?a,b"") next"' in csv_all
         rows = table(csv_all)
         changes = [(r["order_id"], r["from_status"], r["to_status"]) for r in rows]
         odd_in_csv = "'" + ODD
@@ -187,7 +188,7 @@ class TestExport:
         assert all(t.utcoffset() == timedelta(0) for t in times)
 
         # --since inclusive and --until exclusive, to the microsecond, in any offset (here on a
-        # terminal, where the odd status's line break shows as \n); --status: the status moved to.
+        # terminal); --status: the status moved to.
         # The third is the first of the second pass: later than the second, whatever the clock.
         first, third = objects[0]["detected_at"], objects[2]["detected_at"]
         assert moment(third) > moment(objects[1]["detected_at"])
@@ -199,7 +200,7 @@ class TestExport:
         )
         assert on_screen.startswith(HEADER + "\r\n")
         assert [r["event_id"] for r in table(on_screen)] == [o["event_id"] for o in objects[:2]]
-        assert '\'=HYPERLINK(""http://x.invalid/?a,b"")\\nnext' in on_screen
+        assert '\'\uff1dHYPERLINK(""http://x.invalid/?a,b"") next' in on_screen
         assert cancelled_only.code == 0, cancelled_only.err
         assert records(cancelled_only.out) == [cancelled]
 

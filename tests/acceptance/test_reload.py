@@ -135,3 +135,44 @@ class TestReloadOnSighup:
         by_sink = {row["sink"]: row for row in json.loads(fleet.out)["deliveries"]}
         assert by_sink["old"]["orphaned"] is True
         assert by_sink["new"]["orphaned"] is False
+
+
+class TestReloadNeverLogsTheFile:
+    """A file that does not decode is refused by position; nothing of its content is logged."""
+
+    async def test_a_bad_byte_is_refused_without_the_secrets(
+        self, upstream: Upstream, tmp_path: Path
+    ) -> None:
+        """SIGHUP with a non-UTF-8 byte logs config_reload_failed and never the file's secret."""
+        scripted, url = upstream
+        scripted.script(A, ok("ordered"))
+        secret = "smtp-password-" + "x7Qp2LrV9kZs"
+        sections: dict[str, Any] = {
+            "polling": {"interval": 0.3},
+            "log": {"format": "json", "level": "debug"},
+            "smtp": {"username": "mailer", "password": secret},
+            "watch": {"orders": [A]},
+        }
+        path = write_config(tmp_path / "c.toml", settings_mapping(tmp_path, url, **sections))
+        daemon = await start_daemon(str(path), logs=True)
+        log = Log(daemon)
+        try:
+            await until(lambda: scripted.polls(A) >= 1)
+            kept = path.read_bytes()
+            path.write_bytes(kept + b"[alerts]\nfailing_after = 3 # caf\xe9\n")
+            daemon.send_signal(signal.SIGHUP)
+            refused = await log.wait_for("config_reload_failed")
+            polls = scripted.polls(A)
+            await until(lambda: scripted.polls(A) > polls)  # the old configuration stays
+        finally:
+            daemon.send_signal(signal.SIGTERM)
+            assert await asyncio.wait_for(daemon.wait(), 15) == 0
+            await log.close()
+        assert daemon.stderr is not None
+        errors = (await daemon.stderr.read()).decode(errors="replace")
+        assert "not UTF-8" in refused["error"]
+        where = f"line {len(kept.splitlines()) + 2}, column 24"
+        assert where in refused["error"], refused["error"]
+        assert secret not in json.dumps(log.events)
+        assert secret not in errors
+        assert [e for e in log.events if e["event"] == "config_reload_failed"] == [refused]

@@ -36,7 +36,9 @@ from tracker.model import DeliveryState
 from tracker.service import Service, open_service
 from tracker.views import delivery_dict
 from tracker.web import Metrics, build_app
+from tracker.web.auth import Users
 from tracker.web.openapi import document
+from tracker.web.throttle import Throttle
 
 #: Every test here runs on SQLite and on PostgreSQL.
 pytestmark = pytest.mark.usefixtures("database")
@@ -74,9 +76,14 @@ def dead_sink(name: str) -> dict[str, Any]:
 
 @asynccontextmanager
 async def serving(service: Service, users: Any) -> AsyncIterator[tuple[str, httpx.AsyncClient]]:
-    """The app on a free loopback port, and a client pointed at it."""
+    """The app on a free loopback port, and a client pointed at it.
+
+    Wrong tokens are not throttled here: schemathesis sends many on purpose, and the throttle
+    has tests of its own (``test_abuse.py``).
+    """
+    lenient = Users(users, logins=service.store.logins, throttle=Throttle(free=1_000_000))
     app = build_app(
-        store=service.store, metrics=Metrics(), sinks=lambda: ("ops", "audit"), users=users
+        store=service.store, metrics=Metrics(), sinks=lambda: ("ops", "audit"), users=lenient
     )
     async with app_client(app) as served:
         yield served
@@ -151,7 +158,7 @@ class TestAuth:
             compared.append((len(a), len(b)))
             return real(a, b)
 
-        monkeypatch.setattr("tracker.web.api.hmac.compare_digest", counting)
+        monkeypatch.setattr("tracker.web.auth.hmac.compare_digest", counting)
         for headers in (
             READ,
             WRITE,

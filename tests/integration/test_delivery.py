@@ -7,6 +7,7 @@ import socket
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from tests.outbox import FAST, Mailbox, deliver_all, hook_sink, poll, smtp_server
@@ -22,8 +23,10 @@ from tests.support import (
 from tracker.clock import utc_now
 from tracker.config import Settings
 from tracker.demo.serving import catch_all, serve
-from tracker.model import Delivery, DeliveryState
+from tracker.model import Delivery, DeliveryState, DueDelivery
 from tracker.service import Service, open_service
+from tracker.sinks.registry import build_sinks
+from tracker.sinks.render import event_body
 
 #: Every test here runs on SQLite and on PostgreSQL.
 pytestmark = pytest.mark.usefixtures("database")
@@ -247,8 +250,22 @@ class TestEmail:
         "brk", ["\r\n", "\u2028", "\u2029", "\x85", "\x0b"], ids=["crlf", "ls", "ps", "nel", "vt"]
     )
     async def test_no_header_injection(self, upstream: Upstream, tmp_path: Path, brk: str) -> None:
-        scripted, url = upstream
-        scripted.script(A, ok("ordered"), ok(f"checked{brk}Bcc: victim@example.com{brk}X-Evil: 1"))
+        """A line break in a stored status never becomes a header of the e-mail.
+
+        The upstream's answers can no longer carry one (a malformed poll), so the event is one
+        stored before that, sent through the real e-mail sink to the real SMTP server.
+        """
+        _scripted, url = upstream
+        hostile = f"checked{brk}Bcc: victim@example.com{brk}X-Evil: 1"
+        now = utc_now()
+        payload = event_body(
+            event_id="evt_stored",
+            order_id=A,
+            from_status="ordered",
+            to_status=hostile,
+            detected_at=now,
+            order_raw=json.dumps({"id": A, "object": "meter_order", "status": hostile}),
+        )
         mailbox = Mailbox()
         async with smtp_server(mailbox) as port:
             settings = make_settings(
@@ -258,7 +275,14 @@ class TestEmail:
                 smtp={"host": "127.0.0.1", "port": port},
                 sinks=[{"name": "mail", "type": "email", "to": ["a@example.com"], "on": ["*"]}],
             )
-            await one_transition_delivered(settings)
+            async with httpx.AsyncClient() as http:
+                sink = build_sinks(settings, http)["mail"]
+                sent = await sink.send(
+                    DueDelivery(
+                        id=1, event_id="evt_stored", sink="mail", attempts=0, payload=payload
+                    )
+                )
+        assert sent.ok
         [mail] = mailbox.messages  # delivered at the first attempt: the header was built
         assert mail["Bcc"] is None
         assert mail["X-Evil"] is None

@@ -162,10 +162,12 @@ class TestStoreSearch:
     async def test_the_columns_follow_a_changed_customer(
         self, service: Service, upstream: Upstream
     ) -> None:
+        """A new customer or subscription moves the search columns; a customer longer than
+        its column is a failed poll of that order alone, which keeps what it had."""
         scripted, _ = upstream
         # Same status, other customer and subscription: a new snapshot, no transition.
         scripted.script(A, ok("ordered", customer="cus_moved", subscription="sub_moved"))
-        # A new status and a customer longer than the column: the poll still lands.
+        # A new status and a customer longer than the column: malformed, nothing stored.
         scripted.script(C, ok("checked", customer=TOO_LONG, subscription="sub_c"))
         await poll(service, A, C)
         store = service.store
@@ -175,7 +177,8 @@ class TestStoreSearch:
         assert await ids(store, "sub_a") == []
         after = await store.get(C)
         assert after is not None
-        assert (after.status, after.customer, after.subscription) == ("checked", None, "sub_c")
+        assert (after.status, after.customer, after.subscription) == ("ordered", "cus_two", "sub_c")
+        assert after.consecutive_failures == 1
         history = await store.history(A)
         assert history is not None
         assert json.loads(history.snapshots[-1].raw)["customer"] == "cus_moved"

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from datetime import timedelta
 from pathlib import Path
+from typing import get_args
 
 import pytest
+from pydantic import BaseModel
 
-from tracker.config import load, parse_duration, resolve_path
+from tracker.config import SECRET_KEYS, Settings, load, parse_duration, resolve_path
 from tracker.errors import ConfigError
 
 SECRET = "whsec_" + "c2VjcmV0LXNlY3JldC1zZWNyZXQ="  # base64 of a 21-byte key
@@ -236,3 +238,121 @@ class TestLoad:
         assert resolve_path("a.toml", {"TRACKER_CONFIG": "b.toml"}) == Path("a.toml")
         assert resolve_path(None, {"TRACKER_CONFIG": "b.toml"}) == Path("b.toml")
         assert resolve_path(None, {}) == Path("tracker.toml")
+
+
+#: A value the refusals below must never show, in whole or in part.
+HIDDEN = "Hunter2Secret9Zq"
+
+
+def _never_shown(message: str) -> None:
+    assert HIDDEN not in message
+    assert HIDDEN[:6] not in message
+    assert "\n" not in message
+
+
+class TestRefusalsNeverQuoteTheFile:
+    """A file that does not decode, parse or validate is refused by position, not by content."""
+
+    def test_a_bad_byte_is_named_by_line_column_and_offset(self, tmp_path: Path) -> None:
+        """A non-UTF-8 byte is refused by its position, with none of the file's text."""
+        path = tmp_path / "tracker.toml"
+        path.write_bytes(f'[upstream]\ntoken = "{HIDDEN}"\n# caf\xe9\n'.encode("latin-1"))
+        with pytest.raises(ConfigError) as caught:
+            load(path, {})
+        message = str(caught.value)
+        offset = len(f'[upstream]\ntoken = "{HIDDEN}"\n# caf')
+        assert f"is not UTF-8: the byte at line 3, column 6 (offset {offset})" in message
+        _never_shown(message)
+        # Nothing chained either: a UnicodeDecodeError holds the whole file.
+        assert caught.value.__cause__ is None
+        assert caught.value.__context__ is None
+
+    def test_a_bad_byte_inside_a_secret_shows_none_of_it(self, tmp_path: Path) -> None:
+        """A non-UTF-8 byte within a secret's value is named without the value around it."""
+        path = tmp_path / "tracker.toml"
+        path.write_bytes(b'[smtp]\npassword = "' + HIDDEN.encode() + b'\xff\xfe"\n')
+        with pytest.raises(ConfigError) as caught:
+            load(path, {})
+        assert "line 2, column 29" in str(caught.value)
+        _never_shown(str(caught.value))
+
+    @pytest.mark.parametrize(
+        ("text", "named"),
+        [
+            (f'[upstream]\ntoken = "{HIDDEN}\n', "illegal character at line 2, column 26"),
+            (f"[upstream]\ntoken = {HIDDEN}\n", "invalid value at line 2, column 9"),
+            (f'[upstream]\ntoken = "{HIDDEN}"x\n', "at line 2, column 27"),
+            (f'[upstream]\ntoken = "{HIDDEN[:3]}\x00{HIDDEN}"\n', "illegal character at line 2"),
+            (f"[upstream]\n{HIDDEN} x = 1\n", "at line 2, column"),
+            (f"[smtp]\nx = {{{HIDDEN} = 1, {HIDDEN} = 2}}\n", "key is repeated in an inline"),
+            (f"[{HIDDEN}]\n[{HIDDEN}]\n", "a table is declared twice at line 2"),
+            pytest.param(
+                f'[upstream]\ntoken = "{HIDDEN}"\nx = {"[" * 100_000}\n',
+                "nested too deeply",
+                id="nested-too-deeply",
+            ),
+        ],
+    )
+    def test_toml_errors_are_named_by_position(self, tmp_path: Path, text: str, named: str) -> None:
+        """A TOML syntax error names its line and column, never the text found there."""
+        message = refusal(tmp_path, text)
+        assert "is not valid TOML: " in message
+        assert named in message
+        _never_shown(message)
+        assert "\\x00" not in message
+
+    def test_a_validation_error_has_no_cause(self, tmp_path: Path) -> None:
+        """A refused value is not chained to pydantic's error, which holds every value."""
+        with pytest.raises(ConfigError) as caught:
+            load(write(tmp_path, f'[smtp]\npassword = "{HIDDEN}"\nport = "x"\n'), {})
+        assert "smtp.port: " in str(caught.value)
+        assert caught.value.__cause__ is None
+        assert caught.value.__context__ is None
+
+    @pytest.mark.parametrize(
+        ("text", "named"),
+        [
+            (f'[database]\nurl = "tracker:{HIDDEN}@db/x"\n', "database.url: not a URL with"),
+            (f'[upstream]\nbase_url = "ftp://u:{HIDDEN}@x/{HIDDEN}"\n', "'ftp://x/…' is not"),
+            (
+                '[[sinks]]\nname = "a"\ntype = "webhook"\nsecret = "whsec_x"\n'
+                f'url = "hooks.example/T0/{HIDDEN}"\n',
+                "sinks[0].url: 'hooks.example/…' is not an http(s) URL",
+            ),
+        ],
+    )
+    def test_a_refused_url_shows_no_credentials_nor_path(
+        self, tmp_path: Path, text: str, named: str
+    ) -> None:
+        """A refused URL is shown as far as its host, without a user, password or path."""
+        message = refusal(tmp_path, text)
+        assert named in message
+        _never_shown(message)
+
+    def test_a_value_from_the_environment_is_never_quoted(self, tmp_path: Path) -> None:
+        """A refused value built from ${VAR} is refused without what the variable held."""
+        text = '[[sinks]]\nname = "a"\ntype = "email"\nto = ["ops@x", "${TO}"]\n'
+        message = refusal(tmp_path, text, {"TO": f"{HIDDEN}-no-at-sign"})
+        assert message.endswith(
+            "sinks[0].to: invalid value (not quoted: it is a secret or comes "
+            "from an environment variable)"
+        )
+        _never_shown(message)
+
+    def test_secret_keys_are_every_secret_field(self) -> None:
+        """SECRET_KEYS names exactly the SecretStr fields of every section."""
+        found: set[str] = set()
+        models: list[type[BaseModel]] = [Settings]
+        while models:
+            for name, field in models.pop().model_fields.items():
+                if "SecretStr" in str(field.annotation):
+                    found.add(name)
+                models += _models_in(field.annotation)
+        assert found == SECRET_KEYS
+
+
+def _models_in(annotation: object) -> list[type[BaseModel]]:
+    """The pydantic models an annotation names, however deep in unions and tuples."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [model for part in get_args(annotation) for model in _models_in(part)]

@@ -50,19 +50,21 @@ class TestCookies:
     @pytest.mark.parametrize(
         "text",
         [
-            "support-ui|" + str(int((NOW + timedelta(days=30)).timestamp())),  # too far out
-            "support-ui|" + str(int((NOW - timedelta(seconds=1)).timestamp())),  # expired
-            "support-ui|99999999999999999999",
-            "support-ui|-5",
+            "support-ui|" + str(int((NOW + timedelta(days=30)).timestamp())) + "|s1",  # too far
+            "support-ui|" + str(int((NOW - timedelta(seconds=1)).timestamp())) + "|s1",  # expired
+            "support-ui|99999999999999999999|s1",
+            "support-ui|-5|s1",
             "support-ui",
-            "nobody|" + str(int((NOW + timedelta(hours=1)).timestamp())),
+            "support-ui|" + str(int((NOW + timedelta(hours=1)).timestamp())),  # no id
+            "support-ui|" + str(int((NOW + timedelta(hours=1)).timestamp())) + "|",  # empty id
+            "nobody|" + str(int((NOW + timedelta(hours=1)).timestamp())) + "|s1",
         ],
     )
     def test_signed_but_unfit_values_are_refused(self, text: str) -> None:
         assert Sessions([READ]).verify(signed(READ, text), NOW) is None
 
     def test_a_value_signed_with_another_users_key_is_refused(self) -> None:
-        text = "ops-bot|" + str(int((NOW + timedelta(hours=1)).timestamp()))
+        text = "ops-bot|" + str(int((NOW + timedelta(hours=1)).timestamp())) + "|s1"
         sessions = Sessions([READ, WRITE])
         assert sessions.verify(signed(WRITE, text), NOW) is not None
         assert sessions.verify(signed(READ, text), NOW) is None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import pytest
@@ -128,10 +129,26 @@ class TestListPage:
             (json.dumps({"object": "list", "has_more": False}).encode(), "no 'items'"),
             (page([{"object": "customer", "id": "cus_1"}], has_more=False), "not a meter order"),
             (page(["prdo_x"], has_more=False), "not an object"),
-            (page([order_body("prdo_" + "a" * 24, status=None)], has_more=False), "'status'"),
             (b"not json", "not JSON"),
         ],
     )
     def test_a_bad_page_is_refused(self, body: bytes, reason: str) -> None:
         with pytest.raises(MalformedAnswer, match=reason):
             ListPage.parse(body)
+
+    @pytest.mark.parametrize(
+        ("changes", "reason"),
+        [
+            ({"status": None}, "'status' is missing"),
+            ({"status": "x" * 65}, "'status' has 65 characters"),
+            ({"customer": "cus_\x00"}, "'customer' holds U\\+0000"),
+        ],
+    )
+    def test_a_malformed_order_is_refused_alone(self, changes: dict[str, Any], reason: str) -> None:
+        """A meter order item with a bad field is left out with its reason; the rest are read."""
+        good, bad = "prdo_" + "a" * 24, "prdo_" + "b" * 24
+        body = page([order_body(good), order_body(bad, **changes)], has_more=False)
+        parsed = ListPage.parse(body)
+        assert [order.id for order in parsed.items] == [good]
+        assert list(parsed.refused) == [bad]
+        assert re.search(reason, parsed.refused[bad])

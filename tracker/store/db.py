@@ -13,6 +13,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from tracker.errors import StoreError, first_line
@@ -25,7 +26,7 @@ SQLITE_BUSY_TIMEOUT_MS = 30_000
 MIGRATION_LOCK = 0x74726B_6D6967
 #: The newest migration; a test holds it equal to Alembic's head. Knowing it here lets every
 #: command see that the schema is current without importing Alembic.
-SCHEMA_HEAD = "0007"
+SCHEMA_HEAD = "0008"
 
 
 def _with_driver(url: str, drivers: dict[str, str]) -> str:
@@ -101,12 +102,21 @@ def describe(exc: SQLAlchemyError) -> str:
     return f"database.url: the database failed: {text}"
 
 
-def connect(url: str) -> AsyncEngine:
-    """An async engine for ``url``; SQLite runs in WAL mode with a busy timeout."""
+def connect(url: str, *, pool: tuple[int, float] | None = None) -> AsyncEngine:
+    """An async engine for ``url``; SQLite runs in WAL mode with a busy timeout.
+
+    ``pool`` is (connections, seconds to wait for one) for an engine that must never take more
+    than its share (the listener's); by default the pool is SQLAlchemy's (5, and 10 more).
+    """
     _check_sqlite_folder(url)
+    sizing: dict[str, Any] = {}
+    if pool is not None:
+        sizing = {"pool_size": pool[0], "max_overflow": 0, "pool_timeout": pool[1]}
     # Every use ends its own transaction (begin() commits, connect() rolls back on close), so
     # the pool need not roll back again on every return: one thread round trip less.
-    engine = create_async_engine(_with_driver(url, _ASYNC_DRIVERS), pool_reset_on_return=None)
+    engine = create_async_engine(
+        _with_driver(url, _ASYNC_DRIVERS), pool_reset_on_return=None, **sizing
+    )
     if engine.dialect.name == "sqlite":
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
     return engine
@@ -194,3 +204,24 @@ async def open_store(url: str) -> AsyncIterator[Store]:
         yield store
     finally:
         await store.close()
+
+
+#: The HTTP listener's own connections, and the seconds a request waits for one before it is
+#: answered 503: whatever clients ask, polling keeps every connection of its own pool.
+LISTENER_POOL = (4, 5.0)
+
+
+@asynccontextmanager
+async def listener_store(url: str) -> AsyncIterator[Store]:
+    """A store for the HTTP listener beside a daemon: its own small pool on the same database
+    (already migrated by the daemon), closed afterwards."""
+    store = Store(connect(url, pool=LISTENER_POOL))
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+def is_busy(exc: BaseException) -> bool:
+    """Whether ``exc`` says every connection of a bounded pool was in use for its whole wait."""
+    return isinstance(exc, PoolTimeout)

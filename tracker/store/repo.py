@@ -47,6 +47,7 @@ from tracker.model import (
     Transition,
     WatchedOrder,
 )
+from tracker.store.logins import Logins
 from tracker.store.packing import pack_body, unpack_body
 from tracker.store.tables import (
     UTCDateTime,
@@ -199,6 +200,8 @@ class Store:
         #: took over an expired lease) holds another owner, so it never finds its work undone
         #: or overwritten by a process that lost its claim.
         self.owner = "own_" + base64.b32encode(os.urandom(10)).decode().lower()
+        #: The support pages' logins (``tracker.store.logins``).
+        self.logins = Logins(engine)
 
     @property
     def where(self) -> str:
@@ -982,6 +985,11 @@ class Store:
                     .returning(w.c.leased_by, w.c.leased_until, w.c.next_poll_at)
                 )
             ).first()
+            if row is None:
+                # Not remembered: only hints about watched orders are, so a flood of signed
+                # hints about other orders grows nothing (a replay of one is ignored again).
+                await tx.rollback()
+                return "ignored"
             # Claimed means a live lease: one left behind by a killed process does not count.
             in_flight = (
                 row is not None
@@ -998,8 +1006,6 @@ class Store:
                 await tx.rollback()  # a replay changes nothing, the order's row included
                 return "replayed"
         await self._prune_hints(now)
-        if row is None:
-            return "ignored"
         if in_flight:
             return "in_flight"
         return "due" if row.next_poll_at == now else "already_due"

@@ -253,3 +253,18 @@ hints = Table(
         sqlite_where=text("pending"),
     ),
 )
+
+#: The support pages' logins: one row per session ``/login`` issued. A session cookie is
+#: honoured only while its row exists, so a logout ends every copy of the cookie at once, on
+#: every process serving the pages. Rows past their expiry are pruned at each login.
+sessions = Table(
+    "sessions",
+    metadata,
+    #: SHA-256 (hex) of the random id the cookie carries: the table alone opens no session.
+    Column("id", String(64), primary_key=True),
+    Column("user_name", String(64), nullable=False),
+    Column("expires_at", UTCDateTime, nullable=False),
+    #: Serves the pruning of expired rows and the ending of one user's sessions.
+    Index(None, "expires_at"),
+    Index(None, "user_name"),
+)

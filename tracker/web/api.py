@@ -10,14 +10,10 @@ from __future__ import annotations
 import base64
 import binascii
 import functools
-import hashlib
-import hmac
 import io
-import json
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
 from contextlib import aclosing
-from dataclasses import dataclass
 from typing import Any
 
 import structlog
@@ -25,24 +21,24 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
+from starlette.types import Receive, Scope, Send
 
 from tracker.clock import utc_now
-from tracker.config import HttpUser
 from tracker.errors import ConfigError, InvalidOrderId
 from tracker.export import (
     FORMATS,
     CsvWriter,
     ExportRequest,
     NdjsonWriter,
-    batches_on,
-    export_query,
+    chunks,
     parse_moment,
 )
 from tracker.lifecycle import Status
 from tracker.model import DeliveryState, validate_order_id
 from tracker.store import Store
 from tracker.views import delivery_dict, history_json, watched_dict
-from tracker.web.bodies import bounded_body
+from tracker.web.auth import Users, authenticate
+from tracker.web.bodies import bounded_body, parse_json
 from tracker.web.openapi import document
 
 log = structlog.get_logger("tracker.web")
@@ -51,6 +47,8 @@ PREFIX = "/api/v1"
 #: Bytes a request body may hold: a list of a few thousand order ids fits many times over,
 #: and nothing a client sends can hold more of the server's memory than this.
 MAX_BODY = 1024 * 1024
+#: Exports one user may stream at once; more are answered 429.
+MAX_EXPORTS = 2
 #: Order ids one ``POST /orders`` may watch: one transaction, a bounded write.
 MAX_IDS = 10_000
 #: Page sizes: the default, and the cap a larger ``limit`` is cut to (a page stays one query
@@ -75,55 +73,9 @@ Sinks = Callable[[], Collection[str]]
 MAX_TEXT = 64
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Caller:
-    """Who sent a request: a configured user's name and role."""
-
-    name: str
-    role: str
-
-
-class Tokens:
-    """The configured users' tokens, checked in constant time.
-
-    Each token is compared by its SHA-256 digest, so every comparison has the same length,
-    and every user is compared whatever matched: a wrong token costs what a right one does.
-    """
-
-    def __init__(self, users: Sequence[HttpUser]) -> None:
-        self._users = [
-            (hashlib.sha256(u.token.get_secret_value().encode()).digest(), u) for u in users
-        ]
-
-    def check(self, token: str) -> Caller | None:
-        """The user ``token`` belongs to, or ``None``."""
-        given = hashlib.sha256(token.encode("utf-8", "surrogateescape")).digest()
-        found: HttpUser | None = None
-        for digest, user in self._users:
-            if hmac.compare_digest(given, digest) and found is None:
-                found = user
-        return Caller(name=found.name, role=found.role) if found is not None else None
-
-
-def authenticate(request: Request, tokens: Tokens, *, write: bool = False) -> Caller:
-    """The caller of ``request``; 401 without a known bearer token, 403 for a read token on
-    a write route."""
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    caller = tokens.check(token.strip()) if scheme.lower() == "bearer" and token.strip() else None
-    if caller is None:
-        raise HTTPException(
-            401,
-            "send Authorization: Bearer <token> with a token from [[http.users]]",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
-    if write and caller.role != "write":
-        raise HTTPException(403, f"user {caller.name!r} has the read role; this needs write")
-    return caller
-
-
-def api_routes(*, store: Store, users: Sequence[HttpUser], sinks: Sinks) -> list[BaseRoute]:
+def api_routes(*, store: Store, users: Users, sinks: Sinks) -> list[BaseRoute]:
     """The ``/api/v1`` routes over ``store`` for ``users``."""
-    api = _Api(store=store, tokens=Tokens(users), sinks=sinks)
+    api = _Api(store=store, users=users, sinks=sinks)
     spec = document()
 
     async def openapi(_request: Request) -> Response:
@@ -142,13 +94,15 @@ def api_routes(*, store: Store, users: Sequence[HttpUser], sinks: Sinks) -> list
 class _Api:
     """The endpoints: each authenticates, parses, calls the store and serialises."""
 
-    def __init__(self, *, store: Store, tokens: Tokens, sinks: Sinks) -> None:
+    def __init__(self, *, store: Store, users: Users, sinks: Sinks) -> None:
         self._store = store
-        self._tokens = tokens
+        self._users = users
         self._sinks = sinks
+        #: Exports streaming now, per user (at most :data:`MAX_EXPORTS` each).
+        self._exporting: dict[str, int] = {}
 
     async def list_orders(self, request: Request) -> Response:
-        authenticate(request, self._tokens)
+        authenticate(request, self._users)
         query = _Query(request, ("status", "state", "q", "limit", "cursor"))
         limit = query.limit()
         after = query.cursor("o")
@@ -167,7 +121,7 @@ class _Api:
         return JSONResponse({"items": [watched_dict(o) for o in rows], "next_cursor": cursor})
 
     async def get_order(self, request: Request) -> Response:
-        authenticate(request, self._tokens)
+        authenticate(request, self._users)
         order_id = _order_id(request.path_params["order_id"], "order id")
         history = await self._store.history(order_id)
         if history is None:
@@ -175,14 +129,14 @@ class _Api:
         return JSONResponse(history_json(history))
 
     async def watch_orders(self, request: Request) -> Response:
-        caller = authenticate(request, self._tokens, write=True)
+        caller = authenticate(request, self._users, write=True)
         ids = _order_ids(await _json_body(request))
         added = await self._store.watch(ids, source="api", now=utc_now())
         log.info("api_write", user=caller.name, action="watch", ids=ids, added=added)
         return JSONResponse({"added": added}, status_code=201)
 
     async def unwatch_order(self, request: Request) -> Response:
-        caller = authenticate(request, self._tokens, write=True)
+        caller = authenticate(request, self._users, write=True)
         order_id = _order_id(request.path_params["order_id"], "order id")
         if await self._store.get(order_id) is None:
             raise HTTPException(404, f"order {order_id} is not watched and never was")
@@ -191,7 +145,7 @@ class _Api:
         return Response(status_code=204)
 
     async def list_deliveries(self, request: Request) -> Response:
-        authenticate(request, self._tokens)
+        authenticate(request, self._users)
         query = _Query(request, ("state", "sink", "limit", "cursor"))
         limit = query.limit()
         after = query.cursor("d")
@@ -214,8 +168,13 @@ class _Api:
         )
 
     async def list_transitions(self, request: Request) -> Response:
-        """``tracker export`` over HTTP: the period's transitions, streamed in constant memory."""
-        authenticate(request, self._tokens)
+        """``tracker export`` over HTTP: the period's transitions, streamed in constant memory.
+
+        The rows are read a chunk at a time, each chunk on a connection given back before it is
+        sent, so a client that reads slowly (or not at all) holds no connection; the listener
+        drops one that stops reading. A user may stream :data:`MAX_EXPORTS` exports at once.
+        """
+        caller = authenticate(request, self._users)
         query = _Query(request, ("since", "until", "status", "format"))
         since, until = query.text("since"), query.text("until")
         if since is None:
@@ -231,18 +190,31 @@ class _Api:
             raise HTTPException(422, str(exc)) from None
         if wanted.until is not None and wanted.since >= wanted.until:
             raise HTTPException(422, "since is not before until, so nothing can match")
+        if self._exporting.get(caller.name, 0) >= MAX_EXPORTS:
+            raise HTTPException(
+                429,
+                f"user {caller.name!r} streams {MAX_EXPORTS} exports already; retry when one ends",
+                headers={"Retry-After": "5"},
+            )
         media = "text/csv; charset=utf-8" if wanted.format == "csv" else "application/x-ndjson"
-        return StreamingResponse(self._export(wanted), media_type=media)
+        self._exporting[caller.name] = self._exporting.get(caller.name, 0) + 1
+        return _Streaming(
+            self._export(wanted),
+            media_type=media,
+            done=functools.partial(self._exported, caller.name),
+        )
+
+    def _exported(self, name: str) -> None:
+        left = self._exporting.pop(name, 1) - 1
+        if left:
+            self._exporting[name] = left
 
     async def _export(self, wanted: ExportRequest) -> AsyncIterator[str]:
         buffer = io.StringIO()
         writer = (
             CsvWriter(buffer, terminal=False) if wanted.format == "csv" else NdjsonWriter(buffer)
         )
-        async with (
-            self._store.reading() as conn,
-            aclosing(batches_on(conn, export_query(wanted))) as rows,
-        ):
+        async with aclosing(chunks(self._store.reading, wanted)) as rows:
             async for batch in rows:
                 writer.write(batch)
                 yield buffer.getvalue()
@@ -252,7 +224,7 @@ class _Api:
             yield buffer.getvalue()
 
     async def retry_delivery(self, request: Request) -> Response:
-        caller = authenticate(request, self._tokens, write=True)
+        caller = authenticate(request, self._users, write=True)
         event_id = request.path_params["event_id"]
         count = await retry_event(self._store, event_id, user=caller.name, logged="api_write")
         if count == 0:
@@ -277,6 +249,22 @@ async def retry_event(
 
 
 Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+class _Streaming(StreamingResponse):
+    """A streamed answer that calls ``done`` once it has ended, however it ended."""
+
+    def __init__(
+        self, content: AsyncIterator[str], *, media_type: str, done: Callable[[], None]
+    ) -> None:
+        super().__init__(content, media_type=media_type)
+        self._done = done
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._done()
 
 
 def _route(path: str, **by_method: Endpoint) -> Route:
@@ -376,10 +364,7 @@ async def _json_body(request: Request) -> Any:
     """The request's JSON body, at most :data:`MAX_BODY` bytes (413 past it)."""
     too_large = HTTPException(413, f"the body is larger than {MAX_BODY} bytes")
     body = await bounded_body(request, MAX_BODY, too_large)
-    try:
-        return json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise HTTPException(422, f"the body is not JSON: {exc}") from exc
+    return parse_json(body, HTTPException, invalid=422)
 
 
 def _order_ids(data: Any) -> list[str]:

@@ -14,17 +14,22 @@ import structlog
 from pydantic import SecretStr
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tracker.config import HttpUser
 from tracker.errors import clip, first_line
-from tracker.store import Store
-from tracker.web.api import api_routes
+from tracker.store import Store, is_busy
+from tracker.web.api import PREFIX, api_routes
+from tracker.web.auth import Users
+from tracker.web.bodies import BodyBudget, error_body
 from tracker.web.hooks import hook_routes
 from tracker.web.metrics import CONTENT_TYPE, Metrics
 from tracker.web.pages import error_page, page_routes, wants_page
+from tracker.web.throttle import Tally
 
 log = structlog.get_logger("tracker.web")
 
@@ -41,15 +46,22 @@ def build_app(
     metrics: Metrics,
     readiness: Readiness | None = None,
     sinks: Callable[[], Collection[str]] = tuple,
-    users: Sequence[HttpUser] = (),
+    users: Users | Sequence[HttpUser] = (),
     webhook_secret: SecretStr | None = None,  # POST /hooks/nomos: see tracker.web.hooks
+    probe: Store | None = None,
 ) -> Starlette:
     """The routes over ``store``; ``readiness`` is the daemon's under ``tracker run``.
 
     ``sinks`` names the configured sinks (read at each scrape, so a reload shows); ``users``
-    are the ``[[http.users]]`` whose bearer tokens the API and the pages accept. Errors are
-    JSON, but pages for the pages' routes and for browsers (see :func:`wants_page`).
+    are the ``[[http.users]]`` whose bearer tokens the API and the pages accept (a
+    :class:`Users` that a reload swaps, or a fixed list). ``/readyz`` asks ``probe`` (the
+    daemon's own store, default ``store``) whether the database answers: the listener's
+    connections may all be busy with clients while polling's are not. Errors are JSON, but
+    pages for the pages' routes and for browsers (see :func:`wants_page`).
     """
+    if not isinstance(users, Users):
+        users = Users(users, logins=store.logins)
+    probed = probe or store
 
     async def healthz(_request: Request) -> Response:
         return JSONResponse({"status": "ok"})
@@ -57,7 +69,7 @@ def build_app(
     async def readyz(_request: Request) -> Response:
         reason = readiness() if readiness is not None else None
         if reason is None:
-            reason = await _ping(store)
+            reason = await _ping(probed)
         if reason is None:
             return JSONResponse({"status": "ready"})
         return JSONResponse({"status": "unready", "reason": clip(reason)}, status_code=503)
@@ -66,17 +78,23 @@ def build_app(
         await metrics.refresh(store, sinks())
         return Response(metrics.render(), media_type=CONTENT_TYPE)
 
-    return Starlette(
+    app = Starlette(
         routes=[
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
             Route("/metrics", scrape, methods=["GET"]),
             *api_routes(store=store, users=users, sinks=sinks),
-            *hook_routes(store=store, secret=webhook_secret, metrics=metrics),
+            *hook_routes(
+                store=store, secret=webhook_secret, metrics=metrics, throttle=users.throttle
+            ),
             *page_routes(store=store, users=users, sinks=sinks),
         ],
         exception_handlers={HTTPException: _http_error, Exception: _crash},
+        middleware=[Middleware(_ApiHeaders)],
     )
+    app.state.bodies = BodyBudget()
+    app.state.busy = Tally("http_database_busy")
+    return app
 
 
 async def _ping(store: Store) -> str | None:
@@ -91,12 +109,6 @@ async def _ping(store: Store) -> str | None:
     return None
 
 
-def error_body(status: int, message: str) -> dict[str, dict[str, str]]:
-    """The contract's error object: ``{"error": {"code": …, "message": …}}``."""
-    code = HTTPStatus(status).phrase.lower().replace(" ", "_").replace("-", "_")
-    return {"error": {"code": code, "message": message}}
-
-
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)  # noqa: S101 - registered for HTTPException only
     message = exc.detail if exc.detail else HTTPStatus(exc.status_code).phrase
@@ -108,6 +120,13 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 
 async def _crash(request: Request, exc: Exception) -> Response:
+    if is_busy(exc):  # the listener's connections are all in use: a moment's wait
+        request.app.state.busy.add(path=request.url.path)
+        headers = {"Retry-After": "1"}
+        message = "the database is busy with other requests; retry"
+        if wants_page(request):
+            return error_page(503, message, headers=headers)
+        return JSONResponse(error_body(503, message), status_code=503, headers=headers)
     log.error(
         "http_request_failed",
         path=request.url.path,
@@ -117,3 +136,32 @@ async def _crash(request: Request, exc: Exception) -> Response:
     if wants_page(request):
         return error_page(500, "internal error; see the log")
     return JSONResponse(error_body(500, "internal error; see the log"), status_code=500)
+
+
+#: Sent with every answer under the API: customers' data is never sniffed into another type,
+#: nor kept by a browser's or a proxy's cache.
+API_HEADERS = ((b"x-content-type-options", b"nosniff"), (b"cache-control", b"no-store"))
+
+
+class _ApiHeaders:
+    """Adds :data:`API_HEADERS` to every answer under ``/api/v1/``, errors included."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self._app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith(f"{PREFIX}/"):
+            await self._app(scope, receive, send)
+            return
+
+        async def sending(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                kept = [
+                    (k, v)
+                    for k, v in message.get("headers", [])
+                    if k.lower() not in {name for name, _ in API_HEADERS}
+                ]
+                message = {**message, "headers": [*kept, *API_HEADERS]}
+            await send(message)
+
+        await self._app(scope, receive, sending)

@@ -6,25 +6,27 @@ as always; its ``topic`` is logged, never stored as a status. The route exists o
 ``[upstream] webhook_secret`` is set: without it ``/hooks/nomos`` answers 404, like any path
 the tracker does not serve.
 
-What is refused, each with one ``hint_refused`` log line (the reason, never the secret nor the
-signature) and nothing changed:
+What is refused, with nothing changed and a ``hint_refused`` log line (the reason, never the
+secret nor the signature; a flood of them is one line per minute with its count):
 
 - 401: no ``X-Nomos-Signature``, a malformed one, a timestamp more than :data:`TOLERANCE`
   away from now (either way), or no ``v1`` signature that matches;
 - 413: a body over :data:`MAX_BODY` bytes;
-- 400: a body that is not JSON; 422: JSON without an event ``id`` or a valid
-  ``context.meter_order``.
+- 400: a body that is not JSON (or nested too deep); 422: JSON without an event ``id`` or a
+  valid ``context.meter_order``;
+- 429 with ``Retry-After``: an address whose signatures failed a few times of late is not
+  checked again for a while (:class:`~tracker.web.throttle.Throttle`).
 
 A replayed event id (the provider delivers at least once; several processes may serve this
 address over one PostgreSQL database) is answered 202 and changes nothing: every process
-remembers the event ids of the last day in the ``hints`` table.
+remembers the event ids of the last day in the ``hints`` table. Hints about orders that are not
+watched are answered 202 and not remembered, so signed floods about them grow nothing.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import re
 from collections.abc import Callable
 from datetime import datetime
@@ -40,8 +42,10 @@ from tracker.clock import utc_now
 from tracker.errors import InvalidOrderId
 from tracker.model import validate_order_id
 from tracker.store import Store
-from tracker.web.bodies import bounded_body
+from tracker.web.auth import client_of
+from tracker.web.bodies import bounded_body, error_body, parse_json
 from tracker.web.metrics import Metrics
+from tracker.web.throttle import Tally, Throttle
 
 log = structlog.get_logger("tracker.web")
 
@@ -71,10 +75,11 @@ Clock = Callable[[], datetime]
 class Refused(Exception):
     """Why a webhook is not taken: the HTTP status and a reason safe to log and answer."""
 
-    def __init__(self, status: int, reason: str) -> None:
+    def __init__(self, status: int, reason: str, retry_after: int | None = None) -> None:
         super().__init__(reason)
         self.status = status
         self.reason = reason
+        self.retry_after = retry_after
 
 
 def hook_routes(
@@ -83,15 +88,23 @@ def hook_routes(
     secret: SecretStr | None,
     clock: Clock = utc_now,
     metrics: Metrics | None = None,
+    throttle: Throttle | None = None,
 ) -> list[BaseRoute]:
     """``POST /hooks/nomos`` over ``store``, verified with ``secret``; none without a secret.
 
     ``clock`` dates the hints and judges the signatures' timestamps; ``metrics`` (if any)
-    counts each webhook in ``tracker_hints_total``.
+    counts each webhook in ``tracker_hints_total``; ``throttle`` counts failed signatures per
+    address (the one the logins use, so a guesser at either waits at both).
     """
     if secret is None:
         return []
-    hook = _Hook(store=store, key=secret.get_secret_value().encode(), clock=clock, metrics=metrics)
+    hook = _Hook(
+        store=store,
+        key=secret.get_secret_value().encode(),
+        clock=clock,
+        metrics=metrics,
+        throttle=throttle if throttle is not None else Throttle(),
+    )
     return [Route(PATH, hook.receive, methods=["POST"])]
 
 
@@ -142,10 +155,7 @@ def verify(key: bytes, body: bytes, timestamp: str, signatures: list[str]) -> bo
 
 def parse_hint(body: bytes) -> tuple[str, str, str | None]:
     """The event id, the order id and the topic (``None`` if absent) of a webhook's body."""
-    try:
-        data: Any = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise Refused(400, f"the body is not JSON: {exc}") from None
+    data: Any = parse_json(body, Refused)
     if not isinstance(data, dict):
         raise Refused(422, 'the body must be an object {"id": "evt_…", "context": {…}}')
     event_id = data.get("id")
@@ -173,11 +183,21 @@ def _clip(value: str) -> str:
 class _Hook:
     """The endpoint: verify, parse, hand the hint to the store, answer 202."""
 
-    def __init__(self, *, store: Store, key: bytes, clock: Clock, metrics: Metrics | None) -> None:
+    def __init__(
+        self,
+        *,
+        store: Store,
+        key: bytes,
+        clock: Clock,
+        metrics: Metrics | None,
+        throttle: Throttle,
+    ) -> None:
         self._store = store
         self._key = key
         self._clock = clock
         self._metrics = metrics
+        self._throttle = throttle
+        self._refused = Tally("hint_refused")
 
     def _count(self, result: str) -> None:
         if self._metrics is not None:
@@ -185,17 +205,18 @@ class _Hook:
 
     async def receive(self, request: Request) -> Response:
         """Take one webhook (the module's docstring says what is refused, and how)."""
-        from tracker.web.app import error_body  # noqa: PLC0415 - the app imports this module
-
+        client = client_of(request)
         try:
-            event_id, order_id, topic = await self._verified(request)
+            event_id, order_id, topic = await self._admitted(request, client)
         except Refused as refused:
             self._count("refused")
-            client = request.client.host if request.client is not None else None
-            log.warning("hint_refused", status=refused.status, reason=refused.reason, client=client)
+            self._refused.add(client=client, status=refused.status, reason=refused.reason)
+            headers = {"Retry-After": str(refused.retry_after)} if refused.retry_after else None
             # Answered here rather than raised: the app renders errors outside the API as pages,
             # and the provider reads JSON.
-            return JSONResponse(error_body(refused.status, refused.reason), refused.status)
+            return JSONResponse(
+                error_body(refused.status, refused.reason), refused.status, headers=headers
+            )
         outcome = await self._store.hint(event_id=event_id, order_id=order_id, now=self._clock())
         fields = {"event_id": event_id, "order_id": order_id, "topic": topic}
         if outcome == "replayed":
@@ -208,6 +229,21 @@ class _Hook:
             self._count("accepted")
             log.info("hint_accepted", **fields, outcome=outcome)
         return JSONResponse({"status": "accepted"}, status_code=202)
+
+    async def _admitted(self, request: Request, client: str) -> tuple[str, str, str | None]:
+        """The verified hint, unless ``client`` failed too often of late (429); a failed
+        signature counts against it."""
+        wait = self._throttle.wait(client)
+        if wait is not None:
+            raise Refused(
+                429, f"too many refused webhooks from this address; retry in {wait} s", wait
+            )
+        try:
+            return await self._verified(request)
+        except Refused as refused:
+            if refused.status == 401:
+                self._throttle.failed(client)
+            raise
 
     async def _verified(self, request: Request) -> tuple[str, str, str | None]:
         """The hint a signed, fresh, well-formed request carries; else :class:`Refused`."""

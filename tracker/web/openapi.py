@@ -226,8 +226,15 @@ _UNAUTHORIZED = {
     },
     "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
 }
+_THROTTLED = {
+    "description": "Too many wrong tokens from this address of late; retry after the header's "
+    "seconds (the token is not checked until then).",
+    "headers": {"Retry-After": {"schema": {"type": "string"}, "required": True}},
+    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+}
 _READ_ERRORS = {
     "401": _UNAUTHORIZED,
+    "429": _THROTTLED,
     "422": _error("A query parameter or path value that is not valid (named in the message)."),
 }
 _WRITE_ERRORS = {

@@ -3,8 +3,8 @@
 Each page authenticates (a session cookie set by ``/login``, or the API's bearer header),
 parses, calls the same store methods as the API and renders a Jinja2 template with every value
 escaped. A page POST is refused unless it comes from this host (``Origin``), carries the form's
-CSRF token (an HMAC of the session) and fits in :data:`~tracker.web.api.MAX_BODY`. No page needs
-JavaScript; the Content-Security-Policy allows none.
+CSRF token (an HMAC of the session) and fits in :data:`MAX_FORM`. No page needs JavaScript; the
+Content-Security-Policy allows none.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import functools
 import hashlib
 import importlib.resources
 import urllib.parse
-from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from http import HTTPStatus
@@ -29,7 +29,6 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from tracker.clock import utc_now
-from tracker.config import HttpUser
 from tracker.errors import InvalidOrderId
 from tracker.lifecycle import BLOCKED, COMPLETE, MAIN_PATH, Status, is_known
 from tracker.model import STALE_AFTER, DeliveryState, validate_order_id
@@ -37,16 +36,15 @@ from tracker.store import History, Store
 from tracker.views import history_json, orphaned, state_of
 from tracker.web.api import (
     EVENT_ID,
-    MAX_BODY,
     PREFIX,
     SEARCH_PATTERN,
     STATES,
-    Tokens,
     clip_id,
     retry_event,
 )
+from tracker.web.auth import Users, client_of
 from tracker.web.bodies import bounded_body
-from tracker.web.sessions import COOKIE, SESSION_LIFETIME, Session, Sessions
+from tracker.web.sessions import COOKIE, SESSION_LIFETIME, Session
 
 log = structlog.get_logger("tracker.web")
 
@@ -71,6 +69,8 @@ LATEST_SHOWN = 20
 FAILING_SHOWN = 20
 #: Fields one form may send: ours have three; more is not a form of ours.
 MAX_FIELDS = 20
+#: Bytes a form may have: ours hold a token, a CSRF token and a page to return to.
+MAX_FORM = 8 * 1024
 #: Characters a status filter may have: an undocumented status from the board's link fits.
 MAX_STATUS = 64
 #: Characters of the page a login returns to (a search with every filter fits).
@@ -232,7 +232,7 @@ Sinks = Callable[[], Collection[str]]
 Handler = Callable[[Request, Visitor], Awaitable[Response]]
 
 
-def page_routes(*, store: Store, users: Sequence[HttpUser], sinks: Sinks) -> list[BaseRoute]:
+def page_routes(*, store: Store, users: Users, sinks: Sinks) -> list[BaseRoute]:
     """The support pages over ``store`` for ``users``: login, board, search, order, dead letters."""
     pages = _Pages(store=store, users=users, sinks=sinks)
     return [
@@ -257,37 +257,33 @@ async def stylesheet(_request: Request) -> Response:
 class _Pages:
     """The pages: each authenticates, parses, calls the store and renders."""
 
-    def __init__(self, *, store: Store, users: Sequence[HttpUser], sinks: Sinks) -> None:
+    def __init__(self, *, store: Store, users: Users, sinks: Sinks) -> None:
         self._store = store
-        self._tokens = Tokens(users)
-        self._sessions = Sessions(users)
+        self._users = users
         self._sinks = sinks
 
     # -- who is asking ----------------------------------------------------------------------
 
-    def _visitor(self, request: Request) -> Visitor | None:
-        """The visitor by bearer header (401 when wrong) or by session cookie, or ``None``."""
-        header = request.headers.get("authorization")
-        if header is not None:
-            scheme, _, token = header.partition(" ")
-            caller = self._tokens.check(token.strip()) if scheme.lower() == "bearer" else None
-            if caller is None or not token.strip():
-                raise HTTPException(
-                    401,
-                    "send Authorization: Bearer <token> with a token from [[http.users]], "
-                    "or log in at /login",
-                    headers={"WWW-Authenticate": "Bearer"},
-                )
+    async def _visitor(self, request: Request) -> Visitor | None:
+        """The visitor by bearer header (401 when wrong) or by session cookie, or ``None``.
+
+        A cookie counts only if it is signed for a user in force and its session is still
+        remembered (not logged out, not expired).
+        """
+        caller = self._users.bearer(request)
+        if caller is not None:
             return Visitor(name=caller.name, role=caller.role)
         value = request.cookies.get(COOKIE)
-        session = self._sessions.verify(value, utc_now()) if value else None
-        if session is None:
+        now = utc_now()
+        sessions = self._users.sessions
+        session = sessions.verify(value, now) if value else None
+        if session is None or await self._store.logins.holder(session.digest, now) != session.name:
             return None
         return Visitor(
             name=session.name,
             role=session.role,
             session=session,
-            csrf=self._sessions.csrf(session),
+            csrf=sessions.csrf(session),
         )
 
     def page(self, handler: Handler) -> Callable[[Request], Awaitable[Response]]:
@@ -297,7 +293,7 @@ class _Pages:
         """
 
         async def endpoint(request: Request) -> Response:
-            visitor = self._visitor(request)
+            visitor = await self._visitor(request)
             if visitor is None:
                 if request.method in {"GET", "HEAD"}:
                     return _to_login(request)
@@ -305,7 +301,7 @@ class _Pages:
             if request.method == "POST":
                 _same_origin(request)
                 form = await _form(request)
-                if visitor.session is not None and not self._sessions.csrf_matches(
+                if visitor.session is not None and not self._users.sessions.csrf_matches(
                     visitor.session, form.get("csrf", "")
                 ):
                     log.warning(
@@ -325,34 +321,41 @@ class _Pages:
         return render("login.html", next=_local(request.query_params.get("next")), error=None)
 
     async def login(self, request: Request) -> Response:
-        """A valid token sets the session cookie; a wrong one shows the form again (401)."""
+        """A valid token sets the session cookie; a wrong one shows the form again (401), and
+        too many wrong ones from one address are refused for a while (429)."""
         _same_origin(request)
+        self._users.admit(request)
         form = await _form(request)
         target = _local(form.get("next"))
         token = form.get("token", "").strip()
-        caller = self._tokens.check(token) if token else None
+        caller = self._users.tokens.check(token) if token else None
         if caller is None:
-            log.info("page_login_refused", client=_client(request))
+            self._users.failed(request, "login")
             return render(
                 "login.html",
                 status=401,
                 next=target,
                 error="That token is not one of the configured [[http.users]].",
             )
-        session = self._sessions.issue(caller.name, utc_now())
-        log.info("page_login", user=caller.name, role=caller.role, client=_client(request))
+        now = utc_now()
+        session = self._users.sessions.issue(caller.name, now)
+        await self._store.logins.open(
+            digest=session.digest, user=caller.name, expires=session.expires, now=now
+        )
+        log.info("page_login", user=caller.name, role=caller.role, client=client_of(request))
         response = RedirectResponse(target, status_code=303)
         response.headers.append("set-cookie", _cookie(session.value, request))
         return response
 
     async def logout(self, request: Request) -> Response:
-        """End the browser's session (its cookie) and go back to the login form."""
+        """End the session (every copy of its cookie) and go back to the login form."""
         _same_origin(request)
         form = await _form(request)
-        visitor = self._visitor(request)
+        visitor = await self._visitor(request)
         if visitor is not None and visitor.session is not None:
-            if not self._sessions.csrf_matches(visitor.session, form.get("csrf", "")):
+            if not self._users.sessions.csrf_matches(visitor.session, form.get("csrf", "")):
                 raise HTTPException(403, "the form is stale or foreign; reload the page")
+            await self._store.logins.end(visitor.session.digest)
             log.info("page_logout", user=visitor.name)
         response = RedirectResponse("/login", status_code=303)
         response.headers.append("set-cookie", _cookie("", request))
@@ -638,9 +641,9 @@ def _same_origin(request: Request) -> None:
 
 
 async def _form(request: Request) -> dict[str, str]:
-    """The request's urlencoded form, at most :data:`MAX_BODY` bytes (413 past it)."""
-    too_large = HTTPException(413, f"the form is larger than {MAX_BODY} bytes")
-    body = await bounded_body(request, MAX_BODY, too_large)
+    """The request's urlencoded form, at most :data:`MAX_FORM` bytes (413 past it)."""
+    too_large = HTTPException(413, f"the form is larger than {MAX_FORM} bytes")
+    body = await bounded_body(request, MAX_FORM, too_large)
     kind = request.headers.get("content-type", "").partition(";")[0].strip().lower()
     if body and kind != "application/x-www-form-urlencoded":
         raise HTTPException(415, "send the form as application/x-www-form-urlencoded")
@@ -651,8 +654,3 @@ async def _form(request: Request) -> dict[str, str]:
     except (UnicodeDecodeError, ValueError) as exc:
         raise HTTPException(400, "the form could not be read") from exc
     return dict(pairs)
-
-
-def _client(request: Request) -> str | None:
-    """The peer's address, for the login log lines."""
-    return request.client.host if request.client is not None else None

@@ -1,10 +1,12 @@
 """The support pages' browser sessions: signed cookies and the CSRF tokens bound to them.
 
-A session cookie is ``base64url(name "|" expiry) "." base64url(HMAC-SHA256)``, keyed by a key
-derived from the user's token. Nothing is stored on the server, so a cookie survives a restart
-and works on every ``tracker serve`` sharing the configuration; changing (revoking) a user's
-token ends that user's sessions, and the role is read from the configuration at each request.
-Pure: standard library only (and the settings type), no I/O.
+A session cookie is ``base64url(name "|" expiry "|" id) "." base64url(HMAC-SHA256)``, keyed by
+a key derived from the user's token; ``id`` is random. The signature proves the cookie was
+issued for that user's current token, so changing (revoking) a token or removing the user ends
+that user's sessions; the role is read from the configuration at each request. The server also
+remembers each session by a digest of its id (``tracker.store.logins``), and honours a cookie
+only while it does: a logout ends every copy of the cookie, on every process sharing the
+database. Pure: standard library only (and the settings type), no I/O.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import base64
 import binascii
 import hashlib
 import hmac
+import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -41,6 +44,8 @@ class Session:
     role: str
     expires: datetime
     value: str
+    #: What the server remembers the session by: SHA-256 (hex) of the cookie's random id.
+    digest: str
 
 
 def _b64(data: bytes) -> str:
@@ -67,9 +72,10 @@ class Sessions:
         """A new session for the configured user ``name``, valid for :data:`SESSION_LIFETIME`."""
         user, key = self._users[name]
         expires = now + SESSION_LIFETIME
-        payload = _b64(f"{name}|{int(expires.timestamp())}".encode())
+        sid = secrets.token_urlsafe(24)
+        payload = _b64(f"{name}|{int(expires.timestamp())}|{sid}".encode())
         value = f"{payload}.{_sign(key, payload.encode())}"
-        return Session(name=name, role=user.role, expires=expires, value=value)
+        return Session(name=name, role=user.role, expires=expires, value=value, digest=_digest(sid))
 
     def verify(self, value: str, now: datetime) -> Session | None:
         """The session ``value`` holds if it is signed for a configured user and unexpired."""
@@ -77,11 +83,12 @@ class Sessions:
             return None
         payload, dot, signature = value.partition(".")
         try:
-            name, bar, stamp = _unb64(payload).decode("utf-8").partition("|")
+            name, bar, rest = _unb64(payload).decode("utf-8").partition("|")
         except (binascii.Error, UnicodeDecodeError, ValueError):
             return None
+        stamp, bar_again, sid = rest.partition("|")
         found = self._users.get(name)
-        if not dot or not bar or found is None:
+        if not dot or not bar or not bar_again or not sid or found is None:
             return None
         user, key = found
         if not hmac.compare_digest(_sign(key, payload.encode()), signature):
@@ -92,7 +99,7 @@ class Sessions:
         # A signed expiry further out than one lifetime was not issued by this version.
         if not now < expires <= now + SESSION_LIFETIME:
             return None
-        return Session(name=name, role=user.role, expires=expires, value=value)
+        return Session(name=name, role=user.role, expires=expires, value=value, digest=_digest(sid))
 
     def csrf(self, session: Session) -> str:
         """The CSRF token of the forms shown within ``session``."""
@@ -102,6 +109,10 @@ class Sessions:
     def csrf_matches(self, session: Session, token: str) -> bool:
         """Whether ``token`` is ``session``'s CSRF token (compared in constant time)."""
         return hmac.compare_digest(self.csrf(session).encode(), token.encode("utf-8", "replace"))
+
+
+def _digest(sid: str) -> str:
+    return hashlib.sha256(sid.encode()).hexdigest()
 
 
 def _sign(key: bytes, message: bytes) -> str:
