@@ -24,6 +24,7 @@ from starlette.routing import Route
 from tracker.config import Address
 from tracker.web.server import (
     ACCEPT_BURST,
+    BURSTS_IN_FLIGHT,
     FD_RESERVE,
     Limits,
     connection_cap,
@@ -125,6 +126,16 @@ async def closed_by_server(sock: socket.socket) -> bool:
                 return True
 
 
+def closed_now(sock: socket.socket) -> bool:
+    """Whether the server has closed ``sock`` (without waiting)."""
+    try:
+        return sock.recv(1, socket.MSG_PEEK) == b""
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
+
+
 async def get(url: str, path: str) -> httpx.Response:
     async with httpx.AsyncClient(base_url=url, timeout=PATIENCE) as client:
         return await client.get(path)
@@ -200,9 +211,18 @@ class TestConnectionCap:
                 app.release.set()
                 assert (await held).status_code == 200
 
+    async def test_a_crowd_beyond_the_cap_is_cut_to_the_cap(self) -> None:
+        """40 silent sockets on a cap of 8: 32 are closed (each newcomer closes another one)."""
+        async with served(Limits(head_timeout=60, connections=8)) as (_app, url, port):
+            with sockets(port, 40) as crowd:
+                async with asyncio.timeout(PATIENCE):
+                    while sum([closed_now(s) for s in crowd]) < 32:  # noqa: ASYNC110 - sockets
+                        await asyncio.sleep(0.05)
+                assert (await get(url, "/readyz")).status_code == 200
+
     def test_the_cap_leaves_files_for_the_upstream_and_the_database(self) -> None:
         """Under a file limit of 1,024, the cap keeps descriptors for the daemon and a burst."""
-        assert connection_cap(Limits(), 1024) == 1024 - FD_RESERVE - ACCEPT_BURST
+        assert connection_cap(Limits(), 1024) == 1024 - FD_RESERVE - ACCEPT_BURST * BURSTS_IN_FLIGHT
         assert connection_cap(Limits(connections=100), 1_048_576) == 100
 
     def test_the_soft_file_limit_is_raised_to_the_hard_one(self) -> None:

@@ -49,9 +49,11 @@ START_LIMIT = 10.0
 #: File descriptors kept out of the listener's reach: the upstream's and the sinks' connections,
 #: the database pool, SQLite's files, the log. Connections beyond the rest are not accepted.
 FD_RESERVE = 256
-#: Connections accepted in one go when the socket is ready: each takes a descriptor before the
-#: cap can see it, so the cap leaves room for one such burst.
-ACCEPT_BURST = 128
+#: Connections accepted in one go when the socket is ready. Each takes a descriptor a few loop
+#: turns before the cap can see it, and bursts follow each other meanwhile, so the cap leaves
+#: room for :data:`BURSTS_IN_FLIGHT` of them.
+ACCEPT_BURST = 32
+BURSTS_IN_FLIGHT = 4
 #: Connections the kernel holds for the listener until it accepts them: a crowd connecting at
 #: once waits there (no descriptor of ours) rather than having its SYNs, and a probe's, dropped.
 LISTEN_BACKLOG = 2048
@@ -87,7 +89,8 @@ def raise_file_limit() -> int:
 
 def connection_cap(limits: Limits, open_files: int) -> int:
     """Connections the listener may hold: the configured cap, within what the files allow."""
-    return max(8, min(limits.connections, open_files - FD_RESERVE - ACCEPT_BURST))
+    spare = FD_RESERVE + ACCEPT_BURST * BURSTS_IN_FLIGHT
+    return max(8, min(limits.connections, open_files - spare))
 
 
 class _Gate:
@@ -105,6 +108,9 @@ class _Gate:
             return
         victim = next((c for c in self._open if c is not connection and c.idle), connection)
         self.dropped.add(reason="too many connections", cap=self.cap)
+        # Gone from the count at once: its descriptor is closed at the loop's next turn, and
+        # the next connection past the cap must close another one, not this one again.
+        self._open.pop(victim, None)
         victim.drop()
 
     def leave(self, connection: _Protocol) -> None:
