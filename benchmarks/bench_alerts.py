@@ -60,12 +60,11 @@ from sqlalchemy import Engine, event, func, insert, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tracker import alerts
+from tracker.alerts import STUCK_BATCH, STUCK_CHECK
 from tracker.clock import utc_now
-from tracker.daemon import STUCK_BATCH, STUCK_CHECK
 from tracker.lifecycle import Status
 from tracker.model import Event
-from tracker.store import Store, connect, upgrade
-from tracker.store.repo import Stay
+from tracker.store import Stay, Store, connect, upgrade
 from tracker.store.tables import deliveries, events, watched_orders
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -246,11 +245,11 @@ async def first_check(store: Store) -> tuple[list[Round], datetime]:
     while True:
         now = utc_now()
         started = time.perf_counter()
-        stays = await store.stuck(THRESHOLDS, now=now, limit=STUCK_BATCH)
+        stays = await store.events.stuck(THRESHOLDS, now=now, limit=STUCK_BATCH)
         queried = time.perf_counter()
         built = reports(stays, now)
         reporting = time.perf_counter()
-        raised = await store.report_stuck(built)
+        raised = await store.events.report_stuck(built)
         ended = time.perf_counter()
         done.append(
             Round(
@@ -275,10 +274,10 @@ async def steady_check(
     for _ in range(STEADY_CALLS):
         now += timedelta(seconds=STUCK_CHECK)
         started = time.perf_counter()
-        stays = await store.stuck(THRESHOLDS, now=now, limit=STUCK_BATCH)
+        stays = await store.events.stuck(THRESHOLDS, now=now, limit=STUCK_BATCH)
         timings.append(1000 * (time.perf_counter() - started))
         if stays:
-            crossed += len(await store.report_stuck(reports(stays, now)))
+            crossed += len(await store.events.report_stuck(reports(stays, now)))
     return Steady(label, timings, crossed, plan), now
 
 
@@ -292,7 +291,7 @@ async def query_plan(store: Store, engine: AsyncEngine, now: datetime) -> list[s
 
     event.listen(engine.sync_engine, "before_cursor_execute", capture)
     try:
-        await store.stuck({EXPLAINED: THRESHOLDS[EXPLAINED]}, now=now, limit=STUCK_BATCH)
+        await store.events.stuck({EXPLAINED: THRESHOLDS[EXPLAINED]}, now=now, limit=STUCK_BATCH)
     finally:
         event.remove(engine.sync_engine, "before_cursor_execute", capture)
     [(statement, parameters)] = sent

@@ -247,7 +247,7 @@ async def plans(url: str, orders: int) -> list[tuple[str, list[str]]]:
             sent.clear()
             event.listen(engine.sync_engine, "before_cursor_execute", capture)
             try:
-                found = await store.watched_page(limit=51, **params)
+                found = await store.orders.page(limit=51, **params)
             finally:
                 event.remove(engine.sync_engine, "before_cursor_execute", capture)
             [(statement, parameters)] = sent

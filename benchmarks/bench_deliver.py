@@ -153,7 +153,7 @@ async def dispatch(config: Settings, events: int) -> tuple[float, float]:
             await asyncio.sleep(0.01)
         await dispatcher.stop(5)
         result = time.process_time() - cpu, time.monotonic() - wall
-        delivered = [d async for d in store.deliveries(state=DeliveryState.DELIVERED)]
+        delivered = [d async for d in store.outbox.deliveries(state=DeliveryState.DELIVERED)]
         assert len(delivered) == events, len(delivered)  # noqa: S101 - the run must be real
         return result
 

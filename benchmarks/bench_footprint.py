@@ -618,7 +618,14 @@ def main() -> None:
     parser.add_argument(
         "--daemon-rate", type=float, default=1000, help="the daemon's requests_per_second"
     )
+    parser.add_argument(
+        "--part",
+        choices=("all", "startup", "passes", "daemon"),
+        default="all",
+        help="measure one part only: startup times, the poll --all passes, or the daemon",
+    )
     args = parser.parse_args()
+    wanted = {"all": {"startup", "passes", "daemon"}}.get(args.part, {args.part})
     tracker = tracker_executable()
     began = time.monotonic()
     print(f"tracker: {tracker}; {os.cpu_count()} CPUs; SQLite {sqlite3.sqlite_version}")
@@ -626,11 +633,14 @@ def main() -> None:
         print(f"urlwatch: {args.urlwatch}")
 
     simulator = Simulator.start(max(SIZES))
+    ours: list[Footprint] = []
+    theirs: list[Footprint] = []
     try:
-        print_startup(startup(tracker, simulator.url, simulator.ids[0]))
-        ours: list[Footprint] = []
-        theirs: list[Footprint] = []
-        for _ in range(ROUNDS):  # interleaved: tracker and urlwatch, both sizes, every round
+        if "startup" in wanted:
+            print_startup(startup(tracker, simulator.url, simulator.ids[0]))
+        for _ in range(
+            ROUNDS if "passes" in wanted else 0
+        ):  # interleaved: tracker and urlwatch, both sizes, every round
             for size in SIZES:
                 ours.append(tracker_footprint(tracker, simulator.url, simulator.ids[:size]))
                 if args.urlwatch:
@@ -639,14 +649,18 @@ def main() -> None:
                     )
     finally:
         simulator.stop()
-    print_disk("tracker", "snapshot", ours)
-    print_passes("tracker", ours)
+    if ours:
+        print_disk("tracker", "snapshot", ours)
+        print_passes("tracker", ours)
     if theirs:
         print_disk("urlwatch (cache.db)", "cache entry", theirs)
         print_passes("urlwatch", theirs)
         print(f"   (urlwatch fetches with its fixed 10 threads; the tracker {CONCURRENCY} at once)")
-    daemon = daemon_footprint(tracker, args.orders_daemon, args.daemon_rate, args.daemon_seconds)
-    print_daemon(daemon, args.daemon_rate)
+    if "daemon" in wanted:
+        daemon = daemon_footprint(
+            tracker, args.orders_daemon, args.daemon_rate, args.daemon_seconds
+        )
+        print_daemon(daemon, args.daemon_rate)
     if theirs:
         print_ratios(ours, theirs)
     print(f"\nwhole benchmark: {time.monotonic() - began:.0f} s")

@@ -110,7 +110,7 @@ async def measure(orders: int, scrapes: int, polls: int) -> dict[str, Any]:
             )
             metrics = Metrics(cache=0)
             async with open_service(settings, telemetry=metrics) as service:
-                await service.store.watch(ids, source="cli", now=utc_now())
+                await service.store.orders.watch(ids, source="cli", now=utc_now())
                 app = build_app(store=service.store, metrics=metrics)
                 async with listening(app, Address("127.0.0.1", 0)) as base:
                     scraped = await latencies(f"{base}/metrics", scrapes)

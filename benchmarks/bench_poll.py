@@ -108,11 +108,11 @@ async def measure(size: int) -> dict[str, Any]:
             database = Path(folder) / "bench.db"
             config = settings(url, database, rate=1_000_000)
             async with open_polling(config) as polling:
-                await polling.store.watch(ids, source="cli", now=utc_now())
+                await polling.store.orders.watch(ids, source="cli", now=utc_now())
             await daemon_pass(config, size)  # first snapshots
             size_after_first = _db_bytes(database)
             async with open_polling(config) as polling:
-                counts_first = await polling.store.counts()
+                counts_first = await polling.store.reports.counts()
             # Interleaved rounds, medians kept: this machine is noisy.
             cpus, walls, bares, sizes = [], [], [], []
             for _ in range(ROUNDS):
@@ -123,7 +123,7 @@ async def measure(size: int) -> dict[str, Any]:
                 bares.append(await bare_httpx(url, ids))
             cpu, wall, bare = (statistics.median(x) for x in (cpus, walls, bares))
             async with open_polling(config) as polling:
-                counts_steady = await polling.store.counts()
+                counts_steady = await polling.store.reports.counts()
             return {
                 "orders": size,
                 "polls_per_second": size / wall,
@@ -149,7 +149,7 @@ async def budget(rate: float, orders: int, seconds: float) -> dict[str, Any]:
         with tempfile.TemporaryDirectory() as folder:
             config = settings(url, Path(folder) / "budget.db", rate=rate)
             async with open_service(config) as polling:
-                await polling.store.watch(ids, source="cli", now=utc_now())
+                await polling.store.orders.watch(ids, source="cli", now=utc_now())
                 stop = asyncio.Event()
                 asyncio.get_running_loop().call_later(seconds, stop.set)
                 await polling.daemon().run(stop)

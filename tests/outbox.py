@@ -58,7 +58,7 @@ def hook_sink(name: str, url: str, on: list[str]) -> dict[str, Any]:
 
 
 async def poll(polling: Service, *ids: str) -> None:
-    claims = await polling.store.claim(list(ids), lease_until=utc_now() + polling.lease)
+    claims = await polling.store.polls.claim(list(ids), lease_until=utc_now() + polling.lease)
     async for _ in poll_now(polling.store, polling.poller, claims):
         pass
 
@@ -72,7 +72,7 @@ async def deliver_all(polling: Service, seconds: float = 5.0) -> None:
     while loop.time() < deadline:
         await dispatcher.tick()
         await asyncio.sleep(0.05)
-        pending = [d async for d in polling.store.deliveries(state="pending")]
+        pending = [d async for d in polling.store.outbox.deliveries(state="pending")]
         if not pending:
             break
     await dispatcher.stop(1.0)

@@ -62,7 +62,7 @@ async def polling_on(
     patience = settings.upstream.timeout.total_seconds() if one_shot else None
     client, http = build_client(settings.upstream, patience=patience, telemetry=telemetry)
     try:
-        await store.watch_from_config(settings.watch.orders, now=utc_now())
+        await store.orders.watch_from_config(settings.watch.orders, now=utc_now())
         poller = Poller(
             client=client,
             policy=settings.polling.policy(),

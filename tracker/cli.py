@@ -85,6 +85,25 @@ def _run(coroutine: Coroutine[Any, Any, T]) -> T:
     return asyncio.run(coroutine)
 
 
+def _with_store(
+    settings: Settings, work: Callable[[Store], Awaitable[T]], *, reading: bool = False
+) -> T:
+    """Open the store on the configured database (migrated first), run ``work``, close it.
+
+    A reading command (``reading=True``) reads on plain connections: it loads neither
+    SQLAlchemy's asyncio extension nor the ORM that comes with it.
+    """
+    from tracker.store import open_reader, open_store
+
+    opened = open_reader if reading else open_store
+
+    async def with_store() -> T:
+        async with opened(settings.database.url) as store:
+            return await work(store)
+
+    return _run(with_store())
+
+
 def _list(
     settings: Settings,
     rows_of: Callable[[Store], AsyncIterator[R]],
@@ -93,18 +112,16 @@ def _list(
     as_json: bool,
 ) -> None:
     """Stream rows from the store as a JSON array or a table."""
-    from tracker.store import open_store
     from tracker.views import json_array
 
-    async def listing() -> None:
-        async with open_store(settings.database.url) as store:
-            rows = rows_of(store)
-            if as_json:
-                await json_array(rows, as_dict, sys.stdout)
-            else:
-                out.print(await table(rows))
+    async def listing(store: Store) -> None:
+        rows = rows_of(store)
+        if as_json:
+            await json_array(rows, as_dict, sys.stdout)
+        else:
+            out.print(await table(rows))
 
-    _run(listing())
+    _with_store(settings, listing, reading=True)
 
 
 def _version(asked: bool) -> None:
@@ -166,16 +183,11 @@ def watch_add(
     config: ConfigOption = None,
 ) -> None:
     """Watch orders; they are polled at the next tick of `tracker run`."""
-    from tracker.store import open_store
-
     settings = _settings(ctx, config)
     wanted = _ids_from(ids or [], file)
-
-    async def add() -> list[str]:
-        async with open_store(settings.database.url) as store:
-            return await store.watch(wanted, source="cli", now=utc_now())
-
-    added = _run(add())
+    added = _with_store(
+        settings, lambda store: store.orders.watch(wanted, source="cli", now=utc_now())
+    )
     out.print(f"watching {len(added)} new order(s); {len(wanted) - len(added)} already watched")
 
 
@@ -187,16 +199,9 @@ def watch_remove(
     config: ConfigOption = None,
 ) -> None:
     """Stop watching orders; their history is kept."""
-    from tracker.store import open_store
-
     settings = _settings(ctx, config)
     wanted = _ids_from(ids or [], file)
-
-    async def remove() -> list[str]:
-        async with open_store(settings.database.url) as store:
-            return await store.unwatch(wanted, now=utc_now())
-
-    removed = _run(remove())
+    removed = _with_store(settings, lambda store: store.orders.unwatch(wanted, now=utc_now()))
     out.print(f"stopped watching {len(removed)} order(s)")
     if in_config := sorted(set(removed) & set(settings.watch.orders)):
         out.print(f"note: {', '.join(in_config)} stay listed in [watch] orders but stay removed")
@@ -214,7 +219,11 @@ def watch_list(
 
     settings = _settings(ctx, config, logs=False)
     _list(
-        settings, lambda store: store.watched(status=status), watched_dict, watched_table, as_json
+        settings,
+        lambda store: store.orders.watched(status=status),
+        watched_dict,
+        watched_table,
+        as_json,
     )
 
 
@@ -226,22 +235,20 @@ def status(
 ) -> None:
     """How the tracker stands: live daemons, orders, deliveries, the last successful poll."""
     from tracker.model import STALE_AFTER
-    from tracker.store import open_store
     from tracker.views import status_json, status_rich
 
     settings = _settings(ctx, config, logs=False)
-
-    async def read() -> None:
-        now = utc_now()
-        async with open_store(settings.database.url) as store:
-            overview = await store.overview(stale_before=now - STALE_AFTER)
-        sinks = [entry.name for entry in settings.sinks]
-        if as_json:
-            sys.stdout.write(json.dumps(status_json(overview, now, sinks), indent=2) + "\n")
-        else:
-            out.print(status_rich(overview, now, sinks))
-
-    _run(read())
+    now = utc_now()
+    overview = _with_store(
+        settings,
+        lambda store: store.reports.overview(stale_before=now - STALE_AFTER),
+        reading=True,
+    )
+    sinks = [entry.name for entry in settings.sinks]
+    if as_json:
+        sys.stdout.write(json.dumps(status_json(overview, now, sinks), indent=2) + "\n")
+    else:
+        out.print(status_rich(overview, now, sinks))
 
 
 @app.command("poll")
@@ -265,12 +272,12 @@ def poll(
         async with open_polling(settings, one_shot=True) as polling:
             lease = utc_now() + polling.lease
             if all_orders:
-                claims = await polling.store.claim_all(lease_until=lease)
+                claims = await polling.store.polls.claim_all(lease_until=lease)
             else:
-                claims = await polling.store.claim(wanted, lease_until=lease)
+                claims = await polling.store.polls.claim(wanted, lease_until=lease)
                 missing = sorted(set(wanted) - {c.order_id for c in claims})
                 if missing:
-                    await polling.store.release([c.order_id for c in claims])
+                    await polling.store.polls.release([c.order_id for c in claims])
                     raise ConfigError(
                         f"not watched: {', '.join(missing)}; run `tracker watch add ID` first"
                     )
@@ -295,23 +302,17 @@ def history(
     config: ConfigOption = None,
 ) -> None:
     """The order's timeline: snapshots, transitions and their deliveries."""
-    from tracker.store import open_store
     from tracker.views import history_json, history_rich
 
     settings = _settings(ctx, config, logs=False)
     validate_order_id(order_id)
-
-    async def read() -> None:
-        async with open_store(settings.database.url) as store:
-            found = await store.history(order_id)
-        if found is None:
-            raise ConfigError(f"{order_id} has never been watched; see `tracker watch list`")
-        if as_json:
-            sys.stdout.write(json.dumps(history_json(found), indent=2) + "\n")
-        else:
-            out.print(history_rich(found))
-
-    _run(read())
+    found = _with_store(settings, lambda store: store.reports.history(order_id), reading=True)
+    if found is None:
+        raise ConfigError(f"{order_id} has never been watched; see `tracker watch list`")
+    if as_json:
+        sys.stdout.write(json.dumps(history_json(found), indent=2) + "\n")
+    else:
+        out.print(history_rich(found))
 
 
 @app.command("export")
@@ -385,7 +386,7 @@ def deliveries_list(
     sinks = {entry.name for entry in settings.sinks}
     _list(
         settings,
-        lambda store: store.deliveries(state=chosen, sink=sink),
+        lambda store: store.outbox.deliveries(state=chosen, sink=sink),
         functools.partial(delivery_dict, sinks=sinks),
         functools.partial(deliveries_table, sinks=sinks),
         as_json,
@@ -401,26 +402,22 @@ def deliveries_retry(
 ) -> None:
     """Make deliveries pending again and attempt them once now."""
     from tracker.service import delivery_lease, open_outbox
-    from tracker.store import open_store
     from tracker.views import attempt_line
 
     settings = _settings(ctx, config)
     if all_dead == bool(event_ids):
         raise ConfigError("give EVENT_IDs or --all-dead (one of them)")
 
-    async def retry() -> bool:
-        async with (
-            open_store(settings.database.url) as store,
-            open_outbox(settings, store) as dispatcher,
-        ):
-            count = await store.retry_deliveries(
+    async def retry(store: Store) -> bool:
+        async with open_outbox(settings, store) as dispatcher:
+            count = await store.outbox.retry(
                 event_ids=event_ids or (), all_dead=all_dead, now=utc_now()
             )
             out.print(f"{count} delivery(ies) pending again")
             attempts = []
             for name in dispatcher.sinks:
                 now = utc_now()
-                due = await store.claim_deliveries(
+                due = await store.outbox.claim(
                     sink=name, now=now, limit=10_000, lease_until=now + delivery_lease(settings)
                 )
                 attempts += await dispatcher.deliver(due)
@@ -428,7 +425,7 @@ def deliveries_retry(
                 out.print(attempt_line(attempt))
             return all(a.state == DeliveryState.DELIVERED for a in attempts)
 
-    if not _run(retry()):
+    if not _with_store(settings, retry):
         raise typer.Exit(1)
 
 
@@ -443,22 +440,18 @@ def sinks_test(
 
     from tracker.service import open_outbox
     from tracker.sinks.render import test_delivery
-    from tracker.store import open_store
 
     settings = _settings(ctx, config)
 
-    async def send() -> SendResult:
-        async with (
-            open_store(settings.database.url) as store,
-            open_outbox(settings, store) as dispatcher,
-        ):
+    async def send(store: Store) -> SendResult:
+        async with open_outbox(settings, store) as dispatcher:
             sink = dispatcher.sinks.get(name)
             if sink is None:
                 known = ", ".join(dispatcher.sinks) or "none configured"
                 raise ConfigError(f"no sink named {name!r}; sinks: {known}")
             return await sink.send(test_delivery(name, utc_now()))
 
-    result = _run(send())
+    result = _with_store(settings, send)
     if result.ok:
         out.print(f"{name}: delivered (answer {result.status})")
         return
@@ -533,7 +526,6 @@ def run(ctx: typer.Context, config: ConfigOption = None) -> None:
 def serve(ctx: typer.Context, config: ConfigOption = None) -> None:
     """Health, metrics and the API on the configured listener, without polling or delivering."""
     from tracker.logs import configure as configure_logs
-    from tracker.store import open_store
     from tracker.web import Metrics, build_app, serve_until_signalled
 
     settings = _settings(ctx, config)
@@ -545,18 +537,17 @@ def serve(ctx: typer.Context, config: ConfigOption = None) -> None:
     configure_logs(settings.log)
     sinks = [entry.name for entry in settings.sinks]
 
-    async def serving() -> None:
-        async with open_store(settings.database.url) as store:
-            web = build_app(
-                store=store,
-                metrics=Metrics(),
-                sinks=lambda: sinks,
-                users=settings.http.users,
-                webhook_secret=settings.upstream.webhook_secret,
-            )
-            await serve_until_signalled(web, address)
+    async def serving(store: Store) -> None:
+        web = build_app(
+            store=store,
+            metrics=Metrics(),
+            sinks=lambda: sinks,
+            users=settings.http.users,
+            webhook_secret=settings.upstream.webhook_secret,
+        )
+        await serve_until_signalled(web, address)
 
-    _run(serving())
+    _with_store(settings, serving)
 
 
 @app.command("demo")
@@ -586,13 +577,12 @@ def main() -> None:
     except KeyboardInterrupt:
         _fail("interrupted", 1)
     except Exception as exc:
-        # Only a command that loaded the database can have raised its error.
-        database = sys.modules.get("sqlalchemy.exc")
-        if database is None or not isinstance(exc, database.SQLAlchemyError):
+        # Only a command that loaded the store can have raised the database's errors.
+        store = sys.modules.get("tracker.store")
+        described = store.describe_failure(exc) if store is not None else None
+        if described is None:
             raise
-        from tracker.store import describe
-
-        _fail(describe(exc), 1)
+        _fail(described, 1)
 
 
 def _fail(message: str, code: int) -> None:

@@ -10,7 +10,7 @@ to no sink: nothing is sent.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -18,7 +18,8 @@ from tracker.alerts import new_event_id
 from tracker.config import DigestTime, EmailSinkSettings, Settings
 from tracker.model import Event, EventKind, Transition
 from tracker.routing import matches
-from tracker.sinks.render import digest_body, timestamp
+from tracker.shapes import DIGEST_KEYS, shown, timestamp
+from tracker.sinks.render import digest_body
 from tracker.store import Store
 
 #: The ``kind`` of a digest's event.
@@ -55,7 +56,7 @@ async def raise_due_digests(store: Store, settings: Settings, *, now: datetime) 
             continue
         digest = await _due_digest(store, settings, sink, when, now)
         if digest is not None:
-            raised += await store.raise_events([digest])
+            raised += await store.events.raise_events([digest])
     return raised
 
 
@@ -74,27 +75,60 @@ async def _due_digest(
     """The digest due for ``sink`` at ``now``, or ``None`` when it is raised already."""
     due = when.last_due(now - SETTLE)
     key = digest_key(sink.name, due)
-    if await store.has_event(key):
+    if await store.events.has_event(key):
         return None
-    previous = await store.latest_event_key(_prefix(sink.name))
+    previous = await store.events.latest_event_key(_prefix(sink.name))
     start = _due_of(sink.name, previous) if previous is not None else due - FIRST_PERIOD
     # A digest later than this one exists when the time of day was moved earlier: this due
     # is covered by it, and is marked so without a message.
     covered = start >= due
     start = min(start, due)
-    changes, order_count, orders = (0, 0, []) if covered else await _orders(store, sink, start, due)
-    stuck_count, stuck = (0, []) if covered else await store.stuck_now(limit=MAX_LISTED)
-    failing_after = settings.alerts.failing_after
-    failing_count, failing = (
-        (0, [])
-        if covered or failing_after is None
-        else await store.failing_now(at_least=failing_after, limit=MAX_LISTED)
-    )
     data = {
         "sink": sink.name,
         "date": due.astimezone(when.zone).date().isoformat(),
         "period_start": timestamp(start),
         "period_end": timestamp(due),
+        **(_NOTHING if covered else await _contents(store, settings, sink, start, due)),
+    }
+    event_id = new_event_id()
+    says_something = data["changes"] or data["stuck_count"] or data["failing_count"]
+    return Event(
+        event_id=event_id,
+        key=key,
+        kind=DIGEST_KIND,
+        order_id=None,
+        status=None,
+        raised_at=now,
+        payload=digest_body(event_id=event_id, raised_at=now, data=data),
+        sinks=(sink.name,) if says_something else (),
+    )
+
+
+#: What a covered digest holds (a later one has the period): nothing.
+_NOTHING: Mapping[str, object] = {
+    "changes": 0,
+    "order_count": 0,
+    "orders": [],
+    "stuck_count": 0,
+    "stuck": [],
+    "failing_count": 0,
+    "failing": [],
+}
+
+
+async def _contents(
+    store: Store, settings: Settings, sink: EmailSinkSettings, start: datetime, end: datetime
+) -> dict[str, object]:
+    """What a digest says about ``[start, end)``: the changes, the stuck and failing orders."""
+    changes, order_count, orders = await _orders(store, sink, start, end)
+    stuck_count, stuck = await store.reports.stuck_now(limit=MAX_LISTED)
+    failing_after = settings.alerts.failing_after
+    failing_count, failing = (
+        (0, [])
+        if failing_after is None
+        else await store.reports.failing_now(at_least=failing_after, limit=MAX_LISTED)
+    )
+    return {
         "changes": changes,
         "order_count": order_count,
         "orders": [
@@ -117,17 +151,6 @@ async def _due_digest(
             for f in failing
         ],
     }
-    event_id = new_event_id()
-    return Event(
-        event_id=event_id,
-        key=key,
-        kind=DIGEST_KIND,
-        order_id=None,
-        status=None,
-        raised_at=now,
-        payload=digest_body(event_id=event_id, raised_at=now, data=data),
-        sinks=(sink.name,) if changes or stuck_count or failing_count else (),
-    )
 
 
 async def _orders(
@@ -139,7 +162,7 @@ async def _orders(
     listed: list[_Order] = []
     current: _Order | None = None
     current_id: str | None = None
-    async for move in store.transitions_between(start, end):
+    async for move in store.reports.transitions_between(start, end):
         if not _wanted(sink.on, move):
             continue
         changes += 1
@@ -151,22 +174,12 @@ async def _orders(
         if current is not None:
             current.changes += 1
             if len(current.moves) < MAX_MOVES:
-                current.moves.append(_move(move))
+                current.moves.append(shown(move, DIGEST_KEYS))
     return changes, order_count, listed
 
 
 def _wanted(patterns: Sequence[str], move: Transition) -> bool:
     return any(matches(pattern, move.from_status, move.to_status) for pattern in patterns)
-
-
-def _move(move: Transition) -> dict[str, object]:
-    return {
-        "event_id": move.event_id,
-        "from_status": move.from_status,
-        "to_status": move.to_status,
-        "kind": move.kind,
-        "detected_at": timestamp(move.detected_at),
-    }
 
 
 def _prefix(sink: str) -> str:

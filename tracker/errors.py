@@ -13,9 +13,15 @@ Every error the tracker raises on purpose derives from :class:`TrackerError`::
     │   ├── OrderNotFound       404 for the order id
     │   ├── RequestRejected     another 4xx: retrying the same request will not help
     │   └── MalformedAnswer     a 2xx whose body is not a valid meter order for the id asked
-    └── StoreError              the database is missing, unreachable or not migrated
+    ├── StoreError              the database is missing, unreachable or not migrated
+    ├── Refused                 a request from outside is not taken: ``status`` and a reason
+    │                           safe to log and answer (``/hooks/nomos``)
+    ├── InvalidSignature        a Standard Webhooks signature does not match (receivers);
+    │                           also a ``ValueError``
+    └── BadRequest              a list request the provider would answer 400 (the simulator)
 
-Third-party errors are wrapped with ``raise ... from exc`` so the cause stays visible.
+Third-party errors are wrapped with ``raise ... from exc`` so the cause stays visible. Errors
+raised for a bug in the caller (a ``ValueError`` for a size below one) stay outside the tree.
 """
 
 from __future__ import annotations
@@ -110,3 +116,22 @@ class MalformedAnswer(UpstreamError):
     """A 2xx answer whose body is not a valid meter order for the requested id."""
 
     kind = "malformed"
+
+
+class Refused(TrackerError):
+    """Why a request from outside is not taken: the HTTP status and a reason safe to log and
+    answer; ``retry_after`` seconds go into a ``Retry-After`` header when set."""
+
+    def __init__(self, status: int, reason: str, retry_after: int | None = None) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+        self.retry_after = retry_after
+
+
+class InvalidSignature(TrackerError, ValueError):
+    """A webhook's signature does not match its body (or is too old)."""
+
+
+class BadRequest(TrackerError):
+    """A list request the provider would answer with 400; the message says why."""

@@ -1,17 +1,16 @@
 """``tracker export``: the transitions of a period as CSV or NDJSON, streamed for reporting.
 
 Rows come in batches and are written as they come, so the memory an export takes does not grow
-with the number of rows. ``tracker export`` reads them from one server-side cursor
-(:func:`batches`) on an engine of its own; the daemon's API reads them in chunks
-(:func:`chunks`), each a short keyset-paginated query on a pooled connection that is given back
-before the chunk is sent, so a client that reads slowly holds no connection. Each transition's
-delivery states are gathered by a correlated subquery, one short string per row, never a join
-held in memory.
+with the number of rows. The store reads them (``tracker.store.reports``): ``tracker export``
+from one server-side cursor on an engine of its own; the daemon's API in chunks (:func:`chunks`),
+each a short keyset-paginated query on a pooled connection that is given back before the chunk
+is sent, so a client that reads slowly holds no connection. Each transition's delivery states
+are gathered by a correlated subquery, one short string per row, never a join held in memory.
+This module checks the request and shapes the rows.
 """
 
 from __future__ import annotations
 
-import asyncio
 import csv
 import functools
 import io
@@ -21,38 +20,39 @@ import sys
 import tempfile
 import unicodedata
 from collections.abc import AsyncGenerator, Callable, Iterator, Sequence
-from contextlib import AbstractAsyncContextManager, aclosing, contextmanager
+from contextlib import aclosing, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time
 from pathlib import Path
-from typing import Any, Literal, TextIO, cast
-
-from sqlalchemy import Select, String, func, or_, select
-from sqlalchemy.ext.asyncio import AsyncConnection
-from sqlalchemy.ext.compiler import compiles
-from sqlalchemy.sql.compiler import SQLCompiler
-from sqlalchemy.sql.functions import FunctionElement
+from typing import Any, Literal, TextIO
 
 from tracker.errors import ConfigError
 from tracker.lifecycle import Status, is_known
-from tracker.store import connect, upgrade
-from tracker.store.tables import deliveries, transitions
+from tracker.shapes import EXPORT_KEYS, transition_json
+from tracker.store import export_rows
+from tracker.store import reports as store_reports
+from tracker.store.reports import EXPORT_BATCH, ExportQuery, ExportRow, Reading
+from tracker.store.reports import export_batches_on as batches_on
 from tracker.text import printable
 
-#: Rows per fetch from the cursor: large enough that the round trips (a thread hop on SQLite, a
-#: network one on PostgreSQL) cost little per row, small enough to keep memory flat.
-EXPORT_BATCH = 2_000
+__all__ = [
+    "COLUMNS",
+    "EXPORT_BATCH",
+    "CsvWriter",
+    "ExportRequest",
+    "ExportRow",
+    "NdjsonWriter",
+    "batches_on",
+    "chunks",
+    "export",
+    "export_query",
+    "neutralise",
+    "output_file",
+    "parse_moment",
+    "stdout_stream",
+]
 #: The columns, in the order of the CSV header and the NDJSON keys.
-COLUMNS = (
-    "order_id",
-    "from_status",
-    "to_status",
-    "kind",
-    "skipped",
-    "detected_at",
-    "event_id",
-    "deliveries",
-)
+COLUMNS = (*EXPORT_KEYS, "deliveries")
 #: The first characters that make a spreadsheet read a cell as a formula (OWASP, "CSV
 #: Injection"), with their full-width forms (some spreadsheets fold them to ASCII); such a
 #: cell, and one that starts with any whitespace or control character (which a spreadsheet may
@@ -65,8 +65,6 @@ INVISIBLE_STARTS = ("C", "Z")
 #: Distinct values of a column (statuses, combinations of delivery states) shaped once each.
 SHAPED_VALUES = 4_096
 Format = Literal["csv", "ndjson"]
-#: One exported row as the query returns it: the columns above, ``deliveries`` aggregated.
-ExportRow = tuple[str, str, str, str, str, str, str, str | None]
 FORMATS: tuple[Format, ...] = ("csv", "ndjson")
 _KNOWN_STATUSES = ", ".join(Status)
 _DATE_HINT = "use YYYY-MM-DD (midnight UTC) or ISO 8601 with an offset, e.g. 2026-11-29T12:00:00Z"
@@ -127,64 +125,11 @@ def parse_moment(text: str, option: str) -> datetime:
         raise ConfigError(f"{option} {text!r} is out of range; {_DATE_HINT}") from None
 
 
-class UtcText(FunctionElement[str]):
-    """A stored time as ISO 8601 text in UTC with microseconds and ``Z``, as in webhook bodies.
-
-    The database formats it while it reads the row (on SQLite in its own thread), which leaves
-    the Python side one step less per row.
-    """
-
-    type = String()
-    inherit_cache = True
-    name = "utc_text"
-
-
-@compiles(UtcText, "sqlite")
-def _utc_text_sqlite(element: UtcText, compiler: SQLCompiler, **kw: Any) -> str:
-    # SQLite keeps integer microseconds since the epoch (``UTCDateTime``).
-    micros = compiler.process(element.clauses, **kw)
-    return (
-        f"(strftime('%Y-%m-%dT%H:%M:%S', {micros} / 1000000, 'unixepoch')"
-        f" || printf('.%06dZ', {micros} % 1000000))"
-    )
-
-
-@compiles(UtcText, "postgresql")
-def _utc_text_postgresql(element: UtcText, compiler: SQLCompiler, **kw: Any) -> str:
-    moment = compiler.process(element.clauses, **kw)
-    return f"""to_char({moment} AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')"""
-
-
-def export_query(request: ExportRequest) -> Select[Any]:
+def export_query(request: ExportRequest) -> ExportQuery:
     """The transitions of the request, oldest first, each with its deliveries' states."""
-    t, d = transitions, deliveries
-    # One short "sink:state sink:state" string per transition, read through the unique index
-    # on (event_id, sink); sink names hold neither a space nor a colon (the configuration
-    # refuses them), and states are fixed words.
-    states = (
-        select(func.aggregate_strings(d.c.sink + ":" + d.c.state, " "))
-        .where(d.c.event_id == t.c.event_id)
-        .scalar_subquery()
+    return store_reports.export_query(
+        since=request.since, until=request.until, status=request.status
     )
-    query = (
-        select(
-            t.c.order_id,
-            t.c.from_status,
-            t.c.to_status,
-            t.c.kind,
-            t.c.skipped,
-            UtcText(t.c.detected_at),
-            t.c.event_id,
-            states,
-        )
-        .where(t.c.detected_at >= request.since)
-        .order_by(t.c.detected_at, t.c.id)
-    )
-    if request.until is not None:
-        query = query.where(t.c.detected_at < request.until)
-    if request.status is not None:
-        query = query.where(t.c.to_status == request.status)
-    return query
 
 
 def neutralise(value: str) -> str:
@@ -271,98 +216,33 @@ class NdjsonWriter:
     def write(self, rows: Sequence[ExportRow]) -> None:
         """Write one batch of rows."""
         dumps = self._dumps
-        self._stream.writelines(
-            dumps(
-                {
-                    "order_id": order,
-                    "from_status": before,
-                    "to_status": after,
-                    "kind": kind,
-                    "skipped": _skipped_list(skipped),
-                    "detected_at": at,
-                    "event_id": event,
-                    "deliveries": _json_states(states),
-                }
-            )
-            + "\n"
-            for order, before, after, kind, skipped, at, event, states in rows
-        )
+        self._stream.writelines(dumps(_ndjson_row(row)) + "\n" for row in rows)
 
 
-async def batches(url: str, query: Select[Any]) -> AsyncGenerator[Sequence[ExportRow]]:
-    """The rows of ``query`` in batches, from a server-side cursor on one connection.
+def _ndjson_row(row: ExportRow) -> dict[str, Any]:
+    """One row as the transition's outside shape (``tracker.shapes``), with its deliveries."""
+    order, before, after, kind, skipped, at, event, states = row
+    data = transition_json(
+        EXPORT_KEYS,
+        order_id=order,
+        from_status=before,
+        to_status=after,
+        kind=kind,
+        skipped=_skipped_list(skipped),
+        detected_at=at,
+        event_id=event,
+    )
+    data["deliveries"] = _json_states(states)
+    return data
 
-    The next batch is fetched while the caller writes the one it has: the database's thread
-    (SQLite) or the server (PostgreSQL) works while Python formats.
-    """
-    upgrade(url)
-    engine = connect(url)
-    try:
-        async with engine.connect() as conn, aclosing(batches_on(conn, query)) as rows:
-            async for batch in rows:
-                yield batch
-    finally:
-        await engine.dispose()
 
-
-async def batches_on(
-    conn: AsyncConnection, query: Select[Any]
+def chunks(
+    reading: Reading, request: ExportRequest, size: int = EXPORT_BATCH
 ) -> AsyncGenerator[Sequence[ExportRow]]:
-    """Like :func:`batches`, on an open connection, held until the last batch (the API reads
-    in :func:`chunks` instead, which holds none while the client reads)."""
-    result = await conn.stream(query.execution_options(yield_per=EXPORT_BATCH))
-    partitions = result.partitions()
-    ahead = asyncio.ensure_future(anext(partitions, None))
-    try:
-        while (batch := await ahead) is not None:
-            ahead = asyncio.ensure_future(anext(partitions, None))
-            await asyncio.sleep(0)  # let the fetch start before the batch is written
-            yield cast("Sequence[ExportRow]", batch)  # rows unpack like these tuples
-    finally:
-        if not ahead.done():  # the caller stopped early (an error, a closed pipe)
-            ahead.cancel()
-            await asyncio.wait([ahead])
-
-
-async def chunks(
-    reading: Callable[[], AbstractAsyncContextManager[AsyncConnection]],
-    request: ExportRequest,
-    size: int = EXPORT_BATCH,
-) -> AsyncGenerator[Sequence[ExportRow]]:
-    """The request's rows in chunks of at most ``size``, in the order of :func:`export_query`.
-
-    Each chunk is one short query on a connection taken from ``reading`` (``Store.reading``)
-    and given back before the chunk is yielded: a caller that waits (a client that does not
-    read) holds no connection. Chunks follow each other by keyset, after the last row's
-    ``(detected_at, id)``, a unique key, so no row comes twice; the export ends at the
-    highest transition id it saw at its start, so rows that existed then all come, and rows
-    added while it runs cannot keep it going.
-    """
-    if size < 1:
-        raise ValueError(f"size must be at least 1, not {size}")
-    t = transitions
-    # The key travels after the exported columns and is cut off before a chunk is yielded.
-    query = export_query(request).add_columns(t.c.detected_at, t.c.id).limit(size)
-    last: tuple[datetime, int] | None = None
-    end: int | None = None
-    while True:
-        async with reading() as conn:
-            if end is None:
-                end = (await conn.execute(select(func.max(t.c.id)))).scalar()
-                if end is None:  # no transitions at all
-                    return
-            page = query.where(t.c.id <= end)
-            if last is not None:
-                at, after = last
-                # The first condition alone lets the index on detected_at bound the scan.
-                page = page.where(t.c.detected_at >= at, or_(t.c.detected_at > at, t.c.id > after))
-            rows = (await conn.execute(page)).all()
-        if not rows:
-            return
-        last = (rows[-1][-2], rows[-1][-1])
-        yield [cast("ExportRow", tuple(row[:-2])) for row in rows]
-        if len(rows) < size:
-            return
+    """The request's rows in chunks of at most ``size``, each read on a connection of its own
+    from ``reading`` (``Store.reading``), given back before the chunk is yielded (see
+    :func:`tracker.store.reports.export_chunks`)."""
+    return store_reports.export_chunks(reading, export_query(request), size)
 
 
 async def export(url: str, request: ExportRequest, stream: TextIO, *, terminal: bool) -> int:
@@ -371,7 +251,7 @@ async def export(url: str, request: ExportRequest, stream: TextIO, *, terminal: 
         CsvWriter(stream, terminal=terminal) if request.format == "csv" else NdjsonWriter(stream)
     )
     count = 0
-    async with aclosing(batches(url, export_query(request))) as rows:
+    async with aclosing(export_rows(url, export_query(request))) as rows:
         async for batch in rows:
             writer.write(batch)
             count += len(batch)

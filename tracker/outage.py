@@ -10,10 +10,11 @@ from datetime import timedelta
 from typing import TypeVar
 
 import structlog
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
-from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from tracker.errors import clip, first_line
+from tracker.store import unreachable
+
+__all__ = ["FIRST", "LONGEST", "Outage"]
 
 log = structlog.get_logger("tracker.outage")
 
@@ -23,13 +24,6 @@ FIRST = 1.0
 #: The longest wait between two retries: short next to the stale-daemon time, so that a daemon
 #: is back within a few heartbeats of the database.
 LONGEST = 10.0
-
-
-def unreachable(exc: BaseException) -> bool:
-    """Whether ``exc`` says the database cannot be reached, rather than a statement failing."""
-    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
-        return True
-    return isinstance(exc, OperationalError | InterfaceError | PoolTimeout | OSError)
 
 
 class Outage:

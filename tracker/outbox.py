@@ -1,4 +1,5 @@
-"""The outbox dispatcher: claims due deliveries, sends them, records each attempt."""
+"""The outbox: claims due deliveries, sends them, records each attempt, and runs again at once
+when new deliveries are stored."""
 
 from __future__ import annotations
 
@@ -6,8 +7,9 @@ import asyncio
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from functools import partial
+from typing import TYPE_CHECKING
 
 import structlog
 
@@ -18,8 +20,11 @@ from tracker.outage import Outage
 from tracker.schedule import plan_delivery
 from tracker.sinks.registry import Sink
 from tracker.store import Attempt, Store
-from tracker.supervision import HeldClaims, renewing, supervised
+from tracker.supervision import HeldClaims, guarded, renewing, supervised
 from tracker.telemetry import SILENT, Telemetry
+
+if TYPE_CHECKING:  # only a daemon schedules the outbox; `deliveries retry` loads no scheduler
+    from apscheduler.job import Job
 
 log = structlog.get_logger("tracker.outbox")
 
@@ -91,7 +96,7 @@ class Dispatcher:
             name="deliveries",
             lease=lease,
             clock=clock,
-            extend=store.extend_delivery_leases,
+            extend=store.outbox.extend_leases,
             outage=outage,
         )
         self._window = window(concurrency)
@@ -149,7 +154,7 @@ class Dispatcher:
             lane.waiting.clear()
         if handed_back:
             self._claims.drop(handed_back)
-            await self._store.release_deliveries(handed_back)
+            await self._store.outbox.release(handed_back)
         for lane in removed:
             await asyncio.gather(*lane.workers, return_exceptions=True)
 
@@ -160,7 +165,7 @@ class Dispatcher:
 
     async def _record(self, attempts: list[Attempt]) -> None:
         """Write attempts; in a daemon, kept while the database is gone and written after."""
-        write = partial(self._store.record_attempts, attempts)
+        write = partial(self._store.outbox.record, attempts)
         try:
             if self._outage is None:
                 await write()
@@ -193,7 +198,7 @@ class Dispatcher:
             await asyncio.gather(*late, return_exceptions=True)
             if abandoned:
                 self._claims.drop(abandoned)
-                await self._store.release_deliveries(abandoned)
+                await self._store.outbox.release(abandoned)
                 log.info("deliveries_handed_back", deliveries=len(abandoned))
         await self._writer.close()
 
@@ -220,7 +225,7 @@ class Dispatcher:
             room = self._window - len(lane.waiting) - len(lane.sending)
             if room <= 0 or self._stopping or lane.closed:
                 return
-            due = await self._store.claim_deliveries(
+            due = await self._store.outbox.claim(
                 sink=lane.sink.name,
                 now=self._clock(),
                 limit=room,
@@ -284,6 +289,59 @@ class Dispatcher:
             status=result.status,
             error=result.error,
         )
+
+
+class Rounds:
+    """The outbox's job in a daemon: each round claims due deliveries for every sink.
+
+    Deliveries stored meanwhile (a transition, an alert, a digest) are sent now rather than at
+    the next interval (:meth:`soon`): the round that runs goes round once more, or the next one
+    starts at once.
+    """
+
+    def __init__(self, dispatcher: Dispatcher, *, outage: Outage, stop: asyncio.Event) -> None:
+        self._dispatcher = dispatcher
+        self._outage = outage
+        self._stop = stop
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._again = False
+        #: The scheduled job that runs :meth:`run`, once the daemon scheduled it.
+        self.job: Job | None = None
+
+    async def run(self) -> None:
+        """One round, and another while new deliveries were stored during it."""
+        if self._stop.is_set():
+            return
+        await guarded(
+            self._outage,
+            self._rounds,
+            doing="claiming deliveries",
+            failed=lambda exc: log.error("dispatch_failed", exc_info=exc),
+        )
+
+    async def _rounds(self) -> None:
+        self._idle.clear()
+        try:
+            self._again = True
+            while self._again and not self._stop.is_set():
+                self._again = False
+                await self._dispatcher.tick()
+        finally:
+            self._idle.set()
+
+    def soon(self) -> None:
+        """New deliveries were stored: send them now rather than at the next interval."""
+        if self.job is None or self._stop.is_set():
+            return
+        if self._idle.is_set():
+            self.job.modify(next_run_time=datetime.now(UTC))
+        else:
+            self._again = True  # the running round goes round once more
+
+    async def idle(self) -> None:
+        """Wait until no round runs (a claim in progress lands before the hand-back)."""
+        await self._idle.wait()
 
 
 def _log_attempt(

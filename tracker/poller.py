@@ -15,16 +15,8 @@ import structlog
 from tracker import alerts as alerts_
 from tracker.clock import utc_now
 from tracker.diff import decide
-from tracker.errors import (
-    AuthFailed,
-    MalformedAnswer,
-    OrderNotFound,
-    Paused,
-    RateLimited,
-    RequestRejected,
-    UpstreamError,
-    clip,
-)
+from tracker.discovery import LIST_REFUSED, list_pages
+from tracker.errors import MalformedAnswer, Paused, RateLimited, UpstreamError, clip
 from tracker.model import Claim, Event, MeterOrder, StatusChange, Transition
 from tracker.pacing import Pacer
 from tracker.routing import route
@@ -45,8 +37,6 @@ Clock = Callable[[], datetime]
 INTERNAL = "internal"
 #: ``poll_now`` polls and records this many orders at a time.
 WINDOW = 256
-#: What a list request may meet that means "not this endpoint": polls by id do instead.
-LIST_REFUSED = (OrderNotFound, RequestRejected, AuthFailed)
 #: Pages one sweep may take: ten times what a full batch is expected to need.
 MAX_PAGES = 50
 #: Requests one poll sends into 429s (each after the pause the one before set) before it fails.
@@ -80,18 +70,6 @@ class _Reading:
     def covers(self, wanted: Mapping[str, Claim]) -> bool:
         """Whether every wanted order was found or refused: no page more can tell more."""
         return len(self.found.keys() | self.refused) >= len(wanted)
-
-
-def _check_cursor(page: ListPage, cursors: set[str], pages: int) -> None:
-    """Refuse a cursor that leads back to a page already read, and endless pages."""
-    assert page.next_page is not None  # noqa: S101 - checked by the caller
-    if page.next_page in cursors:
-        raise MalformedAnswer(
-            f"list page {pages} repeats an earlier cursor", request_id=page.request_id
-        )
-    if pages >= MAX_PAGES:
-        raise MalformedAnswer(f"the pages go on past {MAX_PAGES}", request_id=page.request_id)
-    cursors.add(page.next_page)
 
 
 class Poller:
@@ -209,31 +187,31 @@ class Poller:
         A page that fails to parse, or whose cursor leads back to an earlier page, raises
         :class:`MalformedAnswer`, and nothing of it is in ``read``.
         """
-        cursor: str | None = None
-        cursors: set[str] = set()
-        while True:
-            page = await self.page(batch.filters(), cursor)
-            read.pages += 1
-            if page.next_page is not None:
-                _check_cursor(page, cursors, read.pages)
-            if strays(batch, page.items):
-                self._filter_ignored(batch, planner, page)
-            read.found.update((order.id, order) for order in page.items if order.id in wanted)
-            for order_id, reason in page.refused.items():
-                if order_id in wanted and order_id not in read.refused:
-                    read.refused.add(order_id)
-                    log.warning(
-                        "list_item_malformed",
-                        order_id=order_id,
-                        reason=reason,
-                        request_id=page.request_id,
-                        then="polled by id",
-                    )
-            read.items += len(page.items) + len(page.refused)
-            done = page.next_page is None or read.covers(wanted)
-            if done or planner.ignores(batch.field):
-                return
-            cursor = page.next_page
+        pages = list_pages(self.page, batch.filters(), max_pages=MAX_PAGES)
+        async with contextlib.aclosing(pages):
+            async for page in pages:
+                read.pages += 1
+                if strays(batch, page.items):
+                    self._filter_ignored(batch, planner, page)
+                read.found.update((o.id, o) for o in page.items if o.id in wanted)
+                self._refused(page, wanted, read)
+                read.items += len(page.items) + len(page.refused)
+                if read.covers(wanted) or planner.ignores(batch.field):
+                    return
+
+    @staticmethod
+    def _refused(page: ListPage, wanted: Mapping[str, Claim], read: _Reading) -> None:
+        """Note the wanted orders whose items on ``page`` were malformed: polled by id."""
+        for order_id, reason in page.refused.items():
+            if order_id in wanted and order_id not in read.refused:
+                read.refused.add(order_id)
+                log.warning(
+                    "list_item_malformed",
+                    order_id=order_id,
+                    reason=reason,
+                    request_id=page.request_id,
+                    then="polled by id",
+                )
 
     async def page(self, filters: Mapping[str, str], cursor: str | None) -> ListPage:
         """One list page; a 429 is waited out as for a poll."""
@@ -418,14 +396,14 @@ async def poll_now(
     the claims not yet recorded are renewed, however long polling them all takes.
     """
     held: HeldClaims[str] = HeldClaims(
-        name="orders", lease=lease or timedelta(0), clock=utc_now, extend=store.extend_leases
+        name="orders", lease=lease or timedelta(0), clock=utc_now, extend=store.polls.extend_leases
     )
     held.take([claim.order_id for claim in claims])
     async with renewing(held) if lease is not None else contextlib.nullcontext():
         for start in range(0, len(claims), WINDOW):
             window = claims[start : start + WINDOW]
             outcomes = await asyncio.gather(*(poller.poll(claim) for claim in window))
-            transitions = await store.record(outcomes)
+            transitions = await store.polls.record(outcomes)
             held.drop([claim.order_id for claim in window])
             log_transitions(transitions)
             yield outcomes, transitions

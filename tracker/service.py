@@ -184,7 +184,9 @@ class Reloader:
         self.settings = new
         failed = [f"a listener ({type(exc).__name__})" for exc in self._tell(new)]
         try:
-            added = await self._service.store.watch_from_config(new.watch.orders, now=utc_now())
+            added = await self._service.store.orders.watch_from_config(
+                new.watch.orders, now=utc_now()
+            )
         except Exception as exc:  # logged by its type alone: see the class docstring
             failed.append(f"storing its watched orders ({type(exc).__name__})")
         if failed:

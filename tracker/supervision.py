@@ -130,3 +130,28 @@ async def renewing(claims: HeldClaims[Any]) -> AsyncIterator[None]:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+async def guarded(
+    outage: Outage,
+    job: Callable[[], Awaitable[None]],
+    *,
+    doing: str,
+    failed: Callable[[Exception], None],
+) -> None:
+    """Run one round of a periodic ``job`` that waits out a database outage.
+
+    While the database is gone the round is skipped until the outage's backoff allows a retry;
+    a failure that says the database is unreachable is the outage's to tell (once), any other
+    is handed to ``failed`` (called inside the ``except``, so it may log the traceback); a round
+    that ends well ends the outage.
+    """
+    if not outage.due():
+        return
+    try:
+        await job()
+    except Exception as exc:
+        if not outage.failed(exc, doing=doing):
+            failed(exc)
+    else:
+        outage.succeeded()

@@ -1,4 +1,4 @@
-"""Text from outside made safe for a mail header or a terminal.
+"""Text from outside: made safe for a mail header or a terminal, or read as a header's value.
 
 Pure: standard library only, no I/O.
 """
@@ -11,6 +11,9 @@ import re
 #: "next line", among them), DEL, the Unicode line and paragraph separators, and the invisible
 #: direction overrides that make a value read differently from what it is.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]+")
+#: The longest ``Retry-After`` believed, in seconds: a day. A longer one (or a typo's billions)
+#: would stop the upstream's requests, or a sink's deliveries, for good.
+MAX_RETRY_AFTER = 86400
 
 
 def one_line(value: object, limit: int = 200) -> str:
@@ -21,3 +24,15 @@ def one_line(value: object, limit: int = 200) -> str:
 def printable(value: object) -> str:
     """A value made safe for a terminal: each control character shown as its escape (``\\x1b``)."""
     return _CONTROL.sub(lambda match: match.group().encode("unicode_escape").decode(), str(value))
+
+
+def retry_after(value: str | None) -> float | None:
+    """A ``Retry-After`` header's seconds, or ``None`` when absent, not a number of seconds
+    (an HTTP date is not taken), negative or over :data:`MAX_RETRY_AFTER`."""
+    if value is None:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        return None
+    return seconds if 0 <= seconds <= MAX_RETRY_AFTER else None

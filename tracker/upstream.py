@@ -25,7 +25,7 @@ from tracker.errors import (
 from tracker.model import MeterOrder, parse_json, validate_order_id
 from tracker.pacing import Pacer
 from tracker.telemetry import SILENT, Telemetry
-from tracker.text import one_line
+from tracker.text import one_line, retry_after
 
 log = structlog.get_logger("tracker.upstream")
 
@@ -455,12 +455,8 @@ def _request_id(response: httpx.Response, body: dict[str, Any]) -> str | None:
 
 
 def _retry_after(response: httpx.Response) -> float:
-    value = response.headers.get("retry-after", "")
-    try:
-        seconds = float(value)
-    except ValueError:
-        return DEFAULT_RETRY_AFTER
-    return seconds if 0 <= seconds <= 86400 else DEFAULT_RETRY_AFTER
+    seconds = retry_after(response.headers.get("retry-after"))
+    return DEFAULT_RETRY_AFTER if seconds is None else seconds
 
 
 def _number(value: str | None) -> float | None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Callable, Collection
+from collections.abc import AsyncIterator, Callable, Collection, Iterable
 from datetime import datetime
 from typing import Any, TextIO, TypeVar
 
@@ -12,6 +12,7 @@ from rich.table import Table
 from rich.text import Text
 
 from tracker.model import DaemonRecord, Delivery, DeliveryState, Transition, WatchedOrder
+from tracker.shapes import HISTORY_KEYS, shown
 from tracker.store import Attempt, History, Overview, PollOutcome
 from tracker.text import printable
 
@@ -121,20 +122,16 @@ def history_json(history: History) -> dict[str, Any]:
             for s in history.snapshots
         ],
         "transitions": [
-            {
-                "event_id": t.event_id,
-                "from_status": t.from_status,
-                "to_status": t.to_status,
-                "kind": t.kind,
-                "skipped": list(t.skipped),
-                "detected_at": iso(t.detected_at),
-                "deliveries": [
-                    delivery_dict(d, brief=True) for d in history.deliveries.get(t.event_id, ())
-                ],
-            }
-            for t in history.transitions
+            transition_dict(t, history.deliveries.get(t.event_id, ())) for t in history.transitions
         ],
     }
+
+
+def transition_dict(transition: Transition, deliveries: Iterable[Delivery]) -> dict[str, Any]:
+    """One transition of a history as JSON-ready data, with its ``deliveries``."""
+    data = shown(transition, HISTORY_KEYS, detected_at=iso(transition.detected_at))
+    data["deliveries"] = [delivery_dict(d, brief=True) for d in deliveries]
+    return data
 
 
 def orphaned(delivery: Delivery, sinks: Collection[str] | None) -> bool:

@@ -41,6 +41,7 @@ class TestConfigurationErrors:
     """Configuration and usage errors: one line naming what is wrong, exit 2."""
 
     async def test_missing_config_names_the_path(self, tmp_path: Path) -> None:
+        """A missing config file exits 2 with one line naming it and the example file."""
         ran = await tracker_cli("watch", "list", "--config", str(tmp_path / "none.toml"))
         assert ran.code == 2
         assert ran.err.strip().count("\n") == 0
@@ -48,6 +49,7 @@ class TestConfigurationErrors:
         assert "config.example.toml" in ran.err
 
     async def test_unknown_key_names_the_key(self, tmp_path: Path) -> None:
+        """An unknown key exits 2 naming the key, with no traceback."""
         path = tmp_path / "bad.toml"
         path.write_text("[polling]\nintreval = 5\n")
         ran = await tracker_cli("--config", str(path), "watch", "list")
@@ -56,6 +58,7 @@ class TestConfigurationErrors:
         assert "Traceback" not in ran.err
 
     async def test_env_config_is_used(self, tmp_path: Path) -> None:
+        """TRACKER_CONFIG names the file, and an unset variable in it exits 2 naming it."""
         path = tmp_path / "bad.toml"
         path.write_text('[upstream]\ntoken = "${NOT_SET_ANYWHERE}"\n')
         ran = await tracker_cli("watch", "list", env={"TRACKER_CONFIG": str(path)})
@@ -63,12 +66,14 @@ class TestConfigurationErrors:
         assert "NOT_SET_ANYWHERE is not set" in ran.err
 
     async def test_invalid_order_id_is_refused(self, upstream: Upstream, tmp_path: Path) -> None:
+        """Watching an invalid order id exits 2 naming the id."""
         _scripted, url = upstream
         ran = await tracker_cli("watch", "add", "prdo_NOPE", "--config", config(tmp_path, url))
         assert ran.code == 2
         assert "invalid order id 'prdo_NOPE'" in ran.err
 
     async def test_usage_error_is_exit_2(self, tmp_path: Path) -> None:
+        """An unknown option exits 2."""
         ran = await tracker_cli("watch", "list", "--bogus")
         assert ran.code == 2
 
@@ -77,6 +82,7 @@ class TestWatchPollHistory:
     """watch add/list/remove, poll and history, with --config before or after the command."""
 
     async def test_round_trip(self, upstream: Upstream, tmp_path: Path) -> None:
+        """Watch, poll, list, history and remove work together, with --config anywhere."""
         scripted, url = upstream
         scripted.script(A, ok("ordered"), ok("checked"))
         scripted.script(B, error(404))
@@ -130,6 +136,7 @@ class TestWatchPollHistory:
 
     @pytest.mark.usefixtures("empty_database")
     async def test_db_upgrade(self, upstream: Upstream, tmp_path: Path) -> None:
+        """`db upgrade` migrates once and then says the database is up to date."""
         _scripted, url = upstream
         path = config(tmp_path, url)
         first = await tracker_cli("db", "upgrade", "--config", path)
@@ -143,6 +150,7 @@ class TestRunAsDaemon:
     """`tracker run` polls on schedule, logs JSON without secrets, and stops cleanly on SIGTERM."""
 
     async def test_sigterm_and_logs(self, upstream: Upstream, tmp_path: Path) -> None:
+        """`run` logs transitions and failures as JSON without secrets and exits 0 on SIGTERM."""
         scripted, url = upstream
         scripted.script(A, ok("ordered"), ok("checked"))
         scripted.script(B, error(500))
@@ -180,6 +188,7 @@ class TestDaemonsAndStatus:
     async def test_status_shows_the_fleet_and_what_it_holds(
         self, upstream: Upstream, tmp_path: Path, database: str
     ) -> None:
+        """`status` shows live daemons and order counts; a second daemon on SQLite exits 2."""
         scripted, url = upstream
         scripted.script(A, ok("ordered"), ok("checked"))
         scripted.script(B, error(500))
@@ -226,6 +235,7 @@ class TestDaemonsAndStatus:
     async def test_a_daemon_killed_without_a_word_does_not_block_its_restart(
         self, upstream: Upstream, tmp_path: Path
     ) -> None:
+        """A daemon killed with SIGKILL on this host does not keep its restart from running."""
         _scripted, url = upstream
         path = config(tmp_path, url)
         killed = await start_daemon(path)
@@ -267,6 +277,7 @@ class TestSharedBudget:
     async def test_two_daemons_stay_within_one_budget(
         self, upstream: Upstream, tmp_path: Path
     ) -> None:
+        """Two daemons never exceed one budget per second, and both end up sharing it by two."""
         scripted, url = upstream
         path = busy_orders(tmp_path, url, scripted, ok("ordered"))
         first = await start_daemon(path, logs=True)

@@ -52,6 +52,7 @@ class TestHostileAnswersOnTheCommandLine:
     """`tracker poll` reports a hostile answer as a failed poll, in time, on one line."""
 
     async def test_dripping_answer(self, tmp_path: Path) -> None:
+        """A dripping answer fails the poll as timed out after the configured timeout."""
         async with HostilePeer(default=drip(order_json(A, "checked"), every=0.3)) as peer:
             path = config(tmp_path, peer.url, upstream={"timeout": 1})
             assert (await tracker_cli("watch", "add", A, "--config", path)).code == 0
@@ -60,6 +61,7 @@ class TestHostileAnswersOnTheCommandLine:
         assert f"{A}: failed (transient): timed out after 1 s" in ran.out
 
     async def test_deeply_nested_answer(self, tmp_path: Path) -> None:
+        """A deeply nested JSON answer fails the poll as malformed, without a traceback."""
         async with HostilePeer(default=answer(200, b"[" * 100_000)) as peer:
             path = config(tmp_path, peer.url)
             assert (await tracker_cli("watch", "add", A, "--config", path)).code == 0
@@ -69,6 +71,7 @@ class TestHostileAnswersOnTheCommandLine:
         assert f"{A}: failed (malformed): body is JSON nested deeper than 32 levels" in ran.out
 
     async def test_long_pause_is_not_waited_out(self, upstream: Upstream, tmp_path: Path) -> None:
+        """A long Retry-After fails the remaining polls as paused instead of waiting it out."""
         scripted, url = upstream
         scripted.script(A, error(429, {"Retry-After": "600"}))
         scripted.script(B, ok("checked"))
@@ -88,6 +91,7 @@ class TestReceiverAnswers:
     """`tracker sinks test` shows a receiver's answer as text, never as terminal markup."""
 
     async def test_markup_in_the_answer(self, tmp_path: Path) -> None:
+        """A receiver's answer with Rich markup is printed as plain text."""
         async with HostilePeer(
             default=answer(500, b"[/] [link=https://x.example]y[/link]")
         ) as peer:
@@ -140,6 +144,7 @@ class TestMistakesFoundAtStart:
     """Templates and the database are checked when a command starts: exit 2 or 1, one line."""
 
     async def test_templates_folder_missing(self, tmp_path: Path) -> None:
+        """A missing templates folder exits 2 with one line naming the key and the folder."""
         missing = tmp_path / "no-such-templates"
         sink = {**MAIL_SINK, "templates": str(missing)}
         ran = await tracker_cli(
@@ -150,6 +155,7 @@ class TestMistakesFoundAtStart:
         assert f"sinks[0].templates: folder {missing} does not exist" in line
 
     async def test_template_that_does_not_compile(self, tmp_path: Path) -> None:
+        """A template that does not compile stops `sinks test` and `run` with its line."""
         path = template_config(tmp_path, "subject.txt", "{{ order_id }: {{ to_status }}\n")
         for command in (("sinks", "test", "mail"), ("run",)):
             ran = await tracker_cli(*command, "--config", path, limit=20)
@@ -157,6 +163,7 @@ class TestMistakesFoundAtStart:
             assert "sink 'mail': template subject.txt line 1: unexpected '}'" in one_line(ran.err)
 
     async def test_template_with_unknown_variable(self, tmp_path: Path) -> None:
+        """A template using an unknown variable exits 2 naming it and the variables there are."""
         path = template_config(tmp_path, "body.txt", "Order {{ order_id }} for {{ customer_name }}")
         ran = await tracker_cli("sinks", "test", "mail", "--config", path)
         assert ran.code == 2
@@ -165,6 +172,7 @@ class TestMistakesFoundAtStart:
         assert "the variables are" in line
 
     async def test_unknown_variable_in_a_branch_not_taken(self, tmp_path: Path) -> None:
+        """An unknown variable is found even in a template branch that is not taken."""
         text = "{% if not test %}{{ order_idd }}{% endif %}\n"
         ran = await tracker_cli(
             "sinks", "test", "mail", "--config", template_config(tmp_path, "subject.txt", text)
@@ -174,6 +182,7 @@ class TestMistakesFoundAtStart:
 
     @pytest.mark.parametrize("database", ["sqlite"], indirect=True)  # a read-only SQLite file
     async def test_database_that_cannot_be_written(self, tmp_path: Path) -> None:
+        """A read-only database still serves reading commands, but `run` exits 1 saying so."""
         path = config(tmp_path, "http://127.0.0.1:1")
         assert (await tracker_cli("watch", "add", A, "--config", path)).code == 0
         mapping = settings_mapping(tmp_path, "http://127.0.0.1:1")

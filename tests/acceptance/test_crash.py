@@ -83,6 +83,7 @@ class TestKillAndRestart:
     """Every status change is recorded once and delivered at least once, across SIGKILLs."""
 
     async def test_sigkill_loop(self, tmp_path: Path) -> None:
+        """Repeated SIGKILLs leave each history exact and each transition delivered."""
         # A slow receiver, so that kills land in the middle of bursts of deliveries.
         receiver = HookReceiver(delay=0.15)
         servers = contextlib.AsyncExitStack()

@@ -34,6 +34,7 @@ def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 
 
 async def test_the_demo_prints_live_urls_of_health_and_metrics_that_move() -> None:
+    """The demo prints health, readiness and metrics URLs that answer, with counts that move."""
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",

@@ -137,6 +137,7 @@ class TestExport:
     """Transitions of a period, oldest first, with their delivery states, as CSV and NDJSON."""
 
     async def test_formats_periods_and_filters(self, exported: str, tmp_path: Path) -> None:
+        """CSV and NDJSON hold the same defused rows in order and honour the period and status."""
         every = ("export", "--since", "2000-01-01", "--config", exported)
         output = tmp_path / "report.csv"
         ndjson_all, to_file = await asyncio.gather(
@@ -205,6 +206,7 @@ class TestExport:
         assert records(cancelled_only.out) == [cancelled]
 
     async def test_wrong_values_are_one_line_and_exit_2(self) -> None:
+        """A bad date, an empty period or an unknown status exits 2 with one line on stderr."""
         # The values are checked before the configuration is read: no file is needed.
         cases = {
             ("--since", "2026-13-01"): "--since '2026-13-01' is not a date; use YYYY-MM-DD",

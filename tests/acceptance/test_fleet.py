@@ -366,9 +366,9 @@ def config(tmp_path: Path, name: str, upstream_url: str, hooks_url: str) -> str:
 
 async def all_stored_and_delivered(store: Store, events: int) -> bool:
     """Whether ``events`` transitions are stored and none of their deliveries is pending."""
-    if (await store.counts())["transitions"] < events:
+    if (await store.reports.counts())["transitions"] < events:
         return False
-    overview = await store.overview(stale_before=datetime.now(UTC))
+    overview = await store.reports.overview(stale_before=datetime.now(UTC))
     states = Counter[str]()
     for _sink, state, count, _oldest in overview.deliveries:
         states[state] += count
@@ -448,7 +448,7 @@ async def check_histories(store: Store, scripts: list[Script], receiver: Refusin
     """
     stored: dict[str, tuple[str, str, str]] = {}
     for script in scripts:
-        found = await store.history(script.order_id)
+        found = await store.reports.history(script.order_id)
         assert found is not None
         history = history_json(found)
         moves = [(t["from_status"], t["to_status"]) for t in history["transitions"]]
@@ -480,6 +480,7 @@ class TestFleetLosesADaemon:
     """A daemon of three killed mid-cycle: nothing lost, doubled, polled early or over budget."""
 
     async def test_sigkill_one_of_three(self, tmp_path: Path, database: str) -> None:
+        """A killed daemon of three loses and doubles nothing; takeover and budget stay in bound."""
         scripts = fleet_scripts()
         upstream = FleetUpstream(scripts)
         receiver = RefusingReceiver(REFUSE_EVERY)
@@ -497,7 +498,7 @@ class TestFleetLosesADaemon:
             # What `tracker history --json` prints is what was read there.
             held = min(kill.orders)
             ran = await tracker_cli("history", held, "--json", "--config", paths["a"])
-            found = await store.history(held)
+            found = await store.reports.history(held)
             assert found is not None
             assert json.loads(ran.out) == history_json(found)
             delivered = await delivered_at(conn, kill.events)

@@ -79,6 +79,7 @@ class TestServe:
     async def test_serves_health_and_metrics_until_sigterm(
         self, upstream: Upstream, tmp_path: Path
     ) -> None:
+        """`serve` answers health, metrics and the API, ignores SIGHUP, and never polls."""
         scripted, url = upstream
         path = config(tmp_path, url, "127.0.0.1:0", watch={"orders": [A]})
         process, base = await start("serve", path)
@@ -110,6 +111,7 @@ class TestServe:
     async def test_without_a_listener_it_refuses_to_start(
         self, upstream: Upstream, tmp_path: Path
     ) -> None:
+        """`serve` without http.listen exits 2 with one line naming the key."""
         _scripted, url = upstream
         ran = await tracker_cli("serve", "--config", config(tmp_path, url, None))
         assert ran.code == 2
@@ -119,6 +121,7 @@ class TestServe:
     async def test_an_address_in_use_is_one_line_naming_the_key(
         self, upstream: Upstream, tmp_path: Path
     ) -> None:
+        """An address in use exits 2 with one line naming http.listen and the address."""
         _scripted, url = upstream
         with socket.socket() as taken:
             taken.bind(("127.0.0.1", 0))
@@ -134,6 +137,7 @@ class TestRunWithListener:
     """`tracker run` with [http]: serves while it polls, and stops cleanly on SIGTERM."""
 
     async def test_serves_while_polling(self, upstream: Upstream, tmp_path: Path) -> None:
+        """`run` with a listener answers readiness, metrics and the API while it polls."""
         scripted, url = upstream
         scripted.script(A, ok("ordered"))
         path = config(tmp_path, url, "127.0.0.1:0", watch={"orders": [A]})

@@ -32,6 +32,11 @@ HEAVY = (
     "starlette",
     "uvicorn",
     "prometheus_client",
+    # SQLAlchemy's asyncio extension and the ORM it loads: the reading commands read on plain
+    # connections (``tracker.store.plain``).
+    "sqlalchemy.ext.asyncio",
+    "sqlalchemy.orm",
+    "aiosqlite",
 )
 #: Runs the CLI in a fresh interpreter and reports, at exit, the heavy modules it imported.
 PROBE = """
@@ -85,6 +90,7 @@ class TestReadingCommandsStayLight:
         ids=" ".join,
     )
     async def test_command(self, tmp_path: Path, command: list[str]) -> None:
+        """A reading command imports none of the heavy modules."""
         path = str(write_config(tmp_path / "c.toml", settings_mapping(tmp_path, "http://x:1")))
         assert (await tracker_cli("watch", "add", A, "--config", path)).code == 0
         args = command if command[0].startswith("--") else [*command, "--config", path]
@@ -93,6 +99,7 @@ class TestReadingCommandsStayLight:
     async def test_polling_once_loads_neither_the_daemon_nor_the_sinks(
         self, tmp_path: Path
     ) -> None:
+        """`poll --all` imports the upstream client but no daemon, sink or web module."""
         path = str(write_config(tmp_path / "c.toml", settings_mapping(tmp_path, "http://x:1")))
         found = await imported("poll", "--all", "--config", path)
         assert {"tracker.app", "tracker.upstream", "httpx"} <= set(found)  # the probe sees them

@@ -72,6 +72,7 @@ class TestReloadOnSighup:
     """Sinks, routes and watched orders change live; a broken file changes nothing."""
 
     async def test_reload(self, upstream: Upstream, tmp_path: Path) -> None:
+        """SIGHUP refuses a broken file, then applies new sinks and orders."""
         scripted, url = upstream
         status = {A: "ordered", B: "waiting"}
 

@@ -198,7 +198,7 @@ async def deliver(service: Service, settings: Settings, seconds: float) -> None:
             while loop.time() < deadline:
                 await dispatcher.tick()
                 await asyncio.sleep(0.05)
-                if not [d async for d in service.store.deliveries(state="pending")]:
+                if not [d async for d in service.store.outbox.deliveries(state="pending")]:
                     break
         finally:
             await dispatcher.stop(1.0)
@@ -225,7 +225,7 @@ async def seed(
     days = sorted({step.days for steps in SCRIPTS.values() for step in steps})
     start = now + timedelta(days=days[0], minutes=-5)
     with time_machine.travel(start, tick=True):
-        await service.store.watch([*SCRIPTS, FAILING], source="cli", now=utc_now())
+        await service.store.orders.watch([*SCRIPTS, FAILING], source="cli", now=utc_now())
     for day in days:
         due = [o for o, steps in SCRIPTS.items() if any(s.days == day for s in steps)]
         if day == days[0]:

@@ -35,6 +35,7 @@ class TestLogin:
     """A support user logs in with the token through the form and lands where they were going."""
 
     def test_login_through_the_form(self, laptop: WebDriver, site: Site) -> None:
+        """A wrong token is refused; the right one opens the page asked for, cookie HttpOnly."""
         laptop.delete_all_cookies()
         laptop.get(f"{site.url}/orders/{SHOWN}")
         WebDriverWait(laptop, chromium.WAIT).until(expected_conditions.url_contains("/login"))
@@ -59,6 +60,7 @@ class TestBoard:
     """The board shows the lifecycle strip, unknown and failing orders, the latest transitions."""
 
     def test_board(self, laptop: WebDriver, site: Site) -> None:
+        """The board shows the 14-step strip with counts, unknown, failing and latest, and links."""
         chromium.log_in(laptop, site.url, READ_TOKEN)
         steps = laptop.find_elements(By.CSS_SELECTOR, ".strip .step")
         assert len(steps) == 14
@@ -89,6 +91,7 @@ class TestSearch:
     """Searching by a customer finds their order; by an id prefix, every order it starts."""
 
     def test_search(self, laptop: WebDriver, site: Site) -> None:
+        """A customer search finds its one order; an id prefix lists every active order, sorted."""
         chromium.log_in(laptop, site.url, READ_TOKEN)
         laptop.get(f"{site.url}/orders")
         box = laptop.find_element(By.ID, "q")
@@ -107,6 +110,7 @@ class TestOrderPage:
     """One order shows its status since when, its timeline and each transition's deliveries."""
 
     def test_order_page(self, laptop: WebDriver, site: Site) -> None:
+        """The order page shows the status since when, the timeline and each sink's deliveries."""
         chromium.log_in(laptop, site.url, READ_TOKEN, path=f"/orders/{SHOWN}")
         lead = laptop.find_element(By.CSS_SELECTOR, ".lead").text
         assert "installation_scheduled" in lead
@@ -139,6 +143,7 @@ class TestDeadLetters:
     """A write user retries a dead letter with its button; a read user has no button."""
 
     def test_retry_by_a_write_user(self, laptop: WebDriver, site: Site) -> None:
+        """A write user's retry button makes the dead letter pending; a read user sees no button."""
         chromium.log_in(laptop, site.url, READ_TOKEN, path="/dead-letters")
         assert len(laptop.find_elements(By.CSS_SELECTOR, "tbody tr")) == 2
         assert laptop.find_elements(By.CSS_SELECTOR, "form[action$='/retry']") == []
@@ -158,7 +163,9 @@ class TestDeadLetters:
 
         async def states() -> set[DeliveryState]:
             return {
-                d.state async for d in store.deliveries(sink="legacy-erp") if d.event_id == event_id
+                d.state
+                async for d in store.outbox.deliveries(sink="legacy-erp")
+                if d.event_id == event_id
             }
 
         assert site.run(states()) == {DeliveryState.PENDING}
@@ -168,6 +175,7 @@ class TestPhone:
     """On a phone's width the strip wraps and nothing but a table scrolls sideways."""
 
     def test_phone_width(self, browser: WebDriver, site: Site) -> None:
+        """At a phone's width the strip wraps and only the deliveries tables scroll sideways."""
         chromium.viewport(browser, chromium.PHONE, mobile=True)
         try:
             chromium.log_in(browser, site.url, READ_TOKEN)

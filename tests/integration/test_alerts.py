@@ -42,6 +42,7 @@ class TestFailingOrders:
     """``failing_after`` failed polls in a row raise one alert; the next success one more."""
 
     async def test_failing_then_recovered(self, upstream: Upstream, tmp_path: Path) -> None:
+        """A failure streak raises one poll_failing by hook and mail, a success a poll_recovered."""
         scripted, url = upstream
         refused = error(503)
         scripted.script(A, ok("ordered"), refused, refused, refused, ok("ordered"), ok("ordered"))
@@ -65,7 +66,7 @@ class TestFailingOrders:
                 ],
             )  # fmt: skip
             async with open_service(settings) as service:
-                await service.store.watch([A], source="cli", now=utc_now())
+                await service.store.orders.watch([A], source="cli", now=utc_now())
                 for _ in range(6):
                     await poll(service, A)
                 await deliver_all(service)
@@ -93,6 +94,7 @@ class TestStuckOrders:
     """A stay longer than its threshold is reported once, across a restart."""
 
     async def test_stuck_once_per_stay(self, upstream: Upstream, tmp_path: Path) -> None:
+        """An order stuck past its threshold is reported once to stuck routes, across restarts."""
         scripted, url = upstream
         scripted.script(A, ok("ordered"))
         scripted.script(B, ok("checked"))
@@ -115,7 +117,7 @@ class TestStuckOrders:
                 ],
             )
             async with open_service(settings) as service:
-                await service.store.watch([A, B], source="cli", now=utc_now())
+                await service.store.orders.watch([A, B], source="cli", now=utc_now())
                 await poll(service, A, B)
             await asyncio.sleep(1.1)  # A's stay in ordered is now longer than its threshold
             for _restart in range(2):
@@ -130,7 +132,7 @@ class TestStuckOrders:
                     await asyncio.sleep(1.0)  # a second raise would be sent by now
                     stop.set()
                     await asyncio.wait_for(running, 10)
-            order = await service.store.get(A)
+            order = await service.store.orders.get(A)
         assert order is not None
         [stuck] = bodies(any_status)
         assert bodies(exact) == [stuck]
@@ -142,24 +144,28 @@ class TestStuckOrders:
         assert data["event_id"] == any_status.accepted[0].event_id
 
     async def test_a_new_stay_is_a_new_report(self, upstream: Upstream, tmp_path: Path) -> None:
+        """A stay is reported once past its threshold, even by two daemons; a new stay anew."""
         scripted, url = upstream
         scripted.script(A, ok("ordered"), ok("checked"), ok("ordered"))
         threshold = {"ordered": timedelta(hours=1)}
         settings = make_settings(tmp_path, url)
         async with open_service(settings) as service:
             store = service.store
-            await store.watch([A], source="cli", now=utc_now())
+            await store.orders.watch([A], source="cli", now=utc_now())
 
             async def report(later: timedelta) -> list[datetime]:
                 now = utc_now() + later
-                stays = await store.stuck(threshold, now=now, limit=10)
+                stays = await store.events.stuck(threshold, now=now, limit=10)
                 made = [
                     (s, alerts.stuck(order_id=s.order_id, status=s.status, since=s.since,
                                      threshold=timedelta(hours=1), now=now, routes={}))
                     for s in stays
                 ]  # fmt: skip
                 # Two daemons report the same stays at once: one report each, not two.
-                first, second = await store.report_stuck(made), await store.report_stuck(made)
+                first, second = (
+                    await store.events.report_stuck(made),
+                    await store.events.report_stuck(made),
+                )
                 assert second == []
                 return [stay.since for stay, event in made if event in first]
 

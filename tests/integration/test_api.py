@@ -106,7 +106,7 @@ async def world(upstream: Upstream, tmp_path: Path) -> AsyncIterator[World]:
     config = write_config(tmp_path / "c.toml", mapping)
     settings = from_mapping(mapping, {}, origin="test")
     async with open_service(settings) as service:
-        await service.store.watch([A, B, C], source="cli", now=utc_now())
+        await service.store.orders.watch([A, B, C], source="cli", now=utc_now())
         await poll(service, A, B, C)
         await poll(service, A, C)
         await deliver_all(service)
@@ -118,6 +118,7 @@ class TestAuth:
     """Bearer tokens: 401 without a known one, 403 for a read token on a write route."""
 
     async def test_missing_wrong_and_foreign_credentials(self, world: World) -> None:
+        """Missing, wrong or non-Bearer credentials get 401 with a Bearer challenge."""
         client = world.client
         answers = [
             await client.get("/api/v1/orders"),
@@ -133,6 +134,7 @@ class TestAuth:
             assert READ_TOKEN not in answer.text
 
     async def test_read_token_on_write_routes_is_forbidden(self, world: World) -> None:
+        """A read token on a write route gets 403 naming the role it lacks."""
         client = world.client
         answers = [
             await client.post("/api/v1/orders", json={"order_ids": [A]}, headers=READ),
@@ -151,6 +153,7 @@ class TestAuth:
     async def test_every_token_is_compared_whichever_matches(
         self, world: World, monkeypatch: pytest.MonkeyPatch
     ) -> None:
+        """Every user's digest is compared, equal in length, whichever token matches."""
         compared: list[tuple[int, int]] = []
         real = hmac.compare_digest
 
@@ -171,6 +174,7 @@ class TestAuth:
             assert compared == [(32, 32), (32, 32)]
 
     async def test_openapi_needs_no_token(self, world: World) -> None:
+        """The OpenAPI 3.1 document is served without a token."""
         answer = await world.client.get("/api/v1/openapi.json")
         assert answer.status_code == 200
         assert answer.json() == document()
@@ -181,6 +185,7 @@ class TestOrders:
     """Listing, reading, watching and unwatching orders."""
 
     async def test_list_and_filters(self, world: World) -> None:
+        """Orders list filtered by status, state, id prefix, customer or subscription."""
         client = world.client
 
         async def ids(**params: str) -> list[str]:
@@ -203,6 +208,7 @@ class TestOrders:
         assert await ids(q="cus_qacki") == []
 
     async def test_list_objects_are_the_cli_objects(self, world: World) -> None:
+        """The API's order list is what `watch list --json` prints."""
         answer = await world.client.get("/api/v1/orders", headers=READ)
         ran = await tracker_cli("watch", "list", "--json", "--config", str(world.config))
         assert ran.code == 0, ran.err
@@ -224,6 +230,7 @@ class TestOrders:
     async def test_refused_query_values(
         self, world: World, params: dict[str, str], named: str
     ) -> None:
+        """A bad query value gets 422 naming the parameter."""
         answer = await world.client.get("/api/v1/orders", params=params, headers=READ)
         assert answer.status_code == 422
         error = answer.json()["error"]
@@ -231,6 +238,7 @@ class TestOrders:
         assert named in error["message"]
 
     async def test_one_order_is_the_cli_history(self, world: World) -> None:
+        """One order's answer is what `history --json` prints, deliveries included."""
         answer = await world.client.get(f"/api/v1/orders/{A}", headers=READ)
         ran = await tracker_cli("history", A, "--json", "--config", str(world.config))
         assert ran.code == 0, ran.err
@@ -241,6 +249,7 @@ class TestOrders:
         assert {d["sink"] for d in moved["deliveries"]} == {"ops", "audit"}
 
     async def test_unknown_and_malformed_ids(self, world: World) -> None:
+        """An unknown order id gets 404 and a malformed one 422."""
         never = await world.client.get(f"/api/v1/orders/{NEVER}", headers=READ)
         assert never.status_code == 404
         assert never.json()["error"]["code"] == "not_found"
@@ -251,6 +260,7 @@ class TestOrders:
             assert "invalid order id" in answer.json()["error"]["message"]
 
     async def test_watch_and_unwatch(self, world: World) -> None:
+        """Watching and unwatching answer 201 and 204 and log the user, never the token."""
         client = world.client
         new = "prdo_dddddddddddddddddddddddd"
         with structlog.testing.capture_logs() as logs:
@@ -269,7 +279,7 @@ class TestOrders:
         assert WRITE_TOKEN not in repr(logs)
         removed = await client.get("/api/v1/orders", params={"state": "removed"}, headers=READ)
         assert [o["order_id"] for o in removed.json()["items"]] == [B]
-        assert (await world.service.store.get(new)) is not None
+        assert (await world.service.store.orders.get(new)) is not None
         never = await client.delete(f"/api/v1/orders/{NEVER}", headers=WRITE)
         assert never.status_code == 404
 
@@ -284,12 +294,14 @@ class TestOrders:
         ],
     )
     async def test_refused_bodies(self, world: World, body: Any, named: str) -> None:
+        """A bad watch body gets 422 naming what is wrong and watches nothing."""
         answer = await world.client.post("/api/v1/orders", json=body, headers=WRITE)
         assert answer.status_code == 422
         assert named in answer.json()["error"]["message"]
-        assert await world.service.store.get("prdo_bad") is None
+        assert await world.service.store.orders.get("prdo_bad") is None
 
     async def test_not_json_and_too_large(self, world: World) -> None:
+        """A garbled body gets 422; one over 1 MiB gets 413, declared or streamed."""
         client = world.client
         garbled = await client.post("/api/v1/orders", content=b"{order_ids", headers=WRITE)
         assert garbled.status_code == 422
@@ -311,16 +323,18 @@ class TestPagination:
     """Keyset pages by id: every item once, in order, limits capped."""
 
     async def test_orders_across_pages(self, world: World) -> None:
+        """Walking the pages gives every order once, in id order."""
         many = [f"prdo_p{i:04d}" for i in range(137)]
-        await world.service.store.watch(many, source="cli", now=utc_now())
+        await world.service.store.orders.watch(many, source="cli", now=utc_now())
         seen = await walk(world.client, "/api/v1/orders", {"limit": "10", "q": "prdo_p"})
         assert [o["order_id"] for o in seen] == many
         everything = await walk(world.client, "/api/v1/orders", {})
         assert [o["order_id"] for o in everything] == sorted([*many, A, B, C])
 
     async def test_limit_default_and_cap(self, world: World) -> None:
+        """A page holds 50 orders by default and at most 500 whatever the limit."""
         many = [f"prdo_p{i:04d}" for i in range(600)]
-        await world.service.store.watch(many, source="cli", now=utc_now())
+        await world.service.store.orders.watch(many, source="cli", now=utc_now())
         default = await world.client.get("/api/v1/orders", headers=READ)
         assert len(default.json()["items"]) == 50
         capped = await world.client.get("/api/v1/orders", params={"limit": "100000"}, headers=READ)
@@ -338,6 +352,7 @@ class TestPagination:
             assert len(answer.json()["items"]) == 500
 
     async def test_cursors_are_opaque_and_bound_to_their_list(self, world: World) -> None:
+        """A cursor is encoded, works only for its own list, and a forged one gets 422."""
         page = await world.client.get("/api/v1/orders", params={"limit": "1"}, headers=READ)
         cursor = page.json()["next_cursor"]
         assert A not in cursor
@@ -352,6 +367,7 @@ class TestPagination:
         ).status_code == 422
 
     async def test_deliveries_across_pages_are_the_cli_objects(self, world: World) -> None:
+        """Delivery pages hold what `deliveries list --json` prints; bad filters get 422."""
         seen = await walk(world.client, "/api/v1/deliveries", {"limit": "1"})
         ran = await tracker_cli("deliveries", "list", "--json", "--config", str(world.config))
         assert ran.code == 0, ran.err
@@ -399,6 +415,7 @@ class TestRetry:
     """A retry makes an event's undelivered deliveries pending and due now."""
 
     async def test_dead_deliveries_pending_again(self, world: World) -> None:
+        """A retry makes the event's dead deliveries pending and due now, and is logged."""
         history = (await world.client.get(f"/api/v1/orders/{A}", headers=READ)).json()
         event_id = history["transitions"][0]["event_id"]
         before = utc_now()
@@ -409,7 +426,7 @@ class TestRetry:
         assert [(e["user"], e["action"], e["ids"]) for e in logs if e["event"] == "api_write"] == [
             ("ops-bot", "retry", [event_id])
         ]
-        rows = [d async for d in world.service.store.deliveries() if d.event_id == event_id]
+        rows = [d async for d in world.service.store.outbox.deliveries() if d.event_id == event_id]
         assert {d.state for d in rows} == {DeliveryState.PENDING}
         assert all(d.attempts == 0 and d.next_attempt_at <= utc_now() for d in rows)
         assert all(d.next_attempt_at >= before for d in rows)
@@ -417,6 +434,7 @@ class TestRetry:
         assert pending == [delivery_dict(d, sinks={"ops", "audit"}) for d in rows]
 
     async def test_unknown_and_malformed_events(self, world: World) -> None:
+        """Retrying an unknown event gets 404, a malformed id 422 and a GET 405."""
         unknown = await world.client.post("/api/v1/deliveries/evt_nothing/retry", headers=WRITE)
         assert unknown.status_code == 404
         assert "evt_nothing" in unknown.json()["error"]["message"]
@@ -431,6 +449,7 @@ class TestTransitions:
     """`GET /api/v1/transitions`: `tracker export` over HTTP, the same rows."""
 
     async def test_the_same_rows_as_the_cli(self, world: World) -> None:
+        """The transitions route gives the export's rows as NDJSON or CSV."""
         params = {"since": "2000-01-01"}
         answer = await world.client.get("/api/v1/transitions", params=params, headers=READ)
         ran = await tracker_cli(
@@ -468,6 +487,7 @@ class TestTransitions:
         ],
     )
     async def test_refused(self, world: World, params: dict[str, str], named: str) -> None:
+        """Bad transitions parameters get 422 naming them, or 401 without a token."""
         answer = await world.client.get("/api/v1/transitions", params=params, headers=READ)
         assert answer.status_code == 422
         assert named in answer.json()["error"]["message"]
@@ -479,6 +499,7 @@ class TestSchema:
     """schemathesis checks every route of the document against the live server."""
 
     async def test_schemathesis_finds_no_failure(self, world: World, tmp_path: Path) -> None:
+        """schemathesis finds no route that breaks the OpenAPI document."""
         ran = await run_schemathesis(world.url, tmp_path)
         assert ran.returncode == 0, ran.stdout[-6000:]
 

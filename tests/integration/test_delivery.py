@@ -37,13 +37,13 @@ Upstream = tuple[ScriptedUpstream, str]
 
 
 async def states(polling: Service) -> dict[tuple[str, str], Any]:
-    return {(d.event_id, d.sink): d async for d in polling.store.deliveries()}
+    return {(d.event_id, d.sink): d async for d in polling.store.outbox.deliveries()}
 
 
 async def one_transition_delivered(settings: Settings) -> list[Delivery]:
     """Watch A, poll it twice (first snapshot, then its transition), deliver; the outbox rows."""
     async with open_service(settings) as polling:
-        await polling.store.watch([A], source="cli", now=utc_now())
+        await polling.store.orders.watch([A], source="cli", now=utc_now())
         await poll(polling, A)
         await poll(polling, A)
         await deliver_all(polling)
@@ -54,6 +54,7 @@ class TestRoutingAndFanOut:
     """Every transition reaches every matching sink, and no other."""
 
     async def test_fan_out(self, upstream: Upstream, tmp_path: Path) -> None:
+        """Each transition goes to every matching sink, by webhook and mail, and no other."""
         scripted, url = upstream
         scripted.script(A, ok("ordered"), ok("checked"), ok("blocked"))
         scripted.script(B, ok("ordered"), ok("cancelled"))
@@ -81,11 +82,11 @@ class TestRoutingAndFanOut:
                 ],
             )
             async with open_service(settings) as polling:
-                await polling.store.watch([A, B], source="cli", now=utc_now())
+                await polling.store.orders.watch([A, B], source="cli", now=utc_now())
                 for _ in range(3):
                     await poll(polling, A, B)
                 await deliver_all(polling)
-                history = await polling.store.history(A)
+                history = await polling.store.reports.history(A)
         assert history is not None
         moves = {(t.from_status, t.to_status): t.event_id for t in history.transitions}
         assert set(moves) == {("ordered", "checked"), ("checked", "blocked")}
@@ -112,6 +113,7 @@ class TestRetries:
     """Failed attempts are retried with the same id and body; the last one dead-letters."""
 
     async def test_503_twice_then_delivered(self, upstream: Upstream, tmp_path: Path) -> None:
+        """Two 503s are retried with the same id and body until the third attempt is delivered."""
         scripted, url = upstream
         scripted.script(A, ok("ordered"), ok("checked"))
         receiver = HookReceiver(answers=(503, 503, 204))
@@ -132,6 +134,7 @@ class TestRetries:
         assert delivery.last_status == 204
 
     async def test_longer_retry_after_wins(self, upstream: Upstream, tmp_path: Path) -> None:
+        """A receiver's Retry-After longer than the backoff sets when the next attempt goes."""
         scripted, url = upstream
         scripted.script(A, ok("ordered"), ok("checked"))
         receiver = HookReceiver(answers=(503, 204), retry_after="1")
@@ -144,6 +147,7 @@ class TestRetries:
         assert receiver.times[1] - receiver.times[0] >= 0.95  # not the 0.1 s backoff
 
     async def test_410_stops_at_once(self, upstream: Upstream, tmp_path: Path) -> None:
+        """A 410 dead-letters the delivery after one attempt."""
         scripted, url = upstream
         scripted.script(A, ok("ordered"), ok("checked"))
         receiver = HookReceiver(answers=(410,))
@@ -159,6 +163,7 @@ class TestRetries:
     async def test_refused_connection_is_retried_then_dead(
         self, upstream: Upstream, tmp_path: Path
     ) -> None:
+        """A refused connection is retried, then dead-lettered with a connection error."""
         scripted, url = upstream
         scripted.script(A, ok("ordered"), ok("checked"))
         # A port held bound but never listening: connections are refused, and no other test's
@@ -176,6 +181,7 @@ class TestRetries:
         assert "connection failed" in delivery.last_error
 
     async def test_dead_letter_then_retry_by_hand(self, upstream: Upstream, tmp_path: Path) -> None:
+        """A dead letter retried by hand is sent again with the same id and body."""
         scripted, url = upstream
         scripted.script(A, ok("ordered"), ok("checked"))
         receiver = HookReceiver(answers=(500,))
@@ -221,6 +227,7 @@ class TestEmail:
     """Mail through a real SMTP server: retried when refused, never with injected headers."""
 
     async def test_refused_then_accepted(self, upstream: Upstream, tmp_path: Path) -> None:
+        """A mail refused once is sent again and accepted, its Message-ID made from the event id."""
         scripted, url = upstream
         scripted.script(A, ok("ordered"), ok("blocked"))
         mailbox = Mailbox(refuse=1)
@@ -297,6 +304,7 @@ class TestSinksCommand:
     async def test_sink_test(
         self, upstream: Upstream, tmp_path: Path, answer: int, code: int
     ) -> None:
+        """`sinks test` sends a signed test event and exits by its answer."""
         _scripted, url = upstream
         receiver = HookReceiver(answers=(answer,))
         async with serve(catch_all(receiver)) as hooks:

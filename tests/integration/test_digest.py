@@ -97,6 +97,7 @@ class TestOneMessageADay:
     async def test_grouped_by_order(
         self, upstream: Upstream, tmp_path: Path, clock: time_machine.Traveller
     ) -> None:
+        """A day's matching changes go out as one mail at the digest time, grouped by order."""
         scripted, url = upstream
         scripted.script(A, ok("ordered"), ok("checked"), ok("blocked"))
         scripted.script(B, ok("ordered"), ok("cancelled"))
@@ -107,7 +108,7 @@ class TestOneMessageADay:
                 tmp_path, url, port, sinks=[digest_sink(["*->checked", "*->blocked"])]
             )
             async with open_service(settings) as service:
-                await service.store.watch([A, B, C], source="cli", now=utc_now())
+                await service.store.orders.watch([A, B, C], source="cli", now=utc_now())
                 day = datetime(2026, 11, 28, tzinfo=UTC)
                 # The first check finds no earlier digest: one for the day before, quiet.
                 [first] = await digests(service, berlin(day, 8) + SETTLE, clock)
@@ -116,7 +117,7 @@ class TestOneMessageADay:
                     clock.move_to(berlin(day, hour))
                     await poll(service, A, B, C)
                 # A digest sink gets no message per event: only the digest.
-                assert [d async for d in service.store.deliveries(sink="mail")] == []
+                assert [d async for d in service.store.outbox.deliveries(sink="mail")] == []
                 due = berlin(day + timedelta(days=1), 8)
                 assert await digests(service, due + SETTLE - timedelta(seconds=5), clock) == []
                 [digest] = await digests(service, due + SETTLE, clock)
@@ -155,13 +156,14 @@ class TestOneMessageADay:
     async def test_quiet_day_sends_nothing(
         self, upstream: Upstream, tmp_path: Path, clock: time_machine.Traveller
     ) -> None:
+        """A day with no matching change stores an empty digest and sends no mail."""
         scripted, url = upstream
         scripted.script(B, ok("ordered"), ok("cancelled"))
         mailbox = Mailbox()
         async with smtp_server(mailbox) as port:
             settings = settings_for(tmp_path, url, port, sinks=[digest_sink(["*->checked"])])
             async with open_service(settings) as service:
-                await service.store.watch([B], source="cli", now=utc_now())
+                await service.store.orders.watch([B], source="cli", now=utc_now())
                 await poll(service, B)
                 await poll(service, B)  # a change the sink did not ask for
                 due = berlin(utc_now() + timedelta(days=1), 8)
@@ -170,7 +172,7 @@ class TestOneMessageADay:
                 assert await digests(service, due + SETTLE + timedelta(minutes=1), clock) == []
                 [tomorrow] = await digests(service, due + timedelta(days=1) + SETTLE, clock)
                 await deliver_all(service)
-                sent = [d async for d in service.store.deliveries()]
+                sent = [d async for d in service.store.outbox.deliveries()]
         assert (quiet.sinks, tomorrow.sinks) == ((), ())
         assert data(quiet)["changes"] == 0
         assert data(tomorrow)["period_start"] == data(quiet)["period_end"]
@@ -180,10 +182,11 @@ class TestOneMessageADay:
     async def test_a_flapping_order_is_listed_briefly(
         self, upstream: Upstream, tmp_path: Path, clock: time_machine.Traveller
     ) -> None:
+        """An order with many changes lists its first ten and points to the export for the rest."""
         scripted, url = upstream
         scripted.script(A, *[ok("ordered"), ok("checked")] * 7)
         async with open_service(settings_for(tmp_path, url)) as service:
-            await service.store.watch([A], source="cli", now=utc_now())
+            await service.store.orders.watch([A], source="cli", now=utc_now())
             for _ in range(14):
                 await poll(service, A)
             due = berlin(utc_now(), 8) + timedelta(days=1)
@@ -211,13 +214,14 @@ class TestOnce:
     async def test_twice_and_by_two_daemons(
         self, upstream: Upstream, tmp_path: Path, clock: time_machine.Traveller
     ) -> None:
+        """Two daemons raising the same digest at once, and later again, send it once."""
         scripted, url = upstream
         scripted.script(A, ok("ordered"), ok("checked"))
         mailbox = Mailbox()
         async with smtp_server(mailbox) as port:
             settings = settings_for(tmp_path, url, port)
             async with open_service(settings) as service:
-                await service.store.watch([A], source="cli", now=utc_now())
+                await service.store.orders.watch([A], source="cli", now=utc_now())
                 await poll(service, A)
                 await poll(service, A)
                 clock.move_to(berlin(utc_now() + timedelta(days=1), 8) + SETTLE)
@@ -232,7 +236,7 @@ class TestOnce:
                     )
                     again = await raise_due_digests(one, settings, now=now + timedelta(hours=1))
                 await deliver_all(service)
-                sent = [d async for d in service.store.deliveries(sink="mail")]
+                sent = [d async for d in service.store.outbox.deliveries(sink="mail")]
         assert sorted(len(r) for r in raised) == [0, 1]
         assert again == []
         assert len(sent) == 1
@@ -245,6 +249,7 @@ class TestTimeMoved:
     async def test_moved_earlier(
         self, upstream: Upstream, tmp_path: Path, clock: time_machine.Traveller
     ) -> None:
+        """A digest time moved earlier gives an empty period, not the covered hours again."""
         _scripted, url = upstream
         late = settings_for(tmp_path, url, sinks=[digest_sink(["*"], digest="08:00 UTC")])
         early = settings_for(tmp_path, url, sinks=[digest_sink(["*"], digest="07:00 UTC")])
@@ -268,6 +273,7 @@ class TestCatchUp:
     async def test_one_digest_for_the_gap(
         self, upstream: Upstream, tmp_path: Path, clock: time_machine.Traveller
     ) -> None:
+        """After missed due times one digest covers the whole gap, and the next starts after it."""
         scripted, url = upstream
         scripted.script(A, ok("ordered"), ok("checked"), ok("installation_planning"))
         scripted.script(B, ok("ordered"), ok("ordered"), ok("ordered"), ok("cancelled"))
@@ -275,7 +281,7 @@ class TestCatchUp:
         async with smtp_server(mailbox) as port:
             settings = settings_for(tmp_path, url, port)
             async with open_service(settings) as service:
-                await service.store.watch([A, B], source="cli", now=utc_now())
+                await service.store.orders.watch([A, B], source="cli", now=utc_now())
                 await poll(service, A, B)
                 start = datetime(2026, 11, 26, tzinfo=UTC)
                 [before] = await digests(service, berlin(start, 8) + SETTLE, clock)
@@ -310,6 +316,7 @@ class TestStuckAndFailing:
     async def test_stuck_and_failing(
         self, upstream: Upstream, tmp_path: Path, clock: time_machine.Traveller
     ) -> None:
+        """A digest lists the stuck and failing orders even when nothing changed."""
         scripted, url = upstream
         scripted.script(A, ok("ordered"))
         scripted.script(B, ok("waiting"), error(503))
@@ -324,17 +331,18 @@ class TestStuckAndFailing:
             )
             async with open_service(settings) as service:
                 store = service.store
-                await store.watch([A, B], source="cli", now=utc_now())
+                await store.orders.watch([A, B], source="cli", now=utc_now())
                 for _ in range(3):
                     await poll(service, A, B)
                 clock.move_to(utc_now() + timedelta(hours=2))
                 now = utc_now()
+                stays = await store.events.stuck({"ordered": timedelta(hours=1)}, now=now, limit=9)
                 made = [
                     (s, alerts.stuck(order_id=s.order_id, status=s.status, since=s.since,
                                      threshold=timedelta(hours=1), now=now, routes={}))
-                    for s in await store.stuck({"ordered": timedelta(hours=1)}, now=now, limit=9)
+                    for s in stays
                 ]  # fmt: skip
-                assert len(await store.report_stuck(made)) == 1
+                assert len(await store.events.report_stuck(made)) == 1
                 when = datetime(2026, 11, 26, 9, 30, tzinfo=UTC) + SETTLE
                 [digest] = await digests(service, when, clock)
                 await deliver_all(service)
@@ -367,13 +375,14 @@ class TestDaylightSaving:
         day: datetime,
         hours: int,
     ) -> None:
+        """The digest stays at 08:00 local on a DST day, 23 or 25 hours after the last."""
         scripted, url = upstream
         scripted.script(A, ok("ordered"), ok("checked"))
         before, due = berlin(day - timedelta(days=1), 8), berlin(day, 8)
         assert due - before == timedelta(hours=hours)
         async with open_service(settings_for(tmp_path, url)) as service:
             clock.move_to(before - timedelta(hours=2))
-            await service.store.watch([A], source="cli", now=utc_now())
+            await service.store.orders.watch([A], source="cli", now=utc_now())
             await poll(service, A)
             [previous] = await digests(service, before + SETTLE, clock)
             clock.move_to(due - timedelta(minutes=30))
@@ -404,6 +413,7 @@ class TestRefusals:
     async def test_bad_digest_exits_2(
         self, upstream: Upstream, tmp_path: Path, value: str, says: str
     ) -> None:
+        """A bad digest value exits 2 with one line naming the key and what is wrong."""
         _scripted, url = upstream
         mapping = settings_mapping(tmp_path, url, sinks=[digest_sink(["*"], digest=value)])
         path = write_config(tmp_path / "tracker.toml", mapping)
@@ -414,6 +424,7 @@ class TestRefusals:
         assert says in line
 
     async def test_broken_digest_template(self, upstream: Upstream, tmp_path: Path) -> None:
+        """A digest template with an unknown variable is refused naming the template."""
         _scripted, url = upstream
         folder = tmp_path / "templates"
         folder.mkdir()
@@ -432,6 +443,7 @@ class TestDaemonSendsDigests:
     async def test_a_missed_digest_goes_out_at_start(
         self, upstream: Upstream, tmp_path: Path
     ) -> None:
+        """A daemon starting after a missed digest time sends that digest once."""
         scripted, url = upstream
         scripted.script(A, ok("ordered"), ok("checked"))
         mailbox = Mailbox()
@@ -441,7 +453,7 @@ class TestDaemonSendsDigests:
             sink = digest_sink(["*"], f"{due:%H:%M} UTC")
             settings = settings_for(tmp_path, url, port, sinks=[sink])
             async with open_service(settings) as service:
-                await service.store.watch([A], source="cli", now=detected)
+                await service.store.orders.watch([A], source="cli", now=detected)
                 await poll(service, A)
                 await poll(service, A)  # ordered -> checked, detected before the digest time
                 # The daemon starts a day later: yesterday's digest was missed.

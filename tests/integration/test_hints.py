@@ -37,6 +37,7 @@ from tracker.clock import utc_now
 from tracker.config import Settings
 from tracker.service import Service, open_service
 from tracker.store import Store, open_store
+from tracker.store.hints import HINT_RETENTION
 from tracker.web import Metrics, build_app
 from tracker.web.hooks import MAX_BODY, hook_routes, signed_header
 
@@ -84,7 +85,7 @@ class World:
         return self.service.store
 
     async def next_poll(self, order_id: str) -> datetime:
-        order = await self.store.get(order_id)
+        order = await self.store.orders.get(order_id)
         assert order is not None
         assert order.next_poll_at is not None
         return order.next_poll_at
@@ -126,7 +127,7 @@ async def world(upstream: Upstream, tmp_path: Path) -> AsyncIterator[World]:
     settings = hint_settings(tmp_path, url)
     metrics = Metrics()
     async with open_service(settings) as service:
-        await service.store.watch([A, B], source="cli", now=utc_now())
+        await service.store.orders.watch([A, B], source="cli", now=utc_now())
         await poll(service, A, B)
         async with serving(service.store, settings, metrics) as client:
             world = World(client=client, service=service, metrics=metrics, scripted=scripted)
@@ -142,6 +143,7 @@ class TestAccepted:
     """A signed hint about a watched order makes it due now; its topic is only logged."""
 
     async def test_watched_order_becomes_due(self, world: World) -> None:
+        """A signed hint makes only its order due now, logs the topic and stores no status."""
         with structlog.testing.capture_logs() as logs:
             answer = await world.hint(hint_body(A, "evt_1"))
         assert answer.status_code == 202
@@ -153,12 +155,13 @@ class TestAccepted:
         assert (line["event_id"], line["order_id"]) == ("evt_1", A)
         assert line["topic"] == "meter_order.scheduled"
         assert line["outcome"] == "due"
-        assert await world.store.hinted(A) == [("evt_1", False)]
-        order = await world.store.get(A)
+        assert await world.store.hints.hinted(A) == [("evt_1", False)]
+        order = await world.store.orders.get(A)
         assert order is not None
         assert order.status == "ordered"  # the topic is never stored as a status
 
     async def test_any_matching_v1_signature_is_enough(self, world: World) -> None:
+        """One matching v1 signature among several, in any case, is enough."""
         body = hint_body(A, "evt_rolled")
         header = signed(body)["X-Nomos-Signature"]
         stamp, good = header.split(",")
@@ -169,6 +172,7 @@ class TestAccepted:
         assert await world.next_poll(A) <= utc_now()
 
     async def test_replays_change_nothing(self, world: World) -> None:
+        """A replayed event is accepted but logged as a replay and moves no poll."""
         body = hint_body(A, "evt_once")
         assert (await world.hint(body)).status_code == 202
         await poll(world.service, A)  # the hinted poll: next one in an hour again
@@ -181,20 +185,21 @@ class TestAccepted:
         assert again.json() == {"status": "accepted"}
         assert await world.next_poll(A) == after_poll
         assert [line["event"] for line in events(logs)] == ["hint_replayed"]
-        assert await world.store.hinted(A) == [("evt_once", False)]
+        assert await world.store.hints.hinted(A) == [("evt_once", False)]
 
     async def test_unwatched_and_removed_orders_are_ignored(self, world: World) -> None:
-        await world.store.unwatch([B], now=utc_now())
+        """A hint for an unwatched or removed order is accepted, ignored and not remembered."""
+        await world.store.orders.unwatch([B], now=utc_now())
         before = await world.next_poll(B)
         with structlog.testing.capture_logs() as logs:
             never = await world.hint(hint_body(NEVER, "evt_never"))
             removed = await world.hint(hint_body(B, "evt_removed"))
         assert (never.status_code, removed.status_code) == (202, 202)
-        assert await world.store.get(NEVER) is None  # not watched by a hint
-        assert await world.store.hinted(NEVER) == []  # nor remembered: a flood grows nothing
+        assert await world.store.orders.get(NEVER) is None  # not watched by a hint
+        assert await world.store.hints.hinted(NEVER) == []  # nor remembered: a flood grows nothing
         assert await world.next_poll(B) == before
         assert [line["event"] for line in events(logs)] == ["hint_ignored", "hint_ignored"]
-        assert [order.order_id async for order in world.store.watched()] == [A, B]
+        assert [order.order_id async for order in world.store.orders.watched()] == [A, B]
 
 
 # Refused before the body is believed: each makes the headers for a body, answered 401.
@@ -253,6 +258,7 @@ class TestRefused:
     async def test_unauthorized(
         self, world: World, name: str, headers: Callable[[bytes], dict[str, str]]
     ) -> None:
+        """A missing, wrong or stale signature gets 401, changes nothing and echoes no secret."""
         body = hint_body(A, f"evt_{name.replace('-', '_')}")
         before = await world.next_poll(A)
         sent = headers(body)
@@ -262,7 +268,7 @@ class TestRefused:
         assert answer.json()["error"]["code"] == "unauthorized"
         assert answer.json()["error"]["message"]
         assert await world.next_poll(A) == before
-        assert await world.store.hinted(A) == []
+        assert await world.store.hints.hinted(A) == []
         [line] = events(logs)
         assert line["event"] == "hint_refused"
         assert line["status"] == 401
@@ -306,18 +312,20 @@ class TestRefused:
         ],
     )
     async def test_signed_but_invalid_bodies(self, world: World, body: bytes, status: int) -> None:
+        """A signed but invalid body is refused with its status and changes nothing."""
         before = await world.next_poll(A)
         with structlog.testing.capture_logs() as logs:
             answer = await world.hint(body)
         assert answer.status_code == status, answer.text
         assert set(answer.json()["error"]) == {"code", "message"}
         assert await world.next_poll(A) == before
-        assert await world.store.hinted(A) == []
+        assert await world.store.hints.hinted(A) == []
         [line] = events(logs)
         assert (line["event"], line["status"]) == ("hint_refused", status)
         assert SECRET not in json.dumps(logs, default=str)
 
     async def test_oversize_body(self, world: World) -> None:
+        """An oversize body gets 413, with or without a length, and is logged once."""
         body = hint_body(A, "evt_big", padding="x" * MAX_BODY)
         before = await world.next_poll(A)
         with structlog.testing.capture_logs() as logs:
@@ -333,6 +341,7 @@ class TestRefused:
         assert [line["status"] for line in events(logs)] == [413]
 
     async def test_counted_by_result(self, world: World) -> None:
+        """Hints are counted in metrics by result: accepted, ignored, replayed, refused."""
         await world.hint(hint_body(A, "evt_m1"))
         await world.hint(hint_body(A, "evt_m1"))
         await world.hint(hint_body(NEVER, "evt_m2"))
@@ -346,6 +355,7 @@ class TestWithoutSecret:
     """Without ``webhook_secret`` there is no hint route at all: 404."""
 
     async def test_no_route(self, upstream: Upstream, tmp_path: Path) -> None:
+        """Without a webhook secret the hint route is absent and answers 404."""
         _scripted, url = upstream
         settings = make_settings(tmp_path, url, http={"listen": "127.0.0.1:0"})
         assert settings.upstream.webhook_secret is None
@@ -357,13 +367,14 @@ class TestWithoutSecret:
             body = hint_body(A, "evt_nowhere")
             answer = await client.post("/hooks/nomos", content=body, headers=signed(body))
             assert answer.status_code == 404
-            assert await store.hinted(A) == []
+            assert await store.hints.hinted(A) == []
 
 
 class TestInFlight:
     """A hint that arrives while its order is being polled leads to another poll after it."""
 
     async def test_hint_during_a_poll_is_not_lost(self, world: World) -> None:
+        """A hint during a poll of its order makes the order due again after that poll."""
         # The poll's answer is the old status, sent before the change the hint announces.
         world.scripted.script(A, stall(1.0, ok("ordered")))
         polls_before = world.scripted.polls(A)
@@ -378,14 +389,14 @@ class TestInFlight:
         assert not polling.done()  # the hint came while the request was in flight
         [line] = events(logs)
         assert line["outcome"] == "in_flight"
-        assert await world.store.hinted(A) == [("evt_during", True)]
+        assert await world.store.hints.hinted(A) == [("evt_during", True)]
         await asyncio.wait_for(polling, 10)
-        order = await world.store.get(A)
+        order = await world.store.orders.get(A)
         assert order is not None
         assert order.consecutive_failures == 0  # the poll succeeded, with the old answer
         # Without the hint this poll would set the next one an hour away.
         assert await world.next_poll(A) <= utc_now()
-        assert await world.store.hinted(A) == [("evt_during", False)]
+        assert await world.store.hints.hinted(A) == [("evt_during", False)]
         world.scripted.script(A, ok("ordered"))
         await poll(world.service, A)  # the hinted poll settles nothing more: an hour again
         assert await world.next_poll(A) > utc_now() + timedelta(minutes=50)
@@ -395,6 +406,7 @@ class TestSharedDatabase:
     """Two processes' stores on one database take the same event once between them."""
 
     async def test_concurrent_deliveries_of_one_event(self, world: World, tmp_path: Path) -> None:
+        """One event posted to two stores at once is accepted once, and a restart remembers it."""
         settings = world.service.settings
         async with (
             open_store(settings.database.url) as other,
@@ -411,29 +423,31 @@ class TestSharedDatabase:
             assert [a.status_code for a in answers] == [202] * 4
             outcomes = sorted(line["event"] for line in events(logs))
             assert outcomes == ["hint_accepted"] + ["hint_replayed"] * 3
-            assert await other.hinted(A) == [("evt_twice", False)]
+            assert await other.hints.hinted(A) == [("evt_twice", False)]
         # A restart remembers it too.
         async with open_store(settings.database.url) as restarted:
-            assert await restarted.hint(event_id="evt_twice", order_id=A, now=utc_now()) == (
+            assert await restarted.hints.hint(event_id="evt_twice", order_id=A, now=utc_now()) == (
                 "replayed"
             )
 
     async def test_old_hints_are_pruned(self, world: World) -> None:
-        long_ago = utc_now() - Store.HINT_RETENTION - timedelta(minutes=1)
+        """Hints older than the retention are pruned when a new one is stored."""
+        long_ago = utc_now() - HINT_RETENTION - timedelta(minutes=1)
         for n in range(3):
-            await world.store.hint(event_id=f"evt_old{n}", order_id=A, now=long_ago)
-        assert len(await world.store.hinted(A)) == 3
-        assert await world.store.hint(event_id="evt_new", order_id=A, now=utc_now()) in {
+            await world.store.hints.hint(event_id=f"evt_old{n}", order_id=A, now=long_ago)
+        assert len(await world.store.hints.hinted(A)) == 3
+        assert await world.store.hints.hint(event_id="evt_new", order_id=A, now=utc_now()) in {
             "due",
             "already_due",
         }
-        assert await world.store.hinted(A) == [("evt_new", False)]
+        assert await world.store.hints.hinted(A) == [("evt_new", False)]
 
 
 class TestEndToEnd:
     """A daemon polling hourly stores a change within seconds of the provider's hint."""
 
     async def test_hint_to_transition(self, upstream: Upstream, tmp_path: Path) -> None:
+        """A hint makes an hourly daemon poll at once and store the change, with one extra poll."""
         scripted, url = upstream
         status = {A: "ordered"}
 
@@ -443,7 +457,7 @@ class TestEndToEnd:
         scripted.script(A, answer)
         settings = hint_settings(tmp_path, url)
         async with open_service(settings) as service:
-            await service.store.watch([A], source="cli", now=utc_now())
+            await service.store.orders.watch([A], source="cli", now=utc_now())
             stop = asyncio.Event()
             running = asyncio.create_task(service.daemon().run(stop))
             try:
@@ -458,7 +472,7 @@ class TestEndToEnd:
             finally:
                 stop.set()
                 await asyncio.wait_for(running, 10)
-            history = await service.store.history(A)
+            history = await service.store.reports.history(A)
             assert history is not None
             [moved] = history.transitions
             assert (moved.from_status, moved.to_status) == ("ordered", "checked")
@@ -527,6 +541,7 @@ class TestCommands:
     secret."""
 
     async def test_run_stores_the_hinted_change(self, upstream: Upstream, tmp_path: Path) -> None:
+        """`run` stores a signed hint's change, refuses an unsigned hint and logs no secret."""
         scripted, url = upstream
         status = {A: "ordered"}
 
@@ -553,6 +568,7 @@ class TestCommands:
         assert "transition_detected" in [e["event"] for e in daemon.lines]
 
     async def test_serve_makes_the_order_due(self, upstream: Upstream, tmp_path: Path) -> None:
+        """`serve` takes a hint by making the order due, without polling it itself."""
         scripted, url = upstream
         scripted.script(A, ok("ordered"))
         path = command_config(tmp_path, url)
@@ -584,7 +600,7 @@ async def _cli_order(path: Path, key: str) -> object:
 
 
 async def _status(store: Store, order_id: str) -> str | None:
-    order = await store.get(order_id)
+    order = await store.orders.get(order_id)
     return order.status if order is not None else None
 
 
@@ -614,6 +630,7 @@ class TestSignature:
     """The signing helper is the documented rule: HMAC-SHA256(secret, "<t>.<raw body>")."""
 
     def test_signed_header(self) -> None:
+        """The signing helper gives t=<time>,v1=HMAC-SHA256 of the time and raw body."""
         body = b'{"id":"evt_1"}'
         digest = hmac.new(KEY, b"1700000000." + body, hashlib.sha256).hexdigest()
         assert signed_header(KEY, body, 1_700_000_000) == f"t=1700000000,v1={digest}"

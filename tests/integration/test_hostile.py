@@ -66,6 +66,7 @@ class TestOverallDeadline:
     """An answer that drips one byte at a time ends at the request's timeout, as a failed poll."""
 
     async def test_client_gives_up_at_the_deadline(self, tmp_path: Path) -> None:
+        """A dripping answer fails as timed out at the request's timeout, not when it ends."""
         async with HostilePeer(default=drip(order_json(A, "checked"), every=0.3)) as peer:
             settings = make_settings(tmp_path, peer.url, upstream={"timeout": 1})
             client, http = build_client(settings.upstream)
@@ -78,6 +79,7 @@ class TestOverallDeadline:
 
     @pytest.mark.usefixtures("database")
     async def test_drips_do_not_starve_the_other_orders(self, tmp_path: Path) -> None:
+        """Two dripping orders time out while every healthy order is polled and stored."""
         behaviours = {path(A): drip(order_json(A, "checked"), 0.2)}
         behaviours[path(B)] = drip(order_json(B, "checked"), 0.2)
         async with HostilePeer(behaviours, default=serve_order("ordered")) as peer:
@@ -85,19 +87,19 @@ class TestOverallDeadline:
                 tmp_path, peer.url, upstream={"timeout": 0.5, "max_concurrency": 2}
             )
             async with open_service(settings) as polling, running(polling.daemon()):
-                await polling.store.watch([A, B, *HEALTHY], source="cli", now=utc_now())
+                await polling.store.orders.watch([A, B, *HEALTHY], source="cli", now=utc_now())
 
                 async def all_polled() -> bool:
-                    orders = [await polling.store.get(i) for i in (A, B, *HEALTHY)]
+                    orders = [await polling.store.orders.get(i) for i in (A, B, *HEALTHY)]
                     return all(o is not None and o.last_polled_at for o in orders)
 
                 await until(all_polled, 10)
                 for order_id in HEALTHY:
-                    order = await polling.store.get(order_id)
+                    order = await polling.store.orders.get(order_id)
                     assert order is not None
                     assert order.status == "ordered"
                 for order_id in (A, B):
-                    order = await polling.store.get(order_id)
+                    order = await polling.store.orders.get(order_id)
                     assert order is not None
                     assert order.status is None
                     assert order.last_error_kind == "transient"
@@ -110,16 +112,17 @@ class TestBoundedBodies:
     @pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
     @pytest.mark.usefixtures("database")
     async def test_huge_answer_is_malformed(self, tmp_path: Path, chunked: bool) -> None:
+        """An answer above max_body fails as malformed, left unread and unstored."""
         size = 32 * 1024 * 1024
         prefix = order_json(A, "checked")[:-1] + b', "pad": "'
         async with HostilePeer(default=huge(size, prefix=prefix, chunked=chunked)) as peer:
             settings = make_settings(tmp_path, peer.url, upstream={"max_body": 65536})
             async with open_polling(settings) as polling:
-                await polling.store.watch([A], source="cli", now=utc_now())
-                claims = await polling.store.claim([A], lease_until=utc_now() + polling.lease)
+                await polling.store.orders.watch([A], source="cli", now=utc_now())
+                claims = await polling.store.polls.claim([A], lease_until=utc_now() + polling.lease)
                 windows = poll_now(polling.store, polling.poller, claims)
                 outcomes = [outcome async for polled, _ in windows for outcome in polled]
-                history = await polling.store.history(A)
+                history = await polling.store.reports.history(A)
         assert outcomes[0].error_kind == "malformed"
         assert outcomes[0].error == "answer larger than 65536 bytes; not read, not stored"
         assert history is not None
@@ -127,6 +130,7 @@ class TestBoundedBodies:
         assert peer.cut_off == 1  # the peer could not send it all: the rest was never read
 
     async def test_huge_error_body_keeps_its_status(self, tmp_path: Path) -> None:
+        """A huge 503 body still fails as HTTP 503."""
         async with HostilePeer(default=huge(16 * 1024 * 1024, status=503)) as peer:
             client, http = build_client(make_settings(tmp_path, peer.url).upstream)
             async with http:
@@ -143,6 +147,7 @@ class TestCompressedAnswers:
         ids=["bomb", "broken"],
     )
     async def test_gzip_is_not_inflated(self, tmp_path: Path, body: bytes) -> None:
+        """A gzip answer is not inflated, so it fails as not JSON."""
         headers = {"Content-Encoding": "gzip"}
         async with HostilePeer(default=answer(200, body, headers)) as peer:
             settings = make_settings(tmp_path, peer.url, upstream={"max_body": 1024 * 1024})
@@ -156,6 +161,7 @@ class TestPacing:
     """An answer that drips its body costs one request of the budget, not its whole span."""
 
     async def test_next_request_starts_one_window_after_the_head(self, tmp_path: Path) -> None:
+        """The next request starts one window after a dripping answer's head, not its end."""
         async with HostilePeer(default=drip(order_json(A, "checked"), every=0.01)) as peer:
             settings = make_settings(
                 tmp_path, peer.url, upstream={"requests_per_second": 1, "timeout": 5}
@@ -173,6 +179,7 @@ class TestDeepJson:
     """JSON nested a hundred thousand levels deep is a malformed answer, not a crash."""
 
     async def test_deep_answer_is_malformed(self, tmp_path: Path) -> None:
+        """A deeply nested answer fails as malformed, nested deeper than 32 levels."""
         async with HostilePeer(default=answer(200, b"[" * 100_000)) as peer:
             client, http = build_client(make_settings(tmp_path, peer.url).upstream)
             async with http:
@@ -180,6 +187,7 @@ class TestDeepJson:
                     await client.fetch(A)
 
     async def test_deep_error_body_is_still_a_500(self, tmp_path: Path) -> None:
+        """A deeply nested 500 body still fails as HTTP 500."""
         async with HostilePeer(default=answer(500, b'{"a":' * 100_000)) as peer:
             client, http = build_client(make_settings(tmp_path, peer.url).upstream)
             async with http:
@@ -230,6 +238,7 @@ class TestPausesOutliveLeases:
 
     @pytest.mark.usefixtures("database")
     async def test_long_retry_after(self, tmp_path: Path, logs: list[dict[str, Any]]) -> None:
+        """A pause past the lease polls no order twice, kills no worker and is reported stalled."""
         scripted = ScriptedUpstream()
         scripted.script(A, error(429, {"Retry-After": "5"}), ok("checked"))
         for order_id in (B, C, D):
@@ -237,20 +246,20 @@ class TestPausesOutliveLeases:
         async with serve(catch_all(scripted)) as server:
             settings = make_settings(tmp_path, server.url, upstream={"requests_per_second": 1})
             async with open_polling(settings) as polling:
-                await polling.store.watch([A, B, C, D], source="cli", now=utc_now())
+                await polling.store.orders.watch([A, B, C, D], source="cli", now=utc_now())
                 reasons: list[str | None] = []
                 async with running(small_daemon(polling, lease=1.5)) as daemon:
 
                     async def settled() -> bool:
                         reasons.append(daemon.readiness())
-                        orders = [await polling.store.get(i) for i in (A, B, C, D)]
+                        orders = [await polling.store.orders.get(i) for i in (A, B, C, D)]
                         return all(o is not None and o.last_polled_at for o in orders)
 
                     await asyncio.sleep(3.4)  # into the pause, more than two leases long
                     # Another daemon claiming now finds every held order still leased.
                     now = utc_now()
                     assert (
-                        await polling.store.claim_due(
+                        await polling.store.polls.claim_due(
                             now=now, limit=10, lease_until=now + timedelta(seconds=1)
                         )
                         == []
@@ -287,6 +296,7 @@ class TestSupervisedWorkers:
     async def test_bug_in_one_poll(
         self, upstream: tuple[ScriptedUpstream, str], tmp_path: Path, logs: list[dict[str, Any]]
     ) -> None:
+        """A poll that raises is logged once with its traceback and recorded as internal."""
         scripted, url = upstream
         for order_id in (A, B, C, D):
             scripted.script(order_id, ok("checked"))
@@ -299,16 +309,16 @@ class TestSupervisedWorkers:
                 clock=utc_now,
                 rng=random.Random(1),
             )
-            await polling.store.watch([A, B, C, D], source="cli", now=utc_now())
+            await polling.store.orders.watch([A, B, C, D], source="cli", now=utc_now())
             async with running(small_daemon(polling, lease=5, poller=faulty)) as daemon:
 
                 async def all_polled() -> bool:
-                    orders = [await polling.store.get(i) for i in (A, B, C, D)]
+                    orders = [await polling.store.orders.get(i) for i in (A, B, C, D)]
                     return all(o is not None and o.last_polled_at for o in orders)
 
                 await until(all_polled, 10)
                 assert daemon.polls == 4
-            order = await polling.store.get(A)
+            order = await polling.store.orders.get(A)
         assert order is not None
         assert order.last_error_kind == "internal"
         assert order.last_error == "internal error: RuntimeError: injected fault"
@@ -320,6 +330,7 @@ class TestSupervisedWorkers:
         assert crashed[0]["exc_info"] is True
 
     async def test_supervised_body_restarts(self, logs: list[dict[str, Any]]) -> None:
+        """A supervised body that raises is logged and restarted until it returns."""
         calls: list[int] = []
 
         async def body() -> None:
@@ -366,6 +377,7 @@ class TestHostileReceivers:
         return build_sinks(settings, http)["ops"]
 
     async def test_dripping_answer(self, tmp_path: Path, http: httpx.AsyncClient) -> None:
+        """A receiver dripping its answer fails the attempt as timed out after the timeout."""
         async with HostilePeer(default=drip(b"accepted, thank you", every=0.3)) as peer:
             began = time.monotonic()
             result = await self.sink(tmp_path, peer.url, http).send(delivery())
@@ -374,6 +386,7 @@ class TestHostileReceivers:
         assert result.error == "timed out after 1 s"
 
     async def test_huge_answer_is_not_read(self, tmp_path: Path, http: httpx.AsyncClient) -> None:
+        """A receiver's huge 500 body is cut off, its error keeping a short excerpt."""
         async with HostilePeer(default=huge(64 * 1024 * 1024, status=500, prefix=b"")) as peer:
             result = await self.sink(tmp_path, peer.url, http).send(delivery())
         assert not result.ok

@@ -100,6 +100,7 @@ class TestHealth:
     """/healthz answers while the process runs; /readyz asks the database and the daemon."""
 
     async def test_healthz_and_readyz_on_a_live_database(self, database: str) -> None:
+        """Health and readiness answer 200; unknown routes and methods get JSON 404 and 405."""
         async with open_store(database) as store, serving(store) as client:
             health = await client.get("/healthz")
             ready = await client.get("/readyz")
@@ -113,6 +114,7 @@ class TestHealth:
         assert wrong.json()["error"]["code"] == "method_not_allowed"
 
     async def test_readyz_says_why_the_daemon_is_not_ready(self, database: str) -> None:
+        """Readiness answers 503 with the daemon's reason, while health stays 200."""
         reason: list[str | None] = ["the scheduler has not ticked for 12 s"]
         async with (
             open_store(database) as store,
@@ -136,6 +138,7 @@ class TestMetrics:
     database."""
 
     async def test_after_polls_and_deliveries(self, upstream: Upstream, tmp_path: Path) -> None:
+        """Polls, requests, transitions and attempts are counted; outbox and status gauges match."""
         scripted, url = upstream
         scripted.script(A, ok("ordered"), ok("checked"))
         scripted.script(B, error(500))
@@ -151,7 +154,7 @@ class TestMetrics:
             )
             metrics = Metrics(cache=0)
             async with open_service(settings, telemetry=metrics) as service:
-                await service.store.watch([A, B, C], source="cli", now=utc_now())
+                await service.store.orders.watch([A, B, C], source="cli", now=utc_now())
                 async with (
                     running(service) as readiness,
                     serving(service.store, metrics, readiness, ("hooks", "flaky")) as client,
@@ -208,11 +211,12 @@ class TestMetrics:
         assert abs(last - time.time()) < 30
 
     async def test_gauges_are_read_once_per_cache_period(self, database: str) -> None:
+        """Database gauges are read once per cache period, and fresh with no cache."""
         async with open_store(database) as store:
-            await store.watch([A], source="cli", now=utc_now())
+            await store.orders.watch([A], source="cli", now=utc_now())
             async with serving(store, Metrics(cache=60)) as cached:
                 before = await scrape(cached)
-                await store.watch([B, C], source="cli", now=utc_now())
+                await store.orders.watch([B, C], source="cli", now=utc_now())
                 again = await scrape(cached)
             async with serving(store, Metrics(cache=0)) as fresh:
                 now = await scrape(fresh)
@@ -222,9 +226,10 @@ class TestMetrics:
         assert now["tracker_watched_orders"][key] == 3
 
     async def test_retired_and_removed_orders_are_not_counted(self, database: str) -> None:
+        """Removed orders are not counted, and no last-poll time shows before a poll."""
         async with open_store(database) as store:
-            await store.watch([A, B], source="cli", now=utc_now())
-            await store.unwatch([B], now=utc_now())
+            await store.orders.watch([A, B], source="cli", now=utc_now())
+            await store.orders.unwatch([B], now=utc_now())
             async with serving(store) as client:
                 samples = await scrape(client)
         assert samples["tracker_watched_orders"][(("status", "none"),)] == 1
@@ -239,12 +244,13 @@ class TestDatabaseGone:
     async def test_unready_while_the_database_is_gone(
         self, upstream: Upstream, tmp_path: Path, postgres: Cluster
     ) -> None:
+        """Without the database, readiness is 503 naming it and gauges are left out, then back."""
         scripted, url = upstream
         scripted.script(A, ok("ordered"))
         settings = make_settings(tmp_path, url, polling={"interval": 0.5, "jitter": 0})
         metrics = Metrics(cache=0)
         async with open_service(settings, telemetry=metrics) as service:
-            await service.store.watch([A], source="cli", now=utc_now())
+            await service.store.orders.watch([A], source="cli", now=utc_now())
             async with (
                 running(service) as readiness,
                 serving(service.store, metrics, readiness) as client,
@@ -254,7 +260,7 @@ class TestDatabaseGone:
                     return (await client.get("/readyz")).status_code == 200
 
                 async def polled() -> bool:
-                    order = await service.store.get(A)
+                    order = await service.store.orders.get(A)
                     return order is not None and order.status == "ordered"
 
                 await until(polled, 10, "A polled and recorded")

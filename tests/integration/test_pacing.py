@@ -30,6 +30,7 @@ class TestSmoothPace:
     """A budget is spent evenly across each second, never in a burst."""
 
     async def test_requests_are_spread(self) -> None:
+        """Requests start at least 1/rate apart, never more than the rate in any second."""
         pacer = Pacer(20, 8)
         starts: list[float] = []
 
@@ -50,6 +51,7 @@ class TestDueTimes:
     """Each order is polled when it is due, not at the next whole tick."""
 
     async def test_never_polled_before_due(self, upstream: Upstream, tmp_path: Path) -> None:
+        """An order due between ticks is polled at its due time, never before it."""
         scripted, url = upstream
         for order_id in ORDERS:
             scripted.script(order_id, ok("ordered"))
@@ -57,7 +59,7 @@ class TestDueTimes:
             tmp_path, url, polling={"interval": "1h"}, upstream={"requests_per_second": 50}
         )
         async with open_service(settings) as polling:
-            await polling.store.watch(ORDERS, source="cli", now=utc_now())
+            await polling.store.orders.watch(ORDERS, source="cli", now=utc_now())
             # Due at spread moments within the next two seconds, not on tick boundaries.
             start = utc_now() + timedelta(seconds=0.5)
             due = {
@@ -93,24 +95,25 @@ class TestRateLimitedOrder:
     """An order whose poll met a 429 is asked again when the pause ends, not backed off."""
 
     async def test_retried_after_the_pause(self, upstream: Upstream, tmp_path: Path) -> None:
+        """A 429 order is asked again after its Retry-After with no failure or backoff counted."""
         scripted, url = upstream
         order = ORDERS[0]
         scripted.script(order, error(429, {"retry-after": "1"}), ok("checked"))
         settings = make_settings(tmp_path, url, polling={"interval": "1h"})
         async with open_service(settings) as polling:
-            await polling.store.watch([order], source="cli", now=utc_now())
+            await polling.store.orders.watch([order], source="cli", now=utc_now())
             stop = asyncio.Event()
             running = asyncio.create_task(polling.daemon().run(stop))
             try:
                 for _ in range(200):
-                    got = await polling.store.get(order)
+                    got = await polling.store.orders.get(order)
                     if got is not None and got.status == "checked":
                         break
                     await asyncio.sleep(0.05)
             finally:
                 stop.set()
                 await asyncio.wait_for(running, 10)
-            got = await polling.store.get(order)
+            got = await polling.store.orders.get(order)
         assert got is not None
         assert got.status == "checked"
         assert got.consecutive_failures == 0  # the 429 was about the budget, not the order
@@ -124,6 +127,7 @@ class TestRateLimitHeaders:
     """The upstream's ``ratelimit-remaining`` slows the tracker down before a 429 comes."""
 
     async def test_waits_for_the_reset(self, tmp_path: Path) -> None:
+        """A spent ratelimit-remaining holds the next request until the reset, logged once."""
         arrivals: list[float] = []
 
         async def upstream(request: Request) -> Response:
@@ -147,7 +151,7 @@ class TestRateLimitHeaders:
                 upstream={"max_concurrency": 1},
             )
             async with open_service(settings) as polling:
-                await polling.store.watch(ORDERS[:3], source="cli", now=utc_now())
+                await polling.store.orders.watch(ORDERS[:3], source="cli", now=utc_now())
                 stop = asyncio.Event()
                 with structlog.testing.capture_logs() as logs:
                     running = asyncio.create_task(polling.daemon().run(stop))

@@ -90,7 +90,7 @@ async def world(upstream: Upstream, tmp_path: Path) -> AsyncIterator[World]:
     )
     settings = from_mapping(mapping, {}, origin="test")
     async with open_service(settings) as service:
-        await service.store.watch([A, B, F, H], source="cli", now=utc_now())
+        await service.store.orders.watch([A, B, F, H], source="cli", now=utc_now())
         await poll(service, A, B, F, H)
         await poll(service, A, H)
         await deliver_all(service)
@@ -128,18 +128,19 @@ def cookie_header(answer: httpx.Response) -> str:
 
 async def dead_event(world: World) -> str:
     """The event id of A's dead delivery."""
-    [delivery] = [d async for d in world.service.store.deliveries(state="dead")]
+    [delivery] = [d async for d in world.service.store.outbox.deliveries(state="dead")]
     return delivery.event_id
 
 
 async def states(world: World) -> set[DeliveryState]:
-    return {d.state async for d in world.service.store.deliveries()}
+    return {d.state async for d in world.service.store.outbox.deliveries()}
 
 
 class TestLogin:
     """A valid token sets a signed, HttpOnly, SameSite=Strict cookie; a wrong one is a 401."""
 
     async def test_login_sets_the_session_cookie(self, world: World) -> None:
+        """A valid token sets a 12-hour HttpOnly Strict cookie, goes to next and logs the user."""
         client = world.client
         form = await client.get("/login", params={"next": "/orders?q=prdo_a"})
         assert form.status_code == 200
@@ -165,6 +166,7 @@ class TestLogin:
         assert "support-ui" in board.text
 
     async def test_over_https_the_cookie_is_secure(self, world: World) -> None:
+        """Behind HTTPS the session cookie is marked Secure."""
         answer = await world.client.post(
             "/login", data={"token": WRITE_TOKEN}, headers={"X-Forwarded-Proto": "https"}
         )
@@ -172,6 +174,7 @@ class TestLogin:
         assert cookie_header(answer).endswith("; Secure")
 
     async def test_wrong_token_shows_the_form_again(self, world: World) -> None:
+        """A wrong token gets 401 and the form again, with no cookie and the token never echoed."""
         with structlog.testing.capture_logs() as logs:
             answer = await login(world.client, "not-a-configured-token-at-all")
         assert answer.status_code == 401
@@ -184,6 +187,7 @@ class TestLogin:
         assert (await world.client.get("/")).status_code == 303
 
     async def test_logout_ends_the_session(self, world: World) -> None:
+        """Logging out clears the cookie, so the board redirects to login again."""
         client = world.client
         await login(client, READ_TOKEN)
         board = await client.get("/")
@@ -194,6 +198,7 @@ class TestLogin:
         assert (await client.get("/")).status_code == 303
 
     async def test_bearer_header_opens_the_pages(self, world: World) -> None:
+        """A Bearer header opens the pages; a wrong one gets an HTML 401 with a challenge."""
         client = httpx.AsyncClient(base_url=world.url, timeout=10)
         async with client:
             answer = await client.get("/", headers={"Authorization": f"Bearer {READ_TOKEN}"})
@@ -209,6 +214,7 @@ class TestSessionCookie:
     """Only an unexpired cookie signed for a configured user's current token opens a page."""
 
     async def test_tampered_cookies_are_refused(self, world: World) -> None:
+        """A tampered, swapped, truncated or oversized cookie is cleared and sent to login."""
         client = world.client
         await login(client, READ_TOKEN)
         value = client.cookies[COOKIE]
@@ -232,6 +238,7 @@ class TestSessionCookie:
         assert (await client.get("/orders")).status_code == 200
 
     async def test_expired_cookie_is_refused(self, world: World) -> None:
+        """A cookie opens pages for twelve hours, then sends the browser to login."""
         client = world.client
         await login(client, READ_TOKEN)
         assert (await client.get("/")).status_code == 200
@@ -243,6 +250,7 @@ class TestSessionCookie:
         assert answer.headers["location"] == "/login?next=%2F"
 
     async def test_cookies_outlive_a_restart_until_the_token_changes(self, world: World) -> None:
+        """A cookie survives a restart with the same users but not a rotated token."""
         await login(world.client, READ_TOKEN)
         value = world.client.cookies[COOKIE]
         same = [HttpUser.model_validate(u) for u in USERS]
@@ -264,6 +272,7 @@ class TestRedirects:
     """A browser without a session goes to /login and comes back only to a local path."""
 
     async def test_unauthenticated_get_goes_to_login(self, world: World) -> None:
+        """A GET without a session goes to login with next; a POST gets an HTML 401."""
         answer = await world.client.get("/orders", params={"q": "prdo_a", "state": "active"})
         assert answer.status_code == 303
         location = answer.headers["location"]
@@ -286,6 +295,7 @@ class TestRedirects:
         ],
     )
     async def test_only_local_paths_are_followed(self, world: World, target: str) -> None:
+        """A next that is not a local path leads to the board instead."""
         answer = await login(world.client, READ_TOKEN, next=target)
         assert answer.status_code == 303
         assert answer.headers["location"] == "/"
@@ -293,6 +303,7 @@ class TestRedirects:
         assert 'name="next" value="/"' in form.text
 
     async def test_local_paths_are_kept(self, world: World) -> None:
+        """A local next path is where login redirects."""
         answer = await login(world.client, READ_TOKEN, next=f"/orders/{A}")
         assert answer.headers["location"] == f"/orders/{A}"
 
@@ -301,6 +312,7 @@ class TestBoard:
     """The board counts active orders per status and shows unknown, failing and latest ones."""
 
     async def test_strip_unknown_failing_and_latest(self, world: World) -> None:
+        """The board counts active orders per status in order and lists unknown, failing, latest."""
         await login(world.client, READ_TOKEN)
         board = await world.client.get("/")
         assert board.status_code == 200
@@ -341,6 +353,7 @@ class TestSearch:
         return re.findall(r'<a class="mono" href="/orders/(prdo_[a-z0-9]+)">', answer.text)
 
     async def test_filters(self, world: World) -> None:
+        """The search filters by trimmed id prefix, status and state."""
         client = world.client
         await login(client, READ_TOKEN)
         assert await self.ids(client) == [A, B, F, H]
@@ -352,6 +365,7 @@ class TestSearch:
         assert await self.ids(client, q="prdo_x") == []
 
     async def test_refused_values_are_a_400_page(self, world: World) -> None:
+        """A bad query, state or cursor gets an HTML 400 page with an alert."""
         await login(world.client, READ_TOKEN)
         for params in ({"q": "PRDO_A"}, {"state": "gone"}, {"cursor": "bm9wZQ"}):
             answer = await world.client.get("/orders", params=params)
@@ -360,8 +374,9 @@ class TestSearch:
             assert 'role="alert"' in answer.text
 
     async def test_pages_follow_the_api_cursor(self, world: World) -> None:
+        """Search pages follow the API's cursor and show every order once, in order."""
         many = [f"prdo_p{i:04d}" for i in range(73)]
-        await world.service.store.watch(many, source="cli", now=utc_now())
+        await world.service.store.orders.watch(many, source="cli", now=utc_now())
         await login(world.client, READ_TOKEN)
         seen: list[str] = []
         url: str | None = "/orders?q=prdo_p"
@@ -385,11 +400,12 @@ class TestOrderPage:
     """One order: status since when, the timeline oldest first, each transition's deliveries."""
 
     async def test_timeline_and_deliveries(self, world: World) -> None:
+        """An order page shows the timeline oldest first and each delivery with its error."""
         await login(world.client, READ_TOKEN)
         page = await world.client.get(f"/orders/{A}")
         assert page.status_code == 200
         text = page.text
-        history = await world.service.store.history(A)
+        history = await world.service.store.reports.history(A)
         assert history is not None
         [move] = history.transitions
         first, second = history.snapshots
@@ -409,6 +425,7 @@ class TestOrderPage:
         assert "cus_qacki3zcrkc9r41qt44ngl9d" in text
 
     async def test_unknown_and_malformed_ids(self, world: World) -> None:
+        """An unknown order gets an HTML 404; a malformed id a short 400."""
         await login(world.client, READ_TOKEN)
         never = await world.client.get(f"/orders/{NEVER}")
         assert never.status_code == 404
@@ -423,6 +440,7 @@ class TestOrderPage:
     async def test_malformed_ids_never_reach_the_database(
         self, world: World, tmp_path: Path
     ) -> None:
+        """A malformed id is refused before the database is asked."""
         gone = Store(create_async_engine(f"sqlite+aiosqlite:///{tmp_path}/missing/dir/x.db"))
         bearer = {"Authorization": f"Bearer {READ_TOKEN}"}
         async with serving(gone, world.users) as (_url, client):
@@ -439,6 +457,7 @@ class TestDeadLetters:
     """Dead letters are listed; a write user retries them, through a cross-site-safe POST only."""
 
     async def test_write_user_retries(self, world: World) -> None:
+        """A write user's retry makes the dead letter pending, is logged and is reported."""
         client = world.client
         await login(client, WRITE_TOKEN)
         page = await client.get("/dead-letters")
@@ -471,6 +490,7 @@ class TestDeadLetters:
         assert malformed.status_code == 400
 
     async def test_read_user_cannot_retry(self, world: World) -> None:
+        """A read user sees no retry button, and a retry POST gets 403."""
         client = world.client
         await login(client, READ_TOKEN)
         page = await client.get("/dead-letters")
@@ -484,6 +504,7 @@ class TestDeadLetters:
         assert await states(world) == {DeliveryState.DEAD}
 
     async def test_cross_site_posts_are_refused(self, world: World) -> None:
+        """POSTs without a good CSRF token or from another site get 403; Bearer ones pass."""
         client = world.client
         await login(client, WRITE_TOKEN)
         page = await client.get("/dead-letters")
@@ -511,6 +532,7 @@ class TestDeadLetters:
         assert await states(world) == {DeliveryState.PENDING}
 
     async def test_bodies_are_bounded(self, world: World) -> None:
+        """Form bodies over 1 MiB get 413, declared or streamed, and JSON bodies 415."""
         client = world.client
         await login(client, WRITE_TOKEN)
         token = csrf_of(await client.get("/dead-letters"))
@@ -537,6 +559,7 @@ class TestEscaping:
     """Every upstream value is shown as text: a hostile status or customer never runs."""
 
     async def test_hostile_values_are_text(self, world: World) -> None:
+        """Hostile status and customer values are escaped as text on every page."""
         await login(world.client, READ_TOKEN)
         pages = [
             await world.client.get("/"),
@@ -556,6 +579,7 @@ class TestHeadersAndErrors:
     """Pages carry the CSP and friends and fail as HTML; the API keeps its JSON errors."""
 
     async def test_security_headers_and_stylesheet(self, world: World) -> None:
+        """Pages send the CSP and nosniff headers, no inline style or script, and their CSS."""
         await login(world.client, READ_TOKEN)
         for answer in (
             await world.client.get("/"),
@@ -576,6 +600,7 @@ class TestHeadersAndErrors:
         assert "@media" in css.text
 
     async def test_error_pages_are_html_and_the_api_stays_json(self, world: World) -> None:
+        """Browsers get HTML error pages, while the API and probes keep JSON errors."""
         await login(world.client, READ_TOKEN)
         missing = await world.client.get("/nowhere", headers={"Accept": "text/html"})
         assert missing.status_code == 404
@@ -606,13 +631,14 @@ class TestLatestTransitions:
     """The store's latest transitions: the newest first, at most ``limit``."""
 
     async def test_latest_first(self, world: World) -> None:
+        """The latest transitions come newest first, at most limit of them."""
         store = world.service.store
         world.scripted.script(B, ok("checked"))
         await poll(world.service, B)
-        latest = await store.latest_transitions(limit=10)
+        latest = await store.reports.latest_transitions(limit=10)
         assert sorted(t.order_id for t in latest[1:]) == [A, H]
         assert latest[0].order_id == B
         assert (latest[0].from_status, latest[0].to_status) == ("ordered", "checked")
         assert latest[0].detected_at > latest[1].detected_at >= latest[2].detected_at
-        assert await store.latest_transitions(limit=1) == latest[:1]
-        assert await store.latest_transitions(limit=0) == []
+        assert await store.reports.latest_transitions(limit=1) == latest[:1]
+        assert await store.reports.latest_transitions(limit=0) == []

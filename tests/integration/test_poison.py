@@ -103,13 +103,13 @@ async def polling_against(tmp_path: Path, upstream: Upstream) -> AsyncIterator[P
     async with serve(catch_all(upstream)) as server:
         settings = make_settings(tmp_path, server.url, polling={"sweep": "list"})
         async with open_polling(settings) as polling:
-            await polling.store.watch(list(upstream.answers), source="cli", now=utc_now())
+            await polling.store.orders.watch(list(upstream.answers), source="cli", now=utc_now())
             yield polling
 
 
 async def poll_by_id(polling: Polling, *order_ids: str) -> None:
     """Poll the orders by id, all in one window: their results are recorded in one write."""
-    claims = await polling.store.claim(list(order_ids), lease_until=utc_now() + polling.lease)
+    claims = await polling.store.polls.claim(list(order_ids), lease_until=utc_now() + polling.lease)
     async for _ in poll_now(polling.store, polling.poller, claims):
         pass
 
@@ -118,7 +118,7 @@ async def statuses(store: Store) -> dict[str, tuple[str | None, int, str | None]
     """Each watched order's status, failures in a row and last error kind."""
     return {
         o.order_id: (o.status, o.consecutive_failures, o.last_error_kind)
-        async for o in store.watched()
+        async for o in store.orders.watched()
     }
 
 
@@ -227,13 +227,15 @@ class TestPoisonAnswers:
             for order_id in (A, B, C):
                 upstream.answers[order_id]["status"] = "checked"
             upstream.answers[B] |= POISON[poison]
-            claims = await polling.store.claim([A, B, C], lease_until=utc_now() + polling.lease)
+            claims = await polling.store.polls.claim(
+                [A, B, C], lease_until=utc_now() + polling.lease
+            )
             planner = SweepPlanner(mode="list")
             [batch], by_id = planner.plan(claims)
             assert by_id == []
             with structlog.testing.capture_logs() as logs:
                 swept = await polling.poller.sweep(batch, planner)
-                await polling.store.record(swept.outcomes)
+                await polling.store.polls.record(swept.outcomes)
                 assert [claim.order_id for claim in swept.leftovers] == [B]
                 async for _ in poll_now(polling.store, polling.poller, swept.leftovers):
                     pass
@@ -262,7 +264,7 @@ class TestRefusedWrites:
             settings = make_settings(tmp_path, server.url, polling={"sweep": "list"})
             async with open_service(settings, telemetry=telemetry) as service:
                 store = service.store
-                await store.watch([A, B, C], source="cli", now=utc_now())
+                await store.orders.watch([A, B, C], source="cli", now=utc_now())
                 await poll_by_id(service, A, B, C)  # their customers are known: sweeps find them
                 for order_id in (A, B, C):
                     upstream.answers[order_id]["status"] = "checked"
@@ -279,7 +281,7 @@ class TestRefusedWrites:
                         await until(batch_failed)
                     # Stopped: the writer finished what it had, the failed batch included.
                 seen = await statuses(store)
-                b = await store.get(B)
+                b = await store.orders.get(B)
         assert upstream.seen.count("/meter-orders") == 1
         [batch] = [e for e in logs if e["event"] == "batch_write_failed"]
         assert batch["items"] == 3
@@ -311,7 +313,7 @@ class TestRefusedWrites:
                     else "NEW.last_polled_at IS DISTINCT FROM OLD.last_polled_at"
                 )
                 await refuse(store, table="watched_orders", when=changed, event="UPDATE")
-                await store.watch([A, B], source="cli", now=utc_now())
+                await store.orders.watch([A, B], source="cli", now=utc_now())
                 reasons: list[str | None] = []
                 async with running(service) as daemon:
 
@@ -321,11 +323,11 @@ class TestRefusedWrites:
 
                     await until(unready)
                     await allow(store, table="watched_orders")
-                    await store.watch([C], source="cli", now=utc_now())
+                    await store.orders.watch([C], source="cli", now=utc_now())
 
                     async def recovered() -> bool:
                         reasons.append(daemon.readiness())
-                        order = await store.get(C)
+                        order = await store.orders.get(C)
                         return (
                             reasons[-1] is None and order is not None and order.status is not None
                         )

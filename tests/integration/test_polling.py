@@ -40,7 +40,7 @@ Upstream = tuple[ScriptedUpstream, str]
 
 
 async def poll(polling: Polling, *ids: str) -> list[Transition]:
-    claims = await polling.store.claim(list(ids), lease_until=utc_now() + polling.lease)
+    claims = await polling.store.polls.claim(list(ids), lease_until=utc_now() + polling.lease)
     windows = poll_now(polling.store, polling.poller, claims)
     return [t async for _, stored in windows for t in stored]
 
@@ -55,6 +55,7 @@ class TestPollCycle:
     """Snapshots when the order changes, transitions when its status changes."""
 
     async def test_first_unchanged_changed(self, upstream: Upstream, tmp_path: Path) -> None:
+        """A snapshot is stored only on change and a transition only on a status change."""
         scripted, url = upstream
         scripted.script(
             A,
@@ -64,7 +65,7 @@ class TestPollCycle:
             ok("checked", updated_at="2024-03-15T08:00:00Z"),
         )
         async with open_polling(make_settings(tmp_path, url)) as polling:
-            await polling.store.watch([A], source="cli", now=utc_now())
+            await polling.store.orders.watch([A], source="cli", now=utc_now())
             assert await poll(polling, A) == []
             assert await count(polling, snapshots) == 1
             assert await poll(polling, A) == []
@@ -78,7 +79,7 @@ class TestPollCycle:
                 "advance",
             )
             assert moved.event_id.startswith("evt_")
-            history = await polling.store.history(A)
+            history = await polling.store.reports.history(A)
             assert history is not None
             assert [t.event_id for t in history.transitions] == [moved.event_id]
             assert history.order.status == "checked"
@@ -88,13 +89,14 @@ class TestPollCycle:
     async def test_many_orders_are_polled_and_recorded_a_window_at_a_time(
         self, upstream: Upstream, tmp_path: Path
     ) -> None:
+        """Many orders are polled once each and recorded a window at a time, before hand-out."""
         scripted, url = upstream
         ids = [f"prdo_{n:024d}" for n in range(WINDOW + WINDOW // 2)]
         for order_id in ids:
             scripted.script(order_id, ok("ordered"))
         async with open_polling(make_settings(tmp_path, url)) as polling:
-            await polling.store.watch(ids, source="cli", now=utc_now())
-            claims = await polling.store.claim_all(lease_until=utc_now() + polling.lease)
+            await polling.store.orders.watch(ids, source="cli", now=utc_now())
+            claims = await polling.store.polls.claim_all(lease_until=utc_now() + polling.lease)
             sizes = []
             async for outcomes, _ in poll_now(polling.store, polling.poller, claims):
                 sizes.append(len(outcomes))
@@ -102,35 +104,37 @@ class TestPollCycle:
                 assert await count(polling, snapshots) == sum(sizes)
             assert sizes == [WINDOW, WINDOW // 2]
             assert all(scripted.polls(order_id) == 1 for order_id in ids)
-            assert not [o async for o in polling.store.watched() if o.last_polled_at is None]
+            assert not [o async for o in polling.store.orders.watched() if o.last_polled_at is None]
 
     async def test_unknown_status_is_stored_and_flagged(
         self, upstream: Upstream, tmp_path: Path
     ) -> None:
+        """An unknown status is stored as a transition of kind unknown, with the raw answer."""
         scripted, url = upstream
         scripted.script(A, ok("ordered"), ok("in_review", provider="newco"))
         async with open_polling(make_settings(tmp_path, url)) as polling:
-            await polling.store.watch([A], source="cli", now=utc_now())
+            await polling.store.orders.watch([A], source="cli", now=utc_now())
             await poll(polling, A)
             [moved] = await poll(polling, A)
             assert (moved.to_status, moved.kind) == ("in_review", "unknown")
-            history = await polling.store.history(A)
+            history = await polling.store.reports.history(A)
             assert history is not None
             assert json.loads(history.snapshots[-1].raw)["provider"] == "newco"
 
     async def test_concurrent_polls_store_one_transition(
         self, upstream: Upstream, tmp_path: Path
     ) -> None:
+        """Two concurrent claims of one order store one transition, not two."""
         scripted, url = upstream
         scripted.script(A, ok("ordered"), ok("checked"))
         async with open_polling(make_settings(tmp_path, url)) as polling:
-            await polling.store.watch([A], source="cli", now=utc_now())
+            await polling.store.orders.watch([A], source="cli", now=utc_now())
             await poll(polling, A)
             lease = utc_now() + polling.lease
-            first = await polling.store.claim([A], lease_until=lease)
-            second = await polling.store.claim([A], lease_until=lease)
+            first = await polling.store.polls.claim([A], lease_until=lease)
+            second = await polling.store.polls.claim([A], lease_until=lease)
             outcomes = [await polling.poller.poll(c) for c in first + second]
-            stored = await polling.store.record(outcomes)
+            stored = await polling.store.polls.record(outcomes)
             assert len(stored) == 1
             assert await count(polling, transitions) == 1
             assert await count(polling, snapshots) == 2
@@ -138,27 +142,28 @@ class TestPollCycle:
     async def test_final_order_is_retired_after_grace(
         self, upstream: Upstream, tmp_path: Path
     ) -> None:
+        """A final order is polled through its grace, then retired and never claimed again."""
         scripted, url = upstream
         scripted.script(A, ok("installed"), ok("activated"))
         settings = make_settings(tmp_path, url, polling={"final_grace": "7d"})
         start = datetime(2026, 11, 1, 9, tzinfo=UTC)
         with time_machine.travel(start, tick=True) as traveller:
             async with open_polling(settings) as polling:
-                await polling.store.watch([A], source="cli", now=utc_now())
+                await polling.store.orders.watch([A], source="cli", now=utc_now())
                 await poll(polling, A)
                 await poll(polling, A)  # -> activated: final since now
                 traveller.move_to(start + timedelta(days=3))
                 await poll(polling, A)
-                order = await polling.store.get(A)
+                order = await polling.store.orders.get(A)
                 assert order is not None
                 assert order.active
                 traveller.move_to(start + timedelta(days=8))
                 await poll(polling, A)
-                order = await polling.store.get(A)
+                order = await polling.store.orders.get(A)
                 assert order is not None
                 assert not order.active
                 assert order.retired_at is not None
-                claims = await polling.store.claim_due(
+                claims = await polling.store.polls.claim_due(
                     now=utc_now() + timedelta(days=30), limit=10, lease_until=utc_now()
                 )
                 assert claims == []
@@ -192,17 +197,21 @@ class TestFaultsInTheDaemon:
     async def test_fault(
         self, upstream: Upstream, tmp_path: Path, name: str, fault: Callable[[], Action], kind: str
     ) -> None:
+        """A fault is recorded on its order with its kind, stores nothing, and spares the others."""
         scripted, url = upstream
         scripted.script(A, ok("ordered"), fault())
         scripted.script(B, ok("ordered"), ok("checked"))
         settings = make_settings(tmp_path, url, polling={"interval": 0.2})
         async with open_service(settings) as polling:
-            await polling.store.watch([A, B], source="cli", now=utc_now())
+            await polling.store.orders.watch([A, B], source="cli", now=utc_now())
             stop = asyncio.Event()
             daemon = polling.daemon()
             running = asyncio.create_task(daemon.run(stop))
             for _ in range(200):
-                order_a, order_b = await polling.store.get(A), await polling.store.get(B)
+                order_a, order_b = (
+                    await polling.store.orders.get(A),
+                    await polling.store.orders.get(B),
+                )
                 assert order_a is not None
                 assert order_b is not None
                 if order_a.consecutive_failures and (
@@ -213,18 +222,18 @@ class TestFaultsInTheDaemon:
             assert not running.done()  # the daemon survived the fault
             stop.set()
             await asyncio.wait_for(running, 5)
-            order_a = await polling.store.get(A)
+            order_a = await polling.store.orders.get(A)
             assert order_a is not None
             assert order_a.status == "ordered"
             assert order_a.consecutive_failures >= 1
             assert order_a.last_error_kind == kind, order_a.last_error
             assert order_a.last_error
             assert order_a.next_poll_at is not None
-            history = await polling.store.history(A)
+            history = await polling.store.reports.history(A)
             assert history is not None
             assert len(history.snapshots) == 1
             assert history.transitions == ()
-            order_b = await polling.store.get(B)
+            order_b = await polling.store.orders.get(B)
             assert order_b is not None
             assert order_b.consecutive_failures == 0
             if kind not in PAUSE_ALL:

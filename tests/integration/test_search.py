@@ -21,10 +21,9 @@ from tests.support import ScriptedUpstream, make_settings, ok, order_body
 from tracker.clock import utc_now
 from tracker.config import Address, HttpUser
 from tracker.service import Service, open_service
-from tracker.store import upgrade
+from tracker.store import Store, upgrade
 from tracker.store.db import SCHEMA_HEAD, _alembic_config, connect
 from tracker.store.packing import pack_body
-from tracker.store.repo import Store
 from tracker.store.tables import snapshots, watched_orders
 from tracker.web import Metrics, build_app, listening
 
@@ -81,6 +80,7 @@ class TestBackfill:
     """Revision 0006 gives existing orders their latest snapshot's customer and subscription."""
 
     async def test_upgrade_takes_each_orders_latest_snapshot(self, empty_database: str) -> None:
+        """Upgrading from 0005 fills customer and subscription from each latest snapshot."""
         url = empty_database
         _fill_0005(url)
         assert upgrade(url) == [f"0005 -> {SCHEMA_HEAD}"]
@@ -110,7 +110,7 @@ async def ids(
     store: Store, q: str, *, status: str | None = None, state: str | None = None
 ) -> list[str]:
     """The order ids of the first page ``q`` finds."""
-    page = await store.watched_page(q=q, status=status, state=state, limit=50)
+    page = await store.orders.page(q=q, status=status, state=state, limit=50)
     return [o.order_id for o in page]
 
 
@@ -124,7 +124,7 @@ async def service(upstream: Upstream, tmp_path: Path) -> AsyncIterator[Service]:
     scripted.script(C, ok("ordered", customer="cus_two", subscription="sub_c"))
     settings = make_settings(tmp_path, url, log={"level": "warning"})
     async with open_service(settings) as opened:
-        await opened.store.watch([A, B, C, D], source="cli", now=utc_now())
+        await opened.store.orders.watch([A, B, C, D], source="cli", now=utc_now())
         await poll(opened, A, B, C)
         yield opened
 
@@ -133,6 +133,7 @@ class TestStoreSearch:
     """``watched_page(q=…)``: an id prefix, or a whole customer or subscription."""
 
     async def test_by_id_prefix_customer_and_subscription(self, service: Service) -> None:
+        """The store finds orders by id prefix or whole customer or subscription, with filters."""
         store = service.store
         assert await ids(store, "cus_one") == [A, B]
         assert await ids(store, "cus_two") == [C]
@@ -144,20 +145,21 @@ class TestStoreSearch:
         assert await ids(store, "cus_on") == []
         assert await ids(store, "cus_one", status="checked") == [B]
         assert await ids(store, "cus_one", state="removed") == []
-        order = await store.get(A)
+        order = await store.orders.get(A)
         assert order is not None
         assert (order.customer, order.subscription) == ("cus_one", "sub_a")
-        never = await store.get(D)
+        never = await store.orders.get(D)
         assert never is not None
         assert (never.customer, never.subscription) == (None, None)
 
     async def test_pages_of_one_customer(self, service: Service) -> None:
+        """One customer's orders page by id after the cursor until none are left."""
         store = service.store
-        first = await store.watched_page(q="cus_one", limit=1)
+        first = await store.orders.page(q="cus_one", limit=1)
         assert [o.order_id for o in first] == [A]
-        rest = await store.watched_page(q="cus_one", after=A, limit=1)
+        rest = await store.orders.page(q="cus_one", after=A, limit=1)
         assert [o.order_id for o in rest] == [B]
-        assert await store.watched_page(q="cus_one", after=B, limit=1) == []
+        assert await store.orders.page(q="cus_one", after=B, limit=1) == []
 
     async def test_the_columns_follow_a_changed_customer(
         self, service: Service, upstream: Upstream
@@ -175,11 +177,11 @@ class TestStoreSearch:
         assert await ids(store, "cus_moved") == [A]
         assert await ids(store, "sub_moved") == [A]
         assert await ids(store, "sub_a") == []
-        after = await store.get(C)
+        after = await store.orders.get(C)
         assert after is not None
         assert (after.status, after.customer, after.subscription) == ("ordered", "cus_two", "sub_c")
         assert after.consecutive_failures == 1
-        history = await store.history(A)
+        history = await store.reports.history(A)
         assert history is not None
         assert json.loads(history.snapshots[-1].raw)["customer"] == "cus_moved"
 
@@ -207,6 +209,8 @@ class TestApiSearch:
     """``GET /api/v1/orders?q=`` finds orders by customer and subscription, and shows them."""
 
     async def test_by_customer_and_subscription(self, api: Api) -> None:
+        """The API finds orders by customer, subscription or id prefix and pages them by cursor."""
+
         async def found(q: str) -> list[dict[str, object]]:
             answer = await api.client.get("/api/v1/orders", params={"q": q}, headers=READ)
             assert answer.status_code == 200, answer.text
@@ -233,6 +237,7 @@ class TestApiSearch:
 
     @pytest.mark.parametrize("q", ["CUS_ONE", "cus_one%", "cus one", "cus-one", "", "c" * 81])
     async def test_refuses_what_no_id_holds(self, api: Api, q: str) -> None:
+        """A query no order id could hold is refused with 422 naming q."""
         answer = await api.client.get("/api/v1/orders", params={"q": q}, headers=READ)
         assert answer.status_code == 422
         assert "q:" in answer.json()["error"]["message"]
@@ -242,6 +247,7 @@ class TestPlans:
     """Every way ``q`` matches is read from an index, never by scanning the table."""
 
     async def test_each_branch_walks_an_index(self, service: Service) -> None:
+        """Each branch of the search is planned over an index, never a table scan."""
         engine = service.store._engine
         sent: list[tuple[str, Any]] = []
 
@@ -250,7 +256,7 @@ class TestPlans:
 
         event.listen(engine.sync_engine, "before_cursor_execute", capture)
         try:
-            await service.store.watched_page(q="prdo_c", status="ordered", after=A, limit=10)
+            await service.store.orders.page(q="prdo_c", status="ordered", after=A, limit=10)
         finally:
             event.remove(engine.sync_engine, "before_cursor_execute", capture)
         [(statement, parameters)] = sent

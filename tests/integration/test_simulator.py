@@ -105,6 +105,7 @@ class TestPaging:
     async def test_a_whole_sweep_has_no_duplicates_and_no_misses(
         self, running: tuple[Simulator, httpx.AsyncClient]
     ) -> None:
+        """A sweep returns every order once, newest first, with distinct creation times."""
         simulator, client = running
         items = await sweep(client, limit=7)
         assert len(items) == WATCHED + UNWATCHED
@@ -117,6 +118,7 @@ class TestPaging:
     async def test_default_page_is_ten_and_the_bounds_are_one_and_a_hundred(
         self, running: tuple[Simulator, httpx.AsyncClient]
     ) -> None:
+        """A page holds ten items by default, from one to a hundred when asked."""
         _simulator, client = running
         assert len((await page(client))["items"]) == 10
         one = await page(client, limit=1)
@@ -131,6 +133,7 @@ class TestPaging:
     async def test_a_limit_out_of_bounds_is_400(
         self, running: tuple[Simulator, httpx.AsyncClient], limit: str
     ) -> None:
+        """A limit out of bounds is refused with 400 naming limit."""
         _simulator, client = running
         body = await refused(client, 400, limit=limit)
         assert body["code"] == "BAD_REQUEST"
@@ -148,6 +151,7 @@ class TestPaging:
     async def test_a_cursor_it_did_not_give_is_400(
         self, running: tuple[Simulator, httpx.AsyncClient], cursor: str
     ) -> None:
+        """A cursor the simulator did not give is refused with 400 naming cursor."""
         _simulator, client = running
         body = await refused(client, 400, cursor=cursor)
         assert "cursor" in body["message"]
@@ -155,6 +159,7 @@ class TestPaging:
     async def test_items_are_what_the_by_id_call_answers(
         self, running: tuple[Simulator, httpx.AsyncClient]
     ) -> None:
+        """A listed item equals the by-id answer, and both kinds of request are counted."""
         simulator, client = running
         items = (await page(client, limit=100))["items"]
         for item in items[:15]:
@@ -165,6 +170,7 @@ class TestPaging:
         assert simulator.stats.items_served == len(items)
 
     async def test_a_large_organisation_sweeps_in_pages_of_a_hundred(self) -> None:
+        """3,500 orders sweep in 35 pages of a hundred, each once."""
         simulator = Simulator(steady_scripts(3000), unwatched=500, static_token=TOKEN)
         async with serve(simulator.app) as server, client_for(server.url) as client:
             items = await sweep(client, limit=100)
@@ -177,6 +183,7 @@ class TestFilters:
     """Each documented filter selects; what the API does not know is ignored without a word."""
 
     async def test_status_eq_ne_and_in(self, running: tuple[Simulator, httpx.AsyncClient]) -> None:
+        """Status filters eq, ne and in select exactly the matching orders across pages."""
         _simulator, client = running
         everything = await sweep(client, limit=100)
         statuses = {item["status"] for item in everything}
@@ -192,6 +199,7 @@ class TestFilters:
     async def test_customer_and_subscription(
         self, running: tuple[Simulator, httpx.AsyncClient]
     ) -> None:
+        """Customer and subscription filters select their orders."""
         simulator, client = running
         first, second = simulator.order_ids[:2]
         customer = await sweep(client, **{"filter[customer][eq]": "cus_" + first[5:]})
@@ -203,6 +211,7 @@ class TestFilters:
     async def test_is_null_true_and_false(
         self, running: tuple[Simulator, httpx.AsyncClient]
     ) -> None:
+        """is_null true and false select, and any other value is refused with 400."""
         _simulator, client = running
         assert (await page(client, **{"filter[customer][is_null]": "true"}))["items"] == []
         not_null = await sweep(client, limit=100, **{"filter[customer][is_null]": "false"})
@@ -213,6 +222,7 @@ class TestFilters:
     async def test_created_at_between_two_dates(
         self, running: tuple[Simulator, httpx.AsyncClient]
     ) -> None:
+        """created_at gte and lte select a range, and a non-RFC 3339 date gets 400."""
         _simulator, client = running
         everything = await sweep(client, limit=100)
         newest, oldest = everything[10]["created_at"], everything[20]["created_at"]
@@ -228,6 +238,7 @@ class TestFilters:
     async def test_filters_combine_with_and(
         self, running: tuple[Simulator, httpx.AsyncClient]
     ) -> None:
+        """Several filters combine with AND."""
         simulator, client = running
         first = simulator.order_ids[0]
         status = simulator.status_of(first)
@@ -253,11 +264,13 @@ class TestFilters:
     async def test_what_it_does_not_know_is_silently_ignored(
         self, running: tuple[Simulator, httpx.AsyncClient], unknown: dict[str, str]
     ) -> None:
+        """An unknown filter is ignored without a word, listing everything."""
         _simulator, client = running
         everything = await sweep(client, limit=100)
         assert await sweep(client, limit=100, **unknown) == everything
 
     async def test_ignore_filters_plays_an_upstream_that_does_not_know_a_field(self) -> None:
+        """ignore_filters makes a filter on that field a no-op while others still select."""
         simulator = Simulator(
             demo_scripts(30.0), unwatched=5, static_token=TOKEN, ignore_filters=("customer",)
         )
@@ -275,6 +288,7 @@ class TestTheOrganisation:
     async def test_unwatched_orders_are_listed_but_not_watched(
         self, running: tuple[Simulator, httpx.AsyncClient]
     ) -> None:
+        """Orders the tracker does not watch are listed and answer by id too."""
         simulator, client = running
         listed = ids(await sweep(client, limit=100))
         unwatched = set(listed) - set(simulator.order_ids)
@@ -286,6 +300,7 @@ class TestTheOrganisation:
         assert answer.json()["customer"] == "cus_" + one[5:]
 
     async def test_updated_at_is_when_the_current_step_began(self) -> None:
+        """updated_at is the wall-clock start of the current step, in pages and by id."""
         order = order_id("updated-at")
         script = Script(
             order_id=order, provider="metrify", steps=(("waiting", 1.0), ("ordered", 0))
@@ -313,6 +328,7 @@ class TestManners:
     """List pages pass the same auth, version pin, rate limit, counting and log as by-id calls."""
 
     async def test_auth_and_version(self, running: tuple[Simulator, httpx.AsyncClient]) -> None:
+        """A list request with a wrong token gets 401; with an unknown version, 400."""
         _simulator, client = running
         client.headers["Authorization"] = "Bearer wrong"
         assert (await refused(client, 401))["code"] == "UNAUTHORIZED"
@@ -321,6 +337,7 @@ class TestManners:
         assert (await refused(client, 400))["code"] == "BAD_REQUEST"
 
     async def test_rate_limit_counts_and_the_request_log(self) -> None:
+        """List pages are rate limited, counted and logged like calls by id."""
         log = io.StringIO()
         simulator = Simulator(demo_scripts(30.0), static_token=TOKEN, rate_limit=3, request_log=log)
         async with serve(simulator.app) as server, client_for(server.url) as client:
@@ -378,6 +395,7 @@ class TestHints:
     """Each scripted change is POSTed, signed, to the hint target, and recorded with its moment."""
 
     async def test_every_change_is_hinted_signed_and_recorded(self) -> None:
+        """Each status change is hinted once, signed, on time, and recorded with its moment."""
         sink = HintSink()
         scripts = [
             quick("hint-a", ("waiting", 0.3), ("ordered", 0.3), ("checked", 0)),
@@ -419,6 +437,7 @@ class TestHints:
     async def test_a_refused_or_unreachable_hint_is_counted_and_the_simulator_serves_on(
         self, capsys: pytest.CaptureFixture[str]
     ) -> None:
+        """A refused or unreachable hint is counted and reported, and serving goes on."""
         sink = HintSink(status=500)
         scripts = [quick("hint-d", ("waiting", 0.2), ("ordered", 0))]
         async with serve(catch_all(sink)) as hooks:
@@ -449,6 +468,7 @@ class TestHints:
         assert err.count(f"hint about {scripts[0].order_id} not delivered") == 2
 
     async def test_without_a_target_changes_are_still_recorded(self) -> None:
+        """Without a hint target, changes are still recorded at their moments."""
         script = quick("hint-e", ("waiting", 0.2), ("ordered", 0))
         started = time.monotonic()
         simulator = Simulator([script])
@@ -463,6 +483,7 @@ class TestCommandLine:
     """``python -m tracker.demo.simulator`` announces its URL and orders, and takes the flags."""
 
     async def test_steady_orders_unwatched_ones_and_an_ignored_filter(self) -> None:
+        """The simulator's command line announces its URL and orders and honours its flags."""
         process = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",

@@ -211,6 +211,7 @@ class TestStarttls:
     async def test_delivers_after_starttls_and_login(
         self, tmp_path: Path, http: httpx.AsyncClient, ca_file: Path, relay_context: ssl.SSLContext
     ) -> None:
+        """With STARTTLS and a CA file, the login and the message go over TLS."""
         mailbox = Mailbox()
         async with smtp_server(mailbox, starttls=relay_context, auth_required=True) as port:
             settings = mail_settings(
@@ -236,6 +237,7 @@ class TestStarttls:
     async def test_server_refuses_a_plain_session(
         self, tmp_path: Path, http: httpx.AsyncClient, relay_context: ssl.SSLContext
     ) -> None:
+        """A relay that requires STARTTLS refuses a plain session with 530 and gets nothing."""
         mailbox = Mailbox()
         async with smtp_server(mailbox, starttls=relay_context, auth_required=True) as port:
             result = await send_once(mail_settings(tmp_path, {"port": port}), http)
@@ -250,6 +252,7 @@ class TestImplicitTls:
     async def test_delivers_over_implicit_tls(
         self, tmp_path: Path, http: httpx.AsyncClient, ca_file: Path, relay_context: ssl.SSLContext
     ) -> None:
+        """With implicit TLS, the login and the message go over TLS."""
         mailbox = Mailbox()
         async with smtp_server(mailbox, implicit_tls=relay_context) as port:
             settings = mail_settings(
@@ -302,6 +305,7 @@ class TestRefusedCertificates:
         ca_file: Path,
         mode: dict[str, Any],
     ) -> None:
+        """A certificate for another host fails verification before login or message."""
         other = server_context(ca, "mail.example.org")
         result, mailbox = await self.refused(
             tmp_path, http, other, {**mode, "ca_file": str(ca_file)}
@@ -320,6 +324,7 @@ class TestRefusedCertificates:
         relay_context: ssl.SSLContext,
         mode: dict[str, Any],
     ) -> None:
+        """A certificate from a CA not configured fails verification before login or message."""
         result, mailbox = await self.refused(tmp_path, http, relay_context, mode)
         assert not result.ok
         assert result.error is not None
@@ -332,6 +337,7 @@ class TestTlsConfiguration:
     """Settings that cannot give the promised TLS are refused when the configuration loads."""
 
     def test_require_tls_without_tls(self, tmp_path: Path) -> None:
+        """require_tls without STARTTLS or TLS is refused naming smtp.require_tls."""
         mapping = settings_mapping(tmp_path, UPSTREAM, smtp={"require_tls": True})
         with pytest.raises(ConfigError) as raised:
             from_mapping(mapping, {}, origin="test")
@@ -341,10 +347,12 @@ class TestTlsConfiguration:
 
     @pytest.mark.parametrize("mode", MODES)
     def test_require_tls_with_tls(self, tmp_path: Path, mode: dict[str, Any]) -> None:
+        """require_tls with STARTTLS or TLS loads."""
         mapping = settings_mapping(tmp_path, UPSTREAM, smtp={"require_tls": True, **mode})
         assert from_mapping(mapping, {}, origin="test").smtp.require_tls
 
     def test_missing_ca_file(self, tmp_path: Path) -> None:
+        """A CA file that does not exist is refused naming smtp.ca_file."""
         missing = tmp_path / "no-such-ca.pem"
         mapping = settings_mapping(
             tmp_path, UPSTREAM, smtp={"starttls": True, "ca_file": str(missing)}
@@ -356,6 +364,7 @@ class TestTlsConfiguration:
     async def test_ca_file_without_a_certificate(
         self, tmp_path: Path, http: httpx.AsyncClient
     ) -> None:
+        """A CA file holding no certificate is refused when the sinks are built."""
         garbage = tmp_path / "not-a-ca.pem"
         garbage.write_text("not a certificate\n")
         settings = make_settings(
@@ -372,6 +381,7 @@ class TestCredentialsWithoutTls:
     """Credentials on a plain session are warned about once, and the password is never logged."""
 
     async def test_warned_once(self, tmp_path: Path, http: httpx.AsyncClient) -> None:
+        """Credentials without TLS are warned about once for all sinks, password unlogged."""
         settings = make_settings(
             tmp_path,
             UPSTREAM,
@@ -390,6 +400,7 @@ class TestCredentialsWithoutTls:
     async def test_not_warned_with_tls(
         self, tmp_path: Path, http: httpx.AsyncClient, mode: dict[str, Any]
     ) -> None:
+        """Credentials over STARTTLS or TLS give no warning and never log the password."""
         settings = mail_settings(tmp_path, {"username": USER, "password": PASSWORD, **mode})
         with structlog.testing.capture_logs() as entries:
             build_sinks(settings, http)
@@ -411,6 +422,7 @@ class TestSlowServer:
     async def test_times_out_at_the_deadline(
         self, tmp_path: Path, http: httpx.AsyncClient, smtp_timeout: int, delivery_timeout: int
     ) -> None:
+        """A slow relay's session times out at the deadline, though each reply is in time."""
         mailbox = Mailbox(delay=0.7)
         async with smtp_server(mailbox) as port:
             settings = mail_settings(

@@ -23,13 +23,12 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, inspect
 
 from tests.support import order_body
-from tracker.daemon import gone_from_this_host
 from tracker.diff import UNCHANGED, decide
 from tracker.errors import StoreError
+from tracker.fleet import gone_from_this_host
 from tracker.model import STALE_AFTER, Claim, DaemonRecord, DeliveryState, MeterOrder
-from tracker.store import open_store, upgrade
+from tracker.store import PollOutcome, Store, open_store, upgrade
 from tracker.store.db import _SYNC_DRIVERS, SCHEMA_HEAD, _alembic_config, _with_driver, connect
-from tracker.store.repo import PollOutcome, Store
 from tracker.store.tables import metadata
 from tracker.store.tables import watched_orders as watched
 
@@ -66,18 +65,22 @@ class TestMigrations:
     """Alembic is the only way the schema is built, and it matches the table metadata."""
 
     def test_migrations_build_exactly_the_models(self, empty_database: str) -> None:
+        """Migrating an empty database builds exactly the tables the metadata declares."""
         assert upgrade(empty_database) == [f"empty -> {SCHEMA_HEAD}"]
         assert_no_drift(empty_database)
 
     def test_schema_head_is_alembics_head(self) -> None:
+        """SCHEMA_HEAD names the head revision of Alembic's scripts."""
         config = _alembic_config()
         assert ScriptDirectory.from_config(config).get_current_head() == SCHEMA_HEAD
 
     def test_upgrade_is_idempotent(self, empty_database: str) -> None:
+        """A second upgrade of a migrated database does nothing."""
         upgrade(empty_database)
         assert upgrade(empty_database) == []
 
     def test_concurrent_starts_migrate_once(self, empty_database: str) -> None:
+        """Four concurrent upgrades migrate the database once, without errors."""
         results: list[list[str]] = []
         errors: list[BaseException] = []
         start = threading.Barrier(4)
@@ -100,11 +103,13 @@ class TestMigrations:
 
     @pytest.mark.parametrize("database", ["sqlite"], indirect=True)
     def test_sqlite_runs_in_wal_mode(self, empty_database: str, tmp_path: Path) -> None:
+        """A migrated SQLite database runs in WAL mode."""
         upgrade(empty_database)
         with sqlite3.connect(tmp_path / "empty.db") as conn:
             assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
     def test_unreachable_database_names_host_and_port_only(self) -> None:
+        """An unreachable database is one line naming host and port, never the password."""
         url = "postgresql://tracker:s3cret-pass@127.0.0.1:1/tracker"
         with pytest.raises(StoreError) as raised:
             upgrade(url)
@@ -221,13 +226,14 @@ class TestUpgradeWithData:
     """Data written by the first revisions reaches head whole: nothing lost or changed."""
 
     async def test_upgrade_keeps_every_row_and_every_fingerprint(self, empty_database: str) -> None:
+        """Rows of the first revisions reach head unchanged, fingerprints still matching."""
         url = empty_database
         orders = _fill_first_revisions(url)
         assert upgrade(url) == [f"0002 -> {SCHEMA_HEAD}"]
         assert_no_drift(url)
         store = Store(connect(url))
         try:
-            history = await store.history(A)
+            history = await store.reports.history(A)
             assert history is not None
             assert [s.raw for s in history.snapshots] == [orders["a1"].raw, orders["a2"].raw]
             assert [s.status for s in history.snapshots] == ["waiting", "ordered"]
@@ -242,7 +248,7 @@ class TestUpgradeWithData:
             assert sent.state is DeliveryState.DEAD
             assert sent.last_attempt_at == T0 + timedelta(seconds=3)
             assert history.order.next_poll_at == T0 + timedelta(minutes=5)
-            b = await store.history(B)
+            b = await store.reports.history(B)
             assert b is not None
             assert b.snapshots[0].provider == "newco"
             # Each order's stay began at its last transition, else at its first snapshot.
@@ -255,11 +261,11 @@ class TestUpgradeWithData:
             assert stays == {A: T0 + timedelta(seconds=2), B: b.snapshots[0].observed_at}
             # Each order's customer and subscription are its latest snapshot's (0006).
             for order in (orders["a2"], orders["b1"]):
-                (found,) = await store.watched_page(q=order.customer, after=order.id[:-1], limit=1)
+                (found,) = await store.orders.page(q=order.customer, after=order.id[:-1], limit=1)
                 assert (found.order_id, found.customer) == (order.id, order.customer)
                 assert found.subscription == order.subscription
             # The next unchanged answer matches the converted fingerprint: no snapshot is stored.
-            claims = {c.order_id: c for c in await store.claim_all(lease_until=T0)}
+            claims = {c.order_id: c for c in await store.polls.claim_all(lease_until=T0)}
             for order in (orders["a2"], orders["b1"]):
                 claim = claims[order.id]
                 assert decide(claim.status, claim.fingerprint, order) is UNCHANGED
@@ -267,6 +273,7 @@ class TestUpgradeWithData:
             await store.close()
 
     def test_upgrade_that_fails_half_way_changes_nothing(self, empty_database: str) -> None:
+        """An upgrade failing on a row rolls back data and DDL to the old revision."""
         url = empty_database
         _fill_first_revisions(url)
         engine = engine_for(url)
@@ -299,59 +306,74 @@ class TestDaemonRegistry:
     """SQLite takes one daemon, PostgreSQL several; silent ones are gone; beats keep them in."""
 
     async def test_join_beat_and_leave(self, database: str) -> None:
+        """Daemons join and beat; stale ones are dropped; a forgotten one rejoins on its beat."""
         async with open_store(database) as store:
-            first = await store.join(daemon("one", T0), stale_before=T0 - STALE_AFTER)
+            first = await store.fleet.join(daemon("one", T0), stale_before=T0 - STALE_AFTER)
             assert first.joined
             assert first.others == ()
             later = T0 + timedelta(seconds=10)
-            second = await store.join(daemon("two", later), stale_before=later - STALE_AFTER)
+            second = await store.fleet.join(daemon("two", later), stale_before=later - STALE_AFTER)
             assert [d.id for d in second.others] == ["dmn_one"]
-            assert second.joined is store.shared
-            assert store.shared is database.startswith("postgresql")
+            assert second.joined is store.fleet.shared
+            assert store.fleet.shared is database.startswith("postgresql")
             # One's last beat is older than STALE_AFTER: a later start removes it as gone.
             much_later = T0 + STALE_AFTER + timedelta(seconds=11)
-            assert await store.heartbeat(daemon("two", later), now=much_later) is store.shared
-            third = await store.join(
+            assert (
+                await store.fleet.heartbeat(daemon("two", later), now=much_later)
+                is store.fleet.shared
+            )
+            third = await store.fleet.join(
                 daemon("three", much_later), stale_before=much_later - STALE_AFTER
             )
             assert [d.id for d in third.others] == ["dmn_two"]
-            live = await store.daemons(stale_before=much_later - STALE_AFTER)
-            assert [d.id for d in live] == ["dmn_two", "dmn_three"] if store.shared else ["dmn_two"]
+            live = await store.fleet.daemons(stale_before=much_later - STALE_AFTER)
+            assert (
+                [d.id for d in live] == ["dmn_two", "dmn_three"]
+                if store.fleet.shared
+                else ["dmn_two"]
+            )
             # A daemon removed while it was silent registers again with its next beat.
-            await store.forget_daemons(["dmn_two"])
-            assert await store.heartbeat(daemon("two", later), now=much_later) is False
-            assert "dmn_two" in [d.id for d in await store.daemons(stale_before=later)]
+            await store.fleet.forget(["dmn_two"])
+            assert await store.fleet.heartbeat(daemon("two", later), now=much_later) is False
+            assert "dmn_two" in [d.id for d in await store.fleet.daemons(stale_before=later)]
 
     async def test_a_gone_daemons_claims_are_released(self, database: str) -> None:
+        """Forgetting a gone daemon releases its claims for a live daemon to take."""
         async with open_store(database) as gone, open_store(database) as live:
-            await gone.join(daemon("gone", T0), stale_before=T0 - STALE_AFTER)
+            await gone.fleet.join(daemon("gone", T0), stale_before=T0 - STALE_AFTER)
             gone.owner = "dmn_gone"  # its claims carry its daemon id, as a daemon's do
-            await gone.watch([A, B], source="cli", now=T0)
-            await gone.claim([A, B], lease_until=T0 + timedelta(hours=1))
-            assert await live.claim_due(now=T0, limit=10, lease_until=T0) == []
-            taken = await live.forget_daemons(["dmn_gone"])
+            await gone.orders.watch([A, B], source="cli", now=T0)
+            await gone.polls.claim([A, B], lease_until=T0 + timedelta(hours=1))
+            assert await live.polls.claim_due(now=T0, limit=10, lease_until=T0) == []
+            taken = await live.fleet.forget(["dmn_gone"])
             assert (taken.orders, taken.deliveries) == (2, 0)
-            assert await live.daemons() == []
-            claimed = await live.claim_due(now=T0, limit=10, lease_until=T0 + timedelta(hours=1))
+            assert await live.fleet.daemons() == []
+            claimed = await live.polls.claim_due(
+                now=T0, limit=10, lease_until=T0 + timedelta(hours=1)
+            )
             assert sorted(c.order_id for c in claimed) == [A, B]
 
     async def test_a_starting_daemon_releases_the_claims_of_stale_ones(self, database: str) -> None:
+        """A daemon starting after another went stale takes over its claims."""
         async with open_store(database) as gone, open_store(database) as starting:
-            await gone.join(daemon("gone", T0), stale_before=T0 - STALE_AFTER)
+            await gone.fleet.join(daemon("gone", T0), stale_before=T0 - STALE_AFTER)
             gone.owner = "dmn_gone"
-            await gone.watch([A], source="cli", now=T0)
-            await gone.claim([A], lease_until=T0 + timedelta(hours=1))
+            await gone.orders.watch([A], source="cli", now=T0)
+            await gone.polls.claim([A], lease_until=T0 + timedelta(hours=1))
             later = T0 + STALE_AFTER + timedelta(seconds=1)
-            joined = await starting.join(daemon("new", later), stale_before=later - STALE_AFTER)
+            joined = await starting.fleet.join(
+                daemon("new", later), stale_before=later - STALE_AFTER
+            )
             assert (joined.joined, joined.others) == (True, ())
-            (claim,) = await starting.claim_due(now=later, limit=10, lease_until=later)
+            (claim,) = await starting.polls.claim_due(now=later, limit=10, lease_until=later)
             assert claim.order_id == A
 
     async def test_overview_counts_in_the_database(self, database: str) -> None:
+        """The overview counts orders by status and state, with no deliveries or success yet."""
         async with open_store(database) as store:
-            await store.watch([A, B], source="cli", now=T0)
-            await store.unwatch([B], now=T0)
-            overview = await store.overview(stale_before=T0)
+            await store.orders.watch([A, B], source="cli", now=T0)
+            await store.orders.unwatch([B], now=T0)
+            overview = await store.reports.overview(stale_before=T0)
             assert set(overview.orders) == {(None, "active", 1), (None, "removed", 1)}
             assert overview.deliveries == ()
             assert overview.last_success_at is None
@@ -363,25 +385,28 @@ class TestClaimOwners:
     async def test_a_lost_claim_is_neither_renewed_released_nor_recorded(
         self, database: str
     ) -> None:
+        """A claim lost to another process is neither renewed, released nor recorded."""
         async with open_store(database) as slow, open_store(database) as other:
             assert slow.owner != other.owner
-            await slow.watch([A], source="cli", now=T0)
-            (lost,) = await slow.claim([A], lease_until=T0 + timedelta(seconds=1))
+            await slow.orders.watch([A], source="cli", now=T0)
+            (lost,) = await slow.polls.claim([A], lease_until=T0 + timedelta(seconds=1))
             later = T0 + timedelta(seconds=2)  # the slow one's lease has run out
-            (taken,) = await other.claim_due(
+            (taken,) = await other.polls.claim_due(
                 now=later, limit=10, lease_until=later + timedelta(minutes=2)
             )
             assert taken.order_id == A
-            await slow.extend_leases([A], lease_until=later + timedelta(hours=1))
-            await slow.release([A])
-            assert (await slow.claim_due(now=later, limit=10, lease_until=later)) == []
-            unchanged = await slow.record([quiet(lost, at=later, next_poll=T0 + timedelta(days=9))])
+            await slow.polls.extend_leases([A], lease_until=later + timedelta(hours=1))
+            await slow.polls.release([A])
+            assert (await slow.polls.claim_due(now=later, limit=10, lease_until=later)) == []
+            unchanged = await slow.polls.record(
+                [quiet(lost, at=later, next_poll=T0 + timedelta(days=9))]
+            )
             assert unchanged == []
-            order = await other.get(A)
+            order = await other.orders.get(A)
             assert order is not None
             assert order.last_polled_at is None  # the slow one's outcome did not land
-            await other.record([quiet(taken, at=later, next_poll=later + timedelta(hours=1))])
-            order = await other.get(A)
+            await other.polls.record([quiet(taken, at=later, next_poll=later + timedelta(hours=1))])
+            order = await other.orders.get(A)
             assert order is not None
             assert (order.last_polled_at, order.next_poll_at) == (later, later + timedelta(hours=1))
 
@@ -399,6 +424,7 @@ class TestGoneFromThisHost:
     """A registered daemon of this host is gone when its process is; another host's never is."""
 
     def test_by_host_and_pid(self) -> None:
+        """A daemon of this host is gone when its pid has ended; one of another host never is."""
         here = socket.gethostname()
         me = replace(daemon("me", T0), host=here, pid=os.getpid())
         assert gone_from_this_host(me)  # our own pid: a restarted container, not a live other

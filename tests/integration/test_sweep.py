@@ -62,22 +62,23 @@ class TestSweeps:
     async def test_pages_replace_requests(
         self, database: str, simulator: tuple[Simulator, str], tmp_path: Path
     ) -> None:
+        """Later passes read list pages instead of ids, storing only watched orders as listed."""
         sim, url = simulator
         watched = sim.order_ids
         settings = make_settings(tmp_path, url, polling=SWEEP_POLLING)
         async with open_service(settings) as service:
-            await service.store.watch(watched, source="cli", now=utc_now())
+            await service.store.orders.watch(watched, source="cli", now=utc_now())
             first_pass = len(watched)
 
             async def moved() -> bool:
-                orders = [await service.store.get(o.order_id) for o in MOVING]
+                orders = [await service.store.orders.get(o.order_id) for o in MOVING]
                 return sim.stats.list_requests >= 3 and all(
                     o is not None and o.status == "checked" for o in orders
                 )
 
             await run_until(service, moved, limit=40)
             for script in MOVING:
-                history = await service.store.history(script.order_id)
+                history = await service.store.reports.history(script.order_id)
                 assert history is not None
                 assert [(t.from_status, t.to_status) for t in history.transitions] == [
                     ("ordered", "checked")
@@ -103,6 +104,7 @@ class TestSweeps:
         assert sim.stats.items_served >= len(watched)
 
     async def test_an_ignored_filter_falls_back(self, tmp_path: Path) -> None:
+        """A list that ignores a filter is dropped to the next filter, then to polls by id."""
         sim = Simulator(
             steady_scripts(12),
             unwatched=20,
@@ -112,14 +114,14 @@ class TestSweeps:
         async with serve(sim.app) as server:
             settings = make_settings(tmp_path, server.url, polling=SWEEP_POLLING)
             async with open_service(settings) as service:
-                await service.store.watch(sim.order_ids, source="cli", now=utc_now())
+                await service.store.orders.watch(sim.order_ids, source="cli", now=utc_now())
                 with structlog.testing.capture_logs() as logs:
 
                     async def third_pass() -> bool:
                         return sim.stats.id_requests >= 3 * len(sim.order_ids) - 2
 
                     await run_until(service, third_pass)
-                orders = [await service.store.get(o) for o in sim.order_ids]
+                orders = [await service.store.orders.get(o) for o in sim.order_ids]
         ignored = [e for e in logs if e["event"] == "list_filter_ignored"]
         assert [e["then"] for e in ignored] == ["filter[subscription][in]", "polls by id"]
         assert [e["filter"] for e in ignored] == [
@@ -166,7 +168,7 @@ async def swept_service(tmp_path: Path, paged: PagedUpstream) -> AsyncIterator[S
     async with serve(catch_all(paged)) as server:
         settings = make_settings(tmp_path, server.url, polling={**SWEEP_POLLING, "sweep": "list"})
         async with open_service(settings) as service:
-            await service.store.watch(paged.orders, source="cli", now=utc_now())
+            await service.store.orders.watch(paged.orders, source="cli", now=utc_now())
             yield service
 
 
@@ -188,6 +190,7 @@ class TestBadPages:
 
     @pytest.mark.parametrize("kind", list(BAD_PAGES))
     async def test_bad_page(self, kind: str, tmp_path: Path) -> None:
+        """A malformed list page is logged and stores nothing; its orders are polled by id."""
         paged = PagedUpstream("bad", 3)
         # The bad page says "cancelled" where the answers by id say "ordered": a snapshot or
         # a transition to cancelled would come from the bad page.
@@ -208,7 +211,7 @@ class TestBadPages:
         async with swept_service(tmp_path, paged) as service:
             with structlog.testing.capture_logs() as logs:
                 await run_until(service, paged_then_polled)
-            histories = [await service.store.history(o) for o in paged.orders]
+            histories = [await service.store.reports.history(o) for o in paged.orders]
         malformed = [e for e in logs if e["event"] == "list_page_malformed"]
         assert malformed
         assert malformed[0]["request_id"] == "req_page"
@@ -223,13 +226,16 @@ class TestDiscovery:
     """Many orders never answered are learned from the organisation's list, not one by one."""
 
     async def test_first_pass_reads_the_list(self, database: str, tmp_path: Path) -> None:
+        """The first pass reads the whole list once and polls by id only what it did not show."""
         sim = Simulator(steady_scripts(260), unwatched=90, static_token=STATIC_TOKEN)
         # Watched, but unknown to the upstream: no list shows them; polled by id, they are 404.
         strangers = [order_id(f"stranger-{i}") for i in range(210)]
         async with serve(sim.app) as server:
             settings = make_settings(tmp_path, server.url, polling=SWEEP_POLLING)
             async with open_service(settings) as service:
-                await service.store.watch([*sim.order_ids, *strangers], source="cli", now=utc_now())
+                await service.store.orders.watch(
+                    [*sim.order_ids, *strangers], source="cli", now=utc_now()
+                )
                 with structlog.testing.capture_logs() as logs:
 
                     async def all_seen() -> bool:
@@ -240,7 +246,7 @@ class TestDiscovery:
                         return seen == len(sim.order_ids)
 
                     async def strangers_tried() -> bool:
-                        tried = [await service.store.get(o) for o in strangers]
+                        tried = [await service.store.orders.get(o) for o in strangers]
                         return await all_seen() and all(
                             o is not None and o.last_error_kind == "not_found" for o in tried
                         )
@@ -258,6 +264,7 @@ class TestRefusedList:
     """A token allowed orders by id but not the list: polls by id go on, nothing fails."""
 
     async def test_list_refused_alone(self, tmp_path: Path) -> None:
+        """A 403 list is asked once and logged once, while polls by id go on without failures."""
         refused = {"code": "FORBIDDEN", "message": "no list for you", "requestId": "r1"}
         paged = PagedUpstream("refused", 4, lambda _request: json_response(refused, 403))
 
@@ -267,7 +274,7 @@ class TestRefusedList:
         async with swept_service(tmp_path, paged) as service:
             with structlog.testing.capture_logs() as logs:
                 await run_until(service, twice_by_id)
-            watched = [await service.store.get(o) for o in paged.orders]
+            watched = [await service.store.orders.get(o) for o in paged.orders]
         assert paged.seen.count("/meter-orders") == 1  # asked once, then left alone
         assert [e["event"] for e in logs if e["event"] == "list_unavailable"] == [
             "list_unavailable"

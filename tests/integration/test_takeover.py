@@ -56,8 +56,8 @@ async def claimed_by_a_gone_daemon(
     """Register ``record`` and claim ``order_ids`` in its name for an hour, as a daemon would."""
     async with open_store(database) as gone:
         gone.owner = record.id
-        await gone.heartbeat(record, now=record.heartbeat_at)
-        claims = await gone.claim(order_ids, lease_until=utc_now() + timedelta(hours=1))
+        await gone.fleet.heartbeat(record, now=record.heartbeat_at)
+        claims = await gone.polls.claim(order_ids, lease_until=utc_now() + timedelta(hours=1))
         assert len(claims) == len(order_ids)
 
 
@@ -67,12 +67,13 @@ class TestTakeover:
     async def test_a_dead_pid_on_this_host_is_taken_over_within_a_heartbeat(
         self, upstream: Upstream, tmp_path: Path, database: str
     ) -> None:
+        """Orders held by a killed process of this host are polled here within a heartbeat."""
         scripted, url = upstream
         for order_id in (A, B):
             scripted.script(order_id, ok("ordered"))
         settings = make_settings(tmp_path, url, polling={"interval": 60})
         async with open_service(settings) as service:
-            await service.store.watch([A, B], source="cli", now=utc_now())
+            await service.store.orders.watch([A, B], source="cli", now=utc_now())
             # Held by a process of this host that is alive when the daemon starts.
             process = await asyncio.create_subprocess_exec("sleep", "60")
             now = utc_now()
@@ -100,11 +101,12 @@ class TestTakeover:
     async def test_a_silent_daemon_of_another_host_is_taken_over_when_stale(
         self, upstream: Upstream, tmp_path: Path, database: str
     ) -> None:
+        """A stale daemon of another host is gone: its order taken over, the budget reshared."""
         scripted, url = upstream
         scripted.script(A, ok("ordered"))
         settings = make_settings(tmp_path, url, polling={"interval": 60})
         async with open_service(settings) as service:
-            await service.store.watch([A], source="cli", now=utc_now())
+            await service.store.orders.watch([A], source="cli", now=utc_now())
             # Its last heartbeat was 25 s ago: alive at this one's start, stale 5 s later.
             beat = utc_now() - STALE_AFTER + timedelta(seconds=5)
             record = DaemonRecord(
@@ -132,6 +134,7 @@ class TestDatabaseOutage:
     async def test_outage_is_logged_once_waited_out_and_loses_nothing(
         self, upstream: Upstream, tmp_path: Path, database: str, postgres: Cluster
     ) -> None:
+        """A database outage is logged once each way and the change polled during it is stored."""
         scripted, url = upstream
         outage = asyncio.Event()
         # The poll that sees the change is in flight when the database goes away.
@@ -140,7 +143,7 @@ class TestDatabaseOutage:
             tmp_path, url, upstream={"timeout": 3}, polling={"interval": 1, "jitter": 0}
         )
         async with open_service(settings) as service:
-            await service.store.watch([A], source="cli", now=utc_now())
+            await service.store.orders.watch([A], source="cli", now=utc_now())
             with structlog.testing.capture_logs() as logs:
                 async with running(service):
 
@@ -158,12 +161,12 @@ class TestDatabaseOutage:
 
                     async def checked() -> bool:
                         """A's change stored after the database came back"""
-                        order = await service.store.get(A)
+                        order = await service.store.orders.get(A)
                         return order is not None and order.status == "checked"
 
                     # Had the outcome been dropped, A would wait for its lease (66 s) first.
                     await until(checked, 30)
-            history = await service.store.history(A)
+            history = await service.store.reports.history(A)
         assert outage.is_set()
         assert history is not None
         moves = [(t.from_status, t.to_status) for t in history.transitions]

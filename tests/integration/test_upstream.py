@@ -42,6 +42,7 @@ class TestFetch:
     """A good answer parses; the version header and the token go with every request."""
 
     async def test_static_token_and_version(self, upstream: Upstream, tmp_path: Path) -> None:
+        """A fetch sends the static token and the API version and parses the answer."""
         scripted, url = upstream
         scripted.script(ID, ok("checked"))
         client, http = build_client(make_settings(tmp_path, url).upstream)
@@ -54,6 +55,7 @@ class TestFetch:
     async def test_oauth_token_is_fetched_once_and_renewed_once_on_401(
         self, upstream: Upstream, tmp_path: Path
     ) -> None:
+        """An OAuth token is fetched once, and renewed once when a 401 says it expired."""
         scripted, url = upstream
         scripted.script(ID, ok("checked"))
         client, http = build_client(make_settings(tmp_path, url, oauth=True).upstream)
@@ -67,6 +69,7 @@ class TestFetch:
         assert scripted.token_requests == 2
 
     async def test_oauth_renewed_before_expiry(self, tmp_path: Path) -> None:
+        """An OAuth token is renewed before it expires, so no request goes without one."""
         scripted = ScriptedUpstream(token_lifetime=1)
         scripted.script(ID, ok())
         async with serve(catch_all(scripted)) as server:
@@ -102,6 +105,7 @@ class TestFaults:
     async def test_fault(
         self, upstream: Upstream, tmp_path: Path, action: Action, kind: type[Exception], reason: str
     ) -> None:
+        """Each upstream fault raises its own typed error with its reason."""
         scripted, url = upstream
         scripted.script(ID, action)
         client, http = build_client(make_settings(tmp_path, url).upstream)
@@ -111,6 +115,7 @@ class TestFaults:
         assert type(caught.value) is kind
 
     async def test_error_carries_the_request_id(self, upstream: Upstream, tmp_path: Path) -> None:
+        """An upstream error carries the answer's request id."""
         scripted, url = upstream
         scripted.script(ID, error(500, request_id="req_trace_me"))
         client, http = build_client(make_settings(tmp_path, url).upstream)
@@ -122,6 +127,7 @@ class TestFaults:
     async def test_rate_limit_pauses_every_request(
         self, upstream: Upstream, tmp_path: Path
     ) -> None:
+        """A 429 with Retry-After pauses every request, not just the one order's."""
         scripted, url = upstream
         other = "prdo_other0000000000000000000"
         scripted.script(ID, error(429, {"retry-after": "1"}), ok())
@@ -136,6 +142,7 @@ class TestFaults:
             assert time.monotonic() - started >= 0.9
 
     async def test_repeated_401_with_static_token_is_auth_failed(self, tmp_path: Path) -> None:
+        """A static token refused twice fails as AuthFailed after one retry."""
         scripted = ScriptedUpstream()
         scripted.script(ID, ok())
         async with serve(catch_all(scripted)) as server:
@@ -147,6 +154,7 @@ class TestFaults:
         assert scripted.polls(ID) == 2  # the first try and one retry, no spinning
 
     async def test_invalid_id_never_reaches_a_url(self, upstream: Upstream, tmp_path: Path) -> None:
+        """An invalid order id is refused before any request is sent."""
         scripted, url = upstream
         client, http = build_client(make_settings(tmp_path, url).upstream)
         async with http:
@@ -159,6 +167,7 @@ class TestPacer:
     """At most `rate` requests in any one-second window, bursts included."""
 
     async def test_window_and_concurrency(self) -> None:
+        """The pacer starts at most rate requests per second and caps those at once."""
         pacer = Pacer(5, 3)
         starts: list[float] = []
         active = 0
@@ -179,6 +188,7 @@ class TestPacer:
             assert sum(1 for t in starts if first <= t < first + 1.0) <= 5
 
     async def test_a_slow_body_costs_one_request(self) -> None:
+        """A slow body frees its slot once the head is answered, not once it is read."""
         pacer = Pacer(2, 4)
         starts: list[float] = []
 
@@ -193,6 +203,7 @@ class TestPacer:
         assert 0.95 <= starts[2] - starts[0] < 2.5
 
     async def test_fractional_rate(self) -> None:
+        """A fractional rate starts at most its whole part in any one second."""
         pacer = Pacer(2.5, 2)
         starts: list[float] = []
 
@@ -207,6 +218,7 @@ class TestPacer:
             assert sum(1 for t in starts if first <= t < first + 1.0) <= 2
 
     async def test_shares_are_whole_and_spend_the_budget(self) -> None:
+        """Daemons' shares are whole requests adding up to the budget, else an even split."""
         shares = []
         for rank in range(3):
             pacer = Pacer(40, 8)
@@ -221,6 +233,7 @@ class TestPacer:
         assert pacer.rate == pytest.approx(0.85)
 
     async def test_a_larger_share_waits_one_window(self) -> None:
+        """A smaller share applies at once, a larger one only after one window."""
         now = [100.0]
         pacer = Pacer(40, 8, clock=lambda: now[0])
         pacer.share(2, 0)

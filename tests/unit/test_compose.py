@@ -42,6 +42,7 @@ def dockerfile_env(name: str) -> str:
 
 
 def test_postgres_15_with_a_named_volume_and_a_readiness_check(compose: dict[str, Any]) -> None:
+    """PostgreSQL 15 runs on a named volume with a pg_isready check and no published port."""
     postgres = compose["services"]["postgres"]
     assert postgres["image"] == "postgres:15"
     volume = postgres["volumes"][0].split(":")[0]
@@ -51,6 +52,7 @@ def test_postgres_15_with_a_named_volume_and_a_readiness_check(compose: dict[str
 
 
 def test_two_daemons_and_one_serve_from_the_dockerfile(compose: dict[str, Any]) -> None:
+    """Compose builds two `run` daemons and one `serve` from the Dockerfile, config read-only."""
     services = trackers(compose)
     commands = sorted(svc["command"][0] for svc in services.values())
     assert commands == ["run", "run", "serve"]
@@ -64,6 +66,7 @@ def test_two_daemons_and_one_serve_from_the_dockerfile(compose: dict[str, Any]) 
 
 
 def test_ports_are_published_on_the_hosts_loopback_only(compose: dict[str, Any]) -> None:
+    """Every published port binds the host's loopback, each on its own host port."""
     published = [port for svc in compose["services"].values() for port in svc.get("ports", [])]
     assert published
     assert all(port.startswith("127.0.0.1:") for port in published), published
@@ -74,6 +77,7 @@ def test_ports_are_published_on_the_hosts_loopback_only(compose: dict[str, Any])
 def test_the_shared_config_loads_in_every_service_and_listens_where_the_healthcheck_asks(
     compose: dict[str, Any],
 ) -> None:
+    """The shared config loads in each service and listens where its readiness check asks."""
     for name, svc in trackers(compose).items():
         environment = svc["environment"]
         # Only what the service passes in: a ${VAR} it lacks stops the load, naming it.

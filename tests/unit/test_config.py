@@ -48,10 +48,12 @@ class TestDurations:
         ],
     )
     def test_valid(self, given: object, seconds: float) -> None:
+        """A number or a string with a unit parses to its duration."""
         assert parse_duration(given) == timedelta(seconds=seconds)
 
     @pytest.mark.parametrize("given", ["15 minutes", "-5", -5, True, "", "1w", None])
     def test_invalid(self, given: object) -> None:
+        """A value that is not a duration is refused as invalid."""
         with pytest.raises(ValueError, match="invalid duration"):
             parse_duration(given)
 
@@ -60,6 +62,7 @@ class TestLoad:
     """Valid files load; every mistake is one line naming the key."""
 
     def test_example_file_loads_with_its_variables_set(self) -> None:
+        """The example file loads once its environment variables are set."""
         environ = {
             "NOMOS_API_TOKEN": "nom_live_abc",
             "SMTP_USER": "u",
@@ -76,11 +79,13 @@ class TestLoad:
         assert [sink.name for sink in settings.sinks] == ["ops", "support"]
 
     def test_secrets_never_print(self, tmp_path: Path) -> None:
+        """A loaded secret shows in neither the settings' repr nor their str."""
         settings = load(write(tmp_path, '[upstream]\ntoken = "${T}"\n'), {"T": "nom_supersecret"})
         assert "nom_supersecret" not in repr(settings)
         assert "nom_supersecret" not in str(settings.upstream)
 
     def test_defaults(self, tmp_path: Path) -> None:
+        """An empty file gives the documented polling defaults and the SQLite database."""
         settings = load(write(tmp_path, ""), {})
         policy = settings.polling.policy()
         assert policy.interval == timedelta(hours=1)
@@ -89,6 +94,7 @@ class TestLoad:
         assert settings.database.url == "sqlite:///tracker.db"
 
     def test_per_status_intervals(self, tmp_path: Path) -> None:
+        """A per-status interval overrides the default for that status."""
         settings = load(
             write(tmp_path, '[polling.intervals]\ninstallation_scheduled = "15m"\n'), {}
         )
@@ -191,14 +197,17 @@ class TestLoad:
         ],
     )
     def test_refusals_name_the_key(self, tmp_path: Path, text: str, named: str) -> None:
+        """Each mistake in a file is refused naming its key."""
         assert named in refusal(tmp_path, text)
 
     def test_a_refused_database_url_never_shows_its_password(self, tmp_path: Path) -> None:
+        """A refused database URL is named by its scheme, never with its password."""
         message = refusal(tmp_path, '[database]\nurl = "mysql://app:hunter2@db/x"\n')
         assert "database.url: unsupported scheme 'mysql'" in message
         assert "hunter2" not in message
 
     def test_http_listener_and_users(self, tmp_path: Path) -> None:
+        """The listener address, IPv6 included, and the users with their roles load."""
         text = (
             '[http]\nlisten = "[::1]:8080"\n'
             '[[http.users]]\nname = "support-ui"\ntoken = "${T}"\nrole = "read"\n'
@@ -216,25 +225,30 @@ class TestLoad:
         assert "tok_supersecret_value" not in repr(settings)
 
     def test_no_listener_by_default(self, tmp_path: Path) -> None:
+        """Without an [http] section there is no listener and no user."""
         settings = load(write(tmp_path, ""), {})
         assert settings.http.address is None
         assert settings.http.users == ()
 
     def test_a_refused_token_is_never_quoted(self, tmp_path: Path) -> None:
+        """A refused user token is never quoted in the refusal."""
         message = refusal(
             tmp_path, '[[http.users]]\nname = "u"\ntoken = "hunter2"\nrole = "read"\n'
         )
         assert "hunter2" not in message
 
     def test_unset_variable_is_named(self, tmp_path: Path) -> None:
+        """An unset environment variable is refused naming it and its key."""
         message = refusal(tmp_path, '[upstream]\ntoken = "${NOMOS_API_TOKEN}"\n')
         assert "upstream.token: environment variable NOMOS_API_TOKEN is not set" in message
 
     def test_missing_file_points_to_the_example(self, tmp_path: Path) -> None:
+        """A missing file is refused pointing to config.example.toml."""
         with pytest.raises(ConfigError, match=r"not found: copy config.example.toml"):
             load(tmp_path / "nope.toml", {})
 
     def test_path_resolution(self) -> None:
+        """--config wins over TRACKER_CONFIG, which wins over tracker.toml."""
         assert resolve_path("a.toml", {"TRACKER_CONFIG": "b.toml"}) == Path("a.toml")
         assert resolve_path(None, {"TRACKER_CONFIG": "b.toml"}) == Path("b.toml")
         assert resolve_path(None, {}) == Path("tracker.toml")

@@ -92,6 +92,7 @@ def queries(dashboard: dict[str, Any]) -> list[str]:
 def test_every_metric_a_query_names_is_one_the_tracker_exports(
     dashboard: dict[str, Any],
 ) -> None:
+    """Every metric the dashboard queries is one the tracker exports."""
     names = exported()
     used = {name for expr in queries(dashboard) for name in METRIC.findall(expr)}
     assert used, "no query names a tracker metric"
@@ -100,11 +101,13 @@ def test_every_metric_a_query_names_is_one_the_tracker_exports(
 
 
 def test_every_contract_metric_has_a_panel(dashboard: dict[str, Any]) -> None:
+    """Every metric of the contract has a panel on the dashboard."""
     used = {family(name) for expr in queries(dashboard) for name in METRIC.findall(expr)}
     assert used >= CONTRACT, f"no panel for {sorted(CONTRACT - used)}"
 
 
 def test_grouping_and_matchers_use_labels_the_metrics_have(dashboard: dict[str, Any]) -> None:
+    """Groupings and label matchers use only labels the queried metrics carry."""
     names = exported()
     for expr in queries(dashboard):
         labels = set().union(*(names.get(name, set()) for name in METRIC.findall(expr)))
@@ -120,6 +123,7 @@ def test_grouping_and_matchers_use_labels_the_metrics_have(dashboard: dict[str, 
 def test_database_wide_gauges_are_taken_as_the_max_across_instances(
     dashboard: dict[str, Any],
 ) -> None:
+    """Database-wide gauges are queried as the max across instances, not summed."""
     gauge_names = {
         "tracker_outbox_pending",
         "tracker_outbox_oldest_pending_age_seconds",
@@ -136,6 +140,7 @@ def test_database_wide_gauges_are_taken_as_the_max_across_instances(
 
 
 def test_it_imports_into_any_grafana_with_a_prometheus_input(dashboard: dict[str, Any]) -> None:
+    """The dashboard imports with one Prometheus input that every panel and target uses."""
     assert dashboard["schemaVersion"] >= 36
     assert [i["name"] for i in dashboard["__inputs"]] == ["DS_PROMETHEUS"]
     assert dashboard["__inputs"][0]["pluginId"] == "prometheus"

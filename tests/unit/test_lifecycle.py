@@ -37,10 +37,12 @@ class TestStatuses:
     """The 14 documented statuses and their groups."""
 
     def test_there_are_fourteen_documented_statuses(self) -> None:
+        """There are fourteen statuses, each with its own documentation."""
         assert len(STATUSES) == 14
         assert all(member.__doc__ for member in STATUSES)
 
     def test_groups(self) -> None:
+        """The final and blocked groups and the main path hold the documented statuses."""
         assert {s.value for s in FINAL} == {"activated", "cancelled", "pre_installed"}
         assert {s.value for s in BLOCKED} == {"blocked", "blocked_wim"}
         assert MAIN_PATH[0] is Status.INTENDED
@@ -48,6 +50,7 @@ class TestStatuses:
         assert len(MAIN_PATH) == 10
 
     def test_unknown_values_are_not_known_nor_final(self) -> None:
+        """An unknown value is neither known nor final."""
         assert not is_known("installation_cancelled")
         assert not is_final("installation_cancelled")
         assert is_known("blocked_wim")
@@ -63,6 +66,7 @@ class TestClassifyAllPairs:
         ids=lambda s: s.value,
     )
     def test_pair(self, source: Status, target: Status) -> None:
+        """A pair of different statuses gets the kind and skipped steps the rules give."""
         kind, skipped = expected_kind(source, target)
         result = classify(source.value, target.value)
         assert result.kind is kind
@@ -70,6 +74,7 @@ class TestClassifyAllPairs:
 
     @pytest.mark.parametrize("status", STATUSES, ids=lambda s: s.value)
     def test_same_status_is_no_change(self, status: Status) -> None:
+        """A status paired with itself is refused as no change."""
         with pytest.raises(ValueError, match="not a status change"):
             classify(status.value, status.value)
 
@@ -78,6 +83,7 @@ class TestClassifyExamples:
     """Named examples that the support team relies on."""
 
     def test_examples(self) -> None:
+        """The named support examples classify as advance, skip, regress, block and so on."""
         assert classify("ordered", "checked").kind is Kind.ADVANCE
         skip = classify("checked", "installation_scheduled")
         assert skip.kind is Kind.SKIP_AHEAD
@@ -97,4 +103,5 @@ class TestClassifyExamples:
         [("ordered", "in_review"), ("in_review", "ordered"), ("x", "y"), ("", "waiting")],
     )
     def test_unknown_values(self, source: str, target: str) -> None:
+        """A pair with an unknown status is classified as unknown."""
         assert classify(source, target).kind is Kind.UNKNOWN

@@ -9,10 +9,11 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from standardwebhooks.webhooks import Webhook
 
+from tracker.errors import InvalidSignature
 from tracker.routing import matches, route
 from tracker.schedule import plan_delivery
 from tracker.sinks.render import event_body, message_context
-from tracker.sinks.webhook import InvalidSignature, sign, verify
+from tracker.sinks.webhook import sign, verify
 from tracker.text import one_line
 
 NOW = datetime(2026, 11, 29, 12, 0, 0, 123456, tzinfo=UTC)
@@ -36,9 +37,11 @@ class TestRouting:
         ],
     )
     def test_matches(self, pattern: str, source: str, target: str, expected: bool) -> None:
+        """A FROM->TO pattern matches a status pair exactly, or any status where it says *."""
         assert matches(pattern, source, target) is expected
 
     def test_route_keeps_configuration_order_and_matches_nothing_when_nothing_matches(self) -> None:
+        """Routing lists matching sinks in configuration order, and none when none matches."""
         sinks = {"ops": ("*",), "support": ("*->blocked", "*->cancelled"), "none": ("a->b",)}
         assert route(sinks, "ordered", "blocked") == ("ops", "support")
         assert route({"support": ("*->blocked",)}, "ordered", "checked") == ()
@@ -49,6 +52,7 @@ class TestBackoffPlan:
     """Waits between attempts, Retry-After, dead-lettering, 410."""
 
     def test_schedule(self) -> None:
+        """Failed attempts wait as the backoff says and the attempt after the last dead-letters."""
         assert plan_delivery(BACKOFF, 1, NOW, ok=True).state == "delivered"
         first = plan_delivery(BACKOFF, 1, NOW, ok=False)
         assert (first.state, first.next_attempt_at) == ("pending", NOW + timedelta(seconds=5))
@@ -57,12 +61,14 @@ class TestBackoffPlan:
         assert plan_delivery(BACKOFF, 4, NOW, ok=False).state == "dead"
 
     def test_retry_after_wins_only_when_longer(self) -> None:
+        """A Retry-After sets the next attempt only when it is longer than the backoff."""
         longer = plan_delivery(BACKOFF, 1, NOW, ok=False, retry_after=60)
         assert longer.next_attempt_at == NOW + timedelta(seconds=60)
         shorter = plan_delivery(BACKOFF, 2, NOW, ok=False, retry_after=1)
         assert shorter.next_attempt_at == NOW + timedelta(minutes=5)
 
     def test_gone_is_dead_at_once(self) -> None:
+        """A gone receiver dead-letters the delivery at its first attempt."""
         assert plan_delivery(BACKOFF, 1, NOW, ok=False, gone=True).state == "dead"
 
 
@@ -70,6 +76,7 @@ class TestSignature:
     """Our signature is what the standardwebhooks package verifies."""
 
     def test_standardwebhooks_accepts_ours(self) -> None:
+        """standardwebhooks verifies our signature; a changed body or old timestamp fails."""
         key = b"0123456789abcdef0123456789abcdef"
         secret = "whsec_" + base64.b64encode(key).decode()
         body = b'{"type":"meter_order.status_changed"}'
@@ -91,6 +98,7 @@ class TestPayload:
     """The contract's body, rendered from stored values."""
 
     def test_body_shape(self) -> None:
+        """The body carries the type, UTC microsecond times and the order as stored."""
         raw = json.dumps(
             {
                 "object": "meter_order",
@@ -122,6 +130,7 @@ class TestPayload:
         }
 
     def test_message_context_and_header_safety(self) -> None:
+        """Mail context values lose their line breaks, so no header can be injected."""
         raw = json.dumps({"provider": "metrify"})
         payload = event_body(
             event_id="evt_1",

@@ -19,6 +19,7 @@ PURE = [
     "sinks/render",
     "text",
     "telemetry",
+    "shapes",
 ]
 FORBIDDEN = {
     "httpx",
@@ -56,6 +57,7 @@ class TestPureCore:
 
     @pytest.mark.parametrize("module", PURE)
     def test_imports_no_io_library(self, module: str) -> None:
+        """A pure module imports no I/O library and no impure tracker module."""
         names = imported(module)
         roots = {name.split(".")[0] for name in names}
         assert not roots & FORBIDDEN, f"{module} imports {roots & FORBIDDEN}"

@@ -31,6 +31,7 @@ class TestCookies:
     """A cookie names a configured user, carries a signed expiry and holds no secret."""
 
     def test_issued_cookie_verifies_until_it_expires(self) -> None:
+        """An issued cookie holds no token and verifies with the user's role until it expires."""
         sessions = Sessions([READ, WRITE])
         session = sessions.issue("support-ui", NOW)
         assert READ.token.get_secret_value() not in session.value
@@ -41,6 +42,7 @@ class TestCookies:
         assert sessions.verify(session.value, NOW + SESSION_LIFETIME) is None
 
     def test_the_role_is_read_from_the_configuration(self) -> None:
+        """A verified cookie takes the user's role from the current configuration."""
         value = Sessions([READ]).issue("support-ui", NOW).value
         promoted = HttpUser(name="support-ui", token=READ.token, role="write")
         found = Sessions([promoted]).verify(value, NOW)
@@ -61,9 +63,11 @@ class TestCookies:
         ],
     )
     def test_signed_but_unfit_values_are_refused(self, text: str) -> None:
+        """A validly signed value that does not fit the format is refused."""
         assert Sessions([READ]).verify(signed(READ, text), NOW) is None
 
     def test_a_value_signed_with_another_users_key_is_refused(self) -> None:
+        """A value signed with another user's key is refused."""
         text = "ops-bot|" + str(int((NOW + timedelta(hours=1)).timestamp())) + "|s1"
         sessions = Sessions([READ, WRITE])
         assert sessions.verify(signed(WRITE, text), NOW) is not None
@@ -71,6 +75,7 @@ class TestCookies:
 
     @pytest.mark.parametrize("value", ["", ".", "ü.x", "a" * 600, "%%%.%%%", "e30.e30"])
     def test_garbage_is_refused(self, value: str) -> None:
+        """A value that is not a cookie at all is refused."""
         assert Sessions([READ]).verify(value, NOW) is None
 
 
@@ -78,6 +83,7 @@ class TestCsrf:
     """A CSRF token belongs to one session and is not the session's own signature."""
 
     def test_tokens_are_bound_to_their_session(self) -> None:
+        """A CSRF token matches its own session only, and never the cookie's signature."""
         sessions = Sessions([READ, WRITE])
         first = sessions.issue("support-ui", NOW)
         second = sessions.issue("support-ui", NOW + timedelta(seconds=1))

@@ -11,10 +11,7 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-
-class BadRequest(Exception):
-    """A list request the provider would answer with 400; the message says why."""
-
+from tracker.errors import BadRequest
 
 #: Fields the list endpoint filters on, by kind; ``product`` is documented, but meter orders
 #: have none, so a filter on it is accepted and changes nothing.

@@ -18,7 +18,8 @@ from starlette.responses import Response
 from starlette.types import ASGIApp
 
 from tracker.demo.serving import catch_all
-from tracker.sinks.webhook import InvalidSignature, verify
+from tracker.errors import InvalidSignature
+from tracker.sinks.webhook import verify
 
 Report = Callable[[str], None]
 

@@ -16,6 +16,8 @@ import signal
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from rich.console import Console
@@ -119,26 +121,9 @@ async def run_demo(*, duration: float, console: Console) -> None:
     scripts = demo_scripts(STEP_SECONDS)
     simulator = Simulator(scripts, rate_limit=10)
     script_end = max(sum(d for _s, d in script.steps[:-1]) for script in scripts)
-    started = time.monotonic()
-    seen: list[Transition] = []
-
-    def elapsed() -> str:
-        return f"[dim]{time.monotonic() - started:5.1f}s[/dim]"
-
-    def receiver_says(text: str) -> None:
-        console.print(f"{elapsed()}      [cyan]↳ {escape(text)}[/cyan]")
-
-    def show(transition: Transition) -> None:
-        seen.append(transition)
-        style = _STYLE.get(transition.kind, "white")
-        console.print(
-            f"{elapsed()}  {transition.order_id}  "
-            f"{transition.from_status} → [{style}]{transition.to_status}[/{style}]  "
-            f"[dim]({transition.kind})[/dim]"
-        )
-
-    receiver = WebhookReceiver(DEMO_WEBHOOK_SECRET, receiver_says, fail_first=1)
-    catcher = MailCatcher(receiver_says)
+    live = _Live(console)
+    receiver = WebhookReceiver(DEMO_WEBHOOK_SECRET, live.receiver_says, fail_first=1)
+    catcher = MailCatcher(live.receiver_says)
     mail_server, smtp_port = await start_mail_catcher(catcher)
     with tempfile.TemporaryDirectory(prefix="tracker-demo-") as folder:
         async with serve(simulator.app) as server, serve(receiver.app) as hooks:
@@ -158,50 +143,115 @@ async def run_demo(*, duration: float, console: Console) -> None:
                 f"(blocked and cancelled, to a local SMTP catcher on port {smtp_port}).\n"
                 "Ctrl-C ends it early.\n"
             )
-            metrics = Metrics()
-            sinks = [sink.name for sink in settings.sinks]
-            async with open_service(settings, telemetry=metrics) as service:
-                stop = asyncio.Event()
-                loop = asyncio.get_running_loop()
-                for sig in (signal.SIGINT, signal.SIGTERM):
-                    loop.add_signal_handler(sig, stop.set)
-                loop.call_later(min(duration, script_end + 6), stop.set)
-                daemon = service.daemon(on_transition=show)
-                web = build_app(
-                    store=service.store,
-                    metrics=metrics,
-                    readiness=daemon.readiness,
-                    sinks=lambda: sinks,
-                    users=settings.http.users,
-                    webhook_secret=settings.upstream.webhook_secret,
-                )
-                async with listening(web, DEMO_LISTEN) as base_url:
-                    console.print(
-                        "The daemon's HTTP listener (what [bold]tracker run[/bold] serves with "
-                        f"{escape('[http] listen')}), while the demo runs:"
-                    )
-                    for line in listener_lines(base_url):
-                        console.print(f"  {escape(line)}")
-                    console.print(
-                        f"  (log in to the board with the token {escape(board_token)}; the "
-                        "simulator sends a signed push hint to /hooks/nomos at every change)\n"
-                    )
-                    hints = HintTarget(url=f"{base_url}/hooks/nomos", secret=DEMO_HINT_SECRET)
-                    async with simulator.hints_running(hints):
-                        await daemon.run(stop)
-                for sig in (signal.SIGINT, signal.SIGTERM):
-                    with contextlib.suppress(RuntimeError):
-                        loop.remove_signal_handler(sig)
-                counts = await service.store.counts()
-                statuses = {order.order_id: order.status async for order in service.store.watched()}
-                states = Counter([d.state.value async for d in service.store.deliveries()])
+            end = await _run_daemon(
+                settings, simulator, live, board_token, until=min(duration, script_end + 6)
+            )
     mail_server.close()
     await mail_server.wait_closed()
-    _summary(console, simulator, statuses, seen, counts, daemon.polls)
+    _summary(console, simulator, end.statuses, live.seen, end.counts, end.polls)
     console.print(
         f"deliveries: {len(receiver.received)} webhooks received with verified signatures, "
         f"{len(catcher.messages)} mails caught; outbox: "
-        + ", ".join(f"{n} {state}" for state, n in sorted(states.items()))
+        + ", ".join(f"{n} {state}" for state, n in sorted(end.states.items()))
+    )
+
+
+@dataclass(slots=True)
+class _Live:
+    """What the demo prints as it happens: each transition, and what the receivers got."""
+
+    console: Console
+    started: float = field(default_factory=time.monotonic)
+    #: The transitions shown, for the summary at the end.
+    seen: list[Transition] = field(default_factory=list)
+
+    def elapsed(self) -> str:
+        """Seconds since the demo started, dimmed."""
+        return f"[dim]{time.monotonic() - self.started:5.1f}s[/dim]"
+
+    def receiver_says(self, text: str) -> None:
+        """One line of what a receiver (webhook or mail) got."""
+        self.console.print(f"{self.elapsed()}      [cyan]↳ {escape(text)}[/cyan]")
+
+    def show(self, transition: Transition) -> None:
+        """One line per transition, its new status coloured by its kind."""
+        self.seen.append(transition)
+        style = _STYLE.get(transition.kind, "white")
+        self.console.print(
+            f"{self.elapsed()}  {transition.order_id}  "
+            f"{transition.from_status} → [{style}]{transition.to_status}[/{style}]  "
+            f"[dim]({transition.kind})[/dim]"
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _End:
+    """Where the demo's database stands when the daemon has stopped."""
+
+    statuses: dict[str, str | None]
+    counts: dict[str, int]
+    #: Deliveries by state.
+    states: Counter[str]
+    polls: int
+
+
+async def _run_daemon(
+    settings: Settings, simulator: Simulator, live: _Live, board_token: str, *, until: float
+) -> _End:
+    """Run the daemon with its HTTP listener until ``until`` seconds pass or a signal comes."""
+    metrics = Metrics()
+    sinks = [sink.name for sink in settings.sinks]
+    async with open_service(settings, telemetry=metrics) as service:
+        stop = asyncio.Event()
+        asyncio.get_running_loop().call_later(until, stop.set)
+        daemon = service.daemon(on_transition=live.show)
+        web = build_app(
+            store=service.store,
+            metrics=metrics,
+            readiness=daemon.readiness,
+            sinks=lambda: sinks,
+            users=settings.http.users,
+            webhook_secret=settings.upstream.webhook_secret,
+        )
+        with _stopped_by_signals(stop):
+            async with listening(web, DEMO_LISTEN) as base_url:
+                _show_listener(live.console, base_url, board_token)
+                hints = HintTarget(url=f"{base_url}/hooks/nomos", secret=DEMO_HINT_SECRET)
+                async with simulator.hints_running(hints):
+                    await daemon.run(stop)
+        store = service.store
+        return _End(
+            statuses={order.order_id: order.status async for order in store.orders.watched()},
+            counts=await store.reports.counts(),
+            states=Counter([d.state.value async for d in store.outbox.deliveries()]),
+            polls=daemon.polls,
+        )
+
+
+@contextlib.contextmanager
+def _stopped_by_signals(stop: asyncio.Event) -> Iterator[None]:
+    """SIGINT and SIGTERM set ``stop`` while inside; the handlers go again at the end."""
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        yield
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(RuntimeError):
+                loop.remove_signal_handler(sig)
+
+
+def _show_listener(console: Console, base_url: str, board_token: str) -> None:
+    console.print(
+        "The daemon's HTTP listener (what [bold]tracker run[/bold] serves with "
+        f"{escape('[http] listen')}), while the demo runs:"
+    )
+    for line in listener_lines(base_url):
+        console.print(f"  {escape(line)}")
+    console.print(
+        f"  (log in to the board with the token {escape(board_token)}; the "
+        "simulator sends a signed push hint to /hooks/nomos at every change)\n"
     )
 
 

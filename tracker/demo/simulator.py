@@ -34,7 +34,6 @@ from starlette.types import ASGIApp
 from tracker.config import LogSettings
 from tracker.demo.hints import HINT_TIMEOUT, HintTarget, send_hint
 from tracker.demo.listing import (
-    BadRequest,
     Filter,
     decode_cursor,
     encode_cursor,
@@ -42,7 +41,7 @@ from tracker.demo.listing import (
     parse_limit,
 )
 from tracker.demo.serving import catch_all, serve
-from tracker.errors import ConfigError
+from tracker.errors import BadRequest, ConfigError
 from tracker.lifecycle import Status
 from tracker.logs import configure as configure_logs
 

@@ -11,6 +11,7 @@ from datetime import date, datetime, timedelta
 from typing import Any
 
 from tracker.model import DueDelivery
+from tracker.shapes import DIGEST_KEYS, WEBHOOK_KEYS, timestamp, transition_json
 from tracker.text import one_line
 
 EVENT_TYPE = "meter_order.status_changed"
@@ -26,11 +27,6 @@ DIGEST_TYPE = "meter_order.digest"
 TEST_ORDER_ID = "prdo_test0000000000000000000"
 
 
-def timestamp(moment: datetime) -> str:
-    """``2026-11-29T12:00:00.123456Z``: UTC with microseconds, as the contract shows."""
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
 def event_body(
     *,
     event_id: str,
@@ -42,18 +38,16 @@ def event_body(
     event_type: str = EVENT_TYPE,
 ) -> str:
     """The webhook body of a transition; stored once so every attempt sends the same bytes."""
-    body = {
-        "type": event_type,
-        "timestamp": timestamp(detected_at),
-        "data": {
-            "event_id": event_id,
-            "order_id": order_id,
-            "from_status": from_status,
-            "to_status": to_status,
-            "detected_at": timestamp(detected_at),
-            "order": json.loads(order_raw),
-        },
-    }
+    data = transition_json(
+        WEBHOOK_KEYS,
+        event_id=event_id,
+        order_id=order_id,
+        from_status=from_status,
+        to_status=to_status,
+        detected_at=detected_at,
+    )
+    data["order"] = json.loads(order_raw)
+    body = {"type": event_type, "timestamp": timestamp(detected_at), "data": data}
     return json.dumps(body, ensure_ascii=False, separators=(",", ":"))
 
 
@@ -252,13 +246,14 @@ def sample_digest(now: datetime) -> str:
                 "order_id": TEST_ORDER_ID,
                 "changes": 2,
                 "moves": [
-                    {
-                        "event_id": "evt_sample",
-                        "from_status": "ordered",
-                        "to_status": "checked",
-                        "kind": "advance",
-                        "detected_at": when,
-                    }
+                    transition_json(
+                        DIGEST_KEYS,
+                        event_id="evt_sample",
+                        from_status="ordered",
+                        to_status="checked",
+                        kind="advance",
+                        detected_at=when,
+                    )
                 ],
             }
         ],
@@ -277,3 +272,28 @@ def sample_digest(now: datetime) -> str:
         ],
     }
     return digest_body(event_id="evt_sample", raised_at=now, data=data)
+
+
+# ``timestamp`` lives in ``tracker.shapes`` beside the transition's shape; it stays importable
+# from here, where the alerts and digests have always taken it.
+__all__ = [
+    "ALERT_TYPES",
+    "DIGEST_TYPE",
+    "EVENT_TYPE",
+    "TEST_EVENT_TYPE",
+    "TEST_ORDER_ID",
+    "alert_body",
+    "alert_context",
+    "alert_kind",
+    "digest_body",
+    "digest_context",
+    "duration",
+    "event_body",
+    "is_digest",
+    "message_context",
+    "sample_alert",
+    "sample_digest",
+    "test_delivery",
+    "test_event",
+    "timestamp",
+]

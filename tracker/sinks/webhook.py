@@ -12,8 +12,9 @@ from collections.abc import Callable, Mapping
 import httpx
 
 from tracker.config import WebhookSinkSettings
+from tracker.errors import InvalidSignature
 from tracker.model import DueDelivery, SendResult
-from tracker.text import one_line
+from tracker.text import one_line, retry_after
 
 #: Bytes of a receiver's answer kept for the log; the rest is not read. A receiver answers
 #: "ok" or a short error, and whatever it sends beyond that must not grow the daemon.
@@ -73,7 +74,7 @@ class WebhookSink:
             ok=False,
             status=status,
             error=f"HTTP {status}: {said}" if said else f"HTTP {status}",
-            retry_after=_retry_after(response.headers.get("retry-after")),
+            retry_after=retry_after(response.headers.get("retry-after")),
             gone=status == 410,
         )
 
@@ -89,20 +90,6 @@ class WebhookSink:
                 if len(answer) >= ANSWER_PREVIEW:
                     break
         return response, answer[:ANSWER_PREVIEW]
-
-
-def _retry_after(value: str | None) -> float | None:
-    if value is None:
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        return None
-    return seconds if 0 <= seconds <= 86400 else None
-
-
-class InvalidSignature(ValueError):
-    """A webhook's signature does not match its body (or is too old)."""
 
 
 def verify(

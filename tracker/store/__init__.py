@@ -1,7 +1,23 @@
-"""The database: tables, migrations and the repository that speaks domain words."""
+"""The database: tables, migrations and the store, one repository per concern."""
 
-from tracker.store.db import connect, describe, is_busy, listener_store, open_store, upgrade
-from tracker.store.repo import Attempt, History, Joined, Overview, PollOutcome, Store, Taken
+from tracker.store.db import (
+    connect,
+    describe,
+    describe_failure,
+    export_rows,
+    is_busy,
+    listener_store,
+    open_reader,
+    open_store,
+    unreachable,
+    upgrade,
+)
+from tracker.store.events import Stay
+from tracker.store.fleet import Joined, Taken
+from tracker.store.outbox import Attempt
+from tracker.store.polls import PollOutcome
+from tracker.store.reports import History, Overview
+from tracker.store.store import Store
 
 __all__ = [
     "Attempt",
@@ -9,12 +25,17 @@ __all__ = [
     "Joined",
     "Overview",
     "PollOutcome",
+    "Stay",
     "Store",
     "Taken",
     "connect",
     "describe",
+    "describe_failure",
+    "export_rows",
     "is_busy",
     "listener_store",
+    "open_reader",
     "open_store",
+    "unreachable",
     "upgrade",
 ]

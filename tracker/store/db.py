@@ -4,20 +4,25 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from contextlib import aclosing, asynccontextmanager
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from tracker.errors import StoreError, first_line
-from tracker.store.repo import Store, where
+from tracker.store.plain import PlainEngine
+from tracker.store.reports import ExportQuery, ExportRow, export_batches_on
+from tracker.store.sql import where
+from tracker.store.store import Store
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine
 
 _ASYNC_DRIVERS = {"sqlite": "sqlite+aiosqlite", "postgresql": "postgresql+psycopg"}
 _SYNC_DRIVERS = {"sqlite": "sqlite", "postgresql": "postgresql+psycopg"}
@@ -114,12 +119,24 @@ def connect(url: str, *, pool: tuple[int, float] | None = None) -> AsyncEngine:
         sizing = {"pool_size": pool[0], "max_overflow": 0, "pool_timeout": pool[1]}
     # Every use ends its own transaction (begin() commits, connect() rolls back on close), so
     # the pool need not roll back again on every return: one thread round trip less.
+    # Loaded here, not at import: the reading commands never load the asyncio extension.
+    from sqlalchemy.ext.asyncio import create_async_engine  # noqa: PLC0415
+
     engine = create_async_engine(
         _with_driver(url, _ASYNC_DRIVERS), pool_reset_on_return=None, **sizing
     )
     if engine.dialect.name == "sqlite":
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
     return engine
+
+
+def plain(url: str) -> PlainEngine:
+    """A plain (sync) engine for ``url``, set up as :func:`connect`'s, for the reading commands."""
+    _check_sqlite_folder(url)
+    engine = create_engine(_with_driver(url, _SYNC_DRIVERS), pool_reset_on_return=None)
+    if engine.dialect.name == "sqlite":
+        event.listen(engine, "connect", _sqlite_pragmas)
+    return PlainEngine(engine)
 
 
 def _migrating_engine(url: str) -> Engine:
@@ -206,6 +223,31 @@ async def open_store(url: str) -> AsyncIterator[Store]:
         await store.close()
 
 
+async def export_rows(url: str, query: ExportQuery) -> AsyncGenerator[Sequence[ExportRow]]:
+    """The rows of an export ``query`` in batches, from one server-side cursor on an engine of
+    its own (``tracker export``), migrating first like every command."""
+    upgrade(url)
+    engine = plain(url)
+    try:
+        async with engine.connect() as conn, aclosing(export_batches_on(conn, query)) as rows:
+            async for batch in rows:
+                yield batch
+    finally:
+        await engine.dispose()
+
+
+@asynccontextmanager
+async def open_reader(url: str) -> AsyncIterator[Store]:
+    """Like :func:`open_store`, for a command that reads one query after another: the store
+    reads on plain connections, without SQLAlchemy's asyncio extension and the ORM it loads."""
+    upgrade(url)
+    store = Store(plain(url))
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
 #: The HTTP listener's own connections, and the seconds a request waits for one before it is
 #: answered 503: whatever clients ask, polling keeps every connection of its own pool.
 LISTENER_POOL = (4, 5.0)
@@ -225,3 +267,21 @@ async def listener_store(url: str) -> AsyncIterator[Store]:
 def is_busy(exc: BaseException) -> bool:
     """Whether ``exc`` says every connection of a bounded pool was in use for its whole wait."""
     return isinstance(exc, PoolTimeout)
+
+
+def unreachable(exc: BaseException) -> bool:
+    """Whether ``exc`` says the database cannot be reached, rather than a statement failing."""
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return True
+    return isinstance(exc, OperationalError | InterfaceError | PoolTimeout | OSError)
+
+
+def describe_failure(exc: BaseException) -> str | None:
+    """A database failure as one line that says what to do; ``None`` for any other error.
+
+    Only a process that loaded the database can have raised its error, so a command that
+    never opened the store does not load SQLAlchemy to find out.
+    """
+    if not isinstance(exc, SQLAlchemyError):
+        return None
+    return describe(exc)

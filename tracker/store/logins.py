@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from sqlalchemy import delete, insert, select
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tracker.store.tables import sessions
+
+if TYPE_CHECKING:
+    from tracker.store.sql import Database
 
 #: Expired rows removed per login, at most: pruning never turns one login into a long write.
 PRUNE = 100
@@ -17,7 +20,7 @@ PRUNE = 100
 class Logins:
     """One row per session ``/login`` issued, keyed by a digest of the cookie's random id."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: Database) -> None:
         self._engine = engine
 
     async def open(self, *, digest: str, user: str, expires: datetime, now: datetime) -> None:

@@ -108,7 +108,7 @@ class _Api:
         after = query.cursor("o")
         if after is not None:
             after = _order_id(after, "cursor")
-        rows = await self._store.watched_page(
+        rows = await self._store.orders.page(
             status=query.choice("status", [s.value for s in Status]),
             state=query.choice("state", STATES),
             q=query.matching("q", SEARCH_PATTERN),
@@ -123,7 +123,7 @@ class _Api:
     async def get_order(self, request: Request) -> Response:
         authenticate(request, self._users)
         order_id = _order_id(request.path_params["order_id"], "order id")
-        history = await self._store.history(order_id)
+        history = await self._store.reports.history(order_id)
         if history is None:
             raise HTTPException(404, f"order {order_id} is not watched and never was")
         return JSONResponse(history_json(history))
@@ -131,16 +131,16 @@ class _Api:
     async def watch_orders(self, request: Request) -> Response:
         caller = authenticate(request, self._users, write=True)
         ids = _order_ids(await _json_body(request))
-        added = await self._store.watch(ids, source="api", now=utc_now())
+        added = await self._store.orders.watch(ids, source="api", now=utc_now())
         log.info("api_write", user=caller.name, action="watch", ids=ids, added=added)
         return JSONResponse({"added": added}, status_code=201)
 
     async def unwatch_order(self, request: Request) -> Response:
         caller = authenticate(request, self._users, write=True)
         order_id = _order_id(request.path_params["order_id"], "order id")
-        if await self._store.get(order_id) is None:
+        if await self._store.orders.get(order_id) is None:
             raise HTTPException(404, f"order {order_id} is not watched and never was")
-        removed = await self._store.unwatch([order_id], now=utc_now())
+        removed = await self._store.orders.unwatch([order_id], now=utc_now())
         log.info("api_write", user=caller.name, action="unwatch", ids=[order_id], removed=removed)
         return Response(status_code=204)
 
@@ -151,7 +151,7 @@ class _Api:
         after = query.cursor("d")
         if after is not None and not (after.isdigit() and len(after) <= MAX_ID_DIGITS):
             raise HTTPException(422, "cursor: not one this API issued; start without it")
-        rows = await self._store.deliveries_page(
+        rows = await self._store.outbox.page(
             state=query.choice("state", [s.value for s in DeliveryState]),
             sink=query.matching("sink", SINK),
             after_id=int(after) if after is not None else None,
@@ -242,7 +242,7 @@ async def retry_event(
     that found something is logged as ``logged`` with the user's name."""
     if not EVENT_ID.fullmatch(event_id):
         raise HTTPException(invalid, f"invalid event id {clip_id(event_id)!r}: expected e.g. evt_…")
-    count = await store.retry_deliveries(event_ids=[event_id], now=utc_now())
+    count = await store.outbox.retry(event_ids=[event_id], now=utc_now())
     if count:
         log.info(logged, user=user, action="retry", ids=[event_id], pending=count)
     return count

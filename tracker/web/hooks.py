@@ -39,7 +39,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from tracker.clock import utc_now
-from tracker.errors import InvalidOrderId
+from tracker.errors import InvalidOrderId, Refused
 from tracker.model import validate_order_id
 from tracker.store import Store
 from tracker.web.auth import client_of
@@ -70,16 +70,6 @@ EVENT_ID = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 MAX_LOGGED = 64
 
 Clock = Callable[[], datetime]
-
-
-class Refused(Exception):
-    """Why a webhook is not taken: the HTTP status and a reason safe to log and answer."""
-
-    def __init__(self, status: int, reason: str, retry_after: int | None = None) -> None:
-        super().__init__(reason)
-        self.status = status
-        self.reason = reason
-        self.retry_after = retry_after
 
 
 def hook_routes(
@@ -217,7 +207,9 @@ class _Hook:
             return JSONResponse(
                 error_body(refused.status, refused.reason), refused.status, headers=headers
             )
-        outcome = await self._store.hint(event_id=event_id, order_id=order_id, now=self._clock())
+        outcome = await self._store.hints.hint(
+            event_id=event_id, order_id=order_id, now=self._clock()
+        )
         fields = {"event_id": event_id, "order_id": order_id, "topic": topic}
         if outcome == "replayed":
             self._count("replayed")

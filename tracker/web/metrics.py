@@ -187,7 +187,7 @@ class Metrics:
             try:
                 async with asyncio.timeout(GAUGE_TIMEOUT):
                     now = utc_now()
-                    overview = await store.overview(stale_before=now - STALE_AFTER)
+                    overview = await store.reports.overview(stale_before=now - STALE_AFTER)
             except Exception as exc:
                 self._gauges.families = []
                 if not self._failing:

@@ -11,6 +11,7 @@ from typing import Any
 
 from tracker.lifecycle import Status
 from tracker.model import DeliveryState
+from tracker.shapes import EXPORT_KEYS, HISTORY_KEYS, TRANSITION_SCHEMA
 
 _NULLABLE_TIME: dict[str, Any] = {"type": ["string", "null"], "format": "date-time"}
 _TIME: dict[str, Any] = {"type": "string", "format": "date-time"}
@@ -19,6 +20,9 @@ _ORDER_ID: dict[str, Any] = {
     "pattern": "^prdo_[a-z0-9]{1,64}$",
     "examples": ["prdo_x83bmixgdcktlpxli778vvgo"],
 }
+
+#: What ``/api/v1/transitions`` answers: the columns of ``tracker export``.
+_EXPORT_COLUMNS = f"Columns {', '.join(f'`{c}`' for c in (*EXPORT_KEYS, 'deliveries'))}."
 
 _ERROR: dict[str, Any] = {
     "type": "object",
@@ -123,6 +127,12 @@ _DELIVERY: dict[str, Any] = {
     },
 }
 
+#: A transition as a history holds it: the keys :data:`HISTORY_KEYS` of the one outside shape.
+_HISTORY_TRANSITION: dict[str, Any] = {
+    **{key: dict(TRANSITION_SCHEMA[key]) for key in HISTORY_KEYS},
+    "deliveries": {"type": "array", "items": {"$ref": "#/components/schemas/BriefDelivery"}},
+}
+
 _HISTORY: dict[str, Any] = {
     "type": "object",
     "description": "One order's history, as `tracker history ID --json` prints it; "
@@ -165,28 +175,9 @@ _HISTORY: dict[str, Any] = {
             "type": "array",
             "items": {
                 "type": "object",
-                "required": [
-                    "event_id",
-                    "from_status",
-                    "to_status",
-                    "kind",
-                    "skipped",
-                    "detected_at",
-                    "deliveries",
-                ],
+                "required": list(_HISTORY_TRANSITION),
                 "additionalProperties": False,
-                "properties": {
-                    "event_id": {"type": "string"},
-                    "from_status": {"type": ["string", "null"]},
-                    "to_status": {"type": "string"},
-                    "kind": {"type": "string"},
-                    "skipped": {"type": "array", "items": {"type": "string"}},
-                    "detected_at": _TIME,
-                    "deliveries": {
-                        "type": "array",
-                        "items": {"$ref": "#/components/schemas/BriefDelivery"},
-                    },
-                },
+                "properties": _HISTORY_TRANSITION,
             },
         },
     },
@@ -435,8 +426,7 @@ _PATHS: dict[str, Any] = {
             ],
             "responses": {
                 "200": {
-                    "description": "Columns `order_id`, `from_status`, `to_status`, `kind`, "
-                    "`skipped`, `detected_at`, `event_id`, `deliveries`.",
+                    "description": _EXPORT_COLUMNS,
                     "content": {
                         "application/x-ndjson": {"schema": {"type": "string"}},
                         "text/csv": {"schema": {"type": "string"}},

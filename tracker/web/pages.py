@@ -366,12 +366,14 @@ class _Pages:
     async def board(self, _request: Request, visitor: Visitor) -> Response:
         """Active orders per status, unknown and failing ones, the latest transitions."""
         now = utc_now()
-        overview = await self._store.overview(stale_before=now - STALE_AFTER)
+        overview = await self._store.reports.overview(stale_before=now - STALE_AFTER)
         counts: dict[str | None, int] = {}
         for status, state, count in overview.orders:
             if state == "active":
                 counts[status] = counts.get(status, 0) + count
-        failing_count, failing = await self._store.failing_now(at_least=1, limit=FAILING_SHOWN)
+        failing_count, failing = await self._store.reports.failing_now(
+            at_least=1, limit=FAILING_SHOWN
+        )
         dead = sum(n for _sink, state, n, _at in overview.deliveries if state == DeliveryState.DEAD)
         pending = sum(
             n for _sink, state, n, _at in overview.deliveries if state == DeliveryState.PENDING
@@ -386,7 +388,7 @@ class _Pages:
             active=sum(counts.values()),
             failing_count=failing_count,
             failing=failing,
-            latest=await self._store.latest_transitions(limit=LATEST_SHOWN),
+            latest=await self._store.reports.latest_transitions(limit=LATEST_SHOWN),
             dead=dead,
             pending=pending,
             daemons=len(overview.daemons),
@@ -418,7 +420,7 @@ class _Pages:
                 rows=[],
                 next_url=None,
             )
-        rows = await self._store.watched_page(
+        rows = await self._store.orders.page(
             status=status or None,
             state=state or None,
             q=q or None,
@@ -451,7 +453,7 @@ class _Pages:
         except InvalidOrderId as exc:
             text = str(exc) if len(raw) <= 80 else f"invalid order id {clip_id(raw)!r}"
             raise HTTPException(400, text) from exc
-        history = await self._store.history(order_id)
+        history = await self._store.reports.history(order_id)
         if history is None:
             raise HTTPException(404, f"order {order_id} is not watched and never was")
         data = history_json(history)
@@ -477,7 +479,7 @@ class _Pages:
             if position is None or not (position.isdigit() and len(position) <= 18):
                 raise HTTPException(400, "that page link is not one this site made")
             after = int(position)
-        rows = await self._store.deliveries_page(
+        rows = await self._store.outbox.page(
             state=DeliveryState.DEAD.value, after_id=after, limit=PAGE_SIZE + 1
         )
         next_url = None
