@@ -199,14 +199,19 @@ class TestBadPages:
         def listing(request: Request) -> Response:
             body = BAD_PAGES[kind]({"object": "list", "items": listed, "has_more": False})
             if kind == "repeated_cursor" and "cursor" not in request.query_params:
-                body = {**body, "items": [paged.answers[paged.orders[0]]]}  # a good first page
+                # A good first page, empty: no order on it can look like one its filter
+                # should have kept out, so the sweep always goes on to the bad second page.
+                body = {**body, "items": []}
             return json_response(body, headers={"x-request-id": "req_page"})
 
         paged.listing = listing
 
+        # A repeated cursor shows only on the page asked for with it: the second.
+        pages = 2 if kind == "repeated_cursor" else 1
+
         async def paged_then_polled() -> bool:
             seen = paged.seen
-            return seen.count("/meter-orders") >= 1 and len(seen) >= 2 * len(paged.orders) + 1
+            return seen.count("/meter-orders") >= pages and len(seen) >= 2 * len(paged.orders) + 1
 
         async with swept_service(tmp_path, paged) as service:
             with structlog.testing.capture_logs() as logs:
