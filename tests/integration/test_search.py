@@ -15,8 +15,8 @@ import sqlalchemy as sa
 from alembic import command
 from sqlalchemy import event
 
-from tests.integration.test_store import T0, assert_no_drift, engine_for
 from tests.outbox import poll
+from tests.schema import T0, assert_no_drift, engine_for
 from tests.support import ScriptedUpstream, make_settings, ok, order_body
 from tracker.clock import utc_now
 from tracker.config import Address, HttpUser

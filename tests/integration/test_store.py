@@ -11,45 +11,27 @@ import sqlite3
 import subprocess
 import threading
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 from alembic import command
-from alembic.autogenerate import compare_metadata
-from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, create_engine, inspect
+from sqlalchemy import inspect
 
+from tests.schema import T0, assert_no_drift, engine_for
 from tests.support import order_body
 from tracker.diff import UNCHANGED, decide
 from tracker.errors import StoreError
 from tracker.fleet import gone_from_this_host
 from tracker.model import STALE_AFTER, Claim, DaemonRecord, DeliveryState, MeterOrder
 from tracker.store import PollOutcome, Store, open_store, upgrade
-from tracker.store.db import _SYNC_DRIVERS, SCHEMA_HEAD, _alembic_config, _with_driver, connect
-from tracker.store.tables import metadata
+from tracker.store.db import SCHEMA_HEAD, _alembic_config, connect
 from tracker.store.tables import watched_orders as watched
 
 A = "prdo_aaaaaaaaaaaaaaaaaaaaaaaa"
 B = "prdo_bbbbbbbbbbbbbbbbbbbbbbbb"
-T0 = datetime(2026, 11, 2, 9, 30, 15, 123456, tzinfo=UTC)
-
-
-def engine_for(url: str) -> Engine:
-    """A plain synchronous engine on the tracker's driver for ``url``."""
-    return create_engine(_with_driver(url, _SYNC_DRIVERS))
-
-
-def assert_no_drift(url: str) -> None:
-    """The schema in the database is exactly what the tables declare."""
-    engine = engine_for(url)
-    with engine.connect() as conn:
-        context = MigrationContext.configure(conn, opts={"compare_type": True})
-        assert compare_metadata(context, metadata) == []
-        assert set(inspect(conn).get_table_names()) >= set(metadata.tables)
-    engine.dispose()
 
 
 def revision_of(url: str) -> str | None:

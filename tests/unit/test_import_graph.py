@@ -121,3 +121,27 @@ class TestImportGraph:
         """A circle of three is reported as the way round, from its first module back."""
         graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
         assert cycles(graph) == [["a", "b", "c", "a"]]
+
+
+class TestTestHelpers:
+    """Test helpers live in helper modules under ``tests/``, never in another test module."""
+
+    def test_no_test_module_imports_another(self) -> None:
+        """No ``test_*.py`` imports from a ``test_*`` module: shared helpers have their homes."""
+        tests = PACKAGE.parent / "tests"
+        found = []
+        for path in sorted(tests.rglob("test_*.py")):
+            for node in ast.walk(ast.parse(path.read_text(), str(path))):
+                names = (
+                    [node.module or ""]
+                    if isinstance(node, ast.ImportFrom)
+                    else [alias.name for alias in node.names]
+                    if isinstance(node, ast.Import)
+                    else []
+                )
+                found += [
+                    f"{path.relative_to(tests)} imports {name}"
+                    for name in names
+                    if name.startswith("tests.") and name.rsplit(".", 1)[-1].startswith("test_")
+                ]
+        assert found == []
