@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 LOCK_FLAGS := --universal --python-version 3.11 --generate-hashes --no-header --quiet
 
-.PHONY: demo test lint typecheck unit bench lock clean
+.PHONY: demo test system lint typecheck unit bench lock clean
 
 $(BIN)/tracker: requirements-dev.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,7 +25,11 @@ typecheck: $(BIN)/tracker
 unit: $(BIN)/tracker
 	$(BIN)/pytest -q -n 3
 
-test: lint typecheck unit
+# The Debian packages the tests need (PostgreSQL, Chromium and its driver), installed when missing.
+system:
+	scripts/system-packages
+
+test: system lint typecheck unit
 
 bench: $(BIN)/tracker
 	$(BIN)/python benchmarks/bench_poll.py
