@@ -96,11 +96,21 @@ def reap(process: subprocess.Popen[bytes]) -> tuple[int, float, int]:
     return process.returncode, usage.ru_utime + usage.ru_stime, usage.ru_maxrss * 1024
 
 
+def bytecode_kept() -> dict[str, str]:
+    """This environment, with Python allowed to keep the bytecode it compiles.
+
+    An installed tracker comes with its bytecode (pip compiles it); from an editable checkout,
+    under ``PYTHONDONTWRITEBYTECODE``, every run would compile the tracker's modules anew (some
+    30 ms of ``history``), which no user pays. The warm-up runs write it.
+    """
+    return {name: value for name, value in os.environ.items() if name != "PYTHONDONTWRITEBYTECODE"}
+
+
 def measured(argv: Sequence[str], *, env: dict[str, str] | None = None) -> Usage:
     """Run ``argv`` to the end with its output captured; fail loudly if it fails."""
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         started = time.perf_counter()
-        process = subprocess.Popen(argv, stdout=out, stderr=err, env=env)
+        process = subprocess.Popen(argv, stdout=out, stderr=err, env=env or bytecode_kept())
         code, cpu, rss = reap(process)
         wall = time.perf_counter() - started
         if code != 0:
@@ -325,7 +335,10 @@ def daemon_footprint(tracker: str, orders: int, rate: float, cap_seconds: float)
             with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
                 started = time.monotonic()
                 process = subprocess.Popen(
-                    [tracker, "--config", str(config), "run"], stdout=out, stderr=err
+                    [tracker, "--config", str(config), "run"],
+                    stdout=out,
+                    stderr=err,
+                    env=bytecode_kept(),
                 )
                 answered = wait_until(
                     lambda: simulator.requests() - before >= orders or process.poll() is not None,
@@ -449,6 +462,15 @@ def line_fit(rounds: Sequence[Footprint]) -> tuple[float, float]:
     cpu_large = median([f.second.cpu for f in by_size(rounds, large)])
     slope = (cpu_large - cpu_small) / (large - small)
     return slope, cpu_small - slope * small
+
+
+def print_header(tracker: str, urlwatch: Path | None) -> None:
+    """What is measured, on what."""
+    print(f"tracker: {tracker}; {os.cpu_count()} CPUs; SQLite {sqlite3.sqlite_version}")
+    if "PYTHONDONTWRITEBYTECODE" in os.environ:
+        print("PYTHONDONTWRITEBYTECODE is set here; the measured commands keep their bytecode")
+    if urlwatch:
+        print(f"urlwatch: {urlwatch}")
 
 
 def print_startup(runs: dict[str, list[Usage]]) -> None:
@@ -628,9 +650,7 @@ def main() -> None:
     wanted = {"all": {"startup", "passes", "daemon"}}.get(args.part, {args.part})
     tracker = tracker_executable()
     began = time.monotonic()
-    print(f"tracker: {tracker}; {os.cpu_count()} CPUs; SQLite {sqlite3.sqlite_version}")
-    if args.urlwatch:
-        print(f"urlwatch: {args.urlwatch}")
+    print_header(tracker, args.urlwatch)
 
     simulator = Simulator.start(max(SIZES))
     ours: list[Footprint] = []

@@ -93,12 +93,10 @@ def _with_store(
     A reading command (``reading=True``) reads on plain connections: it loads neither
     SQLAlchemy's asyncio extension nor the ORM that comes with it.
     """
-    from tracker.store import open_reader, open_store
-
-    opened = open_reader if reading else open_store
+    from tracker.store import open_store
 
     async def with_store() -> T:
-        async with opened(settings.database.url) as store:
+        async with open_store(settings.database.url, plain=reading) as store:
             return await work(store)
 
     return _run(with_store())

@@ -130,13 +130,13 @@ def connect(url: str, *, pool: tuple[int, float] | None = None) -> AsyncEngine:
     return engine
 
 
-def plain(url: str) -> PlainEngine:
-    """A plain (sync) engine for ``url``, set up as :func:`connect`'s, for the reading commands."""
+def _plain(url: str) -> Engine:
+    """A sync engine for ``url``, set up as :func:`connect`'s, for a plain store."""
     _check_sqlite_folder(url)
     engine = create_engine(_with_driver(url, _SYNC_DRIVERS), pool_reset_on_return=None)
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
-    return PlainEngine(engine)
+    return engine
 
 
 def _migrating_engine(url: str) -> Engine:
@@ -213,39 +213,50 @@ def _check_references(connection: Connection) -> None:
 
 
 @asynccontextmanager
-async def open_store(url: str) -> AsyncIterator[Store]:
-    """Apply pending migrations, then yield a store on ``url`` that is closed afterwards."""
-    upgrade(url)
-    store = Store(connect(url))
+async def open_store(url: str, *, plain: bool = False) -> AsyncIterator[Store]:
+    """Apply pending migrations, then yield a store on ``url`` that is closed afterwards.
+
+    ``plain``: for a command that runs one statement after another, with nothing else on its
+    event loop waiting meanwhile (the reading commands, ``tracker poll``): the store runs them
+    on plain connections (``tracker.store.plain``), without SQLAlchemy's asyncio extension and
+    the ORM it loads. When its own first connection finds the schema current, no migrating
+    engine is built.
+    """
+    plain_engine = _plain(url) if plain else None
+    store = Store(connect(url) if plain_engine is None else PlainEngine(plain_engine))
     try:
+        if plain_engine is None or not _is_current(plain_engine):
+            upgrade(url)
         yield store
     finally:
         await store.close()
+
+
+def _is_current(engine: Engine) -> bool:
+    """Whether the database's schema is :data:`SCHEMA_HEAD`; ``False`` when it cannot tell
+    (:func:`upgrade` then says why, as it does for every command)."""
+    try:
+        with engine.connect() as connection:
+            return current_revision(connection) == SCHEMA_HEAD
+    except SQLAlchemyError:
+        return False
 
 
 async def export_rows(url: str, query: ExportQuery) -> AsyncGenerator[Sequence[ExportRow]]:
     """The rows of an export ``query`` in batches, from one server-side cursor on an engine of
     its own (``tracker export``), migrating first like every command."""
-    upgrade(url)
-    engine = plain(url)
+    engine = _plain(url)
     try:
-        async with engine.connect() as conn, aclosing(export_batches_on(conn, query)) as rows:
+        if not _is_current(engine):
+            upgrade(url)
+        async with (
+            PlainEngine(engine).connect() as conn,
+            aclosing(export_batches_on(conn, query)) as rows,
+        ):
             async for batch in rows:
                 yield batch
     finally:
-        await engine.dispose()
-
-
-@asynccontextmanager
-async def open_reader(url: str) -> AsyncIterator[Store]:
-    """Like :func:`open_store`, for a command that reads one query after another: the store
-    reads on plain connections, without SQLAlchemy's asyncio extension and the ORM it loads."""
-    upgrade(url)
-    store = Store(plain(url))
-    try:
-        yield store
-    finally:
-        await store.close()
+        engine.dispose()
 
 
 #: The HTTP listener's own connections, and the seconds a request waits for one before it is

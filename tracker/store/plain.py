@@ -5,6 +5,8 @@ run one query after another and nothing beside them: they need no event loop bet
 database and Python. SQLAlchemy's asyncio extension would bring the ORM with it (some 60 ms
 and 7 MiB per command), so they read through this adapter instead: the same repository code,
 the same statements, executed on a plain connection. Each ``await`` returns at once.
+``tracker poll`` writes through it too: it writes between its windows of requests, when none
+is in flight (``tracker.app.open_polling``).
 """
 
 from __future__ import annotations
