@@ -209,6 +209,20 @@ def write_config(
     return path
 
 
+def steady_config(folder: Path, simulator: SteadySimulator, database: str, port: int) -> Path:
+    """The configuration of the abuse and memory parts: the steady orders polled by id."""
+    return write_config(
+        folder,
+        upstream=simulator.url,
+        database=database,
+        port=port,
+        sweep="ids",
+        interval=f"{INTERVAL}s",
+        budget=BUDGET,
+        watch=simulator.ids,
+    )
+
+
 def _limit_files(limit: int) -> None:
     """In the child before exec: RLIMIT_NOFILE soft and hard ``limit``."""
     resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
@@ -846,16 +860,7 @@ def abuse_part(folder: Path, seconds: float) -> None:
     simulator = SteadySimulator.start(ORDERS, TOKEN, folder / "requests.log")
     try:
         port = free_port()
-        config = write_config(
-            folder,
-            upstream=simulator.url,
-            database=database,
-            port=port,
-            sweep="ids",
-            interval=f"{INTERVAL}s",
-            budget=BUDGET,
-            watch=simulator.ids,
-        )
+        config = steady_config(folder, simulator, database, port)
         log = folder / "daemon.log"
         with tracker_run(config, port, log, file_limit=FILE_LIMIT) as server:
             first = wait_first_pass(database, simulator.ids)
@@ -1232,16 +1237,7 @@ def memory_part(folder: Path, seconds: float) -> None:
     simulator = SteadySimulator.start(ORDERS, TOKEN, folder / "memory-requests.log")
     try:
         port = free_port()
-        config = write_config(
-            folder,
-            upstream=simulator.url,
-            database=database,
-            port=port,
-            sweep="ids",
-            interval=f"{INTERVAL}s",
-            budget=BUDGET,
-            watch=simulator.ids,
-        )
+        config = steady_config(folder, simulator, database, port)
         with tracker_run(config, port, folder / "memory.log") as server:
             wait_first_pass(database, simulator.ids)
             spread_due(database, simulator.ids, INTERVAL)
