@@ -70,7 +70,8 @@ class Store:
 
     @asynccontextmanager
     async def reading(self) -> AsyncIterator[Conn]:
-        """A connection for one long read streamed to a client (``GET /api/v1/transitions``)."""
+        """A connection of its own for one read, given back at the block's end (each chunk of
+        ``GET /api/v1/transitions`` takes one)."""
         async with self._engine.connect() as conn:
             yield conn
 
