@@ -122,25 +122,21 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 async def _crash(request: Request, exc: Exception) -> Response:
     if is_busy(exc):  # the listener's connections are all in use: a moment's wait
         request.app.state.busy.add(path=request.url.path)
-        headers = {"Retry-After": "1"}
-        message = "the database is busy with other requests; retry"
-        if wants_page(request):
-            return error_page(503, message, headers=headers)
-        return JSONResponse(error_body(503, message), status_code=503, headers=headers)
+        busy = "the database is busy with other requests; retry"
+        return await _http_error(request, HTTPException(503, busy, {"Retry-After": "1"}))
     log.error(
         "http_request_failed",
         path=request.url.path,
         error=clip(f"{type(exc).__name__}: {exc}"),
         exc_info=exc,
     )
-    if wants_page(request):
-        return error_page(500, "internal error; see the log")
-    return JSONResponse(error_body(500, "internal error; see the log"), status_code=500)
+    return await _http_error(request, HTTPException(500, "internal error; see the log"))
 
 
 #: Sent with every answer under the API: customers' data is never sniffed into another type,
 #: nor kept by a browser's or a proxy's cache.
 API_HEADERS = ((b"x-content-type-options", b"nosniff"), (b"cache-control", b"no-store"))
+_API_HEADER_NAMES = frozenset(name for name, _ in API_HEADERS)
 
 
 class _ApiHeaders:
@@ -156,11 +152,8 @@ class _ApiHeaders:
 
         async def sending(message: Message) -> None:
             if message["type"] == "http.response.start":
-                kept = [
-                    (k, v)
-                    for k, v in message.get("headers", [])
-                    if k.lower() not in {name for name, _ in API_HEADERS}
-                ]
+                headers = message.get("headers", [])
+                kept = [(k, v) for k, v in headers if k.lower() not in _API_HEADER_NAMES]
                 message = {**message, "headers": [*kept, *API_HEADERS]}
             await send(message)
 

@@ -122,12 +122,17 @@ class Users:
         caller = self.tokens.check(token) if scheme.lower() == "bearer" and token else None
         if caller is None:
             self.failed(request, "bearer")
-            raise HTTPException(
-                401,
-                "send Authorization: Bearer <token> with a token from [[http.users]]",
-                headers={"WWW-Authenticate": "Bearer"},
-            )
+            raise _unauthorized()
         return caller
+
+
+def _unauthorized() -> HTTPException:
+    """401 naming what to send, with ``WWW-Authenticate: Bearer``."""
+    return HTTPException(
+        401,
+        "send Authorization: Bearer <token> with a token from [[http.users]]",
+        headers={"WWW-Authenticate": "Bearer"},
+    )
 
 
 def client_of(request: Request) -> str:
@@ -140,11 +145,7 @@ def authenticate(request: Request, users: Users, *, write: bool = False) -> Call
     ones, 403 for a read token on a write route."""
     caller = users.bearer(request)
     if caller is None:  # no guess made: nothing to count
-        raise HTTPException(
-            401,
-            "send Authorization: Bearer <token> with a token from [[http.users]]",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
+        raise _unauthorized()
     if write and caller.role != "write":
         raise HTTPException(403, f"user {caller.name!r} has the read role; this needs write")
     return caller

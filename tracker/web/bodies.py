@@ -55,23 +55,13 @@ class BodyBudget:
         self.held -= size
 
 
-#: The budget of requests whose app has none of its own (tests that build one route).
-_SHARED = BodyBudget()
-
-
-def budget_of(request: Request) -> BodyBudget:
-    """The app's body budget (``app.state.bodies``)."""
-    budget = getattr(request.app.state, "bodies", None) if "app" in request.scope else None
-    return budget if isinstance(budget, BodyBudget) else _SHARED
-
-
 async def bounded_body(request: Request, limit: int, too_large: Exception) -> bytes:
     """The request's body, or ``too_large`` raised once it is declared or read past ``limit``
     bytes (the rest is not read); 408 when it takes longer than :data:`BODY_TIMEOUT`."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise too_large
-    budget = budget_of(request)
+    budget: BodyBudget = request.app.state.bodies  # set by build_app
     body = bytearray()
     try:
         async with asyncio.timeout(BODY_TIMEOUT):

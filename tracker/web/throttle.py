@@ -88,9 +88,6 @@ class Throttle:
         bucket = self._bucket(key)
         bucket.tokens = max(0.0, bucket.tokens - 1)
 
-    def __len__(self) -> int:
-        return len(self._buckets)
-
 
 class Tally:
     """One event logged at once, the like ones after it as one line per interval with a count.
