@@ -25,7 +25,7 @@ typecheck: $(BIN)/tracker
 unit: $(BIN)/tracker
 	$(BIN)/pytest -q -n 3
 
-# The Debian packages the tests need (PostgreSQL, Chromium and its driver), installed when missing.
+# The Debian packages the tests need (see scripts/system-packages), installed when missing.
 system:
 	scripts/system-packages
 

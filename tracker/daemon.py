@@ -24,6 +24,7 @@ from apscheduler.job import Job
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from tracker.alerts import STUCK_CHECK, StuckCheck
+from tracker.clock import Clock
 from tracker.config import Settings
 from tracker.digest import raise_due_digests
 from tracker.discovery import Discovery
@@ -32,7 +33,7 @@ from tracker.model import HEARTBEAT
 from tracker.outage import Outage
 from tracker.outbox import Dispatcher, Rounds
 from tracker.poll_queue import PollQueue, Recorder, TransitionListener, Workers, lookahead
-from tracker.poller import Clock, Poller
+from tracker.poller import Poller
 from tracker.sinks.registry import Sink
 from tracker.store import Store
 from tracker.supervision import HeldClaims, guarded, renewing

@@ -8,11 +8,11 @@ from datetime import datetime, timedelta
 
 import structlog
 
+from tracker.clock import Clock
 from tracker.errors import ConfigError, clip
 from tracker.model import STALE_AFTER, DaemonRecord
 from tracker.outage import Outage
 from tracker.pacing import Pacer
-from tracker.poller import Clock
 from tracker.store import Store
 from tracker.supervision import guarded
 

@@ -21,12 +21,13 @@ from typing import TYPE_CHECKING
 import structlog
 
 from tracker.batching import BatchWriter, WriteFailures
+from tracker.clock import Clock
 from tracker.config import Settings
 from tracker.discovery import Discovery, claim_key
 from tracker.errors import clip, first_line
 from tracker.model import Claim, Transition
 from tracker.outage import Outage
-from tracker.poller import INTERNAL, Clock, Poller, log_transitions
+from tracker.poller import INTERNAL, Poller, log_transitions
 from tracker.store import PollOutcome, Store, unreachable
 from tracker.supervision import HeldClaims, guarded, supervised
 from tracker.sweep import Batch, SweepPlanner

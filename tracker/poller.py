@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -13,7 +13,7 @@ from typing import Any
 import structlog
 
 from tracker import alerts as alerts_
-from tracker.clock import utc_now
+from tracker.clock import Clock, utc_now
 from tracker.diff import decide
 from tracker.discovery import LIST_REFUSED, list_pages
 from tracker.errors import MalformedAnswer, Paused, RateLimited, UpstreamError, clip
@@ -32,7 +32,6 @@ from tracker.upstream import ListPage, NomosClient
 log = structlog.get_logger("tracker.poller")
 
 
-Clock = Callable[[], datetime]
 #: ``last_error_kind`` of a poll the tracker itself failed on.
 INTERNAL = "internal"
 #: ``poll_now`` polls and records this many orders at a time.

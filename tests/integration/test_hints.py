@@ -39,7 +39,7 @@ from tracker.service import Service, open_service
 from tracker.store import Store, open_store
 from tracker.store.hints import HINT_RETENTION
 from tracker.web import Metrics, build_app
-from tracker.web.hooks import MAX_BODY, hook_routes, signed_header
+from tracker.web.hooks import MAX_BODY, TOLERANCE, hook_routes, signed_header
 
 #: Every test here runs on SQLite and on PostgreSQL.
 pytestmark = pytest.mark.usefixtures("database")
@@ -215,12 +215,14 @@ def _other_body(body: bytes) -> dict[str, str]:
     return signed(body + b" ")
 
 
+# An hour away, far outside the tolerance however slow the machine; the edge itself is judged
+# under a clock the test holds (TestTolerance).
 def _stale(body: bytes) -> dict[str, str]:
-    return signed(body, at=time.time() - 301)
+    return signed(body, at=time.time() - 3600)
 
 
 def _future(body: bytes) -> dict[str, str]:
-    return signed(body, at=time.time() + 301)
+    return signed(body, at=time.time() + 3600)
 
 
 def _header(value: str) -> Callable[[bytes], dict[str, str]]:
@@ -249,6 +251,38 @@ UNAUTHORIZED: list[tuple[str, Callable[[bytes], dict[str, str]]]] = [
     ("no-timestamp", _no_timestamp),
     ("two-timestamps", _two_timestamps),
 ]
+
+
+class TestTolerance:
+    """A signature's timestamp may lie TOLERANCE seconds either way from the hook's clock."""
+
+    @pytest.mark.parametrize(
+        ("offset", "status"),
+        [(-TOLERANCE - 1, 401), (-TOLERANCE, 202), (TOLERANCE, 202), (TOLERANCE + 1, 401)],
+        ids=["stale-by-one", "oldest-allowed", "newest-allowed", "ahead-by-one"],
+    )
+    async def test_edge(self, upstream: Upstream, tmp_path: Path, offset: int, status: int) -> None:
+        """A timestamp exactly TOLERANCE seconds off is accepted, one second more is refused."""
+        _scripted, url = upstream
+        settings = hint_settings(tmp_path, url)
+        assert settings.upstream.webhook_secret is not None
+        frozen = utc_now().replace(microsecond=0)
+        async with open_store(settings.database.url) as store:
+            await store.orders.watch([A], source="cli", now=frozen)
+            app = build_app(
+                store=store,
+                metrics=Metrics(),
+                webhook_secret=settings.upstream.webhook_secret,
+                clock=lambda: frozen,
+            )
+            async with app_client(app) as (_url, client):
+                body = hint_body(A, "evt_edge")
+                at = frozen.timestamp() + offset
+                answer = await client.post(
+                    "/hooks/nomos", content=body, headers=signed(body, at=at)
+                )
+            assert answer.status_code == status, answer.text
+            assert await store.hints.hinted(A) == ([("evt_edge", False)] if status == 202 else [])
 
 
 class TestRefused:

@@ -20,6 +20,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from tracker.clock import Clock, utc_now
 from tracker.config import HttpUser
 from tracker.errors import clip, first_line
 from tracker.store import Store, is_busy
@@ -49,6 +50,7 @@ def build_app(
     users: Users | Sequence[HttpUser] = (),
     webhook_secret: SecretStr | None = None,  # POST /hooks/nomos: see tracker.web.hooks
     probe: Store | None = None,
+    clock: Clock = utc_now,
 ) -> Starlette:
     """The routes over ``store``; ``readiness`` is the daemon's under ``tracker run``.
 
@@ -57,7 +59,8 @@ def build_app(
     :class:`Users` that a reload swaps, or a fixed list). ``/readyz`` asks ``probe`` (the
     daemon's own store, default ``store``) whether the database answers: the listener's
     connections may all be busy with clients while polling's are not. Errors are JSON, but
-    pages for the pages' routes and for browsers (see :func:`wants_page`).
+    pages for the pages' routes and for browsers (see :func:`wants_page`). ``clock`` dates the
+    push hints and judges their signatures' timestamps.
     """
     if not isinstance(users, Users):
         users = Users(users, logins=store.logins)
@@ -85,7 +88,11 @@ def build_app(
             Route("/metrics", scrape, methods=["GET"]),
             *api_routes(store=store, users=users, sinks=sinks),
             *hook_routes(
-                store=store, secret=webhook_secret, metrics=metrics, throttle=users.throttle
+                store=store,
+                secret=webhook_secret,
+                clock=clock,
+                metrics=metrics,
+                throttle=users.throttle,
             ),
             *page_routes(store=store, users=users, sinks=sinks),
         ],

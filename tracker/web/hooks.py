@@ -28,8 +28,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
-from collections.abc import Callable
-from datetime import datetime
 from typing import Any
 
 import structlog
@@ -38,7 +36,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from tracker.clock import utc_now
+from tracker.clock import Clock, utc_now
 from tracker.errors import InvalidOrderId, Refused
 from tracker.model import validate_order_id
 from tracker.store import Store
@@ -68,8 +66,6 @@ SIGNATURE = re.compile(r"[0-9a-fA-F]{64}")
 EVENT_ID = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 #: Characters of a topic (or an offending value) written to the log.
 MAX_LOGGED = 64
-
-Clock = Callable[[], datetime]
 
 
 def hook_routes(
