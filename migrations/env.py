@@ -5,13 +5,13 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import Connection, create_engine
 
-from tracker.store.tables import metadata
+from tracker.store.tables import for_postgresql, metadata
 
 
 def _migrate(connection: Connection) -> None:
     context.configure(
         connection=connection,
-        target_metadata=metadata,
+        target_metadata=for_postgresql() if connection.dialect.name == "postgresql" else metadata,
         render_as_batch=True,
         compare_type=True,
     )

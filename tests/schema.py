@@ -6,10 +6,11 @@ from datetime import UTC, datetime
 
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import Engine, create_engine, inspect
+from sqlalchemy import Connection, Engine, create_engine, inspect, text
+from sqlalchemy.schema import CreateIndex
 
 from tracker.store.db import _SYNC_DRIVERS, _with_driver
-from tracker.store.tables import metadata
+from tracker.store.tables import POSTGRESQL_ONLY, for_postgresql, metadata
 
 #: A moment with microseconds, as the store keeps them.
 T0 = datetime(2026, 11, 2, 9, 30, 15, 123456, tzinfo=UTC)
@@ -25,6 +26,29 @@ def assert_no_drift(url: str) -> None:
     engine = engine_for(url)
     with engine.connect() as conn:
         context = MigrationContext.configure(conn, opts={"compare_type": True})
-        assert compare_metadata(context, metadata) == []
+        declared = for_postgresql() if conn.dialect.name == "postgresql" else metadata
+        assert compare_metadata(context, declared) == []
         assert set(inspect(conn).get_table_names()) >= set(metadata.tables)
+        if conn.dialect.name == "postgresql":
+            _assert_postgresql_options(conn)
     engine.dispose()
+
+
+def _assert_postgresql_options(conn: Connection) -> None:
+    """Alembic compares neither partial-index predicates nor operator classes: the indexes
+    that have them on PostgreSQL (``tables.POSTGRESQL_ONLY``) are compared here, as built."""
+    for (table, columns), options in POSTGRESQL_ONLY.items():
+        [index] = [
+            index
+            for index in metadata.tables[table].indexes
+            if tuple(column.name for column in index.columns) == columns
+        ]
+        declared = str(CreateIndex(index).compile(dialect=conn.dialect))
+        name = declared.split(" ON ", maxsplit=1)[0].rsplit(" ", 1)[1]
+        built = conn.execute(
+            text("SELECT indexdef FROM pg_indexes WHERE indexname = :name"), {"name": name}
+        ).scalar_one()
+        for key in options:
+            mark = {"postgresql_where": " WHERE ", "postgresql_ops": "varchar_pattern_ops"}[key]
+            assert mark in declared, declared
+            assert mark in built, built

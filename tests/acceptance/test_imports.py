@@ -37,6 +37,8 @@ HEAVY = (
     "sqlalchemy.ext.asyncio",
     "sqlalchemy.orm",
     "aiosqlite",
+    # On SQLite, PostgreSQL's dialect (its index options load with it: ``tables.for_postgresql``).
+    "sqlalchemy.dialects.postgresql",
 )
 #: Runs the CLI in a fresh interpreter and reports, at exit, the heavy modules it imported.
 PROBE = """
