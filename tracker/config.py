@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
@@ -36,7 +37,7 @@ _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
 _VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _KNOWN_STATUS_NAMES = ", ".join(sorted(Status))
 #: The keys whose values are secrets (``SecretStr``): a refusal never quotes what they hold.
-SECRET_KEYS = frozenset({"token", "client_secret", "webhook_secret", "password", "secret"})
+SECRET_KEYS = frozenset({"token", "client_secret", "webhook_secret", "password", "secret", "url"})
 _NOT_QUOTED = "invalid value (not quoted: it is a secret or comes from an environment variable)"
 #: Where tomllib ends its message: ``(at line 3, column 9)`` or ``(at end of document)``.
 _TOML_POSITION = re.compile(r"\s*\(at (line \d+, column \d+|end of document)\)$")
@@ -309,6 +310,19 @@ class HttpSettings(_Section):
     #: ``HOST:PORT``; absent: no listener.
     listen: str | None = None
     users: tuple[HttpUser, ...] = ()
+    #: The pages' address as users reach them (``https://tracker.example.com``): links in
+    #: messages point there. Absent: messages carry no link.
+    public_url: str | None = None
+
+    @field_validator("public_url")
+    @classmethod
+    def _public(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"https?://[^\s/?#]+(/[^\s?#]*)?", value):
+            raise ValueError(
+                f"{_url_shown(value)!r} is not an http(s) URL without query, "
+                'e.g. "https://tracker.example.com"'
+            )
+        return value.rstrip("/") if value is not None else None
 
     @field_validator("listen")
     @classmethod
@@ -444,11 +458,10 @@ class WebhookSinkSettings(_SinkBase):
         return value
 
 
-class EmailSinkSettings(_SinkBase):
-    """A ``[[sinks]]`` entry of ``type = "email"``: one message per transition."""
+class MessageSinkSettings(_SinkBase):
+    """What the sinks that send people a message (e-mail, chat) share: their ``templates``
+    folder, and an optional daily ``digest`` instead of one message per event."""
 
-    type: Literal["email"]
-    to: tuple[str, ...] = Field(min_length=1)
     templates: Path | None = None
     #: ``"08:00 Europe/Berlin"``: one message a day at that time instead of one per event.
     digest: str | None = None
@@ -471,6 +484,13 @@ class EmailSinkSettings(_SinkBase):
             raise ValueError(f"folder {value} does not exist; create it or remove the key")
         return value
 
+
+class EmailSinkSettings(MessageSinkSettings):
+    """A ``[[sinks]]`` entry of ``type = "email"``: one message per transition."""
+
+    type: Literal["email"]
+    to: tuple[str, ...] = Field(min_length=1)
+
     @field_validator("to")
     @classmethod
     def _addresses(cls, value: tuple[str, ...]) -> tuple[str, ...]:
@@ -480,7 +500,51 @@ class EmailSinkSettings(_SinkBase):
         return value
 
 
-SinkSettings = Annotated[WebhookSinkSettings | EmailSinkSettings, Field(discriminator="type")]
+class _ChatSinkBase(MessageSinkSettings):
+    #: An incoming-webhook URL: whoever holds it can post, so it is a secret (never logged,
+    #: never quoted in a refusal, only its host shown).
+    url: SecretStr
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: SecretStr) -> SecretStr:
+        text = value.get_secret_value()
+        try:
+            usable = re.fullmatch(r"https?://[^\s/]+/\S*", text) and urlsplit(text).port != 0
+        except ValueError:  # a port out of range, an unclosed IPv6 bracket
+            usable = False
+        if not usable:
+            raise ValueError(
+                f"{_url_shown(text)!r} is not an http(s) URL; "
+                "paste the incoming-webhook URL the service gave you"
+            )
+        return value
+
+
+class SlackSinkSettings(_ChatSinkBase):
+    """A ``[[sinks]]`` entry of ``type = "slack"``: a message to a Slack incoming webhook (or
+    any service that takes Slack's ``{"text": …}``, such as Mattermost)."""
+
+    type: Literal["slack"]
+    #: Also send Block Kit blocks: the headline as a header, the rest as sections.
+    blocks: bool = False
+
+
+class TeamsSinkSettings(_ChatSinkBase):
+    """A ``[[sinks]]`` entry of ``type = "teams"``: a card to a Microsoft Teams webhook."""
+
+    type: Literal["teams"]
+    #: ``adaptive`` (a Workflows webhook) or ``message`` (a legacy Office 365 connector).
+    card: Literal["adaptive", "message"] = "adaptive"
+
+
+#: The ``type`` of each kind of sink, as ``[[sinks]]`` entries name it.
+SINK_TYPES = ("webhook", "email", "slack", "teams")
+
+SinkSettings = Annotated[
+    WebhookSinkSettings | EmailSinkSettings | SlackSinkSettings | TeamsSinkSettings,
+    Field(discriminator="type"),
+]
 
 
 class Settings(_Section):
@@ -514,7 +578,7 @@ class Settings(_Section):
         return {
             entry.name: entry.on
             for entry in self.sinks
-            if not (isinstance(entry, EmailSinkSettings) and entry.digest is not None)
+            if not (isinstance(entry, MessageSinkSettings) and entry.digest is not None)
         }
 
 
@@ -645,7 +709,7 @@ def _dotted(location: tuple[str | int, ...]) -> str:
 def _first_error(exc: ValidationError, expansions: Expansions) -> str:
     error = exc.errors(include_url=False)[0]
     # A discriminated union puts the sink type into the location; users never wrote it.
-    location = tuple(part for part in error["loc"] if part not in {"webhook", "email"})
+    location = tuple(part for part in error["loc"] if part not in SINK_TYPES)
     key = _dotted(location)
     if error["type"] == "extra_forbidden":
         return f"{key}: unknown key; see config.example.toml for the keys"

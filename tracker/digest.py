@@ -1,4 +1,5 @@
-"""Daily digests: an e-mail sink with ``digest = "08:00 Europe/Berlin"`` gets one message a day.
+"""Daily digests: an e-mail or chat sink with ``digest = "08:00 Europe/Berlin"`` gets one
+message a day.
 
 The message holds the transitions since the sink's previous digest that its ``on`` patterns
 match, grouped by order, and the orders stuck and failing at the time. Each digest is an event
@@ -15,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from tracker.alerts import new_event_id
-from tracker.config import DigestTime, EmailSinkSettings, Settings
+from tracker.config import DigestTime, MessageSinkSettings, Settings
 from tracker.model import Event, EventKind, Transition
 from tracker.routing import matches
 from tracker.shapes import DIGEST_KEYS, shown, timestamp
@@ -52,7 +53,7 @@ async def raise_due_digests(store: Store, settings: Settings, *, now: datetime) 
     """
     raised: list[Event] = []
     for sink in settings.sinks:
-        if not isinstance(sink, EmailSinkSettings) or (when := sink.digest_time()) is None:
+        if not isinstance(sink, MessageSinkSettings) or (when := sink.digest_time()) is None:
             continue
         digest = await _due_digest(store, settings, sink, when, now)
         if digest is not None:
@@ -70,7 +71,7 @@ class _Order:
 
 
 async def _due_digest(
-    store: Store, settings: Settings, sink: EmailSinkSettings, when: DigestTime, now: datetime
+    store: Store, settings: Settings, sink: MessageSinkSettings, when: DigestTime, now: datetime
 ) -> Event | None:
     """The digest due for ``sink`` at ``now``, or ``None`` when it is raised already."""
     due = when.last_due(now - SETTLE)
@@ -117,7 +118,7 @@ _NOTHING: Mapping[str, object] = {
 
 
 async def _contents(
-    store: Store, settings: Settings, sink: EmailSinkSettings, start: datetime, end: datetime
+    store: Store, settings: Settings, sink: MessageSinkSettings, start: datetime, end: datetime
 ) -> dict[str, object]:
     """What a digest says about ``[start, end)``: the changes, the stuck and failing orders."""
     changes, order_count, orders = await _orders(store, sink, start, end)
@@ -154,7 +155,7 @@ async def _contents(
 
 
 async def _orders(
-    store: Store, sink: EmailSinkSettings, start: datetime, end: datetime
+    store: Store, sink: MessageSinkSettings, start: datetime, end: datetime
 ) -> tuple[int, int, list[_Order]]:
     """The period's changes the sink's ``on`` matches: how many, in how many orders, and the
     first ``MAX_ORDERS`` orders with their changes. The rows are streamed, never all held."""

@@ -11,7 +11,6 @@ from typing import Any
 
 import aiosmtplib
 import jinja2
-import jinja2.meta
 
 from tracker.config import EmailSinkSettings, SmtpSettings
 from tracker.errors import ConfigError
@@ -26,6 +25,7 @@ from tracker.sinks.render import (
     sample_digest,
     test_event,
 )
+from tracker.sinks.templating import compiled, environment
 from tracker.text import one_line
 
 _TEMPLATES = ("subject.txt", "body.txt", "body.html")
@@ -35,63 +35,20 @@ _ALERT_TEMPLATES = ("alert.subject.txt", "alert.body.txt", "alert.body.html")
 _DIGEST_TEMPLATES = ("digest.subject.txt", "digest.body.txt", "digest.body.html")
 
 
-def _environment(overrides: str | None) -> jinja2.Environment:
-    loaders: list[jinja2.BaseLoader] = []
-    if overrides is not None:
-        loaders.append(jinja2.FileSystemLoader(overrides))
-    loaders.append(jinja2.PackageLoader("tracker", "templates"))
-    return jinja2.Environment(
-        loader=jinja2.ChoiceLoader(loaders),
-        autoescape=jinja2.select_autoescape(enabled_extensions=("html",), default=False),
-        undefined=jinja2.StrictUndefined,
-        keep_trailing_newline=True,
-    )
-
-
 def _templates(settings: EmailSinkSettings) -> dict[str, jinja2.Template]:
     """Compile the sink's templates and render each once, so a broken one fails at start."""
-    environment = _environment(str(settings.templates) if settings.templates else None)
+    jinja = environment(str(settings.templates) if settings.templates else None)
     now = datetime.now(UTC)
     samples = {
         _TEMPLATES: message_context(test_event("evt_sample", now)),
         _ALERT_TEMPLATES: alert_context(sample_alert(now)),
         _DIGEST_TEMPLATES: digest_context(sample_digest(now)),
     }
-    compiled: dict[str, jinja2.Template] = {}
+    found: dict[str, jinja2.Template] = {}
     for names, sample in samples.items():
         for name in names:
-            compiled[name] = _compiled(environment, settings.name, name, sample)
-    return compiled
-
-
-def _compiled(
-    environment: jinja2.Environment, sink: str, name: str, sample: dict[str, Any]
-) -> jinja2.Template:
-    """One template, compiled and rendered once with ``sample``; a broken one is a ConfigError."""
-    try:
-        template = environment.get_template(name)
-        _check_names(environment, name, known=set(sample))
-        template.render(sample)
-    except jinja2.TemplateSyntaxError as exc:
-        raise ConfigError(
-            f"sink {sink!r}: template {name} line {exc.lineno}: {exc.message}"
-        ) from None
-    except jinja2.TemplateError as exc:
-        raise ConfigError(
-            f"sink {sink!r}: template {name}: {exc.message}; "
-            f"the variables are {', '.join(sorted(sample))}"
-        ) from None
-    return template
-
-
-def _check_names(environment: jinja2.Environment, name: str, *, known: set[str]) -> None:
-    """Every variable the template names, in every branch (a render takes only one), exists."""
-    assert environment.loader is not None  # noqa: S101 - _environment always sets one
-    source, _path, _fresh = environment.loader.get_source(environment, name)
-    named = jinja2.meta.find_undeclared_variables(environment.parse(source))
-    unknown = named - known - set(environment.globals)  # range, dict, ... are Jinja's own
-    if unknown:
-        raise jinja2.UndefinedError(f"{', '.join(map(repr, sorted(unknown)))} is undefined")
+            found[name] = compiled(jinja, settings.name, name, sample)
+    return found
 
 
 def tls_context(smtp: SmtpSettings) -> ssl.SSLContext | None:

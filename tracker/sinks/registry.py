@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import urllib.parse
 from typing import Protocol
 
 import httpx
 import structlog
 
-from tracker.config import EmailSinkSettings, Settings, WebhookSinkSettings
+from tracker.config import (
+    EmailSinkSettings,
+    Settings,
+    SlackSinkSettings,
+    TeamsSinkSettings,
+    WebhookSinkSettings,
+)
 from tracker.model import DueDelivery, SendResult
+from tracker.sinks.chat import slack_sink, teams_sink
 from tracker.sinks.email import EmailSink, tls_context
+from tracker.sinks.posting import masked
 from tracker.sinks.webhook import WebhookSink
 
 log = structlog.get_logger("tracker.sinks")
@@ -42,11 +51,30 @@ def build_sinks(settings: Settings, http: httpx.AsyncClient) -> dict[str, Sink]:
             hint="the password travels in clear: set starttls or tls (require_tls refuses this)",
         )
     context = tls_context(smtp) if mail else None
+    timeout = settings.delivery.timeout.total_seconds()
+    public_url = settings.http.public_url
     for entry in settings.sinks:
         if isinstance(entry, WebhookSinkSettings):
-            sinks[entry.name] = WebhookSink(
-                entry, http, deadline=settings.delivery.timeout.total_seconds()
-            )
-        else:
+            sinks[entry.name] = WebhookSink(entry, http, deadline=timeout)
+        elif isinstance(entry, EmailSinkSettings):
             sinks[entry.name] = EmailSink(entry, smtp, deadline=deadline, context=context)
+        elif isinstance(entry, SlackSinkSettings):
+            _warn_in_clear(entry)
+            sinks[entry.name] = slack_sink(entry, http, deadline=timeout, public_url=public_url)
+        else:
+            _warn_in_clear(entry)
+            sinks[entry.name] = teams_sink(entry, http, deadline=timeout, public_url=public_url)
     return sinks
+
+
+def _warn_in_clear(entry: SlackSinkSettings | TeamsSinkSettings) -> None:
+    """A chat webhook's URL is its credential: over plain HTTP anyone on the way can post."""
+    url = entry.url.get_secret_value()
+    host = urllib.parse.urlsplit(url).hostname
+    if url.startswith("http://") and host not in {"localhost", "127.0.0.1", "::1"}:
+        log.warning(
+            "chat_url_without_tls",
+            sink=entry.name,
+            url=masked(url),
+            hint="the webhook URL is a secret and travels in clear: use https",
+        )

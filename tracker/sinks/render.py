@@ -6,6 +6,7 @@ Pure: standard library only, no I/O.
 from __future__ import annotations
 
 import json
+import urllib.parse
 from collections.abc import Mapping
 from datetime import date, datetime, timedelta
 from typing import Any
@@ -116,15 +117,16 @@ def alert_context(payload: str) -> dict[str, Any]:
     }
 
 
-def sample_alert(now: datetime) -> str:
-    """A stuck alert's body, to check the alert templates against at start."""
-    data = {
-        "order_id": TEST_ORDER_ID,
-        "status": "waiting",
-        "since": timestamp(now),
-        "threshold": "P14D",
-    }
-    return alert_body(kind="stuck", event_id="evt_sample", raised_at=now, data=data)
+def sample_alert(now: datetime, kind: str = "stuck") -> str:
+    """An alert's body of ``kind``, to check the alert templates against at start."""
+    data: dict[str, object] = {"order_id": TEST_ORDER_ID, "status": "waiting"}
+    if kind == "stuck":
+        data |= {"since": timestamp(now), "threshold": "P14D"}
+    else:
+        data |= {"failures": 5, "detected_at": timestamp(now)}
+    if kind == "poll_failing":
+        data |= {"last_error_kind": "server_error", "last_error": "HTTP 503: unavailable"}
+    return alert_body(kind=kind, event_id="evt_sample", raised_at=now, data=data)
 
 
 def message_context(payload: str) -> dict[str, Any]:
@@ -274,10 +276,55 @@ def sample_digest(now: datetime) -> str:
     return digest_body(event_id="evt_sample", raised_at=now, data=data)
 
 
+#: The kinds of event a chat message is about, each with a template of its own.
+CHAT_KINDS = ("transition", "stuck", "poll_failing", "poll_recovered", "digest")
+
+
+def event_kind(payload: str) -> str:
+    """Which of :data:`CHAT_KINDS` a stored body is (a test event is a ``transition``)."""
+    if is_digest(payload):
+        return "digest"
+    return alert_kind(payload) or "transition"
+
+
+def order_url(public_url: str | None, order_id: str) -> str | None:
+    """The order's page under ``[http] public_url``, or ``None`` when it is not set."""
+    if not public_url:
+        return None
+    return f"{public_url.rstrip('/')}/orders/{urllib.parse.quote(order_id, safe='')}"
+
+
+def chat_context(payload: str, public_url: str | None) -> tuple[str, dict[str, Any]]:
+    """The kind of a stored body, and what its chat template sees: what the e-mail templates
+    of that kind see, with ``public_url`` and each order's page (``order_url``, or ``url`` for
+    an order listed in a digest; ``None`` without ``public_url``)."""
+    kind = event_kind(payload)
+    if kind == "digest":
+        context = digest_context(payload)
+        for section in ("orders", "stuck", "failing"):
+            for order in context[section]:
+                order["url"] = order_url(public_url, order["order_id"])
+    else:
+        context = message_context(payload) if kind == "transition" else alert_context(payload)
+        context["order_url"] = order_url(public_url, context["order_id"])
+    context["public_url"] = public_url
+    return kind, context
+
+
+def sample_payload(kind: str, now: datetime) -> str:
+    """A body of each of :data:`CHAT_KINDS`, to check its chat template against at start."""
+    if kind == "transition":
+        return test_event("evt_sample", now)
+    if kind == "digest":
+        return sample_digest(now)
+    return sample_alert(now, kind)
+
+
 # ``timestamp`` lives in ``tracker.shapes`` beside the transition's shape; it stays importable
 # from here, where the alerts and digests have always taken it.
 __all__ = [
     "ALERT_TYPES",
+    "CHAT_KINDS",
     "DIGEST_TYPE",
     "EVENT_TYPE",
     "TEST_EVENT_TYPE",
@@ -285,14 +332,18 @@ __all__ = [
     "alert_body",
     "alert_context",
     "alert_kind",
+    "chat_context",
     "digest_body",
     "digest_context",
     "duration",
     "event_body",
+    "event_kind",
     "is_digest",
     "message_context",
+    "order_url",
     "sample_alert",
     "sample_digest",
+    "sample_payload",
     "test_delivery",
     "test_event",
     "timestamp",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 import hmac
@@ -14,11 +13,7 @@ import httpx
 from tracker.config import WebhookSinkSettings
 from tracker.errors import InvalidSignature
 from tracker.model import DueDelivery, SendResult
-from tracker.text import one_line, retry_after
-
-#: Bytes of a receiver's answer kept for the log; the rest is not read. A receiver answers
-#: "ok" or a short error, and whatever it sends beyond that must not grow the daemon.
-ANSWER_PREVIEW = 4096
+from tracker.sinks.posting import Poster, gone_on_410
 
 
 def sign(key: bytes, event_id: str, timestamp: int, body: bytes) -> str:
@@ -28,11 +23,8 @@ def sign(key: bytes, event_id: str, timestamp: int, body: bytes) -> str:
 
 
 class WebhookSink:
-    """POSTs each event to ``url`` with Standard Webhooks headers.
-
-    One attempt (connect, send, answer) ends within ``deadline`` seconds in total, however
-    slowly the receiver drips its answer, and reads at most :data:`ANSWER_PREVIEW` bytes of it.
-    """
+    """POSTs each event to ``url`` with Standard Webhooks headers, through a :class:`Poster`
+    (one deadline per attempt, a bounded read of the answer)."""
 
     def __init__(
         self,
@@ -43,10 +35,8 @@ class WebhookSink:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.name = settings.name
-        self._url = settings.url
         self._key = base64.b64decode(settings.secret.get_secret_value().removeprefix("whsec_"))
-        self._http = http
-        self._deadline = deadline
+        self._poster = Poster(http, settings.url, deadline=deadline, never_retry=gone_on_410)
         self._clock = clock
 
     async def send(self, delivery: DueDelivery) -> SendResult:
@@ -59,37 +49,7 @@ class WebhookSink:
             "webhook-signature": sign(self._key, delivery.event_id, timestamp, body),
             "content-type": "application/json",
         }
-        try:
-            async with asyncio.timeout(self._deadline):
-                response, answer = await self._post(body, headers)
-        except (TimeoutError, httpx.TimeoutException):
-            return SendResult(ok=False, error=f"timed out after {self._deadline:g} s")
-        except httpx.TransportError as exc:
-            return SendResult(ok=False, error=f"connection failed: {type(exc).__name__}: {exc}")
-        status = response.status_code
-        if 200 <= status < 300:
-            return SendResult(ok=True, status=status)
-        said = one_line(answer.decode("utf-8", "replace"))
-        return SendResult(
-            ok=False,
-            status=status,
-            error=f"HTTP {status}: {said}" if said else f"HTTP {status}",
-            retry_after=retry_after(response.headers.get("retry-after")),
-            gone=status == 410,
-        )
-
-    async def _post(self, body: bytes, headers: dict[str, str]) -> tuple[httpx.Response, bytes]:
-        """POST and read the start of the answer; a longer answer's connection is dropped.
-
-        The answer is read as it came, never inflated (requests ask for ``identity``).
-        """
-        async with self._http.stream("POST", self._url, content=body, headers=headers) as response:
-            answer = b""
-            async for chunk in response.aiter_raw():
-                answer += chunk
-                if len(answer) >= ANSWER_PREVIEW:
-                    break
-        return response, answer[:ANSWER_PREVIEW]
+        return await self._poster.post(body, headers)
 
 
 def verify(
