@@ -24,6 +24,7 @@ from tracker import alerts
 from tracker.clock import utc_now
 from tracker.demo.serving import catch_all, serve
 from tracker.service import open_service
+from tracker.web import Metrics
 
 #: Every test here runs on SQLite and on PostgreSQL.
 pytestmark = pytest.mark.usefixtures("database")
@@ -133,7 +134,13 @@ class TestStuckOrders:
                     stop.set()
                     await asyncio.wait_for(running, 10)
             order = await service.store.orders.get(A)
+            async with open_service(settings) as service:
+                metrics = Metrics(cache=0)
+                await metrics.refresh(service.store, ())
+                served = metrics.render().decode()
         assert order is not None
+        assert 'tracker_stuck_orders{status="ordered"} 1.0' in served  # A's stay, until it ends
+        assert 'tracker_stuck_orders{status="checked"} 0.0' in served
         [stuck] = bodies(any_status)
         assert bodies(exact) == [stuck]
         assert everything.hooks == []

@@ -114,16 +114,19 @@ class TestHealth:
         assert wrong.json()["error"]["code"] == "method_not_allowed"
 
     async def test_readyz_says_why_the_daemon_is_not_ready(self, database: str) -> None:
-        """Readiness answers 503 with the daemon's reason, while health stays 200."""
+        """Readiness answers 503 with the daemon's reason (tracker_ready 0); health stays 200."""
         reason: list[str | None] = ["the scheduler has not ticked for 12 s"]
         async with (
             open_store(database) as store,
             serving(store, readiness=lambda: reason[0]) as client,
         ):
             unready = await client.get("/readyz")
+            gauge_unready = (await scrape(client))["tracker_ready"]
             reason[0] = None
             ready = await client.get("/readyz")
+            gauge_ready = (await scrape(client))["tracker_ready"]
             health = await client.get("/healthz")
+        assert (gauge_unready, gauge_ready) == ({(): 0}, {(): 1})  # tracker_ready follows
         assert unready.status_code == 503
         assert unready.json() == {
             "status": "unready",
@@ -193,6 +196,9 @@ class TestMetrics:
         assert samples["tracker_deliveries_total"] == {
             (("result", "delivered"), ("sink", "hooks")): 1,
             (("result", "failed"), ("sink", "flaky")): 1,
+            # Each sink's dead letters are served from 0, so that the first one is an increase.
+            (("result", "dead"), ("sink", "flaky")): 0,
+            (("result", "dead"), ("sink", "hooks")): 0,
         }
         assert samples["tracker_outbox_pending"] == {
             (("sink", "flaky"),): 1,
@@ -207,6 +213,8 @@ class TestMetrics:
         assert watched[(("status", "none"),)] == 1  # B never answered
         assert watched[(("status", "installed"),)] == 0  # every status is there, if at 0
         assert len(watched) == 15
+        assert samples["tracker_ready"] == {(): 1}
+        assert set(samples["tracker_stuck_orders"].values()) == {0}  # no [alerts.stuck] here
         last = samples["tracker_last_successful_poll_timestamp_seconds"][()]
         assert abs(last - time.time()) < 30
 
@@ -280,5 +288,6 @@ class TestDatabaseGone:
         assert health.status_code == 200
         assert "tracker_polls_total" in during  # the counters are this process's own
         assert "tracker_watched_orders" not in during
+        assert during["tracker_ready"] == {(): 0}  # the database does not answer
         # Back with the database (the test cluster may lose its last commits: no fsync).
         assert len(after["tracker_watched_orders"]) >= 14

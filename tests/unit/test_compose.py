@@ -1,4 +1,4 @@
-"""docker-compose.yml and deploy/tracker.compose.toml fit together and the image's HEALTHCHECK."""
+"""deploy/compose.yaml and deploy/tracker.compose.toml fit together and the image's HEALTHCHECK."""
 
 from __future__ import annotations
 
@@ -15,12 +15,14 @@ from tracker.config import load
 #: PyYAML arrives with the test tools (schemathesis); without it there is nothing to read with.
 yaml = pytest.importorskip("yaml")
 
-COMPOSE = ROOT / "docker-compose.yml"
-TRACKER_TOML = ROOT / "deploy" / "tracker.compose.toml"
+DEPLOY = ROOT / "deploy"
+COMPOSE = DEPLOY / "compose.yaml"
+TRACKER_TOML = DEPLOY / "tracker.compose.toml"
 #: Values of the right shape for the variables the example reads.
 SAMPLES = {
     "OPS_WEBHOOK_URL": "https://hooks.example.com/meter-orders",
     "OPS_WEBHOOK_SECRET": "whsec_" + base64.b64encode(b"0123456789abcdef0123456789abcdef").decode(),
+    "TRACKER_SUPPORT_TOKEN": "support-token-0123456789",
 }
 
 
@@ -52,17 +54,19 @@ def test_postgres_15_with_a_named_volume_and_a_readiness_check(compose: dict[str
 
 
 def test_two_daemons_and_one_serve_from_the_dockerfile(compose: dict[str, Any]) -> None:
-    """Compose builds two `run` daemons and one `serve` from the Dockerfile, config read-only."""
+    """Compose builds two `run` daemons and one `serve` from the root's Dockerfile, config
+    read-only; paths are relative to deploy/, where the file lives."""
     services = trackers(compose)
     commands = sorted(svc["command"][0] for svc in services.values())
     assert commands == ["run", "run", "serve"]
     config_path = dockerfile_env("TRACKER_CONFIG")
     for name, svc in services.items():
-        assert svc["build"] == ".", name
+        assert (DEPLOY / svc["build"]["context"]).resolve() == ROOT.resolve(), name
+        assert (ROOT / svc["build"].get("dockerfile", "Dockerfile")).is_file(), name
         assert svc["depends_on"]["postgres"]["condition"] == "service_healthy", name
         mounts = {mount["target"]: mount for mount in svc["volumes"]}
         assert mounts[config_path]["read_only"] is True, name
-        assert (ROOT / mounts[config_path]["source"]).resolve() == TRACKER_TOML.resolve()
+        assert (DEPLOY / mounts[config_path]["source"]).resolve() == TRACKER_TOML.resolve()
 
 
 def test_ports_are_published_on_the_hosts_loopback_only(compose: dict[str, Any]) -> None:
@@ -95,3 +99,18 @@ def test_the_shared_config_loads_in_every_service_and_listens_where_the_healthch
         assert settings.database.url.startswith(
             "postgresql://tracker:sample-value-123456@postgres:"
         )
+
+
+def test_the_support_user_reads_its_token_from_the_environment(compose: dict[str, Any]) -> None:
+    """Every service passes the support user's token in; the shared config gives it role read."""
+    for name, svc in trackers(compose).items():
+        assert "TRACKER_SUPPORT_TOKEN" in svc["environment"], name
+    settings = load(
+        TRACKER_TOML,
+        {key: SAMPLES.get(key, "sample-value-123456") for key in SAMPLES}
+        | {"TRACKER_DB_PASSWORD": "x", "NOMOS_API_TOKEN": "y"},
+    )
+    [user] = settings.http.users
+    assert (user.name, user.role) == ("support-ui", "read")
+    assert user.token.get_secret_value() == SAMPLES["TRACKER_SUPPORT_TOKEN"]
+    assert "${TRACKER_SUPPORT_TOKEN}" in TRACKER_TOML.read_text(encoding="utf-8")

@@ -1,22 +1,18 @@
-"""docs/grafana-dashboard.json asks only for series the tracker exports, with their labels."""
+"""deploy/grafana/dashboard.json asks only for series a live daemon serves, with their labels."""
 
 from __future__ import annotations
 
 import json
 import re
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
-from prometheus_client.core import Metric
 
+from tests.served import served
 from tests.support import ROOT
-from tracker.store import Overview
-from tracker.telemetry import PollResult
-from tracker.web.metrics import Metrics, gauges
 
-DASHBOARD = ROOT / "docs" / "grafana-dashboard.json"
+DASHBOARD = ROOT / "deploy" / "grafana" / "dashboard.json"
 #: The contract's metric families (``CONTRACT.md``, "HTTP: …"): each must have a panel.
 CONTRACT = {
     "tracker_polls_total",
@@ -29,7 +25,7 @@ CONTRACT = {
     "tracker_watched_orders",
     "tracker_last_successful_poll_timestamp_seconds",
 }
-#: Labels Prometheus adds to every scraped series, and the histogram's bucket bound.
+#: Labels Prometheus adds to every scraped series.
 TARGET_LABELS = {"job", "instance"}
 METRIC = re.compile(r"\btracker_\w+")
 BY = re.compile(r"\b(?:by|without)\s*\(([^)]*)\)")
@@ -37,30 +33,6 @@ SELECTOR = re.compile(r"\b(tracker_\w+)\{([^}]*)\}")
 MATCHER = re.compile(r"(\w+)\s*(?:=~|!~|!=|=)")
 #: A gauge taken straight into ``max``: every instance reports the same database-wide value.
 MAX_OF = re.compile(r"max(?:\s+by\s*\([^)]*\))?\s*\(\s*$")
-
-
-def exported() -> dict[str, set[str]]:
-    """Every sample name the tracker exposes, with its label names, from a real registry."""
-    metrics = Metrics()
-    for result in (PollResult.UNCHANGED, PollResult.CHANGED, PollResult.FAILED):
-        metrics.polled(result)
-    metrics.requested(200, 0.12)
-    metrics.requested(None, 10.0)
-    metrics.transitioned("waiting", "ordered")
-    metrics.delivered("ops", "delivered")
-    now = datetime.now(UTC)
-    overview = Overview(
-        daemons=(),
-        orders=(("waiting", "active", 3),),
-        deliveries=(("ops", "pending", 2, now),),
-        last_success_at=now,
-    )
-    families: list[Metric] = [*metrics.registry.collect(), *gauges(overview, now, ["ops"])]
-    names: dict[str, set[str]] = {}
-    for family in families:
-        for sample in family.samples:
-            names.setdefault(sample.name, set()).update(sample.labels)
-    return names
 
 
 def family(sample: str) -> str:
@@ -89,15 +61,15 @@ def queries(dashboard: dict[str, Any]) -> list[str]:
     return found
 
 
-def test_every_metric_a_query_names_is_one_the_tracker_exports(
+def test_every_metric_a_query_names_is_served(
     dashboard: dict[str, Any],
 ) -> None:
-    """Every metric the dashboard queries is one the tracker exports."""
-    names = exported()
+    """Every metric the dashboard queries is one a live daemon's /metrics serves."""
+    names = served()
     used = {name for expr in queries(dashboard) for name in METRIC.findall(expr)}
     assert used, "no query names a tracker metric"
     unknown = used - names.keys()
-    assert not unknown, f"not exported: {sorted(unknown)}"
+    assert not unknown, f"not served: {sorted(unknown)}"
 
 
 def test_every_contract_metric_has_a_panel(dashboard: dict[str, Any]) -> None:
@@ -108,7 +80,7 @@ def test_every_contract_metric_has_a_panel(dashboard: dict[str, Any]) -> None:
 
 def test_grouping_and_matchers_use_labels_the_metrics_have(dashboard: dict[str, Any]) -> None:
     """Groupings and label matchers use only labels the queried metrics carry."""
-    names = exported()
+    names = served()
     for expr in queries(dashboard):
         labels = set().union(*(names.get(name, set()) for name in METRIC.findall(expr)))
         allowed = labels | TARGET_LABELS

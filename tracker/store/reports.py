@@ -63,13 +63,16 @@ class Overview:
     #: (sink, state, count, oldest ``created_at`` of the pending ones).
     deliveries: tuple[tuple[str, str, int, datetime | None], ...]
     last_success_at: datetime | None
+    #: (status, count) of the active orders whose current stay was reported stuck.
+    stuck: tuple[tuple[str | None, int], ...] = ()
 
 
 class Reports(Repository):
     """Timelines, the overview, counts and the lists the pages and digests show."""
 
     async def overview(self, *, stale_before: datetime) -> Overview:
-        """Daemons, orders by status and state, deliveries by sink and state, last success."""
+        """Daemons, orders by status and state (and how many stuck), deliveries by sink and
+        state, last success."""
         state = case(
             (w.c.active, literal("active")),
             (w.c.retired_at.is_not(None), literal("retired")),
@@ -83,11 +86,14 @@ class Reports(Repository):
                 .where(daemons.c.heartbeat_at >= stale_before)
                 .order_by(daemons.c.started_at)
             )
-            orders = await conn.execute(
-                select(w.c.status, state, func.count())
-                .group_by(w.c.status, state)
-                .order_by(w.c.status, state)
-            )
+            # count(stuck_at) counts the stays reported stuck, in the same one scan.
+            orders = (
+                await conn.execute(
+                    select(w.c.status, state, func.count(), func.count(w.c.stuck_at))
+                    .group_by(w.c.status, state)
+                    .order_by(w.c.status, state)
+                )
+            ).all()
             sent = await conn.execute(
                 select(d.c.sink, d.c.state, func.count(), oldest.label("oldest"))
                 .group_by(d.c.sink, d.c.state)
@@ -97,6 +103,7 @@ class Reports(Repository):
             return Overview(
                 daemons=tuple(rows.daemon(row) for row in live),
                 orders=tuple((row[0], row[1], row[2]) for row in orders),
+                stuck=tuple((row[0], row[3]) for row in orders if row[1] == "active" and row[3]),
                 deliveries=tuple((row[0], row[1], row[2], row.oldest) for row in sent),
                 # min() and max() keep their column's type, so these are aware datetimes.
                 last_success_at=last,

@@ -78,7 +78,8 @@ def build_app(
         return JSONResponse({"status": "unready", "reason": clip(reason)}, status_code=503)
 
     async def scrape(_request: Request) -> Response:
-        await metrics.refresh(store, sinks())
+        unready = readiness() if readiness is not None else None
+        await metrics.refresh(store, sinks(), unready=unready)
         return Response(metrics.render(), media_type=CONTENT_TYPE)
 
     app = Starlette(

@@ -19,6 +19,7 @@ from prometheus_client import (
     CONTENT_TYPE_PLAIN_0_0_4,
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     disable_created_metrics,
     generate_latest,
@@ -124,6 +125,11 @@ class Metrics:
             registry=self.registry,
         )
         self._hints = {result: hints.labels(result=result) for result in HINT_RESULTS}
+        self._ready = Gauge(
+            "tracker_ready",
+            "1 while /readyz would answer 200 and the database answers the gauges' reading.",
+            registry=self.registry,
+        )
         self._gauges = _DatabaseGauges()
         self.registry.register(self._gauges)
         self._cache = cache
@@ -163,11 +169,14 @@ class Metrics:
 
     def delivered(self, sink: str, result: str) -> None:
         """Count one delivery attempt."""
+        self._delivery(sink, result).inc()
+
+    def _delivery(self, sink: str, result: str) -> Counter:
         key = (sink, result)
         child = self._attempts.get(key)
         if child is None:
             child = self._attempts[key] = self._deliveries.labels(sink=sink, result=result)
-        child.inc()
+        return child
 
     def hinted(self, result: str) -> None:
         """Count one provider webhook by result (one of :data:`HINT_RESULTS`)."""
@@ -175,31 +184,43 @@ class Metrics:
 
     # -- exposition --------------------------------------------------------------------------
 
-    async def refresh(self, store: Store, sinks: Collection[str]) -> None:
+    async def refresh(
+        self, store: Store, sinks: Collection[str], *, unready: str | None = None
+    ) -> None:
         """Read the gauges from the database unless a reading is fresh enough.
 
         Scrapes that come together share one reading. A database that does not answer within
         :data:`GAUGE_TIMEOUT` leaves the gauges out until a reading succeeds (logged once).
+        ``unready`` is why the process is not ready (``None``: it is); ``tracker_ready`` is 0
+        for it and while the database does not answer. Every sink's dead letters are counted
+        from 0, so that the first one is an increase.
         """
+        for sink in sinks:
+            self._delivery(sink, DeliveryState.DEAD)
         async with self._reading:
-            if self._read_at is not None and self._clock() - self._read_at < self._cache:
-                return
-            try:
-                async with asyncio.timeout(GAUGE_TIMEOUT):
-                    now = utc_now()
-                    overview = await store.reports.overview(stale_before=now - STALE_AFTER)
-            except Exception as exc:
-                self._gauges.families = []
-                if not self._failing:
-                    kind = type(getattr(exc, "orig", None) or exc).__name__
-                    said = first_line(exc)
-                    error = kind if said == kind else f"{kind}: {said}"
-                    log.warning("metrics_database_failed", error=clip(error))
-                self._failing = True
-            else:
-                self._gauges.families = gauges(overview, now, sinks)
-                self._failing = False
-            self._read_at = self._clock()
+            await self._read(store, sinks)
+        self._ready.set(0 if unready is not None or self._failing else 1)
+
+    async def _read(self, store: Store, sinks: Collection[str]) -> None:
+        """Read the overview into the gauges, unless the last reading is fresh enough."""
+        if self._read_at is not None and self._clock() - self._read_at < self._cache:
+            return
+        try:
+            async with asyncio.timeout(GAUGE_TIMEOUT):
+                now = utc_now()
+                overview = await store.reports.overview(stale_before=now - STALE_AFTER)
+        except Exception as exc:
+            self._gauges.families = []
+            if not self._failing:
+                kind = type(getattr(exc, "orig", None) or exc).__name__
+                said = first_line(exc)
+                error = kind if said == kind else f"{kind}: {said}"
+                log.warning("metrics_database_failed", error=clip(error))
+            self._failing = True
+        else:
+            self._gauges.families = gauges(overview, now, sinks)
+            self._failing = False
+        self._read_at = self._clock()
 
     def render(self) -> bytes:
         """The registry in the Prometheus text format."""
@@ -253,4 +274,19 @@ def gauges(overview: Overview, now: datetime, sinks: Collection[str]) -> list[Me
     )
     if overview.last_success_at is not None:
         last.add_metric([], overview.last_success_at.timestamp())
-    return [outbox, ages, orders, last]
+    stuck = GaugeMetricFamily(
+        "tracker_stuck_orders",
+        "Active orders whose current stay was reported stuck ([alerts.stuck]), by status.",
+        labels=["status"],
+    )
+    stuck_by_status = {str(status): 0 for status in Status}
+    for status, count in overview.stuck:
+        label = status_label(status)
+        stuck_by_status[label] = stuck_by_status.get(label, 0) + count
+    for status in sorted(stuck_by_status):
+        stuck.add_metric([status], stuck_by_status[status])
+    live = GaugeMetricFamily(
+        "tracker_live_daemons", "Daemons whose heartbeat the database holds as fresh."
+    )
+    live.add_metric([], len(overview.daemons))
+    return [outbox, ages, orders, last, stuck, live]
