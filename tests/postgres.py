@@ -121,7 +121,10 @@ def running_cluster() -> Iterator[Cluster]:
     initdb = [str(binaries / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres"]
     pg_ctl = [str(binaries / "pg_ctl"), "-D", str(data), "-l", str(folder / "server.log")]
     try:
-        _as_server_user([*initdb, "-E", "UTF8", "--no-sync"])
+        # A collation other than C, whatever the environment's locale (a fresh container has
+        # none, which would give C): production databases have one, and the order id prefix
+        # search needs its pattern index only then (tests/integration/test_search.py).
+        _as_server_user([*initdb, "-E", "UTF8", "--locale=C.UTF-8", "--no-sync"])
         cluster = Cluster(folder, port, pg_ctl, settings)
         cluster.start()
         with cluster.admin() as conn:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Coroutine, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
@@ -15,13 +15,13 @@ from rich.console import Console
 from tracker.clock import utc_now
 from tracker.errors import ConfigError, TrackerError
 from tracker.model import DeliveryState, SendResult, validate_order_id
+from tracker.report_cli import report_app
 from tracker.text import printable
 
 if TYPE_CHECKING:
-    from rich.table import Table
-
     from tracker.config import Settings
     from tracker.store import Store
+    from tracker.views import Cells, Column, StuckOrder
 
 # Each command imports what it uses in its own body: `--help`, `--version` and the reading
 # commands never load the configuration's validators, the database, the daemon or the clients
@@ -46,6 +46,7 @@ app.add_typer(watch_app, name="watch")
 app.add_typer(deliveries_app, name="deliveries")
 app.add_typer(sinks_app, name="sinks")
 app.add_typer(config_app, name="config")
+app.add_typer(report_app, name="report")
 
 ConfigOption = Annotated[
     str | None,
@@ -108,18 +109,29 @@ def _list(
     settings: Settings,
     rows_of: Callable[[Store], AsyncIterator[R]],
     as_dict: Callable[[R], dict[str, Any]],
-    table: Callable[[AsyncIterator[R]], Awaitable[Table]],
+    columns: Sequence[Column],
+    cells: Callable[[R], Cells],
+    *,
     as_json: bool,
+    check: Callable[[Store], Awaitable[None]] | None = None,
 ) -> None:
-    """Stream rows from the store as a JSON array or a table."""
-    from tracker.views import json_array
+    """Stream rows from the store as a JSON array, as tab-separated rows when stdout is not a
+    terminal, or as a table that fits the terminal without cutting ids or statuses.
+
+    ``check`` runs first, on the same store: it refuses a filter that names nothing known.
+    """
+    from tracker.views import json_array, show, write_tsv
 
     async def listing(store: Store) -> None:
+        if check is not None:
+            await check(store)
         rows = rows_of(store)
         if as_json:
             await json_array(rows, as_dict, sys.stdout)
+        elif not out.is_terminal:
+            await write_tsv(columns, (cells(row) async for row in rows), sys.stdout)
         else:
-            out.print(await table(rows))
+            show(out, columns, [cells(row) async for row in rows])
 
     _with_store(settings, listing, reading=True)
 
@@ -169,6 +181,41 @@ def _ids_from(ids: list[str], file: Path | None) -> list[str]:
     return [validate_order_id(order_id) for order_id in wanted]
 
 
+async def _known_status(store: Store, status: str) -> None:
+    """Refuse (exit 2) a status filter that is none of the 14 and that no watched order has
+    (an order may stand in a status the provider added: it can be listed by it)."""
+    from tracker.lifecycle import Status, is_known
+
+    if is_known(status) or await store.orders.page(status=status, limit=1):
+        return
+    raise ConfigError(
+        f"--status {printable(status)!r} is not a known status and no watched order has it; "
+        f"use one of: {', '.join(Status)}"
+    )
+
+
+async def _known_sink(store: Store, sink: str, configured: Collection[str]) -> None:
+    """Refuse (exit 2) a sink filter that names no configured sink and no stored delivery's."""
+    if sink in configured or await store.outbox.page(sink=sink, limit=1):
+        return
+    known = ", ".join(sorted(configured)) or "none configured"
+    raise ConfigError(
+        f"--sink {printable(sink)!r}: no sink of that name is configured or has deliveries; "
+        f"sinks: {known}"
+    )
+
+
+async def _known_orders(store: Store, order_ids: Sequence[str]) -> None:
+    """Refuse (exit 2) order ids that were never watched, naming them, before any change."""
+    known = await store.reports.watched_ids(order_ids)
+    unknown = [order_id for order_id in dict.fromkeys(order_ids) if order_id not in known]
+    if unknown:
+        shown = ", ".join(unknown[:5]) + (
+            f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
+        )
+        raise ConfigError(f"never watched: {shown}; nothing was changed (see `tracker watch list`)")
+
+
 IdsArgument = Annotated[list[str] | None, typer.Argument(metavar="ID...", show_default=False)]
 FileOption = Annotated[
     Path | None, typer.Option("--file", help="Read order ids from FILE, one per line.")
@@ -201,7 +248,12 @@ def watch_remove(
     """Stop watching orders; their history is kept."""
     settings = _settings(ctx, config)
     wanted = _ids_from(ids or [], file)
-    removed = _with_store(settings, lambda store: store.orders.unwatch(wanted, now=utc_now()))
+
+    async def unwatch(store: Store) -> list[str]:
+        await _known_orders(store, wanted)
+        return await store.orders.unwatch(wanted, now=utc_now())
+
+    removed = _with_store(settings, unwatch)
     out.print(f"stopped watching {len(removed)} order(s)")
     if in_config := sorted(set(removed) & set(settings.watch.orders)):
         out.print(f"note: {', '.join(in_config)} stay listed in [watch] orders but stay removed")
@@ -211,19 +263,56 @@ def watch_remove(
 def watch_list(
     ctx: typer.Context,
     status: Annotated[str | None, typer.Option("--status", help="Only orders in STATUS.")] = None,
+    stuck: Annotated[
+        bool,
+        typer.Option(
+            "--stuck",
+            help="Only the orders stuck now, per [alerts.stuck] (reported by the daemon within "
+            "10 s of crossing), longest first, with since when and for how long.",
+        ),
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON array.")] = False,
     config: ConfigOption = None,
 ) -> None:
     """The watched orders with status, last poll, last change and last error."""
-    from tracker.views import watched_dict, watched_table
+    from tracker.views import WATCHED_COLUMNS, watched_cells, watched_dict
 
     settings = _settings(ctx, config, logs=False)
+    if stuck:
+        _stuck_list(settings, status=status, as_json=as_json)
+        return
     _list(
         settings,
         lambda store: store.orders.watched(status=status),
         watched_dict,
-        watched_table,
-        as_json,
+        WATCHED_COLUMNS,
+        watched_cells,
+        as_json=as_json,
+        check=None if status is None else lambda store: _known_status(store, status),
+    )
+
+
+def _stuck_list(settings: Settings, *, status: str | None, as_json: bool) -> None:
+    """``watch list --stuck``: the stuck orders (in ``status`` only, if given), longest first."""
+    import functools
+
+    from tracker.views import STUCK_COLUMNS, stuck_cells, stuck_dict, stuck_orders
+
+    thresholds = settings.alerts.stuck
+
+    async def rows(store: Store) -> AsyncIterator[StuckOrder]:
+        async for found in stuck_orders(store, thresholds):
+            if status is None or found.order.status == status:
+                yield found
+
+    _list(
+        settings,
+        rows,
+        stuck_dict,
+        STUCK_COLUMNS,
+        functools.partial(stuck_cells, now=utc_now()),
+        as_json=as_json,
+        check=None if status is None else lambda store: _known_status(store, status),
     )
 
 
@@ -235,7 +324,7 @@ def status(
 ) -> None:
     """How the tracker stands: live daemons, orders, deliveries, the last successful poll."""
     from tracker.model import STALE_AFTER
-    from tracker.views import status_json, status_rich
+    from tracker.views import show_status, status_json
 
     settings = _settings(ctx, config, logs=False)
     now = utc_now()
@@ -248,7 +337,7 @@ def status(
     if as_json:
         sys.stdout.write(json.dumps(status_json(overview, now, sinks), indent=2) + "\n")
     else:
-        out.print(status_rich(overview, now, sinks))
+        show_status(out, overview, now, sinks)
 
 
 @app.command("poll")
@@ -324,13 +413,17 @@ def export(
         typer.Option(
             "--since",
             metavar="DATE",
-            help="Required. From DATE on, inclusive: YYYY-MM-DD (midnight UTC) or ISO 8601 "
-            "with an offset.",
+            help="Required. From DATE on, inclusive: YYYY-MM-DD (midnight UTC), ISO 8601 "
+            "with an offset, today or yesterday (midnight UTC: there is no local zone "
+            "setting yet), or Nd (N times 24 hours before now, e.g. 7d).",
             show_default=False,
         ),
     ] = None,
     until: Annotated[
-        str | None, typer.Option("--until", metavar="DATE", help="Before DATE (exclusive).")
+        str | None,
+        typer.Option(
+            "--until", metavar="DATE", help="Before DATE (exclusive); the same forms as --since."
+        ),
     ] = None,
     fmt: Annotated[
         str,
@@ -379,7 +472,7 @@ def deliveries_list(
     """Deliveries, oldest first, with their state, attempts and last answer."""
     import functools
 
-    from tracker.views import deliveries_table, delivery_dict
+    from tracker.views import DELIVERY_COLUMNS, delivery_cells, delivery_dict
 
     settings = _settings(ctx, config, logs=False)
     chosen = state.value if state else None
@@ -388,8 +481,10 @@ def deliveries_list(
         settings,
         lambda store: store.outbox.deliveries(state=chosen, sink=sink),
         functools.partial(delivery_dict, sinks=sinks),
-        functools.partial(deliveries_table, sinks=sinks),
-        as_json,
+        DELIVERY_COLUMNS,
+        functools.partial(delivery_cells, sinks=sinks),
+        as_json=as_json,
+        check=None if sink is None else lambda store: _known_sink(store, sink, sinks),
     )
 
 
@@ -409,20 +504,40 @@ def deliveries_retry(
         raise ConfigError("give EVENT_IDs or --all-dead (one of them)")
 
     async def retry(store: Store) -> bool:
+        if event_ids:
+            stored = {d.event_id for d in await store.reports.deliveries_of(event_ids)}
+            unknown = [e for e in dict.fromkeys(event_ids) if e not in stored]
+            if unknown:
+                raise ConfigError(
+                    f"no delivery of event {printable(', '.join(unknown))}; nothing was retried "
+                    "(see `tracker deliveries list`)"
+                )
         async with open_outbox(settings, store) as dispatcher:
             count = await store.outbox.retry(
                 event_ids=event_ids or (), all_dead=all_dead, now=utc_now()
             )
             out.print(f"{count} delivery(ies) pending again")
-            attempts = []
+            attempts, claimed = [], {}
             for name in dispatcher.sinks:
                 now = utc_now()
                 due = await store.outbox.claim(
                     sink=name, now=now, limit=10_000, lease_until=now + delivery_lease(settings)
                 )
+                claimed.update({d.id: d for d in due})
                 attempts += await dispatcher.deliver(due)
-            for attempt in attempts:
-                out.print(attempt_line(attempt))
+            sent = [claimed[a.delivery_id] for a in attempts]
+            orders = {
+                d.event_id: d.order_id
+                for d in await store.reports.deliveries_of([d.event_id for d in sent])
+            }
+            for attempt, one in zip(attempts, sent, strict=True):
+                line = attempt_line(
+                    attempt,
+                    event_id=one.event_id,
+                    order_id=orders.get(one.event_id, ""),
+                    sink=one.sink,
+                )
+                out.print(line)
             return all(a.state == DeliveryState.DELIVERED for a in attempts)
 
     if not _with_store(settings, retry):
@@ -552,6 +667,7 @@ def run(ctx: typer.Context, config: ConfigOption = None) -> None:
                     sinks=lambda: [entry.name for entry in reload.settings.sinks],
                     users=users,
                     webhook_secret=settings.upstream.webhook_secret,
+                    targets=lambda: reload.settings.alerts.stuck,
                 )
                 await http.enter_async_context(listening(web, address))
             await run_until_signalled(daemon, reload)
@@ -581,6 +697,7 @@ def serve(ctx: typer.Context, config: ConfigOption = None) -> None:
             sinks=lambda: sinks,
             users=settings.http.users,
             webhook_secret=settings.upstream.webhook_secret,
+            targets=lambda: settings.alerts.stuck,
         )
         await serve_until_signalled(web, address)
 

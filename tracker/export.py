@@ -22,10 +22,11 @@ import unicodedata
 from collections.abc import AsyncGenerator, Callable, Iterator, Sequence
 from contextlib import aclosing, contextmanager
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, time
+from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from typing import Any, Literal, TextIO
 
+from tracker.clock import utc_now
 from tracker.errors import ConfigError
 from tracker.lifecycle import Status, is_known
 from tracker.shapes import EXPORT_KEYS, transition_json
@@ -49,6 +50,7 @@ __all__ = [
     "neutralise",
     "output_file",
     "parse_moment",
+    "relative_moment",
     "stdout_stream",
 ]
 #: The columns, in the order of the CSV header and the NDJSON keys.
@@ -68,6 +70,8 @@ Format = Literal["csv", "ndjson"]
 FORMATS: tuple[Format, ...] = ("csv", "ndjson")
 _KNOWN_STATUSES = ", ".join(Status)
 _DATE_HINT = "use YYYY-MM-DD (midnight UTC) or ISO 8601 with an offset, e.g. 2026-11-29T12:00:00Z"
+#: Digits ``Nd`` may have: 9999 days reach back past any stored transition.
+MAX_DAYS_DIGITS = 4
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -82,13 +86,26 @@ class ExportRequest:
 
     @classmethod
     def parse(
-        cls, *, since: str | None, until: str | None, fmt: str, status: str | None
+        cls,
+        *,
+        since: str | None,
+        until: str | None,
+        fmt: str,
+        status: str | None,
+        now: datetime | None = None,
     ) -> ExportRequest:
-        """Validate the command line's values, or raise :class:`ConfigError` saying what to do."""
+        """Validate the command line's values, or raise :class:`ConfigError` saying what to do.
+
+        Besides dates, ``today``, ``yesterday`` and ``Nd`` (see :func:`relative_moment`) are
+        read against ``now`` (default: the clock's now).
+        """
         if since is None:
-            raise ConfigError(f"--since DATE is required; {_DATE_HINT}")
-        start = parse_moment(since, "--since")
-        end = parse_moment(until, "--until") if until is not None else None
+            raise ConfigError(f"--since DATE is required; {_DATE_HINT}, today, yesterday or 7d")
+        at = now or utc_now()
+        start = relative_moment(since, at) or parse_moment(since, "--since")
+        end = None
+        if until is not None:
+            end = relative_moment(until, at) or parse_moment(until, "--until")
         if end is not None and start >= end:
             raise ConfigError(
                 f"--since {since!r} is not before --until {until!r}, so nothing can match; "
@@ -102,6 +119,21 @@ class ExportRequest:
         if chosen is None:
             raise ConfigError(f"--format {fmt!r} is not known; use csv or ndjson")
         return cls(since=start, until=end, status=status, format=chosen)
+
+
+def relative_moment(text: str, now: datetime) -> datetime | None:
+    """``today`` and ``yesterday`` as that day's midnight in UTC, ``Nd`` (``7d``) as N times
+    24 hours before ``now``; ``None`` for anything else (a date, parsed by
+    :func:`parse_moment`)."""
+    midnight = datetime.combine(now.astimezone(UTC).date(), time(), UTC)
+    if text == "today":
+        return midnight
+    if text == "yesterday":
+        return midnight - timedelta(days=1)
+    days = text.removesuffix("d")
+    if days != text and days.isascii() and days.isdigit() and len(days) <= MAX_DAYS_DIGITS:
+        return now.astimezone(UTC) - timedelta(days=int(days))
+    return None
 
 
 def parse_moment(text: str, option: str) -> datetime:

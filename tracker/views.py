@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Callable, Collection, Iterable
-from datetime import datetime
+from collections.abc import AsyncIterator, Callable, Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any, TextIO, TypeVar
 
-from rich.console import Group
+from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
 from tracker.model import DaemonRecord, Delivery, DeliveryState, Transition, WatchedOrder
 from tracker.shapes import HISTORY_KEYS, shown
-from tracker.store import Attempt, History, Overview, PollOutcome
+from tracker.store import Attempt, History, Overview, PollOutcome, Store
 from tracker.text import printable
 
 T = TypeVar("T")
@@ -66,24 +67,244 @@ async def json_array(
     stream.write("\n]\n" if not first else "]\n")
 
 
-async def watched_table(rows: AsyncIterator[WatchedOrder]) -> Table:
-    """A table of watched orders."""
-    table = Table("order", "status", "state", "last poll", "last change", "failures", "last error")
-    async for order in rows:
-        table.add_row(
-            order.order_id,
-            Text(printable(order.status or "-")),
-            state_of(order),
-            _short(order.last_polled_at),
-            _short(order.last_change_at),
-            str(order.consecutive_failures),
-            Text(
-                printable(
-                    f"{order.last_error_kind}: {order.last_error}" if order.last_error else ""
-                )
-            ),
-        )
+# -- tables: whole ids and statuses at any width, tab-separated in a pipe -----------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Column:
+    """One column of a CLI table."""
+
+    title: str
+    #: Ids and statuses: always shown, whole (never wrapped, cut or dropped), so they can be
+    #: copied into the next command.
+    whole: bool = False
+    #: When the terminal is too narrow, the other columns go, the lowest ``keep`` first.
+    keep: int = 0
+
+    @property
+    def key(self) -> str:
+        """The column's name in a tab-separated header row."""
+        return self.title.replace(" ", "_")
+
+
+#: One row of a table, a cell per column; every cell's text is already :func:`printable`.
+Cells = list[Text]
+#: Columns that may wrap are given at least this many characters before one of them is dropped.
+NARROW = 12
+
+
+async def write_tsv(columns: Sequence[Column], rows: AsyncIterator[Cells], stream: TextIO) -> None:
+    """A header row and one line per row, cells separated by tabs, streamed.
+
+    Cells hold no tab or line break: :func:`printable` shows control characters as escapes.
+    """
+    stream.write("\t".join(column.key for column in columns) + "\n")
+    async for cells in rows:
+        stream.write("\t".join(cell.plain for cell in cells) + "\n")
+
+
+def tsv_lines(columns: Sequence[Column], rows: Iterable[Cells]) -> str:
+    """:func:`write_tsv` for rows at hand, as one string."""
+    lines = ["\t".join(column.key for column in columns)]
+    lines += ["\t".join(cell.plain for cell in cells) for cells in rows]
+    return "\n".join(lines) + "\n"
+
+
+def fitted(
+    columns: Sequence[Column], rows: Sequence[Cells], width: int, *, title: str | None = None
+) -> Table | None:
+    """A table of ``rows`` that fits ``width`` without cutting a whole column.
+
+    With a border if it fits, else without; then the other columns are wrapped down to
+    :data:`NARROW` characters, then dropped (the lowest ``keep`` first). ``None`` when the
+    whole columns alone are wider than ``width``.
+    """
+    natural = [
+        max([Text(column.title).cell_len, *(row[i].cell_len for row in rows)])
+        for i, column in enumerate(columns)
+    ]
+    dropping = sorted(
+        (i for i, column in enumerate(columns) if not column.whole), key=lambda i: columns[i].keep
+    )
+    for dropped in range(len(dropping) + 1):
+        kept = [i for i in range(len(columns)) if i not in dropping[:dropped]]
+        for boxed in (True, False):
+            widths = _widths(columns, natural, kept, width - _frame(len(kept), boxed=boxed))
+            if widths is not None:
+                return _table(columns, rows, widths, boxed=boxed, title=title)
+    return None
+
+
+def records(columns: Sequence[Column], rows: Sequence[Cells], title: str | None = None) -> Group:
+    """The rows one below the other, a line per column (``title  value``), a blank line
+    between them: what a terminal too narrow for the whole columns side by side shows."""
+    pad = max(len(column.title) for column in columns)
+    lines: list[Text] = [Text(title, style="italic")] if title else []
+    for n, row in enumerate(rows):
+        if n:
+            lines.append(Text(""))
+        lines += [
+            Text(f"{column.title:<{pad}}  ", style="bold") + cell
+            for column, cell in zip(columns, row, strict=True)
+        ]
+    return Group(*lines)
+
+
+def _frame(count: int, *, boxed: bool) -> int:
+    """Characters a table of ``count`` columns takes besides its cells: borders and padding."""
+    return 3 * count + 1 if boxed else 2 * (count - 1)
+
+
+def _widths(
+    columns: Sequence[Column], natural: Sequence[int], kept: Sequence[int], room: int
+) -> dict[int, int] | None:
+    """Each kept column's width within ``room``: whole columns their widest cell, the others
+    at least :data:`NARROW` (or their widest cell, if less) and more as room allows; ``None``
+    when they cannot fit."""
+    widths = {i: natural[i] if columns[i].whole else min(natural[i], NARROW) for i in kept}
+    spare = room - sum(widths.values())
+    if spare < 0:
+        return None
+    wanting = [i for i in kept if widths[i] < natural[i]]
+    while spare and wanting:
+        share = max(1, spare // len(wanting))
+        for i in list(wanting):
+            grant = min(share, natural[i] - widths[i], spare)
+            widths[i] += grant
+            spare -= grant
+            if widths[i] == natural[i]:
+                wanting.remove(i)
+    return widths
+
+
+def _table(
+    columns: Sequence[Column],
+    rows: Sequence[Cells],
+    widths: dict[int, int],
+    *,
+    boxed: bool,
+    title: str | None,
+) -> Table:
+    """The table with exactly the given column widths (rich shrinks none of them)."""
+    table = Table(title=title) if boxed else Table(title=title, box=None, pad_edge=False)
+    for i, width in widths.items():
+        whole = columns[i].whole
+        table.add_column(columns[i].title, width=width, no_wrap=whole, overflow="fold")
+    for row in rows:
+        table.add_row(*(row[i] for i in widths))
     return table
+
+
+def show(
+    console: Console, columns: Sequence[Column], rows: Sequence[Cells], title: str | None = None
+) -> None:
+    """Print a :func:`fitted` table on ``console``, or :func:`records` when none fits."""
+    table = fitted(columns, rows, console.width, title=title)
+    if table is not None:
+        console.print(table)
+    else:  # long values wrap within the width; an id or a status is never that long
+        console.print(records(columns, rows, title), soft_wrap=False)
+
+
+WATCHED_COLUMNS = (
+    Column("order", whole=True),
+    Column("status", whole=True),
+    Column("state", keep=5),
+    Column("last poll", keep=3),
+    Column("last change", keep=4),
+    Column("failures", keep=1),
+    Column("last error", keep=2),
+)
+
+
+def watched_cells(order: WatchedOrder) -> Cells:
+    """One watched order's cells under :data:`WATCHED_COLUMNS`."""
+    error = f"{order.last_error_kind}: {order.last_error}" if order.last_error else ""
+    return [
+        Text(printable(order.order_id)),
+        Text(printable(order.status or "-")),
+        Text(state_of(order)),
+        Text(_short(order.last_polled_at)),
+        Text(_short(order.last_change_at)),
+        Text(str(order.consecutive_failures)),
+        Text(printable(error)),
+    ]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StuckOrder:
+    """An active order whose current stay was reported stuck (``meter_order.stuck``)."""
+
+    order: WatchedOrder
+    #: When its current stay began.
+    since: datetime
+    #: ``[alerts.stuck]``'s threshold for its status; ``None`` if a reload removed it since.
+    threshold: timedelta | None
+
+
+#: Stuck orders read per query while a listing streams them.
+STUCK_BATCH = 500
+
+
+async def stuck_orders(
+    store: Store, thresholds: Mapping[str, timedelta], *, batch: int = STUCK_BATCH
+) -> AsyncIterator[StuckOrder]:
+    """Every stuck order, the longest stay first, read a batch at a time."""
+    after: tuple[datetime, str] | None = None
+    while True:
+        found = await store.reports.stuck_orders(limit=batch, after=after)
+        for order, since in found:
+            yield StuckOrder(order=order, since=since, threshold=thresholds.get(order.status or ""))
+        if len(found) < batch:
+            return
+        last, since = found[-1]
+        after = (since, last.order_id)
+
+
+def stuck_dict(stuck: StuckOrder) -> dict[str, Any]:
+    """A stuck order as JSON-ready data: the watched order's object with ``stuck``."""
+    threshold = stuck.threshold
+    return {
+        **watched_dict(stuck.order),
+        "stuck": {
+            "since": iso(stuck.since),
+            "threshold_seconds": int(threshold.total_seconds()) if threshold else None,
+        },
+    }
+
+
+def span(delta: timedelta | None) -> str:
+    """A length of time in its two largest units: ``3d 4h``, ``5h 12m``, ``12m``, ``<1m``."""
+    if delta is None:
+        return "-"
+    minutes = int(delta.total_seconds() // 60)
+    days, minutes = divmod(minutes, 1440)
+    hours, minutes = divmod(minutes, 60)
+    if days:
+        return f"{days}d {hours}h"
+    if hours:
+        return f"{hours}h {minutes}m"
+    return f"{minutes}m" if minutes else "<1m"
+
+
+STUCK_COLUMNS = (
+    Column("order", whole=True),
+    Column("status", whole=True),
+    Column("since", keep=2),
+    Column("for", keep=3),
+    Column("threshold", keep=1),
+)
+
+
+def stuck_cells(stuck: StuckOrder, now: datetime) -> Cells:
+    """One stuck order's cells under :data:`STUCK_COLUMNS`."""
+    return [
+        Text(printable(stuck.order.order_id)),
+        Text(printable(stuck.order.status or "-")),
+        Text(_short(stuck.since)),
+        Text(span(now - stuck.since)),
+        Text(span(stuck.threshold)),
+    ]
 
 
 def outcome_line(outcome: PollOutcome, transition: Transition | None) -> Text:
@@ -166,28 +387,34 @@ def delivery_dict(
     return data
 
 
-async def deliveries_table(
-    rows: AsyncIterator[Delivery], sinks: Collection[str] | None = None
-) -> Table:
-    """A table of deliveries; with the configured ``sinks``, orphaned ones say so."""
-    table = Table("event", "order", "sink", "state", "attempts", "last answer", "next attempt")
-    async for d in rows:
-        answer = d.last_error or (f"HTTP {d.last_status}" if d.last_status else "-")
-        state = (
-            Text("pending (orphaned: sink not configured)", style="magenta")
-            if orphaned(d, sinks)
-            else Text(d.state.value, style=_STATE_STYLE[d.state])
-        )
-        table.add_row(
-            d.event_id,
-            d.order_id,
-            d.sink,
-            state,
-            str(d.attempts),
-            Text(printable(answer)),
-            _short(d.next_attempt_at) if d.state is DeliveryState.PENDING else "-",
-        )
-    return table
+DELIVERY_COLUMNS = (
+    Column("event", whole=True),
+    Column("order", whole=True),
+    Column("sink", whole=True),
+    Column("state", whole=True),
+    Column("attempts", keep=1),
+    Column("last answer", keep=3),
+    Column("next attempt", keep=2),
+)
+
+
+def delivery_cells(d: Delivery, sinks: Collection[str] | None = None) -> Cells:
+    """One delivery's cells under :data:`DELIVERY_COLUMNS`; with the configured ``sinks``, a
+    pending one whose sink is not configured shows as ``orphaned`` (and why, as its answer)."""
+    answer = d.last_error or (f"HTTP {d.last_status}" if d.last_status else "-")
+    state = Text(d.state.value, style=_STATE_STYLE[d.state])
+    if orphaned(d, sinks):
+        state = Text("orphaned", style="magenta")
+        answer = f"pending, sink not configured; {answer}"
+    return [
+        Text(printable(d.event_id)),
+        Text(printable(d.order_id or "-")),
+        Text(printable(d.sink)),
+        state,
+        Text(str(d.attempts)),
+        Text(printable(answer)),
+        Text(_short(d.next_attempt_at) if d.state is DeliveryState.PENDING else "-"),
+    ]
 
 
 _STATE_STYLE = {
@@ -231,12 +458,12 @@ def _delivery_line(d: Delivery) -> Text:
     )
 
 
-def attempt_line(attempt: Attempt) -> Text:
-    """One line saying how a delivery attempt went."""
+def attempt_line(attempt: Attempt, *, event_id: str, order_id: str, sink: str) -> Text:
+    """One line saying how a delivery attempt went: the event, its order, the sink, the state."""
     answer = attempt.error or (f"answer {attempt.status}" if attempt.status else "")
     style = _STATE_STYLE[DeliveryState(attempt.state)]
     return (
-        Text(f"delivery {attempt.delivery_id}: ")
+        Text(printable(f"{event_id} {order_id or '-'} {sink}: "))
         + Text(attempt.state, style=style)
         + Text(printable(f" after attempt {attempt.attempts} {answer}".rstrip()))
     )
@@ -282,23 +509,69 @@ def status_json(overview: Overview, now: datetime, sinks: Collection[str] = ()) 
     }
 
 
-def status_rich(overview: Overview, now: datetime, sinks: Collection[str] = ()) -> Group:
-    """``tracker status`` for people: three small tables and the last successful poll."""
-    daemons = Table(
-        "daemon", "host", "pid", "version", "started", "last heartbeat", title="daemons"
-    )
-    for d in overview.daemons:
-        ago = f"{(now - d.heartbeat_at).total_seconds():.0f} s ago"
-        row = (d.id, d.host, str(d.pid), d.version, _short(d.started_at), ago)
-        daemons.add_row(*(Text(printable(cell)) for cell in row))
-    orders = Table("status", "state", "orders", title="watched orders")
-    for status, state, count in overview.orders:
-        orders.add_row(Text(printable(status or "-")), state, str(count))
-    sent = Table("sink", "state", "deliveries", "oldest pending", title="deliveries")
-    for sink, state, count, oldest in overview.deliveries:
-        age = f"{(now - oldest).total_seconds():.0f} s" if oldest is not None else "-"
-        name = sink if sink in sinks else f"{sink} (orphaned: not configured)"
-        sent.add_row(Text(printable(name)), state, str(count), age)
-    last = Text(f"last successful poll: {_short(overview.last_success_at)}")
-    none = Text("no daemon is running") if not overview.daemons else Text("")
-    return Group(daemons if overview.daemons else none, orders, sent, last)
+DAEMON_COLUMNS = (
+    Column("daemon", whole=True),
+    Column("host", keep=4),
+    Column("pid", keep=3),
+    Column("version", keep=1),
+    Column("started", keep=2),
+    Column("last heartbeat", keep=5),
+)
+ORDER_COUNT_COLUMNS = (Column("status", whole=True), Column("state"), Column("orders"))
+DELIVERY_COUNT_COLUMNS = (
+    Column("sink", whole=True),
+    Column("state", whole=True),
+    Column("deliveries", keep=2),
+    Column("oldest pending", keep=1),
+)
+
+
+def status_sections(
+    overview: Overview, now: datetime, sinks: Collection[str] = ()
+) -> list[tuple[str, tuple[Column, ...], list[Cells]]]:
+    """``tracker status``'s three tables: a title, the columns and the rows of each."""
+    daemons = [
+        [
+            *(Text(printable(cell)) for cell in (d.id, d.host, str(d.pid), d.version)),
+            Text(_short(d.started_at)),
+            Text(f"{(now - d.heartbeat_at).total_seconds():.0f} s ago"),
+        ]
+        for d in overview.daemons
+    ]
+    orders = [
+        [Text(printable(status or "-")), Text(state), Text(str(count))]
+        for status, state, count in overview.orders
+    ]
+    sent = [
+        [
+            Text(printable(sink if sink in sinks else f"{sink} (orphaned)")),
+            Text(state),
+            Text(str(count)),
+            Text(f"{(now - oldest).total_seconds():.0f} s" if oldest is not None else "-"),
+        ]
+        for sink, state, count, oldest in overview.deliveries
+    ]
+    return [
+        ("daemons", DAEMON_COLUMNS, daemons),
+        ("watched orders", ORDER_COUNT_COLUMNS, orders),
+        ("deliveries", DELIVERY_COUNT_COLUMNS, sent),
+    ]
+
+
+def show_status(
+    console: Console, overview: Overview, now: datetime, sinks: Collection[str] = ()
+) -> None:
+    """``tracker status`` for people: three tables and the last successful poll; in a pipe,
+    each table as tab-separated rows under a header row, a blank line between them."""
+    last = _short(overview.last_success_at)
+    sections = status_sections(overview, now, sinks)
+    if not console.is_terminal:
+        blocks = [tsv_lines(columns, rows) for _title, columns, rows in sections]
+        console.file.write("\n".join([*blocks, f"last_successful_poll\n{last}\n"]))
+        return
+    for title, columns, rows in sections:
+        if title == "daemons" and not rows:
+            console.print(Text("no daemon is running"))
+            continue
+        show(console, columns, rows, title=title)
+    console.print(Text(f"last successful poll: {last}"))

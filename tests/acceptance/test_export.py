@@ -230,7 +230,7 @@ class TestExport:
         [
             ("2026-01-01", "2026-01-01", "is not before --until"),
             ("2026-01-01T10:00", None, "has no UTC offset, so its time is ambiguous"),
-            ("yesterday", None, "is not a date; use YYYY-MM-DD (midnight UTC) or ISO 8601"),
+            ("tomorrow", None, "is not a date; use YYYY-MM-DD (midnight UTC) or ISO 8601"),
             ("0001-01-01T00:00:00+01:00", None, "is out of range"),
             (None, "2026-01-01", "--since DATE is required"),
         ],

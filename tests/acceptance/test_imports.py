@@ -88,6 +88,8 @@ class TestReadingCommandsStayLight:
             ["status", "--json"],
             ["export", "--since", "2000-01-01"],
             ["export", "--since", "2000-01-01", "--format", "ndjson"],
+            ["report", "durations", "--by", "provider"],
+            ["report", "flow", "--format", "json"],
         ],
         ids=" ".join,
     )

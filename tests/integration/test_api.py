@@ -12,6 +12,7 @@ import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -30,11 +31,12 @@ from tests.support import (
     tracker_cli,
     write_config,
 )
+from tracker import alerts
 from tracker.clock import utc_now
 from tracker.config import from_mapping
 from tracker.model import DeliveryState
 from tracker.service import Service, open_service
-from tracker.views import delivery_dict
+from tracker.views import delivery_dict, watched_dict
 from tracker.web import Metrics, build_app
 from tracker.web.auth import Users
 from tracker.web.openapi import document
@@ -493,6 +495,83 @@ class TestTransitions:
         assert named in answer.json()["error"]["message"]
         unauthorised = await world.client.get("/api/v1/transitions", params=params)
         assert unauthorised.status_code == 401
+
+
+async def report_stuck(service: Service, thresholds: dict[str, timedelta]) -> None:
+    """Report, as the daemon's stuck check does, the stays past ``thresholds`` two hours on."""
+    store = service.store
+    now = utc_now() + timedelta(hours=2)
+    stays = await store.events.stuck(thresholds, now=now, limit=100)
+    made = [
+        (s, alerts.stuck(order_id=s.order_id, status=s.status, since=s.since,
+                         threshold=thresholds[s.status], now=now, routes={}))
+        for s in stays
+    ]  # fmt: skip
+    await store.events.report_stuck(made)
+
+
+class TestStuck:
+    """`GET /api/v1/orders?stuck=true`: the orders stuck now, longest first, with `stuck`."""
+
+    async def test_stuck_orders_with_their_threshold(self, world: World) -> None:
+        """Only stuck orders are listed, a page at a time, each with since and threshold."""
+        await report_stuck(world.service, {"checked": timedelta(hours=1)})
+        users = Users(world.service.settings.http.users, logins=world.service.store.logins)
+        app = build_app(
+            store=world.service.store,
+            metrics=Metrics(),
+            users=users,
+            targets=lambda: {"checked": timedelta(hours=1)},
+        )
+        async with app_client(app) as (_url, client):
+            first = await client.get("/api/v1/orders", params={"stuck": "true", "limit": "1"},
+                                     headers=READ)  # fmt: skip
+            assert first.status_code == 200, first.text
+            cursor = first.json()["next_cursor"]
+            assert cursor is not None
+            second = await client.get(
+                "/api/v1/orders", params={"stuck": "true", "limit": "1", "cursor": cursor},
+                headers=READ,
+            )  # fmt: skip
+        items = first.json()["items"] + second.json()["items"]
+        assert second.json()["next_cursor"] is None
+        assert sorted(i["order_id"] for i in items) == [A, C]
+        sinces = [i["stuck"]["since"] for i in items]
+        assert sinces == sorted(sinces)  # the longest stay first
+        for item in items:
+            order = await world.service.store.orders.get(item["order_id"])
+            assert order is not None
+            assert item["status"] == "checked"
+            assert item["stuck"]["threshold_seconds"] == 3600
+            assert {k: v for k, v in item.items() if k != "stuck"} == watched_dict(order)
+
+    async def test_the_same_objects_as_the_cli(self, world: World) -> None:
+        """The API's stuck list is what `watch list --stuck --json` prints (no threshold is
+        configured on either side: null)."""
+        await report_stuck(world.service, {"checked": timedelta(hours=1)})
+        answer = await world.client.get("/api/v1/orders", params={"stuck": "true"}, headers=READ)
+        ran = await tracker_cli("watch", "list", "--stuck", "--json", "--config", str(world.config))
+        assert ran.code == 0, ran.err
+        assert answer.json()["items"] == json.loads(ran.out)
+        assert [i["stuck"]["threshold_seconds"] for i in json.loads(ran.out)] == [None, None]
+        everyone = await world.client.get("/api/v1/orders", params={"stuck": "false"}, headers=READ)
+        assert [i["order_id"] for i in everyone.json()["items"]] == [A, B, C]
+
+    @pytest.mark.parametrize(
+        ("params", "named"),
+        [
+            ({"stuck": "yes"}, "stuck"),
+            ({"stuck": "true", "status": "checked"}, "status"),
+            ({"stuck": "true", "q": "prdo_a"}, "q"),
+            ({"stuck": "true", "cursor": "bzpwcmRvX2E"}, "cursor"),  # an order list's cursor
+            ({"stuck": "true", "cursor": "czpub3RhZGF0ZXxwcmRvX2E"}, "cursor"),
+        ],
+    )
+    async def test_refused(self, world: World, params: dict[str, str], named: str) -> None:
+        """A bad stuck value, a filter beside it or a foreign cursor gets 422 naming it."""
+        answer = await world.client.get("/api/v1/orders", params=params, headers=READ)
+        assert answer.status_code == 422
+        assert named in answer.json()["error"]["message"]
 
 
 class TestSchema:

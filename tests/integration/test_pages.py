@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from tests.outbox import FAST, deliver_all, hook_sink, poll
 from tests.support import ScriptedUpstream, app_client, error, ok, settings_mapping
+from tracker import alerts
 from tracker.clock import utc_now
 from tracker.config import HttpUser, from_mapping
 from tracker.model import DeliveryState
@@ -642,3 +643,77 @@ class TestLatestTransitions:
         assert latest[0].detected_at > latest[1].detected_at >= latest[2].detected_at
         assert await store.reports.latest_transitions(limit=1) == latest[:1]
         assert await store.reports.latest_transitions(limit=0) == []
+
+
+async def report_stuck(service: Service, thresholds: dict[str, timedelta]) -> None:
+    """Report, as the daemon's stuck check does, the stays past ``thresholds`` two hours on."""
+    store = service.store
+    now = utc_now() + timedelta(hours=2)
+    stays = await store.events.stuck(thresholds, now=now, limit=100)
+    made = [
+        (s, alerts.stuck(order_id=s.order_id, status=s.status, since=s.since,
+                         threshold=thresholds[s.status], now=now, routes={}))
+        for s in stays
+    ]  # fmt: skip
+    await store.events.report_stuck(made)
+
+
+class TestStuck:
+    """The board's stuck panel and `/stuck`: the orders stuck now, longest first."""
+
+    @asynccontextmanager
+    async def stuck_pages(self, world: World) -> AsyncIterator[httpx.AsyncClient]:
+        """B's stay in ordered reported stuck, and pages that know `ordered = "1h"`."""
+        await report_stuck(world.service, {"ordered": timedelta(hours=1)})
+        app = build_app(
+            store=world.service.store,
+            metrics=Metrics(),
+            users=world.users,
+            targets=lambda: {"ordered": timedelta(hours=1)},
+        )
+        async with app_client(app) as (_url, client):
+            await login(client, READ_TOKEN)
+            yield client
+
+    async def test_board_panel_and_page(self, world: World) -> None:
+        """The board counts the stuck order and links to /stuck, which lists it with its status,
+        since when, for how long and the threshold; the others are not listed."""
+        async with self.stuck_pages(world) as client:
+            board = await client.get("/")
+            page = await client.get("/stuck")
+        panel = board.text[board.text.index('id="stuck"') : board.text.index('id="deliveries"')]
+        assert '<span class="badge">1</span>' in panel
+        assert 'href="/stuck"' in panel
+        assert f'href="/orders/{B}"' in panel
+        assert f'href="/orders/{A}"' not in panel
+        assert page.status_code == 200
+        assert page.headers["content-security-policy"] == CSP
+        table = page.text[page.text.index('id="stuck-orders"') :]
+        assert table.count("<tr data-order=") == 1
+        row = table[table.index(f'data-order="{B}"') :]
+        row = row[: row.index("</tr>")]
+        assert ">ordered<" in row
+        assert "1h 0m" in row  # the threshold
+        order = await world.service.store.orders.get(B)
+        assert order is not None
+        assert order.last_change_at is not None
+        assert f'datetime="{order.last_change_at.isoformat()}"' in row
+
+    async def test_nothing_stuck(self, world: World) -> None:
+        """With no stuck order the panel and the page say so."""
+        await login(world.client, READ_TOKEN)
+        board = await world.client.get("/")
+        page = await world.client.get("/stuck")
+        panel = board.text[board.text.index('id="stuck"') : board.text.index('id="deliveries"')]
+        assert '<span class="badge">0</span>' in panel
+        assert "None: no active order stayed longer" in page.text
+
+    async def test_login_and_links_it_did_not_make(self, world: World) -> None:
+        """/stuck needs a login, and a page link not made here is a 400 page."""
+        answer = await world.client.get("/stuck")
+        assert answer.status_code == 303
+        assert answer.headers["location"] == "/login?next=%2Fstuck"
+        await login(world.client, READ_TOKEN)
+        foreign = await world.client.get("/stuck", params={"cursor": "bzpwcmRvX2E"})
+        assert foreign.status_code == 400
+        assert "text/html" in foreign.headers["content-type"]

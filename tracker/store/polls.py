@@ -23,7 +23,7 @@ from sqlalchemy import (
 
 from tracker.diff import Decision
 from tracker.model import Claim, DeliveryState, Event, MeterOrder, StatusChange, Transition
-from tracker.store import rows
+from tracker.store import rows, stays
 from tracker.store.events import raise_on
 from tracker.store.hints import settle
 from tracker.store.packing import pack_body
@@ -291,8 +291,19 @@ async def _record_change(
         )
     ).scalar_one()
     change = decision.change
+    if change is None and claim.status is None:  # the first snapshot: its stay's start unknown
+        await stays.begin_first(
+            conn,
+            order_id=order.id,
+            status=order.status,
+            provider=order.provider,
+            at=outcome.polled_at,
+        )
     if change is None or outcome.event_id is None:
         return True, []
+    await stays.move(
+        conn, order_id=order.id, status=order.status, provider=order.provider, at=outcome.polled_at
+    )
     return True, [await _record_transition(conn, outcome, change, outcome.event_id, snapshot_id)]
 
 

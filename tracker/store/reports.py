@@ -23,7 +23,7 @@ from tracker.model import DaemonRecord, Delivery, DeliveryState, Snapshot, Trans
 from tracker.store import rows
 from tracker.store.events import Stay
 from tracker.store.rows import DELIVERY_ROWS, TRANSITION_COLUMNS
-from tracker.store.sql import BATCH, Repository
+from tracker.store.sql import BATCH, Repository, chunks
 from tracker.store.tables import daemons, deliveries, snapshots, transitions
 from tracker.store.tables import watched_orders as w
 
@@ -180,6 +180,48 @@ class Reports(Repository):
                 Stay(order_id=r.order_id, status=r.status, since=r.status_since) for r in found
             ]
             return count.scalar_one(), stays
+
+    async def stuck_orders(
+        self, *, limit: int, after: tuple[datetime, str] | None = None
+    ) -> list[tuple[WatchedOrder, datetime]]:
+        """The active orders whose current stay was reported stuck, each with the stay's
+        start, longest stay first (as :meth:`stuck_now`), up to ``limit`` after the key
+        ``after`` (a stay's start and order id: keyset paging)."""
+        query = (
+            select(w)
+            .where(w.c.active, w.c.stuck_at.is_not(None))
+            .order_by(w.c.status_since, w.c.order_id)
+            .limit(limit)
+        )
+        if after is not None:
+            since, order_id = after
+            # The first condition alone lets an index on the stay's start bound the scan.
+            query = query.where(
+                w.c.status_since >= since,
+                or_(w.c.status_since > since, w.c.order_id > order_id),
+            )
+        async with self._engine.connect() as conn:
+            return [(rows.watched(row), row.status_since) for row in await conn.execute(query)]
+
+    async def watched_ids(self, order_ids: Sequence[str]) -> set[str]:
+        """Which of ``order_ids`` are watched or were (removed and retired ones too)."""
+        found: set[str] = set()
+        async with self._engine.connect() as conn:
+            for chunk in chunks(list(dict.fromkeys(order_ids))):
+                picked = await conn.execute(select(w.c.order_id).where(w.c.order_id.in_(chunk)))
+                found.update(picked.scalars())
+        return found
+
+    async def deliveries_of(self, event_ids: Sequence[str]) -> list[Delivery]:
+        """Every delivery of the given events (each event's order and sink), by id."""
+        found: list[Delivery] = []
+        async with self._engine.connect() as conn:
+            for chunk in chunks(list(dict.fromkeys(event_ids))):
+                picked = await conn.execute(
+                    DELIVERY_ROWS.where(deliveries.c.event_id.in_(chunk)).order_by(deliveries.c.id)
+                )
+                found += [rows.delivery(row) for row in picked]
+        return found
 
     async def failing_now(self, *, at_least: int, limit: int) -> tuple[int, list[WatchedOrder]]:
         """The active orders whose last ``at_least`` polls (or more) failed in a row: how many,

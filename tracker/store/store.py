@@ -19,6 +19,7 @@ from tracker.store.outbox import Outbox
 from tracker.store.polls import Polls
 from tracker.store.reports import Reports
 from tracker.store.sql import Owner, where
+from tracker.store.stays import Stays
 
 if TYPE_CHECKING:
     from tracker.store.sql import Conn, Database
@@ -29,7 +30,7 @@ class Store:
 
     ``orders`` (watching), ``polls`` (claims and outcomes), ``outbox`` (deliveries),
     ``events`` (alerts, digests, stuck stays), ``hints`` (push hints), ``fleet`` (daemons),
-    ``reports`` (read models) and ``logins`` (the pages' sessions).
+    ``reports`` (read models), ``logins`` (the pages' sessions) and ``stays`` (durations).
     """
 
     def __init__(self, engine: Database) -> None:
@@ -51,6 +52,8 @@ class Store:
         self.reports = Reports(engine, self._owner)
         #: The support pages' logins (``tracker.store.logins``).
         self.logins = Logins(engine)
+        #: Stays in each status: the reports' durations (``tracker.store.stays``).
+        self.stays = Stays(engine, self._owner)
 
     @property
     def owner(self) -> str:

@@ -162,6 +162,37 @@ transitions = Table(
     Index(None, "detected_at"),
 )
 
+#: Each order's stays, one per status it was seen in, in order: the history's durations
+#: (``tracker.store.stays``), kept as transitions are recorded (``Polls.record``) so that a
+#: report reads finished stays and their lengths instead of pairing transitions up.
+stays = Table(
+    "stays",
+    metadata,
+    Column("id", RowId, primary_key=True, autoincrement=True),
+    Column("order_id", String(80), ForeignKey("watched_orders.order_id"), nullable=False),
+    Column("status", String(64), nullable=False),
+    #: The provider of the snapshot that began the stay (null if longer than the column).
+    Column("provider", String(64)),
+    #: When the transition into the status was detected; null for the first status seen,
+    #: whose stay began before watching did (unknown, not zero).
+    Column("started_at", UTCDateTime),
+    #: When the tracker first saw the order in this status (``started_at`` when known).
+    Column("seen_at", UTCDateTime, nullable=False),
+    #: When the transition out of it was detected; null while it lasts.
+    Column("ended_at", UTCDateTime),
+    #: ``ended_at - started_at`` in microseconds, when both are known.
+    Column("micros", BigInteger),
+    #: The status the order moved to when the stay ended (the flow between statuses).
+    Column("next_status", String(64)),
+    #: Serves the durations and the flow of a period: finished stays by end, what the
+    #: reports read of them in the index itself.
+    Index(None, "ended_at", "status", "provider", "micros", "next_status"),
+    #: Serves the weekly trend: entries into a status in a period.
+    Index(None, "status", "started_at"),
+    #: Serves closing an order's current stay, and lead times' first entries per order.
+    Index(None, "order_id", "status", "started_at"),
+)
+
 deliveries = Table(
     "deliveries",
     metadata,

@@ -12,8 +12,9 @@ import binascii
 import functools
 import io
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
 from contextlib import aclosing
+from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
@@ -36,7 +37,7 @@ from tracker.export import (
 from tracker.lifecycle import Status
 from tracker.model import DeliveryState, validate_order_id
 from tracker.store import Store
-from tracker.views import delivery_dict, history_json, watched_dict
+from tracker.views import StuckOrder, delivery_dict, history_json, stuck_dict, watched_dict
 from tracker.web.auth import Users, authenticate
 from tracker.web.bodies import bounded_body, parse_json
 from tracker.web.openapi import document
@@ -69,13 +70,18 @@ EVENT_ID = re.compile(r"[A-Za-z0-9_.:-]{1,40}")
 SINK = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 Sinks = Callable[[], Collection[str]]
+#: ``[alerts.stuck]``: the longest normal stay per status.
+Thresholds = Callable[[], Mapping[str, timedelta]]
 #: Characters a free-text query value may have (a date with time and offset fits).
 MAX_TEXT = 64
 
 
-def api_routes(*, store: Store, users: Users, sinks: Sinks) -> list[BaseRoute]:
-    """The ``/api/v1`` routes over ``store`` for ``users``."""
-    api = _Api(store=store, users=users, sinks=sinks)
+def api_routes(
+    *, store: Store, users: Users, sinks: Sinks, stuck: Thresholds = dict
+) -> list[BaseRoute]:
+    """The ``/api/v1`` routes over ``store`` for ``users``; ``stuck`` reads ``[alerts.stuck]``
+    (at each request, so a reload shows)."""
+    api = _Api(store=store, users=users, sinks=sinks, stuck=stuck)
     spec = document()
 
     async def openapi(_request: Request) -> Response:
@@ -94,16 +100,19 @@ def api_routes(*, store: Store, users: Users, sinks: Sinks) -> list[BaseRoute]:
 class _Api:
     """The endpoints: each authenticates, parses, calls the store and serialises."""
 
-    def __init__(self, *, store: Store, users: Users, sinks: Sinks) -> None:
+    def __init__(self, *, store: Store, users: Users, sinks: Sinks, stuck: Thresholds) -> None:
         self._store = store
         self._users = users
         self._sinks = sinks
+        self._stuck = stuck
         #: Exports streaming now, per user (at most :data:`MAX_EXPORTS` each).
         self._exporting: dict[str, int] = {}
 
     async def list_orders(self, request: Request) -> Response:
         authenticate(request, self._users)
-        query = _Query(request, ("status", "state", "q", "limit", "cursor"))
+        query = _Query(request, ("status", "state", "q", "stuck", "limit", "cursor"))
+        if query.choice("stuck", ("true", "false")) == "true":
+            return await self._stuck_orders(query)
         limit = query.limit()
         after = query.cursor("o")
         if after is not None:
@@ -119,6 +128,32 @@ class _Api:
         rows = rows[:limit]
         cursor = _cursor("o", rows[-1].order_id) if more else None
         return JSONResponse({"items": [watched_dict(o) for o in rows], "next_cursor": cursor})
+
+    async def _stuck_orders(self, query: _Query) -> Response:
+        """``?stuck=true``: the orders stuck now, longest stay first, each with ``stuck``."""
+        for name in ("status", "state", "q"):
+            if query.text(name) is not None:
+                raise HTTPException(422, f"{name}: not with stuck=true (only limit and cursor)")
+        limit = query.limit()
+        after = None
+        position = query.cursor("s")
+        if position is not None:
+            after = stuck_position(position)
+            if after is None:
+                raise HTTPException(422, "cursor: not one this API issued; start without it")
+        rows = await self._store.reports.stuck_orders(limit=limit + 1, after=after)
+        more = len(rows) > limit
+        rows = rows[:limit]
+        thresholds = self._stuck()
+        items = [
+            stuck_dict(StuckOrder(order=o, since=since, threshold=thresholds.get(o.status or "")))
+            for o, since in rows
+        ]
+        cursor = None
+        if more:
+            last, since = rows[-1]
+            cursor = _cursor("s", f"{since.isoformat()}|{last.order_id}")
+        return JSONResponse({"items": items, "next_cursor": cursor})
 
     async def get_order(self, request: Request) -> Response:
         authenticate(request, self._users)
@@ -344,6 +379,17 @@ class _Query:
 def _cursor(kind: str, position: str) -> str:
     """An opaque cursor: the page's last key, which the next page starts after."""
     return base64.urlsafe_b64encode(f"{kind}:{position}".encode()).decode().rstrip("=")
+
+
+def stuck_position(position: str) -> tuple[datetime, str] | None:
+    """The (stay start, order id) a stuck list's cursor holds, or ``None`` for one not made
+    here (the API's and the pages' alike)."""
+    moment, _, order_id = position.partition("|")
+    try:
+        since = datetime.fromisoformat(moment)
+        return (since, validate_order_id(order_id)) if since.tzinfo is not None else None
+    except (ValueError, InvalidOrderId):
+        return None
 
 
 def _order_id(value: str, what: str) -> str:

@@ -29,7 +29,8 @@ from tracker.web.auth import Users
 from tracker.web.bodies import BodyBudget, error_body
 from tracker.web.hooks import hook_routes
 from tracker.web.metrics import CONTENT_TYPE, Metrics
-from tracker.web.pages import error_page, page_routes, wants_page
+from tracker.web.pages import error_page, page_guard, page_routes, wants_page
+from tracker.web.report_page import Targets, report_routes
 from tracker.web.throttle import Tally
 
 log = structlog.get_logger("tracker.web")
@@ -51,6 +52,7 @@ def build_app(
     webhook_secret: SecretStr | None = None,  # POST /hooks/nomos: see tracker.web.hooks
     probe: Store | None = None,
     clock: Clock = utc_now,
+    targets: Targets = dict,  # [alerts.stuck], the report page's SLA targets
 ) -> Starlette:
     """The routes over ``store``; ``readiness`` is the daemon's under ``tracker run``.
 
@@ -87,7 +89,7 @@ def build_app(
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
             Route("/metrics", scrape, methods=["GET"]),
-            *api_routes(store=store, users=users, sinks=sinks),
+            *api_routes(store=store, users=users, sinks=sinks, stuck=targets),
             *hook_routes(
                 store=store,
                 secret=webhook_secret,
@@ -95,7 +97,13 @@ def build_app(
                 metrics=metrics,
                 throttle=users.throttle,
             ),
-            *page_routes(store=store, users=users, sinks=sinks),
+            *page_routes(store=store, users=users, sinks=sinks, stuck=targets),
+            *report_routes(
+                store=store,
+                users=users,
+                guard=page_guard(store=store, users=users, sinks=sinks),
+                targets=targets,
+            ),
         ],
         exception_handlers={HTTPException: _http_error, Exception: _crash},
         middleware=[Middleware(_ApiHeaders)],

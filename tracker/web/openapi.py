@@ -92,6 +92,18 @@ _WATCHED: dict[str, Any] = {
             "type": ["string", "null"],
             "description": "The subscription the latest snapshot names; null as for customer.",
         },
+        "stuck": {
+            "type": "object",
+            "description": "Only in the list of stuck orders (`stuck=true`): since when the "
+            "order stands in its status, and `[alerts.stuck]`'s threshold for that status in "
+            "seconds (null if it was removed since the stay was reported).",
+            "required": ["since", "threshold_seconds"],
+            "additionalProperties": False,
+            "properties": {
+                "since": _TIME,
+                "threshold_seconds": {"type": ["integer", "null"], "minimum": 1},
+            },
+        },
     },
 }
 
@@ -258,7 +270,8 @@ _PATHS: dict[str, Any] = {
     "/api/v1/orders": {
         "get": {
             "operationId": "listOrders",
-            "summary": "Watched orders, in order id order, a page at a time.",
+            "summary": "Watched orders, in order id order, a page at a time; with "
+            "`stuck=true`, the orders stuck now, the longest stay first.",
             "parameters": [
                 {
                     "name": "status",
@@ -284,6 +297,16 @@ _PATHS: dict[str, Any] = {
                     "`sub_vzyqxohw546im28zwyhn04ei`. A customer or subscription matches whole "
                     "only, not by a prefix.",
                     "schema": {"type": "string", "pattern": "^[a-z0-9_]{1,80}$"},
+                },
+                {
+                    "name": "stuck",
+                    "in": "query",
+                    "required": False,
+                    "description": "`true`: only the active orders whose current stay was "
+                    "reported stuck (`meter_order.stuck`, per `[alerts.stuck]`), the longest "
+                    "stay first, each with `stuck`; then `status`, `state` and `q` are refused "
+                    "(422).",
+                    "schema": {"type": "string", "enum": ["true", "false"], "default": "false"},
                 },
                 _LIMIT,
                 _CURSOR,
@@ -479,6 +502,111 @@ _PATHS: dict[str, Any] = {
         },
     },
 }
+
+# -- the reports (``tracker.web.report_page``, numbers from ``tracker.insight``) --------------
+
+_REPORT_ITEMS: dict[str, dict[str, Any]] = {
+    "durations": {
+        "status": {"type": "string"},
+        "provider": {"type": ["string", "null"], "description": "Null without `by=provider`."},
+        "count": {"type": "integer", "minimum": 1},
+        "median_seconds": {"type": "number", "minimum": 0},
+        "p90_seconds": {"type": "number", "minimum": 0},
+    },
+    "lead-time": {
+        "provider": {"type": ["string", "null"], "description": "Null without `by=provider`."},
+        "count": {"type": "integer", "minimum": 1},
+        "median_seconds": {"type": "number", "minimum": 0},
+        "p90_seconds": {"type": "number", "minimum": 0},
+        "bins": {
+            "type": "array",
+            "items": {"type": "integer", "minimum": 0},
+            "description": "Orders per two-week bin of lead time; the last bin is open.",
+        },
+    },
+    "flow": {
+        "from": {"type": "string"},
+        "to": {"type": "string"},
+        "provider": {"type": ["string", "null"], "description": "Null without `by=provider`."},
+        "count": {"type": "integer", "minimum": 1},
+    },
+    "weekly": {
+        "week": {"type": "string", "format": "date", "description": "The week's Monday (UTC)."},
+        "activated": {"type": "integer", "minimum": 0},
+        "cancelled": {"type": "integer", "minimum": 0},
+        "blocked": {"type": "integer", "minimum": 0},
+    },
+    "over-target": {
+        "status": {"type": "string"},
+        "provider": {"type": ["string", "null"], "description": "Null: all providers."},
+        "target_seconds": {"type": "number", "minimum": 0},
+        "count": {"type": "integer", "minimum": 1},
+        "over": {"type": "integer", "minimum": 0},
+        "share": {"type": "number", "minimum": 0, "maximum": 1},
+    },
+}
+_REPORT_SUMMARIES = {
+    "durations": "Time in each status: count, median and p90 of the finished stays of known "
+    "start that ended in the period, per status (and provider with `by=provider`).",
+    "lead-time": "Lead time from the first transition into `ordered` to the first into "
+    "`activated`, for the orders first activated in the period.",
+    "flow": "How many times each transition was taken in the period, detours included.",
+    "weekly": "Entries into `activated`, `cancelled` and `blocked`/`blocked_wim` per week "
+    "(Monday 00:00 UTC), every week of the period listed.",
+    "over-target": "Finished stays longer than their status's `[alerts.stuck]` target: all "
+    "providers together, and per provider with `by=provider`.",
+}
+_REPORT_PARAMETERS: list[dict[str, Any]] = [
+    {
+        "name": "since",
+        "in": "query",
+        "required": False,
+        "description": "Inclusive: a date `YYYY-MM-DD` (midnight UTC) or ISO 8601 with an "
+        "offset; absent: 12 weeks before `until`.",
+        "schema": {"type": "string", "maxLength": 64},
+    },
+    {
+        "name": "until",
+        "in": "query",
+        "required": False,
+        "description": "Exclusive, in the same forms; absent: now.",
+        "schema": {"type": "string", "maxLength": 64},
+    },
+    {
+        "name": "by",
+        "in": "query",
+        "required": False,
+        "description": "`provider`: one item per provider; empty or absent: one overall.",
+        "schema": {"type": "string", "enum": ["provider", ""]},
+    },
+]
+
+
+def _report_path(name: str) -> dict[str, Any]:
+    item = {
+        "type": "object",
+        "required": list(_REPORT_ITEMS[name]),
+        "additionalProperties": False,
+        "properties": _REPORT_ITEMS[name],
+    }
+    body = {
+        "type": "object",
+        "required": ["since", "until", "items"],
+        "additionalProperties": False,
+        "properties": {"since": _TIME, "until": _TIME, "items": {"type": "array", "items": item}},
+    }
+    operation = "report" + "".join(part.title() for part in name.split("-"))
+    return {
+        "get": {
+            "operationId": operation,
+            "summary": _REPORT_SUMMARIES[name],
+            "parameters": _REPORT_PARAMETERS,
+            "responses": {"200": _json("The period and its items.", body), **_READ_ERRORS},
+        }
+    }
+
+
+_PATHS.update({f"/api/v1/reports/{name}": _report_path(name) for name in _REPORT_ITEMS})
 
 _DOCUMENT: dict[str, Any] = {
     "openapi": "3.1.0",

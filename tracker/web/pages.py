@@ -33,14 +33,16 @@ from tracker.errors import InvalidOrderId
 from tracker.lifecycle import BLOCKED, COMPLETE, MAIN_PATH, Status, is_known
 from tracker.model import STALE_AFTER, DeliveryState, validate_order_id
 from tracker.store import History, Store
-from tracker.views import history_json, orphaned, state_of
+from tracker.views import history_json, orphaned, span, state_of
 from tracker.web.api import (
     EVENT_ID,
     PREFIX,
     SEARCH_PATTERN,
     STATES,
+    Thresholds,
     clip_id,
     retry_event,
+    stuck_position,
 )
 from tracker.web.auth import Users, client_of
 from tracker.web.bodies import bounded_body
@@ -67,6 +69,8 @@ PAGE_SIZE = 50
 #: Transitions and failing orders the board lists (the rest are a search or a page away).
 LATEST_SHOWN = 20
 FAILING_SHOWN = 20
+#: Stuck orders the board lists (all of them on ``/stuck``).
+STUCK_SHOWN = 10
 #: Fields one form may send: ours have three; more is not a form of ours.
 MAX_FIELDS = 20
 #: Bytes a form may have: ours hold a token, a CSRF token and a page to return to.
@@ -232,19 +236,31 @@ Sinks = Callable[[], Collection[str]]
 Handler = Callable[[Request, Visitor], Awaitable[Response]]
 
 
-def page_routes(*, store: Store, users: Users, sinks: Sinks) -> list[BaseRoute]:
-    """The support pages over ``store`` for ``users``: login, board, search, order, dead letters."""
-    pages = _Pages(store=store, users=users, sinks=sinks)
+def page_routes(
+    *, store: Store, users: Users, sinks: Sinks, stuck: Thresholds = dict
+) -> list[BaseRoute]:
+    """The support pages over ``store`` for ``users``: login, board, search, order, stuck
+    orders (``stuck`` reads ``[alerts.stuck]``), dead letters."""
+    pages = _Pages(store=store, users=users, sinks=sinks, stuck=stuck)
     return [
         PageRoute("/login", pages.login_page, methods=["GET", "POST"]),
         PageRoute("/logout", pages.logout, methods=["POST"]),
         PageRoute("/", pages.page(pages.board), methods=["GET"]),
         PageRoute("/orders", pages.page(pages.search), methods=["GET"]),
         PageRoute("/orders/{order_id}", pages.page(pages.order), methods=["GET"]),
+        PageRoute("/stuck", pages.page(pages.stuck), methods=["GET"]),
         PageRoute("/dead-letters", pages.page(pages.dead_letters), methods=["GET"]),
         PageRoute("/dead-letters/{event_id}/retry", pages.page(pages.retry), methods=["POST"]),
         PageRoute(CSS_PATH, stylesheet, methods=["GET"]),
     ]
+
+
+def page_guard(
+    *, store: Store, users: Users, sinks: Sinks
+) -> Callable[[Handler], Callable[[Request], Awaitable[Response]]]:
+    """The pages' authentication and cross-site checks, for pages registered beside these
+    (``tracker.web.report_page``)."""
+    return _Pages(store=store, users=users, sinks=sinks).page
 
 
 async def stylesheet(_request: Request) -> Response:
@@ -257,10 +273,13 @@ async def stylesheet(_request: Request) -> Response:
 class _Pages:
     """The pages: each authenticates, parses, calls the store and renders."""
 
-    def __init__(self, *, store: Store, users: Users, sinks: Sinks) -> None:
+    def __init__(
+        self, *, store: Store, users: Users, sinks: Sinks, stuck: Thresholds = dict
+    ) -> None:
         self._store = store
         self._users = users
         self._sinks = sinks
+        self._stuck = stuck
 
     # -- who is asking ----------------------------------------------------------------------
 
@@ -374,6 +393,7 @@ class _Pages:
         failing_count, failing = await self._store.reports.failing_now(
             at_least=1, limit=FAILING_SHOWN
         )
+        stuck_count, stuck = await self._store.reports.stuck_now(limit=STUCK_SHOWN)
         dead = sum(n for _sink, state, n, _at in overview.deliveries if state == DeliveryState.DEAD)
         pending = sum(
             n for _sink, state, n, _at in overview.deliveries if state == DeliveryState.PENDING
@@ -388,6 +408,8 @@ class _Pages:
             active=sum(counts.values()),
             failing_count=failing_count,
             failing=failing,
+            stuck_count=stuck_count,
+            stuck=[(stay, span(now - stay.since)) for stay in stuck],
             latest=await self._store.reports.latest_transitions(limit=LATEST_SHOWN),
             dead=dead,
             pending=pending,
@@ -468,6 +490,34 @@ class _Pages:
             subscription=latest.get("subscription"),
             provider=latest.get("provider"),
             timeline=_timeline(history, data),
+        )
+
+    async def stuck(self, request: Request, visitor: Visitor) -> Response:
+        """The orders stuck now, longest stay first: status, since when, for how long."""
+        after = None
+        if request.query_params.get("cursor"):
+            position = _uncursor("s", request.query_params["cursor"])
+            after = stuck_position(position) if position is not None else None
+            if after is None:
+                raise HTTPException(400, "that page link is not one this site made")
+        rows = await self._store.reports.stuck_orders(limit=PAGE_SIZE + 1, after=after)
+        next_url = None
+        if len(rows) > PAGE_SIZE:
+            rows = rows[:PAGE_SIZE]
+            last, since = rows[-1]
+            next_url = "/stuck?" + urllib.parse.urlencode(
+                {"cursor": _cursor("s", f"{since.isoformat()}|{last.order_id}")}
+            )
+        now = utc_now()
+        thresholds = self._stuck()
+        return render(
+            "stuck.html",
+            visitor=visitor,
+            rows=[
+                (order, since, span(now - since), span(thresholds.get(order.status or "")))
+                for order, since in rows
+            ],
+            next_url=next_url,
         )
 
     async def dead_letters(self, request: Request, visitor: Visitor) -> Response:

@@ -1,0 +1,369 @@
+"""Reports over HTTP: ``/api/v1/reports/…`` (JSON) and the page ``/reports`` (read role).
+
+Both read through :mod:`tracker.insight`, the layer ``tracker report`` uses, so the API, the
+page and the CLI show the same numbers. The page draws its charts as SVG on the server (no
+script, nothing from outside: the pages' Content-Security-Policy allows neither), each with its
+numbers in a table beside it and a link to them as CSV (``/reports/NAME.csv``).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import importlib.resources
+import math
+import urllib.parse
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from datetime import timedelta
+from typing import Any
+
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from tracker.clock import utc_now
+from tracker.errors import ConfigError
+from tracker.insight import (
+    COLUMNS,
+    LEAD_BIN,
+    LEAD_BINS,
+    Duration,
+    Flow,
+    LeadTime,
+    OverTarget,
+    Period,
+    Week,
+    by_provider,
+    csv_text,
+    durations,
+    flow,
+    human,
+    lead_times,
+    over_target,
+    report_items,
+    utc_day,
+    week_label,
+    weekly,
+)
+from tracker.lifecycle import MAIN_PATH, Status
+from tracker.store import Store
+from tracker.web.auth import Users, authenticate
+from tracker.web.pages import PageRoute, Visitor, render
+
+PREFIX = "/api/v1/reports"
+#: What a report's query may hold.
+PARAMETERS = ("since", "until", "by")
+#: Characters a query value may have (a date with time and offset fits).
+MAX_TEXT = 64
+#: The reports the API serves by name, and those the page links as CSV.
+API_REPORTS = ("durations", "lead-time", "flow", "weekly", "over-target")
+CSS_PATH = "/static/reports.css"
+#: ``[alerts.stuck]``: the longest normal stay per status, read at each request (a reload shows).
+Targets = Callable[[], Mapping[str, timedelta]]
+#: The pages' authentication (``tracker.web.pages.page_guard``).
+Guard = Callable[
+    [Callable[[Request, Visitor], Awaitable[Response]]], Callable[[Request], Awaitable[Response]]
+]
+
+
+def report_routes(
+    *, store: Store, users: Users, guard: Guard, targets: Targets = dict
+) -> list[BaseRoute]:
+    """The reports' API routes (bearer token) and the page with its CSV links (session)."""
+    reports = _Reports(store=store, users=users, targets=targets)
+    return [
+        *(
+            Route(f"{PREFIX}/{name}", functools.partial(reports.api, name), methods=["GET"])
+            for name in API_REPORTS
+        ),
+        PageRoute("/reports", guard(reports.page), methods=["GET"]),
+        PageRoute("/reports/{name}.csv", guard(reports.csv), methods=["GET"]),
+        Route(CSS_PATH, stylesheet, methods=["GET"]),
+    ]
+
+
+@functools.cache
+def _stylesheet() -> tuple[bytes, str]:
+    css = importlib.resources.files("tracker.web").joinpath("static/reports.css").read_bytes()
+    return css, hashlib.sha256(css).hexdigest()[:12]
+
+
+async def stylesheet(_request: Request) -> Response:
+    """The report page's own styles (the charts' layout), cached by its version."""
+    css, _version = _stylesheet()
+    return Response(css, media_type="text/css", headers={"Cache-Control": "max-age=86400"})
+
+
+def _period(request: Request) -> tuple[Period, bool]:
+    """The request's period and grouping; 422 for anything else or anything malformed."""
+    params = request.query_params
+    unknown = sorted(set(params) - set(PARAMETERS))
+    if unknown:
+        raise HTTPException(422, f"unknown query parameter {unknown[0]!r}: use since, until, by")
+    values = {}
+    for name in PARAMETERS:
+        value = params.get(name) or None
+        if value is not None and len(value) > MAX_TEXT:
+            raise HTTPException(422, f"{name}: at most {MAX_TEXT} characters")
+        values[name] = value
+    try:
+        period = Period.parse(values["since"], values["until"], now=utc_now())
+        grouped = by_provider(values["by"])
+    except ConfigError as exc:
+        raise HTTPException(422, str(exc).replace("--", "")) from None
+    return period, grouped
+
+
+class _Reports:
+    """The endpoints: each authenticates, parses, reads through ``tracker.insight``, serves."""
+
+    def __init__(self, *, store: Store, users: Users, targets: Targets) -> None:
+        self._store = store
+        self._users = users
+        self._targets = targets
+
+    async def _items(self, name: str, period: Period, grouped: bool) -> list[dict[str, Any]]:
+        if name == "weekly":
+            return [week.json() for week in await weekly(self._store, period)]
+        if name == "over-target":
+            found = await over_target(self._store, period, self._targets())
+            return [row.json() for row in found if grouped or row.provider is None]
+        return await report_items(self._store, name, period, by=grouped)
+
+    async def api(self, name: str, request: Request) -> Response:
+        """``GET /api/v1/reports/NAME``: ``{"since", "until", "items"}``."""
+        authenticate(request, self._users)
+        period, grouped = _period(request)
+        items = await self._items(name, period, grouped)
+        return JSONResponse(
+            {"since": _iso(period.since), "until": _iso(period.until), "items": items}
+        )
+
+    async def csv(self, request: Request, _visitor: Visitor) -> Response:
+        """``/reports/NAME.csv``: the numbers of one chart, as CSV."""
+        name = request.path_params["name"]
+        if name not in API_REPORTS:
+            raise HTTPException(404, f"no report {name!r}; reports: {', '.join(API_REPORTS)}")
+        period, grouped = _period(request)
+        items = await self._items(name, period, grouped)
+        filename = f"{name}_{utc_day(period.since)}_{utc_day(period.until)}.csv".replace(":", "")
+        return Response(
+            csv_text(COLUMNS[name], items),
+            media_type="text/csv; charset=utf-8",
+            headers={
+                "Content-Disposition": f'attachment; filename="{filename}"',
+                "Cache-Control": "no-store",
+            },
+        )
+
+    async def page(self, request: Request, visitor: Visitor) -> Response:
+        """The report page: every chart of the period, with its table and CSV link."""
+        period, _grouped = _period(request)
+        overall = await durations(self._store, period, by=False)
+        per_provider = await durations(self._store, period, by=True)
+        leads = await lead_times(self._store, period, by=False)
+        leads_by = await lead_times(self._store, period, by=True)
+        moves = await flow(self._store, period, by=False)
+        weeks = await weekly(self._store, period)
+        targets = self._targets()
+        sla = await over_target(self._store, period, targets)
+        query = {"since": _iso(period.since), "until": _iso(period.until)}
+        return render(
+            "reports.html",
+            visitor=visitor,
+            report_css=f"{CSS_PATH}?v={_stylesheet()[1]}",
+            since=utc_day(period.since),
+            until=utc_day(period.until),
+            since_value=period.since.date().isoformat(),
+            until_value=period.until.date().isoformat(),
+            csv=lambda name, by=False: (
+                f"/reports/{name}.csv?"
+                + urllib.parse.urlencode({**query, **({"by": "provider"} if by else {})})
+            ),
+            human=human,
+            durations=overall,
+            durations_by=per_provider,
+            durations_chart=_durations_chart(overall),
+            leads=leads,
+            leads_by=leads_by,
+            lead_chart=_lead_chart(leads[0] if leads else None),
+            moves=moves,
+            flow_chart=_flow_chart(moves),
+            weeks=weeks,
+            week_label=week_label,
+            weekly_chart=_weekly_chart(weeks),
+            targets=targets,
+            sla=sla,
+            sla_chart=_sla_chart([row for row in sla if row.provider is None]),
+        )
+
+
+def _iso(moment: Any) -> str:
+    return str(moment.isoformat().replace("+00:00", "Z"))
+
+
+# -- the charts: geometry computed here, drawn by the template as SVG ------------------------
+
+#: The charts' drawing width (SVG user units): they scale to the width they are given.
+WIDTH = 640
+BAR = 22
+LABEL = 170
+
+
+def _ticks(top: float, count: int = 4) -> list[float]:
+    """``count`` round values from 0 up to at least ``top``."""
+    if top <= 0:
+        return [0.0, 1.0]
+    raw = top / count
+    magnitude = 10 ** math.floor(math.log10(raw))
+    step = next(m * magnitude for m in (1, 2, 2.5, 5, 10) if m * magnitude >= raw)
+    return [step * i for i in range(count + 1) if step * (i - 1) < top]
+
+
+def _durations_chart(rows: Sequence[Duration]) -> dict[str, Any]:
+    """Horizontal bars: each status's median, a tick at its p90."""
+    days = [row.p90_seconds / 86_400 for row in rows]
+    ticks = _ticks(max(days, default=0))
+    scale = (WIDTH - LABEL - 20) / (ticks[-1] or 1)
+    bars = [
+        {
+            "y": 10 + i * (BAR + 8),
+            "label": row.status,
+            "median": row.median_seconds / 86_400 * scale,
+            "p90": row.p90_seconds / 86_400 * scale,
+            "title": f"{row.status}: median {human(row.median_seconds)}, "
+            f"p90 {human(row.p90_seconds)}, {row.count} stays",
+        }
+        for i, row in enumerate(rows)
+    ]
+    height = 30 + len(rows) * (BAR + 8)
+    axis = [{"x": LABEL + t * scale, "label": f"{t:g}d"} for t in ticks]
+    return {"bars": bars, "height": height, "axis": axis, "left": LABEL, "bar": BAR}
+
+
+def _lead_chart(lead: LeadTime | None) -> dict[str, Any]:
+    """A histogram of lead times in two-week bins."""
+    counts = list(lead.bins) if lead else [0] * LEAD_BINS
+    top = max(counts, default=0) or 1
+    width = (WIDTH - 40) / LEAD_BINS
+    weeks = LEAD_BIN.days // 7
+    bars = [
+        {
+            "x": 30 + i * width,
+            "w": width - 4,
+            "h": count / top * 160,
+            "y": 180 - count / top * 160,
+            "count": count,
+            "label": f"{i * weeks}+" if i == LEAD_BINS - 1 else f"{i * weeks}-{(i + 1) * weeks}",
+        }
+        for i, count in enumerate(counts)
+    ]
+    return {"bars": bars, "height": 215}
+
+
+def _weekly_chart(weeks: Sequence[Week]) -> dict[str, Any]:
+    """Three lines over the weeks: activations, cancellations, blocks."""
+    top = max((max(w.activated, w.cancelled, w.blocked) for w in weeks), default=0) or 1
+    step = (WIDTH - 60) / max(len(weeks) - 1, 1)
+
+    def line(values: Sequence[int]) -> str:
+        return " ".join(
+            f"{40 + i * step:.1f},{170 - v / top * 150:.1f}" for i, v in enumerate(values)
+        )
+
+    every = max(1, math.ceil(len(weeks) / 8))
+    return {
+        "height": 200,
+        "series": [
+            ("activated", "#1c6b3c", line([w.activated for w in weeks])),
+            ("cancelled", "#a12a2a", line([w.cancelled for w in weeks])),
+            ("blocked", "#8a5a00", line([w.blocked for w in weeks])),
+        ],
+        "labels": [
+            {"x": 40 + i * step, "label": week_label(w.week)}
+            for i, w in enumerate(weeks)
+            if i % every == 0
+        ],
+        "top": top,
+    }
+
+
+#: Where each status sits in the flow diagram: the main path on two rows, detours beside.
+_LAYOUT: dict[str, tuple[int, int]] = {
+    **{status.value: (i, 0) for i, status in enumerate(MAIN_PATH[:5])},
+    **{status.value: (4 - i, 1) for i, status in enumerate(MAIN_PATH[5:])},
+    Status.BLOCKED.value: (0, 2),
+    Status.BLOCKED_WIM.value: (1, 2),
+    Status.PRE_INSTALLED.value: (2, 2),
+    Status.CANCELLED.value: (3, 2),
+}
+_CELL_W, _CELL_H, _NODE_W, _NODE_H = 128, 110, 116, 34
+
+
+def _center(status: str) -> tuple[float, float]:
+    column, row = _LAYOUT.get(status, (5, 0))
+    return 8 + column * _CELL_W + _NODE_W / 2, 20 + row * _CELL_H + _NODE_H / 2
+
+
+def _flow_chart(moves: Sequence[Flow]) -> dict[str, Any]:
+    """The lifecycle as boxes, an arrow per transition taken with its count on it; arrows
+    between the same two statuses both ways bend to opposite sides."""
+    statuses = list(_LAYOUT)
+    extra = sorted(
+        {s for m in moves for s in (m.from_status, m.to_status)} - set(statuses)
+    )  # a status the provider added: drawn in a last column
+    nodes = []
+    for status in statuses + extra[:3]:
+        x, y = _center(status)
+        if status in extra:
+            y += extra.index(status) * _CELL_H
+        nodes.append({"x": x - _NODE_W / 2, "y": y - _NODE_H / 2, "label": status})
+    top = max((m.count for m in moves), default=1)
+    arrows = []
+    for move in moves:
+        if move.from_status in extra[3:] or move.to_status in extra[3:]:
+            continue
+        (x1, y1), (x2, y2) = _center(move.from_status), _center(move.to_status)
+        dx, dy = x2 - x1, y2 - y1
+        length = math.hypot(dx, dy) or 1
+        # Start and end at the boxes' edges, bent sideways so that A→B and B→A do not overlap.
+        ux, uy = dx / length, dy / length
+        trim = min(
+            _NODE_W / 2 / abs(ux) if ux else math.inf, _NODE_H / 2 / abs(uy) if uy else math.inf
+        )
+        sx, sy = x1 + ux * trim, y1 + uy * trim
+        ex, ey = x2 - ux * (trim + 4), y2 - uy * (trim + 4)
+        bend = 18 if length > _CELL_W * 1.1 else 10
+        cx, cy = (sx + ex) / 2 - uy * bend, (sy + ey) / 2 + ux * bend
+        arrows.append(
+            {
+                "d": f"M{sx:.1f},{sy:.1f} Q{cx:.1f},{cy:.1f} {ex:.1f},{ey:.1f}",
+                "width": 1 + 4 * move.count / top,
+                "lx": (sx + 2 * cx + ex) / 4,
+                "ly": (sy + 2 * cy + ey) / 4,
+                "count": move.count,
+                "title": f"{move.from_status} → {move.to_status}: {move.count}",
+            }
+        )
+    width = 16 + (6 if extra else 5) * _CELL_W
+    return {"nodes": nodes, "arrows": arrows, "width": width, "height": 40 + 3 * _CELL_H,
+            "node_w": _NODE_W, "node_h": _NODE_H}  # fmt: skip
+
+
+def _sla_chart(rows: Sequence[OverTarget]) -> dict[str, Any]:
+    """Horizontal bars: the share of each status's stays over its target."""
+    scale = WIDTH - LABEL - 60
+    bars = [
+        {
+            "y": 10 + i * (BAR + 8),
+            "label": row.status,
+            "w": row.share * scale,
+            "share": f"{row.share:.0%}",
+            "title": f"{row.status}: {row.over} of {row.count} stays over "
+            f"{human(row.target_seconds)}",
+        }
+        for i, row in enumerate(rows)
+    ]
+    return {"bars": bars, "height": 30 + len(rows) * (BAR + 8), "left": LABEL, "scale": scale,
+            "bar": BAR}  # fmt: skip
