@@ -435,12 +435,32 @@ class WebhookSinkSettings(_SinkBase):
     type: Literal["webhook"]
     url: str
     secret: SecretStr
+    #: A Jinja2 file whose rendering is the body instead of the stored event's JSON: the shape
+    #: another service takes (Discord, ntfy, Mattermost, …). It sees ``event`` (that JSON,
+    #: parsed), ``kind`` and ``order_url``; signed all the same.
+    body_template: Path | None = None
+    #: The body's ``Content-Type``.
+    content_type: str = "application/json"
 
     @field_validator("url")
     @classmethod
     def _http_url(cls, value: str) -> str:
         if not re.fullmatch(r"https?://\S+", value):
             raise ValueError(f"{_url_shown(value)!r} is not an http(s) URL")
+        return value
+
+    @field_validator("body_template")
+    @classmethod
+    def _template_file(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"file {value} does not exist; create it or remove the key")
+        return value
+
+    @field_validator("content_type")
+    @classmethod
+    def _media_type(cls, value: str) -> str:
+        if not re.fullmatch(r"[\w.+-]+/[\w.+-]+(\s*;\s*[\w.+-]+=[\w.+-]+)*", value):
+            raise ValueError(f'{value!r} is not a media type, e.g. "text/plain; charset=utf-8"')
         return value
 
     @field_validator("secret")

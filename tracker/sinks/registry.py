@@ -55,7 +55,7 @@ def build_sinks(settings: Settings, http: httpx.AsyncClient) -> dict[str, Sink]:
     public_url = settings.http.public_url
     for entry in settings.sinks:
         if isinstance(entry, WebhookSinkSettings):
-            sinks[entry.name] = WebhookSink(entry, http, deadline=timeout)
+            sinks[entry.name] = WebhookSink(entry, http, deadline=timeout, public_url=public_url)
         elif isinstance(entry, EmailSinkSettings):
             sinks[entry.name] = EmailSink(entry, smtp, deadline=deadline, context=context)
         elif isinstance(entry, SlackSinkSettings):
