@@ -42,9 +42,10 @@ async def simulator() -> AsyncIterator[tuple[Simulator, str]]:
 
 
 async def run_until(
-    service: Service, done: Callable[[], Awaitable[bool]], limit: float = 30
+    service: Service, done: Callable[[], Awaitable[bool]], limit: float = 180
 ) -> None:
-    """Run the daemon until ``done`` says so (or ``limit`` seconds pass), then stop it."""
+    """Run the daemon until ``done`` says so, then stop it. ``limit`` only ends a hang: a
+    loaded machine took over 30 s for the discovery pass that takes 3 alone."""
     stop = asyncio.Event()
     running = asyncio.create_task(service.daemon().run(stop))
     try:
