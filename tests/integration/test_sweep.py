@@ -77,7 +77,7 @@ class TestSweeps:
                     o is not None and o.status == "checked" for o in orders
                 )
 
-            await run_until(service, moved, limit=40)
+            await run_until(service, moved)
             for script in MOVING:
                 history = await service.store.reports.history(script.order_id)
                 assert history is not None
