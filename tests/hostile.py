@@ -17,6 +17,9 @@ from types import TracebackType
 #: What a peer does with one request: gets the path and the writer, writes what it likes.
 Behaviour = Callable[[str, asyncio.StreamWriter], Awaitable[None]]
 CHUNK = 64 * 1024
+#: Seconds a peer waits, when it closes, for its answers to notice a client that hung up (at
+#: their next write): a bound on a hang, as a loaded machine may take a while to get there.
+NOTICE = 30.0
 
 
 def head(status: int, length: int | None, extra: dict[str, str] | None = None) -> bytes:
@@ -109,6 +112,8 @@ class HostilePeer:
     arrivals: list[float] = field(default_factory=list)
     #: Answers that ended before the behaviour finished (the client hung up).
     cut_off: int = 0
+    #: When each answer's behaviour ran to its end (``time.monotonic()``), in order.
+    finished: list[float] = field(default_factory=list)
     _server: asyncio.Server | None = None
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
@@ -129,7 +134,7 @@ class HostilePeer:
         assert self._server is not None
         self._server.close()
         if self._tasks:  # a client that hung up is noticed by the peer's next write
-            await asyncio.wait(self._tasks, timeout=1)
+            await asyncio.wait(self._tasks, timeout=NOTICE)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -158,6 +163,7 @@ class HostilePeer:
             behaviour = self.behaviours.get(path, self.default)
             if behaviour is not None:
                 await behaviour(path, writer)
+            self.finished.append(time.monotonic())
         except (ConnectionError, asyncio.IncompleteReadError):
             self.cut_off += 1
         finally:

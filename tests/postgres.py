@@ -59,9 +59,15 @@ class Cluster:
         self._settings = settings
         self._numbers = itertools.count(1)
 
-    def stop(self) -> None:
-        """Stop the server as an outage would: every connection is cut at once."""
-        _as_server_user([*self._pg_ctl, "-w", "-m", "immediate", "stop"])
+    def stop(self, *, keep_commits: bool = False) -> None:
+        """Stop the server as an outage would: every connection is cut at once.
+
+        The cluster runs without ``fsync`` and ``synchronous_commit``, so the commits of the
+        last moments may be lost, as in a crash; with ``keep_commits`` they are written first,
+        as a server that syncs its commits would have them.
+        """
+        mode = "fast" if keep_commits else "immediate"
+        _as_server_user([*self._pg_ctl, "-w", "-m", mode, "stop"])
 
     def start(self) -> None:
         """Start the server again on the same port, with the same data."""

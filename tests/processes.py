@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import sys
+from typing import Any
 
 from tests.support import ROOT, tracker_cli
 
@@ -52,6 +53,37 @@ async def stop(process: asyncio.subprocess.Process) -> str:
     out, err = await asyncio.wait_for(process.communicate(), 15)
     assert process.returncode == 0, err.decode()
     return (out or b"").decode()
+
+
+class DaemonLog:
+    """The JSON log lines of a daemon started with ``logs=True``, read as they come (so its
+    pipe never fills), to look at while it runs."""
+
+    def __init__(self, process: asyncio.subprocess.Process) -> None:
+        assert process.stdout is not None
+        self.process = process
+        self.events: list[dict[str, Any]] = []
+        self._reading = asyncio.create_task(self._read(process.stdout))
+
+    async def _read(self, stream: asyncio.StreamReader) -> None:
+        while line := await stream.readline():
+            self.events.append(json.loads(line))
+
+    def named(self, event: str) -> list[dict[str, Any]]:
+        """The lines logged so far for ``event``, oldest first."""
+        return [e for e in self.events if e["event"] == event]
+
+    async def stop(self) -> list[dict[str, Any]]:
+        """SIGTERM, then wait for a clean exit; returns every line it logged."""
+        process = self.process
+        if process.returncode is None:
+            process.send_signal(signal.SIGTERM)
+        assert process.stderr is not None
+        err = await asyncio.wait_for(process.stderr.read(), 15)
+        await asyncio.wait_for(process.wait(), 15)
+        await self._reading
+        assert process.returncode == 0, err.decode()
+        return self.events
 
 
 def busiest_second(arrivals: list[float]) -> int:

@@ -119,6 +119,8 @@ class Seen:
     authorization: str | None
     #: When it arrived (``time.monotonic()``).
     at: float = field(default_factory=time.monotonic)
+    #: When it arrived on the wall clock (``time.time()``), which the tracker schedules by.
+    wall: float = field(default_factory=time.time)
 
 
 class ScriptedUpstream:

@@ -10,6 +10,7 @@ import random
 import signal
 import sys
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import pytest
@@ -25,13 +26,17 @@ from tests.support import (
     write_config,
 )
 from tracker.demo.serving import catch_all, serve
-from tracker.demo.simulator import Simulator, demo_scripts
+from tracker.demo.simulator import Script, Simulator, demo_scripts
+from tracker.store import Store, open_store
 
 #: Every test here runs on SQLite and on PostgreSQL.
 pytestmark = pytest.mark.usefixtures("database")
 
 STEP = 2.5  # seconds per simulated status, on the clock below
 TOKEN = "nom_crash_test_token"
+#: Limits for a step to happen at all (a loaded machine starts a daemon in tens of seconds);
+#: missing one fails the test, it times nothing.
+PATIENCE = 120.0
 
 
 class DaemonClock:
@@ -51,6 +56,11 @@ class DaemonClock:
     def __call__(self) -> float:
         running = time.monotonic() - self._since if self._since is not None else 0.0
         return self._elapsed + running
+
+    @property
+    def running(self) -> bool:
+        """Whether a daemon polls (the clock runs)."""
+        return self._since is not None
 
     def start(self) -> None:
         if self._since is None:
@@ -72,6 +82,24 @@ async def start(*args: str) -> asyncio.subprocess.Process:
     )
 
 
+async def until(check: Callable[[], bool], what: str) -> None:
+    """Wait until ``check()`` is true; fail after ``PATIENCE`` saying ``what``."""
+    deadline = time.monotonic() + PATIENCE
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {PATIENCE:.0f} s: {what}")
+        await asyncio.sleep(0.05)
+
+
+async def all_in_last_status(store: Store, scripts: Iterable[Script]) -> bool:
+    """Whether every scripted order is stored in its last status."""
+    for script in scripts:
+        order = await store.orders.get(script.order_id)
+        if order is None or order.status != script.steps[-1][0]:
+            return False
+    return True
+
+
 async def pending_deliveries(path: Path) -> int:
     ran = await tracker_cli(
         "deliveries", "list", "--state", "pending", "--json", "--config", str(path)
@@ -82,7 +110,7 @@ async def pending_deliveries(path: Path) -> int:
 class TestKillAndRestart:
     """Every status change is recorded once and delivered at least once, across SIGKILLs."""
 
-    async def test_sigkill_loop(self, tmp_path: Path) -> None:
+    async def test_sigkill_loop(self, tmp_path: Path, database: str) -> None:
         """Repeated SIGKILLs leave each history exact and each transition delivered."""
         # A slow receiver, so that kills land in the middle of bursts of deliveries.
         receiver = HookReceiver(delay=0.15)
@@ -103,7 +131,7 @@ class TestKillAndRestart:
             settings_mapping(
                 tmp_path,
                 server.url,
-                upstream={"token": TOKEN, "requests_per_second": 50, "timeout": 2},
+                upstream={"token": TOKEN, "requests_per_second": 50, "timeout": 10},
                 polling={"interval": 0.4, "jitter": 0.1},
                 watch={"orders": list(scripts)},
                 log={"level": "warning"},
@@ -122,23 +150,41 @@ class TestKillAndRestart:
         finish = max(sum(d for _s, d in s.steps[:-1]) for s in scripts.values()) + 3
         rng = random.Random(7)
         kills = 0
+        daemon: asyncio.subprocess.Process | None = None
         try:
             while clock() < finish:
                 daemon = await start("-m", "tracker", "run", "--config", str(path))
-                await asyncio.sleep(rng.uniform(1.2, 3.0))
+                if rng.random() < 0.2:
+                    # Now and then while it starts, whether or not it polls yet.
+                    await asyncio.sleep(rng.uniform(0.3, 1.5))
+                else:
+                    # At a random moment of its polling: a machine slow to start it delays
+                    # the kill, and the clock, but the kill still lands among polls.
+                    await until(lambda: clock.running, "the daemon polls")
+                    await asyncio.sleep(rng.uniform(0.3, 2.5))
                 daemon.kill()
                 await daemon.wait()
                 clock.stop()
                 kills += 1
             daemon = await start("-m", "tracker", "run", "--config", str(path))
-            await asyncio.sleep(2.0)
-            for _ in range(60):
-                if await pending_deliveries(path) == 0:
-                    break
+            # It polls (so it runs, and takes SIGTERM as a daemon does); every order is stored
+            # in its last status (each change with its deliveries), and then every delivery is
+            # made: however long a loaded machine takes for each.
+            await until(lambda: clock.running, "the last daemon polls")
+            deadline = time.monotonic() + PATIENCE
+            async with open_store(database) as store:
+                while not await all_in_last_status(store, scripts.values()):
+                    assert time.monotonic() < deadline, "not every order reached its last status"
+                    await asyncio.sleep(0.2)
+            while await pending_deliveries(path) != 0:
+                assert time.monotonic() < deadline, "deliveries still pending"
                 await asyncio.sleep(0.5)
             daemon.send_signal(signal.SIGTERM)
             assert await asyncio.wait_for(daemon.wait(), 15) == 0
         finally:
+            if daemon is not None and daemon.returncode is None:
+                daemon.kill()
+                await daemon.wait()
             await servers.aclose()
         assert kills >= 5
         assert all(hook.verified for hook in receiver.hooks)

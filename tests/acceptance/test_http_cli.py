@@ -23,9 +23,15 @@ pytestmark = pytest.mark.usefixtures("database")
 A = "prdo_aaaaaaaaaaaaaaaaaaaaaaaa"
 Upstream = tuple[ScriptedUpstream, str]
 USERS = [{"name": "support-ui", "token": "tok_0123456789abcdef", "role": "read"}]
+#: Limits for a step to happen at all (a loaded machine starts a daemon in tens of seconds);
+#: missing one fails the test, it times nothing.
+PATIENCE = 120.0
 
 
 def config(tmp_path: Path, url: str, listen: str | None, **sections: Any) -> str:
+    # The upstream answers at once; a loaded machine may still take more than the suite's
+    # default half second to carry the answer, and no test here is about the timeout.
+    sections["upstream"] = {"timeout": 10, **sections.get("upstream", {})}
     mapping = settings_mapping(tmp_path, url, **sections)
     if listen is not None:
         mapping["http"] = {"listen": listen, "users": USERS}
@@ -47,7 +53,7 @@ async def start(command: str, path: str) -> tuple[asyncio.subprocess.Process, st
         cwd=ROOT,
     )
     assert process.stdout is not None
-    while line := await asyncio.wait_for(process.stdout.readline(), 15):
+    while line := await asyncio.wait_for(process.stdout.readline(), PATIENCE):
         event = json.loads(line)
         if event["event"] == "http_listening":
             return process, str(event["url"])
@@ -144,11 +150,10 @@ class TestRunWithListener:
         process, base = await start("run", path)
         try:
             async with httpx.AsyncClient(base_url=base) as client:
-                for _ in range(100):
-                    samples = await scrape(client)
-                    if samples.get(("tracker_polls_total", (("result", "changed"),))):
-                        break
-                    await asyncio.sleep(0.05)
+                changed = ("tracker_polls_total", (("result", "changed"),))
+                async with asyncio.timeout(PATIENCE):
+                    while not (samples := await scrape(client)).get(changed):  # noqa: ASYNC110
+                        await asyncio.sleep(0.05)
                 ready = await client.get("/readyz")
                 bearer = {"Authorization": "Bearer tok_0123456789abcdef"}
                 order = await client.get(f"/api/v1/orders/{A}", headers=bearer)

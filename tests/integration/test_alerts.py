@@ -32,6 +32,12 @@ pytestmark = pytest.mark.usefixtures("database")
 A = "prdo_aaaaaaaaaaaaaaaaaaaaaaaa"
 B = "prdo_bbbbbbbbbbbbbbbbbbbbbbbb"
 Upstream = tuple[ScriptedUpstream, str]
+#: Limits for a step to happen at all; missing one fails the test, it times nothing.
+PATIENCE = 60.0
+#: The peers answer at once; their timeouts only bound a hang, as a loaded machine may take
+#: more than the suite's usual second to carry an answer, and no test here is about a timeout.
+UPSTREAM = {"timeout": 10}
+DELIVERY = FAST | {"timeout": 10}
 
 
 def bodies(receiver: HookReceiver) -> list[dict[str, Any]]:
@@ -56,7 +62,8 @@ class TestFailingOrders:
             settings = make_settings(
                 tmp_path,
                 url,
-                delivery=FAST,
+                upstream=UPSTREAM,
+                delivery=DELIVERY,
                 alerts={"failing_after": 2},
                 smtp={"host": "127.0.0.1", "port": port},
                 sinks=[
@@ -70,7 +77,7 @@ class TestFailingOrders:
                 await service.store.orders.watch([A], source="cli", now=utc_now())
                 for _ in range(6):
                     await poll(service, A)
-                await deliver_all(service)
+                await deliver_all(service, PATIENCE)
         failing, recovered = bodies(alerts)
         assert failing["type"] == "meter_order.poll_failing"
         assert failing["data"]["order_id"] == A
@@ -108,7 +115,8 @@ class TestStuckOrders:
             settings = make_settings(
                 tmp_path,
                 url,
-                delivery=FAST,
+                upstream=UPSTREAM,
+                delivery=DELIVERY,
                 polling={"interval": 3600},
                 alerts={"stuck": {"ordered": "1s", "checked": "1h"}},
                 sinks=[
@@ -125,14 +133,15 @@ class TestStuckOrders:
                 async with open_service(settings) as service:
                     stop = asyncio.Event()
                     running = asyncio.create_task(service.daemon().run(stop))
-                    # The check runs as the daemon starts (then every STUCK_CHECK).
-                    for _ in range(50):
-                        if any_status.accepted:
-                            break
-                        await asyncio.sleep(0.1)
-                    await asyncio.sleep(1.0)  # a second raise would be sent by now
-                    stop.set()
-                    await asyncio.wait_for(running, 10)
+                    try:
+                        # The check runs as the daemon starts (then every STUCK_CHECK).
+                        async with asyncio.timeout(PATIENCE):
+                            while not any_status.accepted:  # noqa: ASYNC110 - a server's list
+                                await asyncio.sleep(0.1)
+                        await asyncio.sleep(1.0)  # a second raise would be sent by now
+                    finally:
+                        stop.set()
+                        await asyncio.wait_for(running, PATIENCE)
             order = await service.store.orders.get(A)
             async with open_service(settings) as service:
                 metrics = Metrics(cache=0)
@@ -155,7 +164,7 @@ class TestStuckOrders:
         scripted, url = upstream
         scripted.script(A, ok("ordered"), ok("checked"), ok("ordered"))
         threshold = {"ordered": timedelta(hours=1)}
-        settings = make_settings(tmp_path, url)
+        settings = make_settings(tmp_path, url, upstream=UPSTREAM)
         async with open_service(settings) as service:
             store = service.store
             await store.orders.watch([A], source="cli", now=utc_now())

@@ -52,10 +52,21 @@ def digest_sink(on: list[str], digest: str = "08:00 Europe/Berlin") -> dict[str,
     return {"name": "mail", "type": "email", "to": ["ops@example.com"], "on": on, "digest": digest}
 
 
+#: Limits for a step to happen at all; missing one fails the test, it times nothing.
+PATIENCE = 60.0
+#: The upstream and the mail server answer at once; their timeouts only bound a hang, as a
+#: loaded machine may take more than the suite's usual second to carry an answer, and no test
+#: here is about a timeout.
+UPSTREAM = {"timeout": 10}
+DELIVERY = FAST | {"timeout": 10}
+
+
 def settings_for(tmp_path: Path, url: str, port: int = 25, **sections: Any) -> Settings:
     sinks = sections.pop("sinks", [digest_sink(["*"])])
     smtp = {"host": "127.0.0.1", "port": port}
-    return make_settings(tmp_path, url, delivery=FAST, smtp=smtp, sinks=sinks, **sections)
+    return make_settings(
+        tmp_path, url, upstream=UPSTREAM, delivery=DELIVERY, smtp=smtp, sinks=sinks, **sections
+    )
 
 
 def berlin(day: datetime, hour: int, minute: int = 0) -> datetime:
@@ -121,7 +132,7 @@ class TestOneMessageADay:
                 due = berlin(day + timedelta(days=1), 8)
                 assert await digests(service, due + SETTLE - timedelta(seconds=5), clock) == []
                 [digest] = await digests(service, due + SETTLE, clock)
-                await deliver_all(service)
+                await deliver_all(service, PATIENCE)
         assert digest.sinks == ("mail",)
         assert digest.kind == "digest"
         assert digest.key == "digest:mail:2026-11-29T07:00:00.000000Z"
@@ -171,7 +182,7 @@ class TestOneMessageADay:
                 # Stored, so that the next check is one lookup and the next period starts here.
                 assert await digests(service, due + SETTLE + timedelta(minutes=1), clock) == []
                 [tomorrow] = await digests(service, due + timedelta(days=1) + SETTLE, clock)
-                await deliver_all(service)
+                await deliver_all(service, PATIENCE)
                 sent = [d async for d in service.store.outbox.deliveries()]
         assert (quiet.sinks, tomorrow.sinks) == ((), ())
         assert data(quiet)["changes"] == 0
@@ -235,7 +246,7 @@ class TestOnce:
                         raise_due_digests(other, settings, now=now),
                     )
                     again = await raise_due_digests(one, settings, now=now + timedelta(hours=1))
-                await deliver_all(service)
+                await deliver_all(service, PATIENCE)
                 sent = [d async for d in service.store.outbox.deliveries(sink="mail")]
         assert sorted(len(r) for r in raised) == [0, 1]
         assert again == []
@@ -291,7 +302,7 @@ class TestCatchUp:
                 back = berlin(start + timedelta(days=3), 10)
                 [catch_up] = await digests(service, back, clock)
                 assert await digests(service, back + timedelta(minutes=1), clock) == []
-                await deliver_all(service)
+                await deliver_all(service, PATIENCE)
                 tomorrow = berlin(back, 8) + timedelta(days=1) + SETTLE
                 [after] = await digests(service, tomorrow, clock)
         body = data(catch_up)
@@ -345,7 +356,7 @@ class TestStuckAndFailing:
                 assert len(await store.events.report_stuck(made)) == 1
                 when = datetime(2026, 11, 26, 9, 30, tzinfo=UTC) + SETTLE
                 [digest] = await digests(service, when, clock)
-                await deliver_all(service)
+                await deliver_all(service, PATIENCE)
         body = data(digest)
         assert body["changes"] == 0
         assert [(s["order_id"], s["status"]) for s in body["stuck"]] == [(A, "ordered")]
@@ -460,12 +471,13 @@ class TestDaemonSendsDigests:
                 with time_machine.travel(detected + timedelta(days=1), tick=True):
                     stop = asyncio.Event()
                     running = asyncio.create_task(service.daemon().run(stop))
-                    for _ in range(100):
-                        if mailbox.messages:
-                            break
-                        await asyncio.sleep(0.1)
-                    stop.set()
-                    await asyncio.wait_for(running, 10)
+                    try:
+                        async with asyncio.timeout(PATIENCE):
+                            while not mailbox.messages:  # noqa: ASYNC110 - a server's list
+                                await asyncio.sleep(0.1)
+                    finally:
+                        stop.set()
+                        await asyncio.wait_for(running, PATIENCE)
         [mail] = mailbox.messages
         assert mail["Subject"].startswith("Meter orders: 1 change")
         assert A in text_of(mail, "plain")

@@ -7,7 +7,6 @@ import email
 import email.message
 import email.policy
 import ssl
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -33,8 +32,9 @@ USER = "tracker-relay"
 PASSWORD = "pw-7Hq2-never-logged"
 TO = "ops@example.com"
 MAIL_SINK = {"name": "mail", "type": "email", "to": [TO], "on": ["*"]}
-#: Whatever else goes wrong, no await in these tests may take longer than this.
-LIMIT = 5.0
+#: Whatever else goes wrong, no await in these tests may take longer than this (a bound on a
+#: hang: a loaded machine may take seconds over a TLS session).
+LIMIT = 30.0
 
 
 class Mailbox:
@@ -430,11 +430,10 @@ class TestSlowServer:
                 {"port": port, "timeout": smtp_timeout},
                 delivery={"timeout": delivery_timeout},
             )
-            started = time.monotonic()
             result = await send_once(settings, http)
-            elapsed = time.monotonic() - started
         assert not result.ok
         assert result.error == "timed out after 1 s"
-        assert elapsed < 2.2, elapsed  # the deadline, not the 0.7 s x 4 the server would take
-        assert mailbox.commands[:2] == ["EHLO", "MAIL"]  # each reply came within the 1 s
+        # The deadline, not the 0.7 s x 4 the relay would take: the session never got past
+        # MAIL, whose reply comes 1.4 s in (after the deadline, however late it fires).
+        assert "RCPT" not in mailbox.commands
         assert mailbox.messages == []
