@@ -94,7 +94,10 @@ class TestPollCycle:
         ids = [f"prdo_{n:024d}" for n in range(WINDOW + WINDOW // 2)]
         for order_id in ids:
             scripted.script(order_id, ok("ordered"))
-        async with open_polling(make_settings(tmp_path, url)) as polling:
+        # Every answer comes at once; under load 384 of them may take longer than the suite's
+        # half-second timeout to carry, and this test is not about timeouts.
+        settings = make_settings(tmp_path, url, upstream={"timeout": 10})
+        async with open_polling(settings) as polling:
             await polling.store.orders.watch(ids, source="cli", now=utc_now())
             claims = await polling.store.polls.claim_all(lease_until=utc_now() + polling.lease)
             sizes = []
