@@ -35,7 +35,8 @@ from tracker.export import neutralise, parse_moment
 
 if TYPE_CHECKING:
     from tracker.store import Store
-    from tracker.store.stays import Ranked
+    from tracker.store.stays import Finished
+    from tracker.store.stays import LeadTime as Lead
 
 #: The period a report covers when ``since`` is not given: the last twelve weeks.
 DEFAULT_PERIOD = timedelta(weeks=12)
@@ -91,19 +92,14 @@ def by_provider(by: str | None) -> bool:
 # -- percentiles -----------------------------------------------------------------------------
 
 
-def quantile_at(count: int, at: Mapping[int, int], p: Fraction) -> int | Fraction:
-    """The ``p``-quantile of ``count`` sorted values of which ``at`` holds those (by 0-based
-    rank) around position ``(count - 1) * p``; linear interpolation between closest ranks."""
-    position = (count - 1) * p
-    low = math.floor(position)
-    below = at[low]
-    above = at.get(low + 1, below)
-    return below + (position - low) * (above - below)
-
-
 def quantile(values: Sequence[int], p: Fraction) -> int | Fraction:
-    """The ``p``-quantile of ``values`` (sorted), the same method as :func:`quantile_at`."""
-    return quantile_at(len(values), dict(enumerate(values)), p)
+    """The ``p``-quantile of ``values`` (sorted, at least one): linear interpolation between
+    the closest ranks around position ``(len - 1) * p``."""
+    position = (len(values) - 1) * p
+    low = math.floor(position)
+    below = values[low]
+    above = values[low + 1] if low + 1 < len(values) else below
+    return below + (position - low) * (above - below)
 
 
 MEDIAN = Fraction(1, 2)
@@ -227,25 +223,54 @@ class OverTarget:
         }
 
 
-def _duration(group: Ranked) -> Duration:
-    return Duration(
-        status=group.status,
-        provider=group.provider,
-        count=group.count,
-        median_seconds=seconds(quantile_at(group.count, group.at, MEDIAN)),
-        p90_seconds=seconds(quantile_at(group.count, group.at, P90)),
-    )
+async def finished(store: Store, period: Period) -> Finished:
+    """The period's finished stays, read once for :func:`durations_of`, :func:`flow_of` and
+    :func:`over_target_of`."""
+    return await store.stays.finished(since=period.since, until=period.until)
+
+
+def durations_of(stays: Finished, *, by: bool) -> list[Duration]:
+    """Per status (and provider, with ``by``), how long the finished stays lasted."""
+    groups: dict[tuple[str, str | None], list[int]] = {}
+    for (status, provider), lengths in stays.lengths.items():
+        groups.setdefault((status, provider if by else None), []).extend(lengths)
+    result = []
+    for (status, provider), values in sorted(groups.items(), key=_by_names):
+        values.sort()
+        result.append(
+            Duration(
+                status=status,
+                provider=provider,
+                count=len(values),
+                median_seconds=seconds(quantile(values, MEDIAN)),
+                p90_seconds=seconds(quantile(values, P90)),
+            )
+        )
+    return result
+
+
+def _by_names(item: tuple[tuple[str, str | None], Any]) -> tuple[str, str]:
+    (status, provider), _ = item
+    return (status, provider or "")
 
 
 async def durations(store: Store, period: Period, *, by: bool) -> list[Duration]:
     """Per status (and provider, with ``by``), the finished stays of the period."""
-    ranked = await store.stays.ranked(since=period.since, until=period.until, by_provider=by)
-    return [_duration(group) for group in ranked]
+    return durations_of(await finished(store, period), by=by)
 
 
 async def lead_times(store: Store, period: Period, *, by: bool) -> list[LeadTime]:
     """Lead times of the orders first activated in the period, overall or per provider."""
-    found = await store.stays.lead_times(since=period.since, until=period.until)
+    return lead_times_of(await leads(store, period), by=by)
+
+
+async def leads(store: Store, period: Period) -> list[Lead]:
+    """The orders first activated in the period, with their times, for :func:`lead_times_of`."""
+    return await store.stays.lead_times(since=period.since, until=period.until)
+
+
+def lead_times_of(found: Sequence[Lead], *, by: bool) -> list[LeadTime]:
+    """Lead times of ``found``, overall or per provider, with their distribution."""
     groups: dict[str | None, list[int]] = {}
     for lead in found:
         micros = (lead.activated_at - lead.ordered_at) // timedelta(microseconds=1)
@@ -268,13 +293,23 @@ async def lead_times(store: Store, period: Period, *, by: bool) -> list[LeadTime
     return result
 
 
-async def flow(store: Store, period: Period, *, by: bool) -> list[Flow]:
-    """The transitions of the period counted by (from, to) (and provider, with ``by``)."""
-    found = await store.stays.flow(since=period.since, until=period.until, by_provider=by)
+def flow_of(stays: Finished, *, by: bool) -> list[Flow]:
+    """The transitions of the period counted by (from, to) (and provider, with ``by``), the
+    most taken first."""
+    counts: dict[tuple[str, str, str | None], int] = {}
+    for (source, target, provider), count in stays.moves.items():
+        key = (source, target, provider if by else None)
+        counts[key] = counts.get(key, 0) + count
+    ranked = sorted(counts.items(), key=lambda item: (-item[1], *item[0][:2], item[0][2] or ""))
     return [
         Flow(from_status=source, to_status=target, provider=provider, count=count)
-        for source, target, provider, count in found
+        for (source, target, provider), count in ranked
     ]
+
+
+async def flow(store: Store, period: Period, *, by: bool) -> list[Flow]:
+    """The transitions of the period counted by (from, to) (and provider, with ``by``)."""
+    return flow_of(await finished(store, period), by=by)
 
 
 async def weekly(store: Store, period: Period) -> list[Week]:
@@ -299,33 +334,41 @@ async def weekly(store: Store, period: Period) -> list[Week]:
     return weeks
 
 
-async def over_target(
-    store: Store, period: Period, targets: Mapping[str, timedelta]
-) -> list[OverTarget]:
-    """Per status with a target, overall and per provider: finished stays over the target."""
-    found = await store.stays.over_target(targets, since=period.since, until=period.until)
-    totals: dict[str, tuple[int, int]] = {}
+def over_target_of(stays: Finished, targets: Mapping[str, timedelta]) -> list[OverTarget]:
+    """Per status with a target, overall and then per provider: the finished stays of known
+    length, and how many of them lasted longer than the target."""
+    overall: dict[str, tuple[int, int]] = {}
     rows = []
-    for status, provider, count, over in found:
-        total, total_over = totals.get(status, (0, 0))
-        totals[status] = (total + count, total_over + over)
-        target = seconds(targets[status] // timedelta(microseconds=1))
-        rows.append(
-            OverTarget(
-                status=status, provider=provider, target_seconds=target, count=count, over=over
-            )
-        )
-    overall = [
+    for (status, provider), lengths in sorted(stays.lengths.items(), key=_by_names):
+        if status not in targets:
+            continue
+        limit = targets[status] // timedelta(microseconds=1)
+        over = sum(1 for micros in lengths if micros > limit)
+        count, total_over = overall.get(status, (0, 0))
+        overall[status] = (count + len(lengths), total_over + over)
+        rows.append((status, provider, len(lengths), over))
+    return [
         OverTarget(
             status=status,
-            provider=None,
+            provider=provider,
             target_seconds=seconds(targets[status] // timedelta(microseconds=1)),
             count=count,
             over=over,
         )
-        for status, (count, over) in sorted(totals.items())
+        for status, provider, count, over in [
+            *[(status, None, *totals) for status, totals in sorted(overall.items())],
+            *rows,
+        ]
     ]
-    return overall + rows
+
+
+async def over_target(
+    store: Store, period: Period, targets: Mapping[str, timedelta]
+) -> list[OverTarget]:
+    """Per status with a target, overall and per provider: finished stays over the target."""
+    if not targets:
+        return []
+    return over_target_of(await finished(store, period), targets)
 
 
 #: The reports ``tracker report`` and the API serve by name: each gives its JSON objects.

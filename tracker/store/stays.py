@@ -6,19 +6,23 @@ start is unknown (null), never zero, and it has no length. :func:`begin_first` a
 :func:`move` write them in the transaction that stores the snapshot (``Polls.record``); the
 migration ``0009`` built them for the history stored before.
 
-:class:`Stays` reads them for the reports (``tracker.insight``): percentiles are ranked in SQL
-(the same window functions on SQLite and PostgreSQL) and only the rows at the ranks that
-matter come back.
+:class:`Stays` reads them for the reports (``tracker.insight``). The durations, the flow and the
+SLA share of a period all come from one scan of the finished stays (:meth:`Stays.finished`,
+served by one covering index): the rows stream into a compact :class:`Finished`, the lengths
+of each status and provider in an integer array, so that a page asking for all three reads
+the period once, and the percentiles are exact on both databases.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
-from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from array import array
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, cast
 
-from sqlalchemy import BigInteger, and_, case, exists, func, insert, or_, select, update
+from sqlalchemy import BigInteger, exists, func, insert, select, update
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.functions import FunctionElement
@@ -27,15 +31,10 @@ from tracker.store.sql import Repository
 from tracker.store.tables import MICROSECOND, stays, transitions
 
 if TYPE_CHECKING:
-    from sqlalchemy import ColumnElement
-
     from tracker.store.sql import Conn
 
 #: The provider column's width (``String(64)``): a longer value is not kept (never cut).
 PROVIDER_WIDTH = 64
-#: Percentiles the reports rank, as (numerator, denominator) of the fraction: exact integers,
-#: so the ranks are found by integer division on both databases.
-PERCENTILES: tuple[tuple[int, int], ...] = ((1, 2), (9, 10))
 #: The statuses whose entries the weekly trend counts.
 TREND_STATUSES = ("activated", "cancelled", "blocked", "blocked_wim")
 #: Weeks start on Monday, 00:00 UTC: 1970-01-05 is the first Monday after the epoch.
@@ -99,18 +98,27 @@ async def move(conn: Conn, *, order_id: str, status: str, provider: str, at: dat
 # -- reading ---------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Ranked:
-    """A group's count and the lengths (microseconds) at the ranks its percentiles need.
+#: A group of finished stays: (status, provider).
+Group = tuple[str, "str | None"]
+#: A move between statuses: (from, to, provider).
+Move = tuple[str, str, "str | None"]
+#: One row of the scan: status, provider, next status, length in microseconds (or null).
+Scanned = tuple[str, "str | None", str, "int | None"]
+#: Rows fetched from the scan at a time: the memory held is the arrays, not the rows.
+SCAN_BATCH = 10_000
 
-    ``at`` maps a 0-based rank (in ascending length) to the length there; it holds the two
-    ranks around each of :data:`PERCENTILES`' positions ``(count - 1) * p``.
+
+@dataclass(slots=True)
+class Finished:
+    """The finished stays that ended in a period, as the reports need them.
+
+    ``lengths`` holds, per (status, provider), the lengths in microseconds of the stays of
+    known start (unsorted); ``moves`` counts the stays per (status, next status, provider),
+    which are the period's transitions.
     """
 
-    status: str | None
-    provider: str | None
-    count: int
-    at: Mapping[int, int]
+    lengths: dict[Group, array[int]] = field(default_factory=dict)
+    moves: Counter[Move] = field(default_factory=Counter)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -151,44 +159,27 @@ def _week_postgresql(element: WeekNumber, compiler: SQLCompiler, **kw: Any) -> s
 class Stays(Repository):
     """The reports' reads over the stays: lengths, lead times, the flow, weekly entries."""
 
-    async def ranked(
-        self, *, since: datetime, until: datetime, by_provider: bool, overall: bool = False
-    ) -> list[Ranked]:
-        """Finished stays of known length that ended in ``[since, until)``: per status (and
-        provider, with ``by_provider``; or all statuses together with ``overall``), how many
-        and the lengths at the ranks of :data:`PERCENTILES`."""
+    async def finished(self, *, since: datetime, until: datetime) -> Finished:
+        """The stays that ended in ``[since, until)``: lengths by status and provider, and
+        moves by (from, to, provider); one scan of the index on ``ended_at``."""
         s = stays
-        keys: list[ColumnElement[Any]] = [] if overall else [s.c.status]
-        if by_provider:
-            keys.append(s.c.provider)
-        window: dict[str, Any] = {"partition_by": keys} if keys else {}
-        inner = (
-            select(
-                *keys,
-                s.c.micros,
-                func.row_number().over(order_by=s.c.micros, **window).label("rn"),
-                func.count().over(**window).label("n"),
-            )
-            .where(s.c.ended_at >= since, s.c.ended_at < until, s.c.micros.is_not(None))
-            .subquery()
+        query = select(s.c.status, s.c.provider, s.c.next_status, s.c.micros).where(
+            s.c.ended_at >= since, s.c.ended_at < until
         )
-        rank = inner.c.rn - 1
-        wanted = []
-        for numerator, denominator in PERCENTILES:
-            low = (inner.c.n - 1) * numerator // denominator
-            wanted += [rank == low, rank == low + 1]
-        query = select(inner).where(or_(*wanted))
-        groups: dict[tuple[str | None, str | None], tuple[int, dict[int, int]]] = {}
+        found = Finished()
+        lengths, moves = found.lengths, found.moves
         async with self._engine.connect() as conn:
-            for row in await conn.execute(query):
-                status = None if overall else row.status
-                provider = row.provider if by_provider else None
-                _count, at = groups.setdefault((status, provider), (row.n, {}))
-                at[row.rn - 1] = row.micros
-        return [
-            Ranked(status=status, provider=provider, count=count, at=at)
-            for (status, provider), (count, at) in sorted(groups.items(), key=_group_key)
-        ]
+            result = await conn.stream(query.execution_options(yield_per=SCAN_BATCH))
+            async for rows in result.partitions():
+                for status, provider, next_status, micros in cast("Sequence[Scanned]", rows):
+                    moves[(status, next_status, provider)] += 1
+                    if micros is not None:
+                        group = (status, provider)
+                        values = lengths.get(group)
+                        if values is None:
+                            values = lengths[group] = array("q")
+                        values.append(micros)
+        return found
 
     async def lead_times(self, *, since: datetime, until: datetime) -> list[LeadTime]:
         """Orders whose first transition into ``activated`` was in ``[since, until)`` and that
@@ -236,28 +227,6 @@ class Stays(Repository):
                 for row in await conn.execute(query)
             ]
 
-    async def flow(
-        self, *, since: datetime, until: datetime, by_provider: bool = False
-    ) -> list[tuple[str, str, str | None, int]]:
-        """How many stays that ended in ``[since, until)`` led from each status to each other
-        (the transitions of the period), as ``(from, to, provider, count)``, most first."""
-        s = stays
-        keys: list[ColumnElement[Any]] = [s.c.status, s.c.next_status]
-        if by_provider:
-            keys.append(s.c.provider)
-        count = func.count().label("n")
-        query = (
-            select(*keys, count)
-            .where(s.c.ended_at >= since, s.c.ended_at < until)
-            .group_by(*keys)
-            .order_by(count.desc(), *keys)
-        )
-        async with self._engine.connect() as conn:
-            return [
-                (row.status, row.next_status, row.provider if by_provider else None, row.n)
-                for row in await conn.execute(query)
-            ]
-
     async def weekly(self, *, since: datetime, until: datetime) -> list[tuple[int, str, int]]:
         """Entries into :data:`TREND_STATUSES` in ``[since, until)`` per week, as ``(week
         number since 1970-01-05, status, count)``."""
@@ -272,49 +241,7 @@ class Stays(Repository):
         async with self._engine.connect() as conn:
             return [(int(row.week), row.status, row.n) for row in await conn.execute(query)]
 
-    async def over_target(
-        self, targets: Mapping[str, timedelta], *, since: datetime, until: datetime
-    ) -> list[tuple[str, str | None, int, int]]:
-        """For the statuses of ``targets``: finished stays of known length that ended in
-        ``[since, until)``, per status and provider, as ``(status, provider, count, over)``,
-        ``over`` counting those longer than the status's target."""
-        if not targets:
-            return []
-        s = stays
-        over = func.sum(
-            case(
-                *[
-                    (and_(s.c.status == status, s.c.micros > target // MICROSECOND), 1)
-                    for status, target in targets.items()
-                ],
-                else_=0,
-            )
-        ).label("over")
-        query = (
-            select(s.c.status, s.c.provider, func.count().label("n"), over)
-            .where(
-                s.c.ended_at >= since,
-                s.c.ended_at < until,
-                s.c.micros.is_not(None),
-                s.c.status.in_(list(targets)),
-            )
-            .group_by(s.c.status, s.c.provider)
-            .order_by(s.c.status, s.c.provider)
-        )
-        async with self._engine.connect() as conn:
-            return [
-                (row.status, row.provider, row.n, int(row.over or 0))
-                for row in await conn.execute(query)
-            ]
-
     async def transition_count(self) -> int:
         """How many transitions are stored (for the benchmark's and the page's context)."""
         async with self._engine.connect() as conn:
             return int(await conn.scalar(select(func.count()).select_from(transitions)) or 0)
-
-
-def _group_key(
-    item: tuple[tuple[str | None, str | None], tuple[int, dict[int, int]]],
-) -> tuple[str, str]:
-    (status, provider), _ = item
-    return (status or "", provider or "")
