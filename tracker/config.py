@@ -485,6 +485,8 @@ class MessageSinkSettings(_SinkBase):
     templates: Path | None = None
     #: ``"08:00 Europe/Berlin"``: one message a day at that time instead of one per event.
     digest: str | None = None
+    #: ``"weekly"``: the digest due on a Monday (in the digest's zone) adds the week's report.
+    digest_report: Literal["weekly"] | None = None
 
     @field_validator("digest")
     @classmethod
@@ -492,6 +494,15 @@ class MessageSinkSettings(_SinkBase):
         if value is not None:
             parse_digest_time(value)
         return value
+
+    @model_validator(mode="after")
+    def _report_needs_digest(self) -> MessageSinkSettings:
+        if self.digest_report is not None and self.digest is None:
+            raise ValueError(
+                'digest_report needs a daily digest; add digest = "08:00 Europe/Berlin" '
+                "(or your time) to the sink, or remove digest_report"
+            )
+        return self
 
     def digest_time(self) -> DigestTime | None:
         """When this sink's daily digest is due, if it has one."""

@@ -1,5 +1,6 @@
 """Daily digests: an e-mail or chat sink with ``digest = "08:00 Europe/Berlin"`` gets one
-message a day.
+message a day; with ``digest_report = "weekly"``, the one due on a Monday also carries the
+report of the seven days before it (``tracker.insight.weekly_digest_report``).
 
 The message holds the transitions since the sink's previous digest that its ``on`` patterns
 match, grouped by order, and the orders stuck and failing at the time. Each digest is an event
@@ -17,6 +18,7 @@ from datetime import UTC, datetime, timedelta
 
 from tracker.alerts import new_event_id
 from tracker.config import DigestTime, MessageSinkSettings, Settings
+from tracker.insight import weekly_digest_report
 from tracker.model import Event, EventKind, Transition
 from tracker.routing import matches
 from tracker.shapes import DIGEST_KEYS, shown, timestamp
@@ -90,9 +92,13 @@ async def _due_digest(
         "period_start": timestamp(start),
         "period_end": timestamp(due),
         **(_NOTHING if covered else await _contents(store, settings, sink, start, due)),
+        "report": None,
     }
-    event_id = new_event_id()
+    if not covered and sink.digest_report == "weekly" and _first_of_week(due, when):
+        data["report"] = await weekly_digest_report(store, due, settings.alerts.stuck)
     says_something = data["changes"] or data["stuck_count"] or data["failing_count"]
+    says_something = says_something or data["report"] is not None  # a quiet day's week
+    event_id = new_event_id()
     return Event(
         event_id=event_id,
         key=key,
@@ -177,6 +183,11 @@ async def _orders(
             if len(current.moves) < MAX_MOVES:
                 current.moves.append(shown(move, DIGEST_KEYS))
     return changes, order_count, listed
+
+
+def _first_of_week(due: datetime, when: DigestTime) -> bool:
+    """Whether ``due`` falls on a Monday in the digest's zone: that digest carries the week."""
+    return due.astimezone(when.zone).weekday() == 0
 
 
 def _wanted(patterns: Sequence[str], move: Transition) -> bool:

@@ -462,3 +462,35 @@ def utc_day(moment: datetime) -> str:
     if moment == datetime.combine(moment.date(), datetime.min.time(), UTC):
         return moment.date().isoformat()
     return moment.isoformat().replace("+00:00", "Z")
+
+
+#: How many of the period's most taken moves a weekly digest lists.
+DIGEST_FLOW = 12
+#: How many weeks of trend a weekly digest shows (the reported week last).
+DIGEST_WEEKS = 4
+
+
+async def weekly_digest_report(
+    store: Store, until: datetime, targets: Mapping[str, timedelta]
+) -> dict[str, Any]:
+    """The week before ``until`` as a digest carries it (``digest_report = "weekly"``): the
+    durations per status, the lead time, the most taken moves and the SLA share of
+    ``[until - 7 days, until)``, and the trend of the :data:`DIGEST_WEEKS` whole weeks (Monday
+    to Monday, UTC) before ``until``; plain JSON."""
+    period = Period(since=until - timedelta(days=7), until=until)
+    stays = await finished(store, period)
+    lead = lead_times_of(await leads(store, period), by=False)
+    monday = until.astimezone(UTC).date() - timedelta(days=until.astimezone(UTC).weekday())
+    last_week_end = datetime.combine(monday, datetime.min.time(), UTC)  # whole weeks only
+    trend = Period(since=last_week_end - timedelta(weeks=DIGEST_WEEKS), until=last_week_end)
+    return {
+        "period_start": utc_day(period.since),
+        "period_end": utc_day(period.until),
+        "durations": [row.json() for row in durations_of(stays, by=False)],
+        "lead_time": lead[0].json() if lead else None,
+        "flow": [row.json() for row in flow_of(stays, by=False)[:DIGEST_FLOW]],
+        "over_target": [
+            row.json() for row in over_target_of(stays, targets) if row.provider is None
+        ],
+        "weeks": [week.json() for week in await weekly(store, trend)],
+    }

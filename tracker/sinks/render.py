@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from datetime import date, datetime, timedelta
 from typing import Any
 
+from tracker.insight import human, week_label
 from tracker.model import DueDelivery
 from tracker.shapes import DIGEST_KEYS, WEBHOOK_KEYS, timestamp, transition_json
 from tracker.text import one_line
@@ -226,6 +227,68 @@ def digest_context(payload: str) -> dict[str, Any]:
         "failing": failing,
         "failing_count": data["failing_count"],
         "failing_more": data["failing_count"] - len(failing),
+        "report": _report_context(data.get("report")),
+    }
+
+
+#: The longest bar of a weekly report's table, in pixels (e-mail clients refuse images and
+#: SVG; a table cell of a width draws the bar everywhere).
+BAR_PX = 160
+
+
+def _report_context(report: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """A weekly report as the digest templates show it: durations in words, bars in pixels."""
+    if report is None:
+        return None
+    longest = max((row["median_seconds"] for row in report["durations"]), default=0) or 1
+    lead = report["lead_time"]
+    return {
+        "period_start": report["period_start"],
+        "period_end": report["period_end"],
+        "durations": [
+            {
+                "status": one_line(row["status"]),
+                "count": row["count"],
+                "median": human(row["median_seconds"]),
+                "p90": human(row["p90_seconds"]),
+                "bar": max(1, round(BAR_PX * row["median_seconds"] / longest)),
+            }
+            for row in report["durations"]
+        ],
+        "lead": None
+        if lead is None
+        else {
+            "count": lead["count"],
+            "median": human(lead["median_seconds"]),
+            "p90": human(lead["p90_seconds"]),
+        },
+        "flow": [
+            {
+                "from_status": one_line(row["from"]),
+                "to_status": one_line(row["to"]),
+                "count": row["count"],
+            }
+            for row in report["flow"]
+        ],
+        "over_target": [
+            {
+                "status": one_line(row["status"]),
+                "target": human(row["target_seconds"]),
+                "count": row["count"],
+                "over": row["over"],
+                "percent": round(100 * row["share"]),
+            }
+            for row in report["over_target"]
+        ],
+        "weeks": [
+            {
+                "week": week_label(date.fromisoformat(row["week"])),
+                "activated": row["activated"],
+                "cancelled": row["cancelled"],
+                "blocked": row["blocked"],
+            }
+            for row in report["weeks"]
+        ],
     }
 
 
@@ -272,6 +335,38 @@ def sample_digest(now: datetime) -> str:
                 "last_polled_at": when,
             }
         ],
+    }
+    data["report"] = {
+        "period_start": (now - timedelta(days=7)).date().isoformat(),
+        "period_end": now.date().isoformat(),
+        "durations": [
+            {
+                "status": "ordered",
+                "provider": None,
+                "count": 3,
+                "median_seconds": 86_400.0,
+                "p90_seconds": 172_800.0,
+            },
+        ],
+        "lead_time": {
+            "provider": None,
+            "count": 2,
+            "median_seconds": 1_209_600.0,
+            "p90_seconds": 1_814_400.0,
+            "bins": [0, 1, 1],
+        },
+        "flow": [{"from": "ordered", "to": "checked", "provider": None, "count": 3}],
+        "over_target": [
+            {
+                "status": "ordered",
+                "provider": None,
+                "target_seconds": 604_800.0,
+                "count": 3,
+                "over": 1,
+                "share": 0.3333,
+            }
+        ],
+        "weeks": [{"week": "2026-11-30", "activated": 2, "cancelled": 0, "blocked": 1}],
     }
     return digest_body(event_id="evt_sample", raised_at=now, data=data)
 
