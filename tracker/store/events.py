@@ -46,13 +46,14 @@ class Alert:
 
 
 async def order_alerts(conn: Conn, order_id: str) -> list[Alert]:
-    """The alerts raised about ``order_id``, oldest first (the ``order_id, id`` index)."""
+    """The alerts raised about ``order_id``, oldest first (found by the ``order_id, id``
+    index; an order has few, so sorting them by time costs nothing)."""
     found = await conn.execute(
         select(
             events.c.event_id, events.c.kind, events.c.status, events.c.raised_at, events.c.payload
         )
         .where(events.c.order_id == order_id, events.c.kind.in_([k.value for k in ALERT_KINDS]))
-        .order_by(events.c.id)
+        .order_by(events.c.raised_at, events.c.id)
     )
     return [
         Alert(
