@@ -127,12 +127,12 @@ class TestOrderPage:
             "checked → installation_planning advance",
             "installation_planning → installation_scheduled advance",
         ]
-        checked = moves[1].find_elements(By.CSS_SELECTOR, "tbody tr")
+        checked = moves[1].find_elements(By.CSS_SELECTOR, ".deliveries tbody tr")
         rows = {r.find_element(By.CSS_SELECTOR, "td").text: r.text for r in checked}
         assert set(rows) == {"crm-webhook", "support-mail"}
         assert "delivered 2 204" in rows["crm-webhook"]  # failed once (500), then taken
         assert "delivered 1" in rows["support-mail"]
-        latest = moves[3].find_elements(By.CSS_SELECTOR, "tbody tr")
+        latest = moves[3].find_elements(By.CSS_SELECTOR, ".deliveries tbody tr")
         waiting = {r.find_element(By.CSS_SELECTOR, "td").text: r.text for r in latest}
         assert waiting["crm-webhook"].startswith("crm-webhook pending 1 500 HTTP 500 next ")
         assert "delivered 1 250" in waiting["support-mail"]

@@ -16,8 +16,14 @@ import pytest
 import time_machine
 
 from tests.outbox import hook_sink, poll
-from tests.support import ScriptedUpstream, app_client, ok, settings_mapping, tracker_cli
-from tests.support import write_config
+from tests.support import (
+    ScriptedUpstream,
+    app_client,
+    ok,
+    settings_mapping,
+    tracker_cli,
+    write_config,
+)
 from tracker import alerts
 from tracker.clock import utc_now
 from tracker.config import from_mapping

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from tracker.field_changes import MAX_CHANGES, MAX_VALUE, Change, changes, flatten
-from tracker.journey import Place, Visit, journey
+from tracker.journey import Place, Step, Visit, journey
 
 T0 = datetime(2026, 11, 1, tzinfo=UTC)
 DAY = timedelta(days=1)
@@ -29,8 +29,8 @@ def visits(*stays: tuple[str, float | None, float, float | None]) -> list[Visit]
     ]
 
 
-def by_status(steps: tuple[object, ...]) -> dict[str, object]:
-    return {step.status: step for step in steps}  # type: ignore[attr-defined]
+def by_status(steps: tuple[Step, ...]) -> dict[str, Step]:
+    return {step.status: step for step in steps}
 
 
 class TestMidJourneyWatch:
@@ -51,11 +51,13 @@ class TestMidJourneyWatch:
         ]
         assert all(step.place is Place.AHEAD for step in found.main[4:])
         waiting, ordered, checked = main["waiting"], main["ordered"], main["checked"]
-        assert waiting.unknown and not waiting.timed  # type: ignore[attr-defined]
-        assert ordered.unknown and not ordered.timed  # type: ignore[attr-defined]
-        assert ordered.visits == 1  # type: ignore[attr-defined]
-        assert checked.known == 3 * DAY + 3 * HOUR  # type: ignore[attr-defined]
-        assert not checked.unknown  # type: ignore[attr-defined]
+        assert waiting.unknown
+        assert not waiting.timed
+        assert ordered.unknown
+        assert not ordered.timed
+        assert ordered.visits == 1
+        assert checked.known == 3 * DAY + 3 * HOUR
+        assert not checked.unknown
         assert found.current == "checked"
         assert found.detours == ()
         assert [leg.length for leg in found.route] == [None, 3 * DAY + 3 * HOUR]
@@ -78,12 +80,13 @@ class TestReturns:
         )
         main = by_status(found.main)
         checked, ordered = main["checked"], main["ordered"]
-        assert checked.visits == 2  # type: ignore[attr-defined]
-        assert checked.known == 3.5 * DAY  # type: ignore[attr-defined]
-        assert checked.place is Place.CURRENT  # type: ignore[attr-defined]
-        assert ordered.visits == 2  # type: ignore[attr-defined]
-        assert ordered.known == 12 * HOUR  # the known return only  # type: ignore[attr-defined]
-        assert ordered.unknown and ordered.timed  # type: ignore[attr-defined]
+        assert checked.visits == 2
+        assert checked.known == 3.5 * DAY
+        assert checked.place is Place.CURRENT
+        assert ordered.visits == 2
+        assert ordered.known == 12 * HOUR  # the known return only
+        assert ordered.unknown
+        assert ordered.timed
         assert len(found.route) == 4
 
 
@@ -102,9 +105,9 @@ class TestDetour:
             now=at(6),
         )
         main = by_status(found.main)
-        assert main["installation_planning"].place is Place.SKIPPED  # type: ignore[attr-defined]
-        assert main["installation_scheduled"].place is Place.CURRENT  # type: ignore[attr-defined]
-        assert main["installation_scheduled"].known == DAY  # type: ignore[attr-defined]
+        assert main["installation_planning"].place is Place.SKIPPED
+        assert main["installation_scheduled"].place is Place.CURRENT
+        assert main["installation_scheduled"].known == DAY
         assert "blocked_wim" not in main
         [detour] = found.detours
         assert detour.status == "blocked_wim"
@@ -124,7 +127,7 @@ class TestDetour:
             ("cancelled", Place.CURRENT),
         ]
         assert found.detours[1].known == HOUR
-        assert by_status(found.main)["checked"].known == DAY  # type: ignore[attr-defined]
+        assert by_status(found.main)["checked"].known == DAY
         assert found.current == "cancelled"
 
     def test_no_stays(self) -> None:
@@ -149,8 +152,10 @@ class TestFieldChanges:
             ("updated_at", Change.ADDED),
         ]
         city = found.fields[0]
-        assert city.old is not None and city.old.text == '"Köln"'
-        assert city.new is not None and city.new.text == '"Bonn"'
+        assert city.old is not None
+        assert city.old.text == '"Köln"'
+        assert city.new is not None
+        assert city.new.text == '"Bonn"'
         assert found.fields[1].new is None
         assert found.fields[3].old is None
 
