@@ -435,27 +435,6 @@ def csv_text(columns: Sequence[str], items: Sequence[Mapping[str, Any]]) -> str:
     return buffer.getvalue()
 
 
-def human(seconds_: float) -> str:
-    """A duration for people: ``12d 4h``, ``3h 20m``, ``45s``."""
-    whole = round(seconds_)
-    days, rest = divmod(whole, 86_400)
-    hours, rest = divmod(rest, 3_600)
-    minutes, secs = divmod(rest, 60)
-    if days:
-        return f"{days}d {hours}h"
-    if hours:
-        return f"{hours}h {minutes}m"
-    if minutes:
-        return f"{minutes}m {secs}s"
-    return f"{secs}s"
-
-
-def week_label(monday: date) -> str:
-    """A week as ISO calendar week, e.g. ``2026-W48``."""
-    year, number, _ = monday.isocalendar()
-    return f"{year}-W{number:02d}"
-
-
 def utc_day(moment: datetime) -> str:
     """A moment as ``YYYY-MM-DD`` when it is midnight UTC, else ISO 8601 with ``Z``."""
     moment = moment.astimezone(UTC)

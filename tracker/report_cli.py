@@ -149,8 +149,8 @@ def _table(
     name: str, period: Period, columns: tuple[str, ...], items: list[dict[str, Any]]
 ) -> None:
     """A table for people on a terminal; tab-separated rows with a header row in a pipe."""
-    from tracker.insight import cell, human, utc_day
-    from tracker.text import printable
+    from tracker.insight import cell, utc_day
+    from tracker.text import human, printable
 
     def shown(key: str, value: Any) -> str:
         if key in SECONDS and value is not None:

@@ -6,6 +6,7 @@ Pure: standard library only, no I/O.
 from __future__ import annotations
 
 import re
+from datetime import date
 
 #: What may not reach a mail header or a terminal: C0 and C1 control characters (U+0085, the
 #: "next line", among them), DEL, the Unicode line and paragraph separators, and the invisible
@@ -36,3 +37,24 @@ def retry_after(value: str | None) -> float | None:
     except ValueError:
         return None
     return seconds if 0 <= seconds <= MAX_RETRY_AFTER else None
+
+
+def human(seconds_: float) -> str:
+    """A duration for people: ``12d 4h``, ``3h 20m``, ``45s``."""
+    whole = round(seconds_)
+    days, rest = divmod(whole, 86_400)
+    hours, rest = divmod(rest, 3_600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days}d {hours}h"
+    if hours:
+        return f"{hours}h {minutes}m"
+    if minutes:
+        return f"{minutes}m {secs}s"
+    return f"{secs}s"
+
+
+def week_label(monday: date) -> str:
+    """A week as ISO calendar week, e.g. ``2026-W48``."""
+    year, number, _ = monday.isocalendar()
+    return f"{year}-W{number:02d}"

@@ -14,7 +14,7 @@ from rich.text import Text
 
 from tracker.model import DaemonRecord, Delivery, DeliveryState, Transition, WatchedOrder
 from tracker.shapes import HISTORY_KEYS, shown
-from tracker.store import Attempt, History, Overview, PollOutcome, Store
+from tracker.store import Alert, Attempt, History, Overview, PollOutcome, Store
 from tracker.text import printable
 
 T = TypeVar("T")
@@ -345,7 +345,48 @@ def history_json(history: History) -> dict[str, Any]:
         "transitions": [
             transition_dict(t, history.deliveries.get(t.event_id, ())) for t in history.transitions
         ],
+        "alerts": [alert_dict(alert) for alert in history.alerts],
     }
+
+
+def _alert_data(alert: Alert) -> dict[str, Any]:
+    """The alert's ``data`` as its webhook body carries it (an unreadable body: none)."""
+    try:
+        data = json.loads(alert.payload).get("data")
+    except (ValueError, AttributeError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def alert_dict(alert: Alert) -> dict[str, Any]:
+    """One alert of a history as JSON-ready data: what it is, when, and what it said."""
+    data = _alert_data(alert)
+    return {
+        "alert": True,
+        "event_id": alert.event_id,
+        "kind": alert.kind,
+        "status": alert.status,
+        "raised_at": iso(alert.raised_at),
+        "details": {k: v for k, v in data.items() if k not in {"event_id", "order_id", "status"}},
+    }
+
+
+def alert_text(alert: Alert) -> str:
+    """One alert in words: ``stuck in ordered since …``, ``3 failed polls in a row: …``."""
+    data = _alert_data(alert)
+    if alert.kind == "stuck":
+        return (
+            f"stuck in {alert.status} since {data.get('since', '?')}, "
+            f"longer than {data.get('threshold', '?')}"
+        )
+    if alert.kind == "poll_failing":
+        return (
+            f"{data.get('failures', '?')} failed polls in a row: "
+            f"{data.get('last_error_kind', '?')}: {data.get('last_error', '')}"
+        )
+    if alert.kind == "poll_recovered":
+        return f"polled again after {data.get('failures', '?')} failed polls"
+    return alert.kind
 
 
 def transition_dict(transition: Transition, deliveries: Iterable[Delivery]) -> dict[str, Any]:
@@ -430,7 +471,10 @@ def history_rich(history: History) -> Group:
     head = f"{order.order_id}  {order.status or 'never polled'}  ({state_of(order)})"
     lines: list[Text] = [Text(printable(head), style="bold")]
     moves = {t.snapshot_id: t for t in history.transitions}
+    alerts = list(history.alerts)
     for snapshot in history.snapshots:
+        while alerts and alerts[0].raised_at < snapshot.observed_at:
+            lines.append(_alert_line(alerts.pop(0)))
         move = moves.get(snapshot.id)
         when = _short(snapshot.observed_at)
         if move is None:
@@ -443,9 +487,20 @@ def history_rich(history: History) -> Group:
             + Text(move.event_id, style="dim")
         )
         lines += [_delivery_line(d) for d in history.deliveries.get(move.event_id, ())]
+    lines += [_alert_line(alert) for alert in alerts]
     if order.last_error:
         lines.append(Text(printable(f"  last error: {order.last_error}"), style="red"))
     return Group(*lines)
+
+
+def _alert_line(alert: Alert) -> Text:
+    """An alert in the timeline, marked as one: ``ALERT`` and its kind."""
+    return (
+        Text(f"  {_short(alert.raised_at)}  ")
+        + Text(f"ALERT {alert.kind}", style="bold magenta")
+        + Text(printable(f"  {alert_text(alert)}  "))
+        + Text(alert.event_id, style="dim")
+    )
 
 
 def _delivery_line(d: Delivery) -> Text:

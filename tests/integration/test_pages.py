@@ -331,8 +331,9 @@ class TestBoard:
         assert count("ordered") == 1
         assert count("activated") == 0
         assert count("blocked_wim") == 0
-        assert text.index(">waiting<") < text.index(">ordered<") < text.index(">activated<")
-        assert text.index(">activated<") < text.index(">blocked<") < text.index(">intended<")
+        assert text.index(">intended<") < text.index(">waiting<") < text.index(">ordered<")
+        assert text.index(">ordered<") < text.index(">activated<") < text.index(">blocked<")
+        assert text.index(">blocked<") < text.index(">cancelled<")
         unknown = text[text.index('id="unknown"') : text.index('id="failing"')]
         assert esc(HOSTILE_STATUS) in unknown
         assert "%3Cscript%3E" in unknown  # its link to the search, URL-encoded

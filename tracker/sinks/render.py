@@ -11,10 +11,9 @@ from collections.abc import Mapping
 from datetime import date, datetime, timedelta
 from typing import Any
 
-from tracker.insight import human, week_label
 from tracker.model import DueDelivery
 from tracker.shapes import DIGEST_KEYS, WEBHOOK_KEYS, timestamp, transition_json
-from tracker.text import one_line
+from tracker.text import human, one_line, week_label
 
 EVENT_TYPE = "meter_order.status_changed"
 TEST_EVENT_TYPE = "meter_order.test"

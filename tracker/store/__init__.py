@@ -11,7 +11,7 @@ from tracker.store.db import (
     unreachable,
     upgrade,
 )
-from tracker.store.events import Stay
+from tracker.store.events import Alert, Stay
 from tracker.store.fleet import Joined, Taken
 from tracker.store.outbox import Attempt
 from tracker.store.polls import PollOutcome
@@ -19,6 +19,7 @@ from tracker.store.reports import History, Overview
 from tracker.store.store import Store
 
 __all__ = [
+    "Alert",
     "Attempt",
     "History",
     "Joined",

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import func, insert, select, tuple_, update
 
-from tracker.model import DeliveryState, Event
+from tracker.model import DeliveryState, Event, EventKind
 from tracker.store.sql import Repository, chunks, insert_new
 from tracker.store.tables import deliveries, events
 from tracker.store.tables import watched_orders as w
@@ -25,6 +25,46 @@ class Stay:
     order_id: str
     status: str
     since: datetime
+
+
+#: The events that are alerts about one order (a digest is about none).
+ALERT_KINDS = (EventKind.STUCK, EventKind.POLL_FAILING, EventKind.POLL_RECOVERED)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Alert:
+    """An alert raised about one order: stuck, poll failing, or polled again."""
+
+    event_id: str
+    #: One of :data:`ALERT_KINDS`' values.
+    kind: str
+    #: The order's status when it was raised.
+    status: str | None
+    raised_at: datetime
+    #: The webhook body (``tracker.sinks.render.alert_body``), as sent.
+    payload: str
+
+
+async def order_alerts(conn: Conn, order_id: str) -> list[Alert]:
+    """The alerts raised about ``order_id``, oldest first (found by the ``order_id, id``
+    index; an order has few, so sorting them by time costs nothing)."""
+    found = await conn.execute(
+        select(
+            events.c.event_id, events.c.kind, events.c.status, events.c.raised_at, events.c.payload
+        )
+        .where(events.c.order_id == order_id, events.c.kind.in_([k.value for k in ALERT_KINDS]))
+        .order_by(events.c.raised_at, events.c.id)
+    )
+    return [
+        Alert(
+            event_id=row.event_id,
+            kind=row.kind,
+            status=row.status,
+            raised_at=row.raised_at,
+            payload=row.payload,
+        )
+        for row in found
+    ]
 
 
 class Events(Repository):

@@ -21,7 +21,7 @@ from sqlalchemy.sql.functions import FunctionElement
 
 from tracker.model import DaemonRecord, Delivery, DeliveryState, Snapshot, Transition, WatchedOrder
 from tracker.store import rows
-from tracker.store.events import Stay
+from tracker.store.events import Alert, Stay, order_alerts
 from tracker.store.rows import DELIVERY_ROWS, TRANSITION_COLUMNS
 from tracker.store.sql import BATCH, Repository, chunks
 from tracker.store.tables import daemons, deliveries, snapshots, transitions
@@ -51,6 +51,8 @@ class History:
     transitions: tuple[Transition, ...]
     #: Each transition's deliveries, by event id.
     deliveries: dict[str, tuple[Delivery, ...]]
+    #: The alerts raised about the order (stuck, poll failing, recovered), oldest first.
+    alerts: tuple[Alert, ...] = ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -134,6 +136,7 @@ class Reports(Repository):
                 snapshots=tuple(rows.snapshot(s) for s in snaps),
                 transitions=tuple(rows.transition(t) for t in moves),
                 deliveries={event: tuple(items) for event, items in by_event.items()},
+                alerts=tuple(await order_alerts(conn, order_id)),
             )
 
     async def counts(self) -> dict[str, int]:

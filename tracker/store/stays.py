@@ -27,6 +27,7 @@ from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.functions import FunctionElement
 
+from tracker.journey import Visit
 from tracker.store.sql import Repository
 from tracker.store.tables import MICROSECOND, stays, transitions
 
@@ -240,6 +241,25 @@ class Stays(Repository):
         )
         async with self._engine.connect() as conn:
             return [(int(row.week), row.status, row.n) for row in await conn.execute(query)]
+
+    async def of_order(self, order_id: str) -> list[Visit]:
+        """One order's stays, oldest first: its journey (``tracker.journey``)."""
+        s = stays
+        query = (
+            select(s.c.status, s.c.started_at, s.c.seen_at, s.c.ended_at)
+            .where(s.c.order_id == order_id)
+            .order_by(s.c.seen_at, s.c.id)
+        )
+        async with self._engine.connect() as conn:
+            return [
+                Visit(
+                    status=row.status,
+                    started_at=row.started_at,
+                    seen_at=row.seen_at,
+                    ended_at=row.ended_at,
+                )
+                for row in await conn.execute(query)
+            ]
 
     async def transition_count(self) -> int:
         """How many transitions are stored (for the benchmark's and the page's context)."""

@@ -145,6 +145,22 @@ _HISTORY_TRANSITION: dict[str, Any] = {
     "deliveries": {"type": "array", "items": {"$ref": "#/components/schemas/BriefDelivery"}},
 }
 
+_HISTORY_ALERT: dict[str, Any] = {
+    "type": "object",
+    "description": "An alert about the order (`meter_order.stuck`, `meter_order.poll_failing`, "
+    "`meter_order.poll_recovered`); `details` is its webhook body's `data` but the ids and status.",
+    "required": ["alert", "event_id", "kind", "status", "raised_at", "details"],
+    "additionalProperties": False,
+    "properties": {
+        "alert": {"type": "boolean", "const": True},
+        "event_id": {"type": "string"},
+        "kind": {"type": "string", "enum": ["stuck", "poll_failing", "poll_recovered"]},
+        "status": {"type": ["string", "null"]},
+        "raised_at": _TIME,
+        "details": {"type": "object"},
+    },
+}
+
 _HISTORY: dict[str, Any] = {
     "type": "object",
     "description": "One order's history, as `tracker history ID --json` prints it; "
@@ -157,6 +173,7 @@ _HISTORY: dict[str, Any] = {
         "last_error",
         "snapshots",
         "transitions",
+        "alerts",
     ],
     "additionalProperties": False,
     "properties": {
@@ -191,6 +208,11 @@ _HISTORY: dict[str, Any] = {
                 "additionalProperties": False,
                 "properties": _HISTORY_TRANSITION,
             },
+        },
+        "alerts": {
+            "type": "array",
+            "description": "The alerts raised about the order, oldest first.",
+            "items": _HISTORY_ALERT,
         },
     },
 }

@@ -46,6 +46,7 @@ from tracker.web.api import (
 )
 from tracker.web.auth import Users, client_of
 from tracker.web.bodies import bounded_body
+from tracker.web.journey import journey_context, timeline
 from tracker.web.sessions import COOKIE, SESSION_LIFETIME, Session
 
 log = structlog.get_logger("tracker.web")
@@ -83,14 +84,13 @@ MAX_NEXT = 2000
 NOT_PAGES = (f"{PREFIX}/", "/healthz", "/readyz", "/metrics", "/hooks/")
 #: The stylesheet, from package data.
 CSS_PATH = "/static/tracker.css"
-#: The board's lifecycle strip: the main path from ``waiting``, then the detours.
-STRIP_MAIN: tuple[Status, ...] = MAIN_PATH[1:]
+#: The board's lifecycle strip: the main path in order, then the detours, set apart.
+STRIP_MAIN: tuple[Status, ...] = MAIN_PATH
 STRIP_DETOURS: tuple[Status, ...] = (
     Status.BLOCKED,
     Status.BLOCKED_WIM,
     Status.PRE_INSTALLED,
     Status.CANCELLED,
-    Status.INTENDED,
 )
 
 
@@ -480,6 +480,7 @@ class _Pages:
             raise HTTPException(404, f"order {order_id} is not watched and never was")
         data = history_json(history)
         latest = data["snapshots"][-1]["order"] if data["snapshots"] else {}
+        visits = await self._store.stays.of_order(order_id)
         return render(
             "order.html",
             visitor=visitor,
@@ -489,7 +490,8 @@ class _Pages:
             customer=latest.get("customer"),
             subscription=latest.get("subscription"),
             provider=latest.get("provider"),
-            timeline=_timeline(history, data),
+            journey=journey_context(visits, utc_now()),
+            timeline=timeline(history, data),
         )
 
     async def stuck(self, request: Request, visitor: Visitor) -> Response:
@@ -584,18 +586,6 @@ def _since(history: History) -> datetime | None:
             break
         since = snapshot.observed_at
     return since
-
-
-def _timeline(history: History, data: dict[str, Any]) -> list[dict[str, Any]]:
-    """Snapshots oldest first, each with the transition it revealed (with its deliveries)."""
-    moves = {
-        move.snapshot_id: shown
-        for move, shown in zip(history.transitions, data["transitions"], strict=True)
-    }
-    return [
-        {"snapshot": shown, "transition": moves.get(snapshot.id)}
-        for snapshot, shown in zip(history.snapshots, data["snapshots"], strict=True)
-    ]
 
 
 def _notice(retried: str | None, pending: str | None, missing: str | None) -> str | None:

@@ -39,18 +39,17 @@ from tracker.insight import (
     durations_of,
     finished,
     flow_of,
-    human,
     lead_times_of,
     leads,
     over_target,
     over_target_of,
     report_items,
     utc_day,
-    week_label,
     weekly,
 )
 from tracker.lifecycle import MAIN_PATH, Status
 from tracker.store import Store
+from tracker.text import human, week_label
 from tracker.web.auth import Users, authenticate
 from tracker.web.pages import PageRoute, Visitor, render
 
