@@ -25,8 +25,9 @@
     if (!next) {
       throw new Error("not a refreshing page");
     }
+    // Copies, not moves: moving a node out of the live childNodes list would skip its sibling.
     var nodes = Array.prototype.map.call(next.childNodes, function (node) {
-      return document.adoptNode(node);
+      return document.importNode(node, true);
     });
     main.replaceChildren.apply(main, nodes);
   }
