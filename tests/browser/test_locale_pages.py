@@ -122,7 +122,8 @@ class TestGermanPages:
         buttons = german.find_elements(By.CSS_SELECTOR, "td form button")
         assert buttons
         box = buttons[0].rect
-        assert 0 <= box["x"] and box["x"] + box["width"] <= chromium.PHONE[0]
+        assert box["x"] >= 0
+        assert box["x"] + box["width"] <= chromium.PHONE[0]
         shot(german, "dead-letters-390")
 
 
