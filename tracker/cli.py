@@ -634,6 +634,7 @@ def run(ctx: typer.Context, config: ConfigOption = None) -> None:
         from tracker.store import listener_store
         from tracker.web import Metrics, build_app, listening
         from tracker.web.auth import Users
+        from tracker.web.i18n import Localization
 
         metrics = Metrics()
     telemetry: Telemetry = metrics or SILENT
@@ -650,8 +651,10 @@ def run(ctx: typer.Context, config: ConfigOption = None) -> None:
                 # The listener's own small pool: no client can take polling's connections.
                 store = await http.enter_async_context(listener_store(settings.database.url))
                 users = Users(settings.http.users, logins=store.logins)
+                localization = Localization.from_settings(settings.http)
 
                 def reload_users(new: Settings) -> None:
+                    localization.replace(new.http)
                     ended = users.replace(new.http.users)
                     if ended:
                         structlog.get_logger("tracker.web").info(
@@ -668,6 +671,7 @@ def run(ctx: typer.Context, config: ConfigOption = None) -> None:
                     users=users,
                     webhook_secret=settings.upstream.webhook_secret,
                     targets=lambda: reload.settings.alerts.stuck,
+                    localization=localization,
                 )
                 await http.enter_async_context(listening(web, address))
             await run_until_signalled(daemon, reload)
@@ -680,6 +684,7 @@ def serve(ctx: typer.Context, config: ConfigOption = None) -> None:
     """Health, metrics and the API on the configured listener, without polling or delivering."""
     from tracker.logs import configure as configure_logs
     from tracker.web import Metrics, build_app, serve_until_signalled
+    from tracker.web.i18n import Localization
 
     settings = _settings(ctx, config)
     address = settings.http.address
@@ -698,6 +703,7 @@ def serve(ctx: typer.Context, config: ConfigOption = None) -> None:
             users=settings.http.users,
             webhook_secret=settings.upstream.webhook_secret,
             targets=lambda: settings.alerts.stuck,
+            localization=Localization.from_settings(settings.http),
         )
         await serve_until_signalled(web, address)
 

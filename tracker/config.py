@@ -288,6 +288,8 @@ class HttpUser(_Section):
     token: SecretStr
     #: ``read``, or ``write`` (which can also watch, unwatch and retry).
     role: Literal["read", "write"]
+    #: The pages' language for this user, over ``[http] language``; absent: as configured there.
+    language: Literal["auto", "en", "de"] | None = None
 
     @field_validator("token")
     @classmethod
@@ -313,6 +315,21 @@ class HttpSettings(_Section):
     #: The pages' address as users reach them (``https://tracker.example.com``): links in
     #: messages point there. Absent: messages carry no link.
     public_url: str | None = None
+    #: The pages' language: ``auto`` (the browser's ``Accept-Language``), ``en`` or ``de``.
+    language: Literal["auto", "en", "de"] = "auto"
+    #: The zone the pages show times in (an IANA name); the API stays in UTC.
+    timezone: str = "UTC"
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(
+                f"unknown time zone {value!r}: use an IANA name like Europe/Berlin or UTC"
+            ) from None
+        return value
 
     @field_validator("public_url")
     @classmethod

@@ -26,6 +26,7 @@ from tracker.config import Address, Settings, from_mapping
 from tracker.demo.serving import catch_all, serve
 from tracker.service import Service, open_outbox, open_service
 from tracker.web import Metrics, build_app, listening
+from tracker.web.i18n import Localization
 
 T = TypeVar("T")
 
@@ -104,8 +105,12 @@ class Site:
     """The pages over a seeded SQLite store, served from a thread until :meth:`stop`."""
 
     folder: Path
+    #: ``[http] timezone``: the zone the pages show times in.
+    timezone: str = "UTC"
     url: str = ""
     service: Service | None = None
+    #: The upstream's scripts: a test may give an order a new answer and poll it.
+    scripted: ScriptedUpstream | None = None
     mailbox: Mailbox = field(default_factory=Mailbox)
     _loop: asyncio.AbstractEventLoop | None = None
     _stop: asyncio.Event | None = None
@@ -168,7 +173,7 @@ class Site:
                     hook_sink("legacy-erp", NOWHERE, ["*->cancelled", "*->blocked_wim"]),
                 ],
                 database={"url": f"sqlite:///{self.folder / 'site.db'}"},
-                http={"listen": "127.0.0.1:0", "users": USERS},
+                http={"listen": "127.0.0.1:0", "users": USERS, "timezone": self.timezone},
             )
             settings = from_mapping(mapping, {}, origin="browser-site")
             # The last transition's webhook fails and waits for its next attempt.
@@ -180,9 +185,10 @@ class Site:
                     metrics=Metrics(),
                     sinks=lambda: [s.name for s in settings.sinks],
                     users=settings.http.users,
+                    localization=Localization.from_settings(settings.http),
                 )
                 async with listening(app, Address("127.0.0.1", 0)) as url:
-                    self.url, self.service = url, service
+                    self.url, self.service, self.scripted = url, service, scripted
                     self._ready.set()
                     await self._stop.wait()
 

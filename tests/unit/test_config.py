@@ -168,6 +168,15 @@ class TestLoad:
             ('[http]\nlisten = "a host:80"\n', "http.listen: 'a host' is not a host name"),
             ('[http]\nlisen = "127.0.0.1:80"\n', "http.lisen: unknown key"),
             (
+                '[http]\ntimezone = "Mars/Olympus"\n',
+                "http.timezone: unknown time zone 'Mars/Olympus'",
+            ),
+            ('[http]\nlanguage = "fr"\n', "http.language: "),
+            (
+                f'[[http.users]]\nname = "ui"\ntoken = "{TOKEN}"\nrole = "read"\nlanguage = "nl"\n',
+                "http.users[0].language: ",
+            ),
+            (
                 f'[[http.users]]\nname = "ui"\ntoken = "{TOKEN}"\nrole = "admin"\n',
                 "http.users[0].role: ",
             ),

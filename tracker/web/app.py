@@ -28,8 +28,10 @@ from tracker.web.api import PREFIX, api_routes
 from tracker.web.auth import Users
 from tracker.web.bodies import BodyBudget, error_body
 from tracker.web.hooks import hook_routes
+from tracker.web.i18n import LocaleMiddleware, Localization
 from tracker.web.metrics import CONTENT_TYPE, Metrics
 from tracker.web.pages import error_page, page_guard, page_routes, wants_page
+from tracker.web.refresh import refresh_routes
 from tracker.web.report_page import Targets, report_routes
 from tracker.web.throttle import Tally
 
@@ -53,6 +55,7 @@ def build_app(
     probe: Store | None = None,
     clock: Clock = utc_now,
     targets: Targets = dict,  # [alerts.stuck], the report page's SLA targets
+    localization: Localization | None = None,  # [http] language and timezone: the pages'
 ) -> Starlette:
     """The routes over ``store``; ``readiness`` is the daemon's under ``tracker run``.
 
@@ -104,9 +107,13 @@ def build_app(
                 guard=page_guard(store=store, users=users, sinks=sinks),
                 targets=targets,
             ),
+            *refresh_routes(),
         ],
         exception_handlers={HTTPException: _http_error, Exception: _crash},
-        middleware=[Middleware(_ApiHeaders)],
+        middleware=[
+            Middleware(_ApiHeaders),
+            Middleware(LocaleMiddleware, localization=localization or Localization()),
+        ],
     )
     app.state.bodies = BodyBudget()
     app.state.busy = Tally("http_database_busy")

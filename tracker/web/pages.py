@@ -4,7 +4,9 @@ Each page authenticates (a session cookie set by ``/login``, or the API's bearer
 parses, calls the same store methods as the API and renders a Jinja2 template with every value
 escaped. A page POST is refused unless it comes from this host (``Origin``), carries the form's
 CSRF token (an HMAC of the session) and fits in :data:`MAX_FORM`. No page needs JavaScript; the
-Content-Security-Policy allows none.
+Content-Security-Policy allows only the board's refresh script from this host
+(``tracker.web.refresh``). Pages speak English or German in the configured zone
+(``tracker.web.i18n``).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import importlib.resources
 import urllib.parse
 from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from http import HTTPStatus
 from typing import Any
 
@@ -34,6 +36,7 @@ from tracker.lifecycle import BLOCKED, COMPLETE, MAIN_PATH, Status, is_known
 from tracker.model import STALE_AFTER, DeliveryState, validate_order_id
 from tracker.store import History, Store
 from tracker.views import history_json, orphaned, span, state_of
+from tracker.web import i18n
 from tracker.web.api import (
     EVENT_ID,
     PREFIX,
@@ -47,14 +50,16 @@ from tracker.web.api import (
 from tracker.web.auth import Users, client_of
 from tracker.web.bodies import bounded_body
 from tracker.web.journey import journey_context, timeline
+from tracker.web.refresh import refresh_seconds, script_url
 from tracker.web.sessions import COOKIE, SESSION_LIFETIME, Session
 
 log = structlog.get_logger("tracker.web")
 
-#: Sent with every page: no script, no plugin, no frame, styles and forms from this host only.
+#: Sent with every page: no plugin, no frame, no inline script; styles, forms, the refresh
+#: script and its fetches from this host only.
 CSP = (
     "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; "
-    "frame-ancestors 'none'"
+    "script-src 'self'; connect-src 'self'; frame-ancestors 'none'"
 )
 SECURITY_HEADERS = {
     "Content-Security-Policy": CSP,
@@ -134,17 +139,27 @@ class Visitor:
 
 @functools.cache
 def _templates() -> jinja2.Environment:
-    """The pages' templates, every one autoescaped, an unknown name an error."""
+    """The pages' templates, every one autoescaped, an unknown name an error; ``_`` translates
+    into the language of the page being rendered (``tracker.web.i18n``)."""
     environment = jinja2.Environment(
         loader=jinja2.PackageLoader("tracker.web", "templates"),
         autoescape=True,
         undefined=jinja2.StrictUndefined,
         trim_blocks=True,
         lstrip_blocks=True,
+        extensions=["jinja2.ext.i18n"],
+    )
+    # {% trans %} blocks are one line of text however the template wraps them.
+    environment.policies["ext.i18n.trimmed"] = True
+    environment.install_gettext_callables(  # type: ignore[attr-defined]  # added by the extension
+        i18n.gettext, i18n.ngettext, newstyle=True
     )
     environment.filters["utc"] = utc_text
     environment.filters["ago"] = ago
     environment.globals["tone"] = tone
+    environment.globals["status_label"] = i18n.status_label
+    # A handler's message: translated when the catalog knows it, escaped like any value.
+    environment.globals["translated"] = i18n.gettext
     return environment
 
 
@@ -163,17 +178,23 @@ def render(
     headers: Mapping[str, str] | None = None,
     **context: Any,
 ) -> HTMLResponse:
-    """The template ``name`` as a page, with the security headers."""
-    html = (
-        _templates()
-        .get_template(name)
-        .render(
-            now=utc_now(),
-            css=f"{CSS_PATH}?v={_stylesheet()[1]}",
-            visitor=visitor,
-            **context,
+    """The template ``name`` as a page, with the security headers, in the visitor's language
+    and the configured zone."""
+    with i18n.rendering(i18n.page_locale(visitor.name if visitor else None)) as page:
+        html = (
+            _templates()
+            .get_template(name)
+            .render(
+                now=utc_now(),
+                css=f"{CSS_PATH}?v={_stylesheet()[1]}",
+                script=script_url(),
+                refresh=refresh_seconds(name),
+                language=page.language,
+                zone=page.zone.key,
+                visitor=visitor,
+                **context,
+            )
         )
-    )
     return HTMLResponse(html, status_code=status, headers={**SECURITY_HEADERS, **(headers or {})})
 
 
@@ -207,27 +228,13 @@ def _moment(value: datetime | str | None) -> datetime | None:
 
 
 def utc_text(value: datetime | str | None) -> str:
-    """``2026-11-30 10:20:05 UTC``, or ``-``."""
-    moment = _moment(value)
-    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC") if moment else "-"
+    """``2026-11-30 10:20:05 UTC`` (in the page's zone: ``11:20:05 CET``), or ``-``."""
+    return i18n.local_text(_moment(value))
 
 
 def ago(value: datetime | str | None, now: datetime) -> str:
-    """How long before ``now``: ``just now``, ``5 min ago``, ``3 h ago``, ``2 days ago``."""
-    moment = _moment(value)
-    if moment is None:
-        return ""
-    seconds = (now - moment).total_seconds()
-    future = seconds < 0
-    seconds = abs(seconds)
-    if seconds < 60:
-        return "just now" if not future else "in under a minute"
-    for size, unit in ((86400, "day"), (3600, "h"), (60, "min")):
-        if seconds >= size:
-            count = int(seconds // size)
-            text = f"{count} {unit}{'s' if unit == 'day' and count > 1 else ''}"
-            return f"in {text}" if future else f"{text} ago"
-    return ""  # pragma: no cover - the loop ends at a minute, which was handled
+    """How long before ``now``, in the page's language: ``5 min ago``, ``vor 5 Min.``."""
+    return i18n.ago_text(_moment(value), now)
 
 
 # -- the routes ------------------------------------------------------------------------------
