@@ -27,6 +27,7 @@ from tracker.store import Store, is_busy
 from tracker.web.api import PREFIX, api_routes
 from tracker.web.auth import Users
 from tracker.web.bodies import BodyBudget, error_body
+from tracker.web.desk import desk_routes
 from tracker.web.hooks import hook_routes
 from tracker.web.metrics import CONTENT_TYPE, Metrics
 from tracker.web.pages import error_page, page_guard, page_routes, wants_page
@@ -103,6 +104,12 @@ def build_app(
                 users=users,
                 guard=page_guard(store=store, users=users, sinks=sinks),
                 targets=targets,
+            ),
+            *desk_routes(
+                store=store,
+                users=users,
+                guard=page_guard(store=store, users=users, sinks=sinks),
+                sinks=sinks,
             ),
         ],
         exception_handlers={HTTPException: _http_error, Exception: _crash},
