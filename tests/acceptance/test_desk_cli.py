@@ -4,15 +4,56 @@ and exit 2, with nothing retried."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
 import pytest
 
-from tests.acceptance.test_cli_output import SINK, A, B, World, world
-from tests.support import tracker_cli
+from tests.outbox import FAST, deliver_all, hook_sink, poll
+from tests.support import ScriptedUpstream, ok, settings_mapping, tracker_cli, write_config
+from tracker.clock import utc_now
+from tracker.config import from_mapping
+from tracker.service import Service, open_service
 
 #: Every test here runs on SQLite and on PostgreSQL.
 pytestmark = pytest.mark.usefixtures("database")
 
-__all__ = ["world"]  # the fixture, used by name
+A = "prdo_aaaaaaaaaaaaaaaaaaaaaaaa"
+B = "prdo_bbbbbbbbbbbbbbbbbbbbbbbb"
+#: A port nothing listens on: every delivery is refused at once, and dies after its attempts.
+NOWHERE = "http://127.0.0.1:9/hook"
+SINK = "operations-webhook"
+Upstream = tuple[ScriptedUpstream, str]
+
+
+@dataclass
+class World:
+    """A config file over a database where A and B each moved once, both deliveries dead."""
+
+    config: str
+    service: Service
+    events: dict[str, str]
+
+
+@pytest.fixture
+async def world(upstream: Upstream, tmp_path: Path) -> AsyncIterator[World]:
+    """The database the CLI reads, seeded through the real poller and outbox."""
+    scripted, url = upstream
+    scripted.script(A, ok("ordered"), ok("checked"))
+    scripted.script(B, ok("ordered"), ok("checked"))
+    mapping = settings_mapping(
+        tmp_path, url, delivery=FAST, sinks=[hook_sink(SINK, NOWHERE, ["*"])]
+    )
+    config = str(write_config(tmp_path / "c.toml", mapping))
+    settings = from_mapping(mapping, {}, origin="test")
+    async with open_service(settings) as service:
+        await service.store.orders.watch([A, B], source="cli", now=utc_now())
+        await poll(service, A, B)
+        await poll(service, A, B)
+        await deliver_all(service)
+        dead = [d async for d in service.store.outbox.deliveries(state="dead")]
+        yield World(config=config, service=service, events={d.order_id: d.event_id for d in dead})
 
 
 async def dead_orders(world: World) -> list[str]:

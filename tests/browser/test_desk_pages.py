@@ -70,7 +70,7 @@ class TestDesk:
         browser.get(f"{site.url}/changes?since={since}")
         rows = browser.find_elements(By.CSS_SELECTOR, "#changes tbody tr")
         assert len(rows) > 5
-        times = [r.find_element(By.TAG_NAME, "time").get_attribute("datetime") for r in rows]
+        times = [str(r.find_element(By.TAG_NAME, "time").get_attribute("datetime")) for r in rows]
         assert times == sorted(times, reverse=True)
         fits(browser, WIDTHS[width][0][0])
         shot(browser, f"changes-{width}")

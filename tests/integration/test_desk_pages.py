@@ -12,38 +12,48 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
+import markupsafe
 import pytest
 import structlog
 
-from tests.integration.test_pages import (
-    A,
-    B,
-    F,
-    FORM,
-    HOSTILE_STATUS,
-    NOWHERE,
-    READ_TOKEN,
-    USERS,
-    WRITE_TOKEN,
-    H,
-    Upstream,
-    csrf_of,
-    esc,
-    login,
-    serving,
-)
 from tests.outbox import FAST, deliver_all, hook_sink, poll
-from tests.support import error, ok, settings_mapping, tracker_cli, write_config
+from tests.support import (
+    ScriptedUpstream,
+    app_client,
+    error,
+    ok,
+    settings_mapping,
+    tracker_cli,
+    write_config,
+)
 from tracker.clock import utc_now
 from tracker.config import from_mapping
 from tracker.model import DeliveryState
 from tracker.service import Service, open_service
+from tracker.web import Metrics, build_app
 
 #: Every test here runs on SQLite and on PostgreSQL.
 pytestmark = pytest.mark.usefixtures("database")
 
+A = "prdo_aaaaaaaaaaaaaaaaaaaaaaaa"
+B = "prdo_bbbbbbbbbbbbbbbbbbbbbbbb"
+F = "prdo_ffffffffffffffffffffffff"
+H = "prdo_hhhhhhhhhhhhhhhhhhhhhhhh"
 NEW = "prdo_newnewnewnewnewnewnewnewn"
 OTHER = "prdo_otherotherotherotherother"
+
+
+HOSTILE_STATUS = "<script>alert('status')</script>"
+READ_TOKEN = "read-token-7f3a9c2e5b1d8f4a"
+WRITE_TOKEN = "write-token-2b8e6d4c1a9f7e3b"
+USERS = [
+    {"name": "support-ui", "token": READ_TOKEN, "role": "read"},
+    {"name": "ops-bot", "token": WRITE_TOKEN, "role": "write"},
+]
+#: A port nothing listens on: every delivery is refused at once, and dies after its attempts.
+NOWHERE = "http://127.0.0.1:9/hook"
+FORM = {"Content-Type": "application/x-www-form-urlencoded"}
+Upstream = tuple[ScriptedUpstream, str]
 
 
 @dataclass
@@ -79,8 +89,22 @@ async def desk(upstream: Upstream, tmp_path: Path) -> AsyncIterator[Desk]:
         await poll(service, A, B, F, H)
         await poll(service, A, H)
         await deliver_all(service)
-        async with serving(service.store, settings.http.users) as (base, client):
+        app = build_app(store=service.store, metrics=Metrics(), users=settings.http.users,
+                        sinks=lambda: [s.name for s in settings.sinks])  # fmt: skip
+        async with app_client(app) as (base, client):
             yield Desk(client=client, url=base, service=service, config=config)
+
+
+async def login(client: httpx.AsyncClient, token: str) -> httpx.Response:
+    """POST the login form; the client keeps the cookie it sets."""
+    return await client.post("/login", data={"token": token})
+
+
+def csrf_of(page: httpx.Response) -> str:
+    """The CSRF token of the first form on ``page``."""
+    found = re.search(r'name="csrf" value="([^"]+)"', page.text)
+    assert found is not None, "no CSRF token on the page"
+    return found.group(1)
 
 
 async def dead(desk: Desk) -> list[tuple[str, str]]:
@@ -102,7 +126,7 @@ class TestChanges:
         assert page.status_code == 200
         assert page.text.index(f'data-order="{H}"') < page.text.index(f'data-order="{A}"')
         assert f'href="/orders/{A}"' in page.text
-        assert esc(HOSTILE_STATUS) in page.text
+        assert str(markupsafe.escape(HOSTILE_STATUS)) in page.text
         assert HOSTILE_STATUS not in page.text
         today = utc_now().date()
         for day in (today - timedelta(days=1), today + timedelta(days=1)):
@@ -133,9 +157,7 @@ class TestChanges:
         week = await desk.client.get(f"/changes?since={today - timedelta(days=7)}")
         assert f'data-order="{A}"' in week.text
         assert "until now" in week.text
-        before = await desk.client.get(
-            f"/changes?since={today - timedelta(days=7)}&until={today}"
-        )
+        before = await desk.client.get(f"/changes?since={today - timedelta(days=7)}&until={today}")
         assert f'data-order="{A}"' not in before.text
         backwards = await desk.client.get(f"/changes?since={today}&until={today}")
         assert backwards.status_code == 400
