@@ -151,7 +151,8 @@ class TestChanges:
         assert both.status_code == 400
 
     async def test_range(self, desk: Desk) -> None:
-        """``since`` and ``until`` give a range: one that ends before today lists nothing."""
+        """``since`` and ``until`` give a range: one that ends before today lists nothing; a
+        page link not made here is a 400."""
         await login(desk.client, READ_TOKEN)
         today = utc_now().date()
         week = await desk.client.get(f"/changes?since={today - timedelta(days=7)}")
@@ -161,6 +162,9 @@ class TestChanges:
         assert f'data-order="{A}"' not in before.text
         backwards = await desk.client.get(f"/changes?since={today}&until={today}")
         assert backwards.status_code == 400
+        foreign = await desk.client.get("/changes?cursor=bm90LW91cnM")
+        assert foreign.status_code == 400
+        assert "not one this site made" in foreign.text
 
     @pytest.mark.parametrize("status", [None, "checked"])
     async def test_csv_is_the_export(self, desk: Desk, status: str | None) -> None:
