@@ -492,56 +492,95 @@ def deliveries_list(
 def deliveries_retry(
     ctx: typer.Context,
     event_ids: Annotated[list[str] | None, typer.Argument(metavar="EVENT_ID...")] = None,
+    *,
     all_dead: Annotated[bool, typer.Option("--all-dead", help="Every dead delivery.")] = False,
+    sink: Annotated[
+        str | None, typer.Option("--sink", metavar="NAME", help="With --all-dead: to NAME only.")
+    ] = None,
+    order: Annotated[
+        str | None, typer.Option("--order", metavar="ID", help="With --all-dead: of order ID only.")
+    ] = None,
     config: ConfigOption = None,
 ) -> None:
     """Make deliveries pending again and attempt them once now."""
-    from tracker.service import delivery_lease, open_outbox
-    from tracker.views import attempt_line
+    from tracker import retries
 
     settings = _settings(ctx, config)
     if all_dead == bool(event_ids):
         raise ConfigError("give EVENT_IDs or --all-dead (one of them)")
+    if (sink is not None or order is not None) and not all_dead:
+        raise ConfigError("--sink and --order narrow --all-dead; give --all-dead too")
 
     async def retry(store: Store) -> bool:
         if event_ids:
-            stored = {d.event_id for d in await store.reports.deliveries_of(event_ids)}
-            unknown = [e for e in dict.fromkeys(event_ids) if e not in stored]
+            unknown = await retries.unknown_events(store, event_ids)
             if unknown:
                 raise ConfigError(
                     f"no delivery of event {printable(', '.join(unknown))}; nothing was retried "
                     "(see `tracker deliveries list`)"
                 )
-        async with open_outbox(settings, store) as dispatcher:
-            count = await store.outbox.retry(
-                event_ids=event_ids or (), all_dead=all_dead, now=utc_now()
+        else:
+            configured = {entry.name for entry in settings.sinks}
+            problem = await retries.filter_problem(
+                store, sink=sink, order_id=order, configured=configured
             )
-            out.print(f"{count} delivery(ies) pending again")
-            attempts, claimed = [], {}
-            for name in dispatcher.sinks:
-                now = utc_now()
-                due = await store.outbox.claim(
-                    sink=name, now=now, limit=10_000, lease_until=now + delivery_lease(settings)
-                )
-                claimed.update({d.id: d for d in due})
-                attempts += await dispatcher.deliver(due)
-            sent = [claimed[a.delivery_id] for a in attempts]
-            orders = {
-                d.event_id: d.order_id
-                for d in await store.reports.deliveries_of([d.event_id for d in sent])
-            }
-            for attempt, one in zip(attempts, sent, strict=True):
-                line = attempt_line(
-                    attempt,
-                    event_id=one.event_id,
-                    order_id=orders.get(one.event_id, ""),
-                    sink=one.sink,
-                )
-                out.print(line)
-            return all(a.state == DeliveryState.DELIVERED for a in attempts)
+            if problem is not None:
+                raise ConfigError(f"{problem}; nothing was retried")
+        return await _retry_and_attempt(settings, store, event_ids, sink=sink, order_id=order)
 
     if not _with_store(settings, retry):
         raise typer.Exit(1)
+
+
+async def _retry_and_attempt(
+    settings: Settings,
+    store: Store,
+    event_ids: Sequence[str] | None,
+    *,
+    sink: str | None,
+    order_id: str | None,
+) -> bool:
+    """Queue the deliveries again (through :mod:`tracker.retries`), attempt every due one
+    once, and print a line per retried or attempted delivery: event, order, sink, outcome."""
+    from tracker import retries
+    from tracker.service import delivery_lease, open_outbox
+    from tracker.views import attempt_line
+
+    async with open_outbox(settings, store) as dispatcher:
+        now = utc_now()
+        if event_ids:
+            queued = await retries.retry_events(store, event_ids, now=now)
+        else:
+            queued = await retries.retry_dead(store, sink=sink, order_id=order_id, now=now)
+        out.print(f"{len(queued)} delivery(ies) pending again")
+        attempts, claimed = [], {}
+        for name in dispatcher.sinks:
+            now = utc_now()
+            due = await store.outbox.claim(
+                sink=name, now=now, limit=10_000, lease_until=now + delivery_lease(settings)
+            )
+            claimed.update({d.id: d for d in due})
+            attempts += await dispatcher.deliver(due)
+        sent = [claimed[a.delivery_id] for a in attempts]
+        orders = {d.event_id: d.order_id for d in queued} | {
+            d.event_id: d.order_id
+            for d in await store.reports.deliveries_of([d.event_id for d in sent])
+        }
+        for attempt, one in zip(attempts, sent, strict=True):
+            line = attempt_line(
+                attempt, event_id=one.event_id, order_id=orders.get(one.event_id, ""), sink=one.sink
+            )
+            out.print(line)
+        tried = {(one.event_id, one.sink) for one in sent}
+        for left in queued:
+            if (left.event_id, left.sink) not in tried:
+                out.print(
+                    printable(
+                        f"{left.event_id} {left.order_id or '-'} {left.sink}: pending "
+                        "(no configured sink of that name; not attempted)"
+                    )
+                )
+        return all(a.state == DeliveryState.DELIVERED for a in attempts)
 
 
 @sinks_app.command("test")

@@ -45,6 +45,8 @@ __all__ = [
     "NdjsonWriter",
     "batches_on",
     "chunks",
+    "day_bounds",
+    "day_of",
     "export",
     "export_query",
     "neutralise",
@@ -52,6 +54,7 @@ __all__ = [
     "parse_moment",
     "relative_moment",
     "stdout_stream",
+    "streamed",
 ]
 #: The columns, in the order of the CSV header and the NDJSON keys.
 COLUMNS = (*EXPORT_KEYS, "deliveries")
@@ -275,6 +278,34 @@ def chunks(
     from ``reading`` (``Store.reading``), given back before the chunk is yielded (see
     :func:`tracker.store.reports.export_chunks`)."""
     return store_reports.export_chunks(reading, export_query(request), size)
+
+
+async def streamed(reading: Reading, request: ExportRequest) -> AsyncGenerator[str]:
+    """The request's export as text pieces, a chunk of rows each (the header comes with the
+    first, or alone for an empty period), read as :func:`chunks` reads them: the bytes are
+    those ``tracker export`` writes for the same request."""
+    buffer = io.StringIO()
+    writer = CsvWriter(buffer, terminal=False) if request.format == "csv" else NdjsonWriter(buffer)
+    async with aclosing(chunks(reading, request)) as rows:
+        async for batch in rows:
+            writer.write(batch)
+            yield buffer.getvalue()
+            buffer.seek(0)
+            buffer.truncate()
+    if buffer.tell():
+        yield buffer.getvalue()
+
+
+def day_bounds(day: date) -> tuple[datetime, datetime]:
+    """Where ``day`` starts and ends (midnight to midnight, UTC for now): the pages' days all
+    come from here, so a display zone changes them in this one place."""
+    start = datetime.combine(day, time(), UTC)
+    return start, start + timedelta(days=1)
+
+
+def day_of(moment: datetime) -> date:
+    """The day ``moment`` falls on, as :func:`day_bounds` draws days."""
+    return moment.astimezone(UTC).date()
 
 
 async def export(url: str, request: ExportRequest, stream: TextIO, *, terminal: bool) -> int:

@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import and_, bindparam, func, or_, select, update
+from sqlalchemy import ColumnElement, and_, bindparam, func, or_, select, update
 
 from tracker.model import Delivery, DeliveryState, DueDelivery
 from tracker.store import rows
@@ -182,3 +182,68 @@ class Outbox(Repository):
             query = query.where(d.c.id > after_id)
         async with self._engine.connect() as conn:
             return [(row.delivery_id, rows.delivery(row)) for row in await conn.execute(query)]
+
+    # -- dead letters by sink and order: the desk's bulk retry ----------------------------------
+
+    async def count_dead(self, *, sink: str | None = None, order_id: str | None = None) -> int:
+        """How many dead deliveries there are (to ``sink`` only, of ``order_id`` only)."""
+        query = (
+            select(func.count())
+            .select_from(_WITH_ORDER)
+            .where(d.c.state == DeliveryState.DEAD, *_narrowed(sink, order_id))
+        )
+        async with self._engine.connect() as conn:
+            return int((await conn.execute(query)).scalar_one())
+
+    async def requeue(
+        self,
+        *,
+        event_ids: Sequence[str] | None = None,
+        sink: str | None = None,
+        order_id: str | None = None,
+        now: datetime,
+    ) -> list[Delivery]:
+        """Make deliveries pending again, due now, and name them: the undelivered ones of
+        ``event_ids`` when given, else every dead one (to ``sink`` only, of ``order_id`` only).
+        A delivery that arrives or is retried meanwhile by someone else is not named."""
+        if event_ids is not None:
+            still = d.c.state != DeliveryState.DELIVERED
+            chosen = and_(d.c.event_id.in_(event_ids), still)
+        else:
+            still = d.c.state == DeliveryState.DEAD
+            chosen = and_(still, *_narrowed(sink, order_id))
+        query = DELIVERY_ROWS.add_columns(d.c.id.label("delivery_id")).where(chosen)
+        done: list[Delivery] = []
+        async with self._engine.begin() as conn:
+            found = {row.delivery_id: rows.delivery(row) for row in await conn.execute(query)}
+            for chunk in chunks(list(found)):
+                changed = await conn.execute(
+                    update(d)
+                    .where(d.c.id.in_(chunk), still)
+                    .values(
+                        state=DeliveryState.PENDING,
+                        attempts=0,
+                        next_attempt_at=now,
+                        leased_until=None,
+                        leased_by=None,
+                    )
+                    .returning(d.c.id)
+                )
+                done += [found[i] for i in sorted(changed.scalars())]
+        return done
+
+
+#: Deliveries with the order their event is about (a transition's or an alert's).
+_WITH_ORDER = d.outerjoin(transitions, transitions.c.event_id == d.c.event_id).outerjoin(
+    events, events.c.event_id == d.c.event_id
+)
+
+
+def _narrowed(sink: str | None, order_id: str | None) -> list[ColumnElement[bool]]:
+    """The conditions that keep one sink's and one order's deliveries."""
+    kept: list[ColumnElement[bool]] = []
+    if sink is not None:
+        kept.append(d.c.sink == sink)
+    if order_id is not None:
+        kept.append(or_(transitions.c.order_id == order_id, events.c.order_id == order_id))
+    return kept

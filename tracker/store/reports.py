@@ -24,7 +24,7 @@ from tracker.store import rows
 from tracker.store.events import Alert, Stay, order_alerts
 from tracker.store.rows import DELIVERY_ROWS, TRANSITION_COLUMNS
 from tracker.store.sql import BATCH, Repository, chunks
-from tracker.store.tables import daemons, deliveries, snapshots, transitions
+from tracker.store.tables import daemons, deliveries, events, snapshots, transitions
 from tracker.store.tables import watched_orders as w
 
 if TYPE_CHECKING:
@@ -249,6 +249,51 @@ class Reports(Repository):
         )
         async with self._engine.connect() as conn:
             return [rows.transition(row) for row in await conn.execute(query)]
+
+    async def event_kinds(self, event_ids: Sequence[str]) -> dict[str, str]:
+        """What each event is: ``transition``, or an alert's kind (``stuck``, ``poll_failing``,
+        ``poll_recovered``, ``digest``); an id stored nowhere is left out."""
+        found: dict[str, str] = {}
+        async with self._engine.connect() as conn:
+            for chunk in chunks(list(dict.fromkeys(event_ids))):
+                moved = await conn.execute(
+                    select(transitions.c.event_id).where(transitions.c.event_id.in_(chunk))
+                )
+                found.update(dict.fromkeys(moved.scalars(), "transition"))
+                raised = await conn.execute(
+                    select(events.c.event_id, events.c.kind).where(events.c.event_id.in_(chunk))
+                )
+                found.update({row.event_id: row.kind for row in raised})
+        return found
+
+    async def changes(
+        self,
+        *,
+        since: datetime,
+        until: datetime | None = None,
+        status: str | None = None,
+        before: tuple[datetime, int] | None = None,
+        limit: int,
+    ) -> list[tuple[int, Transition]]:
+        """The transitions detected in ``[since, until)`` (to ``status`` only), latest first,
+        each with its row id, up to ``limit`` after the key ``before`` (keyset paging)."""
+        t = transitions
+        query: Any = (
+            select(t.c.id.label("row_id"), *TRANSITION_COLUMNS)
+            .where(t.c.detected_at >= since)
+            .order_by(t.c.detected_at.desc(), t.c.id.desc())
+            .limit(limit)
+        )
+        if until is not None:
+            query = query.where(t.c.detected_at < until)
+        if status is not None:
+            query = query.where(t.c.to_status == status)
+        if before is not None:
+            at, row_id = before
+            # The first condition alone lets the index on detected_at bound the scan.
+            query = query.where(t.c.detected_at <= at, or_(t.c.detected_at < at, t.c.id < row_id))
+        async with self._engine.connect() as conn:
+            return [(row.row_id, rows.transition(row)) for row in await conn.execute(query)]
 
 
 # -- the export ------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 from starlette.types import Receive, Scope, Send
 
+from tracker import retries
 from tracker.clock import utc_now
 from tracker.errors import ConfigError, InvalidOrderId
 from tracker.export import (
@@ -277,7 +278,7 @@ async def retry_event(
     that found something is logged as ``logged`` with the user's name."""
     if not EVENT_ID.fullmatch(event_id):
         raise HTTPException(invalid, f"invalid event id {clip_id(event_id)!r}: expected e.g. evt_…")
-    count = await store.outbox.retry(event_ids=[event_id], now=utc_now())
+    count = len(await retries.retry_events(store, [event_id], now=utc_now()))
     if count:
         log.info(logged, user=user, action="retry", ids=[event_id], pending=count)
     return count

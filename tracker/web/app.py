@@ -27,6 +27,7 @@ from tracker.store import Store, is_busy
 from tracker.web.api import PREFIX, api_routes
 from tracker.web.auth import Users
 from tracker.web.bodies import BodyBudget, error_body
+from tracker.web.desk import desk_routes
 from tracker.web.hooks import hook_routes
 from tracker.web.i18n import LocaleMiddleware, Localization
 from tracker.web.metrics import CONTENT_TYPE, Metrics
@@ -108,6 +109,12 @@ def build_app(
                 targets=targets,
             ),
             *refresh_routes(),
+            *desk_routes(
+                store=store,
+                users=users,
+                guard=page_guard(store=store, users=users, sinks=sinks),
+                sinks=sinks,
+            ),
         ],
         exception_handlers={HTTPException: _http_error, Exception: _crash},
         middleware=[

@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from http import HTTPStatus
-from typing import Any
+from typing import Any, Protocol
 
 import jinja2
 import structlog
@@ -35,16 +35,14 @@ from tracker.errors import InvalidOrderId
 from tracker.lifecycle import BLOCKED, COMPLETE, MAIN_PATH, Status, is_known
 from tracker.model import STALE_AFTER, DeliveryState, validate_order_id
 from tracker.store import History, Store
-from tracker.views import history_json, orphaned, span, state_of
+from tracker.views import history_json, span, state_of
 from tracker.web import i18n
 from tracker.web.api import (
-    EVENT_ID,
     PREFIX,
     SEARCH_PATTERN,
     STATES,
     Thresholds,
     clip_id,
-    retry_event,
     stuck_position,
 )
 from tracker.web.auth import Users, client_of
@@ -241,6 +239,16 @@ def ago(value: datetime | str | None, now: datetime) -> str:
 
 Sinks = Callable[[], Collection[str]]
 Handler = Callable[[Request, Visitor], Awaitable[Response]]
+#: Reads a page POST's fields (the CSRF token among them).
+FormReader = Callable[[Request], Awaitable[Mapping[str, str]]]
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+class Guard(Protocol):
+    """Puts a page's handler behind the pages' authentication and cross-site checks."""
+
+    def __call__(self, handler: Handler, *, form: FormReader | None = None) -> Endpoint:
+        """The endpoint serving ``handler``; ``form`` reads a POST's fields."""
 
 
 def page_routes(
@@ -256,17 +264,14 @@ def page_routes(
         PageRoute("/orders", pages.page(pages.search), methods=["GET"]),
         PageRoute("/orders/{order_id}", pages.page(pages.order), methods=["GET"]),
         PageRoute("/stuck", pages.page(pages.stuck), methods=["GET"]),
-        PageRoute("/dead-letters", pages.page(pages.dead_letters), methods=["GET"]),
-        PageRoute("/dead-letters/{event_id}/retry", pages.page(pages.retry), methods=["POST"]),
         PageRoute(CSS_PATH, stylesheet, methods=["GET"]),
     ]
 
 
-def page_guard(
-    *, store: Store, users: Users, sinks: Sinks
-) -> Callable[[Handler], Callable[[Request], Awaitable[Response]]]:
+def page_guard(*, store: Store, users: Users, sinks: Sinks) -> Guard:
     """The pages' authentication and cross-site checks, for pages registered beside these
-    (``tracker.web.report_page``)."""
+    (``tracker.web.report_page``, ``tracker.web.desk``: the dead letters and the desk's
+    pages)."""
     return _Pages(store=store, users=users, sinks=sinks).page
 
 
@@ -312,11 +317,16 @@ class _Pages:
             csrf=sessions.csrf(session),
         )
 
-    def page(self, handler: Handler) -> Callable[[Request], Awaitable[Response]]:
+    def page(
+        self, handler: Handler, *, form: FormReader | None = None
+    ) -> Callable[[Request], Awaitable[Response]]:
         """``handler`` behind authentication and, for a POST, the cross-site checks.
 
         A browser without a valid session is sent to ``/login`` (a GET) or refused (a POST).
+        ``form`` reads a POST's fields (default: a small urlencoded form, :func:`_form`); a
+        page taking an upload passes its own, bounded reader.
         """
+        read = form or _form
 
         async def endpoint(request: Request) -> Response:
             visitor = await self._visitor(request)
@@ -326,9 +336,9 @@ class _Pages:
                 raise HTTPException(401, "your session has ended; log in again at /login")
             if request.method == "POST":
                 _same_origin(request)
-                form = await _form(request)
+                fields = await read(request)
                 if visitor.session is not None and not self._users.sessions.csrf_matches(
-                    visitor.session, form.get("csrf", "")
+                    visitor.session, fields.get("csrf", "")
                 ):
                     log.warning(
                         "page_post_refused", user=visitor.name, reason="csrf", path=request.url.path
@@ -529,44 +539,6 @@ class _Pages:
             next_url=next_url,
         )
 
-    async def dead_letters(self, request: Request, visitor: Visitor) -> Response:
-        """Deliveries that gave up, a page at a time, each with a retry for write users."""
-        params = request.query_params
-        after = None
-        if params.get("cursor"):
-            position = _uncursor("d", params["cursor"])
-            if position is None or not (position.isdigit() and len(position) <= 18):
-                raise HTTPException(400, "that page link is not one this site made")
-            after = int(position)
-        rows = await self._store.outbox.page(
-            state=DeliveryState.DEAD.value, after_id=after, limit=PAGE_SIZE + 1
-        )
-        next_url = None
-        if len(rows) > PAGE_SIZE:
-            rows = rows[:PAGE_SIZE]
-            next_url = "/dead-letters?" + urllib.parse.urlencode(
-                {"cursor": _cursor("d", str(rows[-1][0]))}
-            )
-        sinks = set(self._sinks())
-        return render(
-            "dead_letters.html",
-            visitor=visitor,
-            rows=[(d, orphaned(d, sinks)) for _id, d in rows],
-            next_url=next_url,
-            notice=_notice(params.get("retried"), params.get("pending"), params.get("missing")),
-        )
-
-    async def retry(self, request: Request, visitor: Visitor) -> Response:
-        """Make an event's undelivered deliveries pending again, as the API's retry does."""
-        if not visitor.writes:
-            raise HTTPException(403, f"user {visitor.name!r} has the read role; this needs write")
-        event_id = request.path_params["event_id"]
-        count = await retry_event(
-            self._store, event_id, user=visitor.name, logged="page_write", invalid=400
-        )
-        said = {"retried": event_id, "pending": str(count)} if count else {"missing": event_id}
-        return RedirectResponse("/dead-letters?" + urllib.parse.urlencode(said), status_code=303)
-
 
 # -- helpers ---------------------------------------------------------------------------------
 
@@ -593,16 +565,6 @@ def _since(history: History) -> datetime | None:
             break
         since = snapshot.observed_at
     return since
-
-
-def _notice(retried: str | None, pending: str | None, missing: str | None) -> str | None:
-    """The message a retry left in the query string, if it is one a retry leaves."""
-    if retried and EVENT_ID.fullmatch(retried) and pending and pending.isdigit():
-        many = "delivery is" if pending == "1" else "deliveries are"
-        return f"Retried {retried}: {pending} {many} pending again and will be sent shortly."
-    if missing and EVENT_ID.fullmatch(missing):
-        return f"Nothing to retry for {missing}: no undelivered delivery (none, or all arrived)."
-    return None
 
 
 def _cursor(kind: str, position: str) -> str:
