@@ -262,7 +262,9 @@ class TestDiscovery:
         assert len(ended) == 1  # the whole list once; what it did not show is polled by id
         assert ended[0]["found"] >= len(sim.order_ids) - 10
         # 350 orders in the organisation: four pages, where ids would have taken 260 requests.
-        assert sim.stats.list_requests <= 10
+        # (Later sweeps read the list again as orders come due every 2 s; how many happen
+        # before the strangers are tried depends on the machine, so only the first is judged.)
+        assert ended[0]["pages"] == 4
         assert sim.stats.id_requests <= len(strangers) + 10
 
 
