@@ -3,32 +3,42 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Coroutine, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Console
 
+from tracker.cli_base import (
+    ConfigOption,
+    config_path,
+    list_rows,
+    out,
+    run_async,
+    settings_of,
+    with_store,
+)
 from tracker.clock import utc_now
+from tracker.deliveries_cli import deliveries_app, sinks_app
 from tracker.errors import ConfigError, TrackerError
-from tracker.model import DeliveryState, SendResult, validate_order_id
+from tracker.model import validate_order_id
 from tracker.report_cli import report_app
 from tracker.text import printable
 
 if TYPE_CHECKING:
+    from contextlib import AsyncExitStack
+
     from tracker.config import Settings
+    from tracker.daemon import Daemon
+    from tracker.service import Reloader, Service
     from tracker.store import Store
-    from tracker.views import Cells, Column, StuckOrder
+    from tracker.views import StuckOrder
+    from tracker.web import Metrics
 
 # Each command imports what it uses in its own body: `--help`, `--version` and the reading
 # commands never load the configuration's validators, the database, the daemon or the clients
 # they do not need, so they answer at once.
-
-T = TypeVar("T")
-R = TypeVar("R")
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -38,8 +48,6 @@ app = typer.Typer(
 )
 db_app = typer.Typer(no_args_is_help=True, help="The database.")
 watch_app = typer.Typer(no_args_is_help=True, help="Which orders are watched.")
-deliveries_app = typer.Typer(no_args_is_help=True, help="The delivery outbox.")
-sinks_app = typer.Typer(no_args_is_help=True, help="The configured sinks.")
 config_app = typer.Typer(no_args_is_help=True, help="The configuration file.")
 app.add_typer(db_app, name="db")
 app.add_typer(watch_app, name="watch")
@@ -47,93 +55,6 @@ app.add_typer(deliveries_app, name="deliveries")
 app.add_typer(sinks_app, name="sinks")
 app.add_typer(config_app, name="config")
 app.add_typer(report_app, name="report")
-
-ConfigOption = Annotated[
-    str | None,
-    typer.Option(
-        "--config",
-        metavar="PATH",
-        help="Configuration file (default: $TRACKER_CONFIG, else ./tracker.toml).",
-    ),
-]
-out = Console(highlight=False, soft_wrap=True)
-
-
-def _settings(ctx: typer.Context, config: str | None, *, logs: bool = True) -> Settings:
-    """Load the settings named after the command, else before it, else the default path.
-
-    A reading command (``logs=False``) writes no log line, so it does not load structlog.
-    """
-    from tracker import config as config_module
-
-    settings = config_module.load(_config_path(ctx, config))
-    if logs:
-        from tracker.logs import configure as configure_logs
-
-        configure_logs(settings.log, stream=sys.stderr)
-    return settings
-
-
-def _config_path(ctx: typer.Context, config: str | None) -> Path:
-    """The configuration file named after the command, else before it, else the default."""
-    from tracker import config as config_module
-
-    chosen = config or (ctx.find_root().obj or {}).get("config")
-    return config_module.resolve_path(chosen, os.environ)
-
-
-def _run(coroutine: Coroutine[Any, Any, T]) -> T:
-    import asyncio
-
-    return asyncio.run(coroutine)
-
-
-def _with_store(
-    settings: Settings, work: Callable[[Store], Awaitable[T]], *, reading: bool = False
-) -> T:
-    """Open the store on the configured database (migrated first), run ``work``, close it.
-
-    A reading command (``reading=True``) reads on plain connections: it loads neither
-    SQLAlchemy's asyncio extension nor the ORM that comes with it.
-    """
-    from tracker.store import open_store
-
-    async def with_store() -> T:
-        async with open_store(settings.database.url, plain=reading) as store:
-            return await work(store)
-
-    return _run(with_store())
-
-
-def _list(
-    settings: Settings,
-    rows_of: Callable[[Store], AsyncIterator[R]],
-    as_dict: Callable[[R], dict[str, Any]],
-    columns: Sequence[Column],
-    cells: Callable[[R], Cells],
-    *,
-    as_json: bool,
-    check: Callable[[Store], Awaitable[None]] | None = None,
-) -> None:
-    """Stream rows from the store as a JSON array, as tab-separated rows when stdout is not a
-    terminal, or as a table that fits the terminal without cutting ids or statuses.
-
-    ``check`` runs first, on the same store: it refuses a filter that names nothing known.
-    """
-    from tracker.views import json_array, show, write_tsv
-
-    async def listing(store: Store) -> None:
-        if check is not None:
-            await check(store)
-        rows = rows_of(store)
-        if as_json:
-            await json_array(rows, as_dict, sys.stdout)
-        elif not out.is_terminal:
-            await write_tsv(columns, (cells(row) async for row in rows), sys.stdout)
-        else:
-            show(out, columns, [cells(row) async for row in rows])
-
-    _with_store(settings, listing, reading=True)
 
 
 def _version(asked: bool) -> None:
@@ -163,7 +84,7 @@ def db_upgrade(ctx: typer.Context, config: ConfigOption = None) -> None:
     """Apply pending database migrations."""
     from tracker.store import upgrade
 
-    settings = _settings(ctx, config)
+    settings = settings_of(ctx, config)
     applied = upgrade(settings.database.url)
     out.print(f"migrated: {applied[0]}" if applied else "database is up to date")
 
@@ -194,17 +115,6 @@ async def _known_status(store: Store, status: str) -> None:
     )
 
 
-async def _known_sink(store: Store, sink: str, configured: Collection[str]) -> None:
-    """Refuse (exit 2) a sink filter that names no configured sink and no stored delivery's."""
-    if sink in configured or await store.outbox.page(sink=sink, limit=1):
-        return
-    known = ", ".join(sorted(configured)) or "none configured"
-    raise ConfigError(
-        f"--sink {printable(sink)!r}: no sink of that name is configured or has deliveries; "
-        f"sinks: {known}"
-    )
-
-
 async def _known_orders(store: Store, order_ids: Sequence[str]) -> None:
     """Refuse (exit 2) order ids that were never watched, naming them, before any change."""
     known = await store.reports.watched_ids(order_ids)
@@ -230,9 +140,9 @@ def watch_add(
     config: ConfigOption = None,
 ) -> None:
     """Watch orders; they are polled at the next tick of `tracker run`."""
-    settings = _settings(ctx, config)
+    settings = settings_of(ctx, config)
     wanted = _ids_from(ids or [], file)
-    added = _with_store(
+    added = with_store(
         settings, lambda store: store.orders.watch(wanted, source="cli", now=utc_now())
     )
     out.print(f"watching {len(added)} new order(s); {len(wanted) - len(added)} already watched")
@@ -246,14 +156,14 @@ def watch_remove(
     config: ConfigOption = None,
 ) -> None:
     """Stop watching orders; their history is kept."""
-    settings = _settings(ctx, config)
+    settings = settings_of(ctx, config)
     wanted = _ids_from(ids or [], file)
 
     async def unwatch(store: Store) -> list[str]:
         await _known_orders(store, wanted)
         return await store.orders.unwatch(wanted, now=utc_now())
 
-    removed = _with_store(settings, unwatch)
+    removed = with_store(settings, unwatch)
     out.print(f"stopped watching {len(removed)} order(s)")
     if in_config := sorted(set(removed) & set(settings.watch.orders)):
         out.print(f"note: {', '.join(in_config)} stay listed in [watch] orders but stay removed")
@@ -277,11 +187,11 @@ def watch_list(
     """The watched orders with status, last poll, last change and last error."""
     from tracker.views import WATCHED_COLUMNS, watched_cells, watched_dict
 
-    settings = _settings(ctx, config, logs=False)
+    settings = settings_of(ctx, config, logs=False)
     if stuck:
         _stuck_list(settings, status=status, as_json=as_json)
         return
-    _list(
+    list_rows(
         settings,
         lambda store: store.orders.watched(status=status),
         watched_dict,
@@ -305,7 +215,7 @@ def _stuck_list(settings: Settings, *, status: str | None, as_json: bool) -> Non
             if status is None or found.order.status == status:
                 yield found
 
-    _list(
+    list_rows(
         settings,
         rows,
         stuck_dict,
@@ -326,9 +236,9 @@ def status(
     from tracker.model import STALE_AFTER
     from tracker.views import show_status, status_json
 
-    settings = _settings(ctx, config, logs=False)
+    settings = settings_of(ctx, config, logs=False)
     now = utc_now()
-    overview = _with_store(
+    overview = with_store(
         settings,
         lambda store: store.reports.overview(stale_before=now - STALE_AFTER),
         reading=True,
@@ -352,7 +262,7 @@ def poll(
     from tracker.poller import poll_now
     from tracker.views import outcome_line
 
-    settings = _settings(ctx, config)
+    settings = settings_of(ctx, config)
     if all_orders == bool(ids):
         raise ConfigError("give order IDs or --all (one of them)")
     wanted = [validate_order_id(i) for i in ids or []]
@@ -379,7 +289,7 @@ def poll(
                     every_poll_succeeded &= outcome.error_kind is None
             return every_poll_succeeded
 
-    if not _run(once()):
+    if not run_async(once()):
         raise typer.Exit(1)
 
 
@@ -393,9 +303,9 @@ def history(
     """The order's timeline: snapshots, transitions and their deliveries."""
     from tracker.views import history_json, history_rich
 
-    settings = _settings(ctx, config, logs=False)
+    settings = settings_of(ctx, config, logs=False)
     validate_order_id(order_id)
-    found = _with_store(settings, lambda store: store.reports.history(order_id), reading=True)
+    found = with_store(settings, lambda store: store.reports.history(order_id), reading=True)
     if found is None:
         raise ConfigError(f"{order_id} has never been watched; see `tracker watch list`")
     if as_json:
@@ -447,170 +357,18 @@ def export(
     from tracker.export import export as write_export
 
     request = ExportRequest.parse(since=since, until=until, fmt=fmt, status=status)
-    settings = _settings(ctx, config, logs=False)
+    settings = settings_of(ctx, config, logs=False)
     if output is not None:
         with output_file(output) as stream:
-            _run(write_export(settings.database.url, request, stream, terminal=False))
+            run_async(write_export(settings.database.url, request, stream, terminal=False))
         return
     try:
         with stdout_stream() as stream:
-            _run(write_export(settings.database.url, request, stream, terminal=sys.stdout.isatty()))
+            run_async(
+                write_export(settings.database.url, request, stream, terminal=sys.stdout.isatty())
+            )
     except BrokenPipeError:
         raise typer.Exit(1) from None  # the reader stopped early (`| head`): nothing to add
-
-
-@deliveries_app.command("list")
-def deliveries_list(
-    ctx: typer.Context,
-    state: Annotated[
-        DeliveryState | None, typer.Option("--state", help="Only deliveries in STATE.")
-    ] = None,
-    sink: Annotated[str | None, typer.Option("--sink", help="Only deliveries to SINK.")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="One JSON array.")] = False,
-    config: ConfigOption = None,
-) -> None:
-    """Deliveries, oldest first, with their state, attempts and last answer."""
-    import functools
-
-    from tracker.views import DELIVERY_COLUMNS, delivery_cells, delivery_dict
-
-    settings = _settings(ctx, config, logs=False)
-    chosen = state.value if state else None
-    sinks = {entry.name for entry in settings.sinks}
-    _list(
-        settings,
-        lambda store: store.outbox.deliveries(state=chosen, sink=sink),
-        functools.partial(delivery_dict, sinks=sinks),
-        DELIVERY_COLUMNS,
-        functools.partial(delivery_cells, sinks=sinks),
-        as_json=as_json,
-        check=None if sink is None else lambda store: _known_sink(store, sink, sinks),
-    )
-
-
-@deliveries_app.command("retry")
-def deliveries_retry(
-    ctx: typer.Context,
-    event_ids: Annotated[list[str] | None, typer.Argument(metavar="EVENT_ID...")] = None,
-    *,
-    all_dead: Annotated[bool, typer.Option("--all-dead", help="Every dead delivery.")] = False,
-    sink: Annotated[
-        str | None, typer.Option("--sink", metavar="NAME", help="With --all-dead: to NAME only.")
-    ] = None,
-    order: Annotated[
-        str | None, typer.Option("--order", metavar="ID", help="With --all-dead: of order ID only.")
-    ] = None,
-    config: ConfigOption = None,
-) -> None:
-    """Make deliveries pending again and attempt them once now."""
-    from tracker import retries
-
-    settings = _settings(ctx, config)
-    if all_dead == bool(event_ids):
-        raise ConfigError("give EVENT_IDs or --all-dead (one of them)")
-    if (sink is not None or order is not None) and not all_dead:
-        raise ConfigError("--sink and --order narrow --all-dead; give --all-dead too")
-
-    async def retry(store: Store) -> bool:
-        if event_ids:
-            unknown = await retries.unknown_events(store, event_ids)
-            if unknown:
-                raise ConfigError(
-                    f"no delivery of event {printable(', '.join(unknown))}; nothing was retried "
-                    "(see `tracker deliveries list`)"
-                )
-        else:
-            configured = {entry.name for entry in settings.sinks}
-            problem = await retries.filter_problem(
-                store, sink=sink, order_id=order, configured=configured
-            )
-            if problem is not None:
-                raise ConfigError(f"{problem}; nothing was retried")
-        return await _retry_and_attempt(settings, store, event_ids, sink=sink, order_id=order)
-
-    if not _with_store(settings, retry):
-        raise typer.Exit(1)
-
-
-async def _retry_and_attempt(
-    settings: Settings,
-    store: Store,
-    event_ids: Sequence[str] | None,
-    *,
-    sink: str | None,
-    order_id: str | None,
-) -> bool:
-    """Queue the deliveries again (through :mod:`tracker.retries`), attempt every due one
-    once, and print a line per retried or attempted delivery: event, order, sink, outcome."""
-    from tracker import retries
-    from tracker.service import delivery_lease, open_outbox
-    from tracker.views import attempt_line
-
-    async with open_outbox(settings, store) as dispatcher:
-        now = utc_now()
-        if event_ids:
-            queued = await retries.retry_events(store, event_ids, now=now)
-        else:
-            queued = await retries.retry_dead(store, sink=sink, order_id=order_id, now=now)
-        out.print(f"{len(queued)} delivery(ies) pending again")
-        attempts, claimed = [], {}
-        for name in dispatcher.sinks:
-            now = utc_now()
-            due = await store.outbox.claim(
-                sink=name, now=now, limit=10_000, lease_until=now + delivery_lease(settings)
-            )
-            claimed.update({d.id: d for d in due})
-            attempts += await dispatcher.deliver(due)
-        sent = [claimed[a.delivery_id] for a in attempts]
-        orders = {d.event_id: d.order_id for d in queued} | {
-            d.event_id: d.order_id
-            for d in await store.reports.deliveries_of([d.event_id for d in sent])
-        }
-        for attempt, one in zip(attempts, sent, strict=True):
-            line = attempt_line(
-                attempt, event_id=one.event_id, order_id=orders.get(one.event_id, ""), sink=one.sink
-            )
-            out.print(line)
-        tried = {(one.event_id, one.sink) for one in sent}
-        for left in queued:
-            if (left.event_id, left.sink) not in tried:
-                out.print(
-                    printable(
-                        f"{left.event_id} {left.order_id or '-'} {left.sink}: pending "
-                        "(no configured sink of that name; not attempted)"
-                    )
-                )
-        return all(a.state == DeliveryState.DELIVERED for a in attempts)
-
-
-@sinks_app.command("test")
-def sinks_test(
-    ctx: typer.Context,
-    name: Annotated[str, typer.Argument(metavar="NAME")],
-    config: ConfigOption = None,
-) -> None:
-    """Send a clearly marked test event to one sink and show the receiver's answer."""
-    from rich.text import Text
-
-    from tracker.service import open_outbox
-    from tracker.sinks.render import test_delivery
-
-    settings = _settings(ctx, config)
-
-    async def send(store: Store) -> SendResult:
-        async with open_outbox(settings, store) as dispatcher:
-            sink = dispatcher.sinks.get(name)
-            if sink is None:
-                known = ", ".join(dispatcher.sinks) or "none configured"
-                raise ConfigError(f"no sink named {name!r}; sinks: {known}")
-            return await sink.send(test_delivery(name, utc_now()))
-
-    result = _with_store(settings, send)
-    if result.ok:
-        out.print(f"{name}: delivered (answer {result.status})")
-        return
-    out.print(Text(printable(f"{name}: failed: {result.error}")))
-    raise typer.Exit(1)
 
 
 @config_app.command("check")
@@ -624,8 +382,8 @@ def config_check(ctx: typer.Context, config: ConfigOption = None) -> None:
 
     from tracker.store.url import database_shape
 
-    path = _config_path(ctx, config)
-    settings = _settings(ctx, config)
+    path = config_path(ctx, config)
+    settings = settings_of(ctx, config)
     database = database_shape(settings.database.url)
 
     async def sinks() -> list[str]:
@@ -638,7 +396,7 @@ def config_check(ctx: typer.Context, config: ConfigOption = None) -> None:
         async with httpx.AsyncClient(trust_env=False) as http:
             return list(build_sinks(settings, http))
 
-    names = _run(sinks())
+    names = run_async(sinks())
     listen = settings.http.listen or "none"
     out.print(
         Text(
@@ -663,17 +421,11 @@ def run(ctx: typer.Context, config: ConfigOption = None) -> None:
     from tracker.service import Reloader, open_service
     from tracker.telemetry import SILENT, Telemetry
 
-    settings = _settings(ctx, config)
+    settings = settings_of(ctx, config)
     configure_logs(settings.log)
-    address = settings.http.address
     metrics = None
-    if address is not None:
-        import structlog
-
-        from tracker.store import listener_store
-        from tracker.web import Metrics, build_app, listening
-        from tracker.web.auth import Users
-        from tracker.web.i18n import Localization
+    if settings.http.address is not None:
+        from tracker.web import Metrics
 
         metrics = Metrics()
     telemetry: Telemetry = metrics or SILENT
@@ -685,37 +437,67 @@ def run(ctx: typer.Context, config: ConfigOption = None) -> None:
         ):
             daemon = service.daemon()
             listeners: list[Callable[[Settings], None]] = []
-            reload = Reloader(_config_path(ctx, config), service, daemon, listeners=listeners)
-            if address is not None and metrics is not None:
-                # The listener's own small pool: no client can take polling's connections.
-                store = await http.enter_async_context(listener_store(settings.database.url))
-                users = Users(settings.http.users, logins=store.logins)
-                localization = Localization.from_settings(settings.http)
-
-                def reload_users(new: Settings) -> None:
-                    localization.replace(new.http)
-                    ended = users.replace(new.http.users)
-                    if ended:
-                        structlog.get_logger("tracker.web").info(
-                            "http_sessions_ended", users=ended, reason="reload"
-                        )
-
-                listeners.append(reload_users)
-                web = build_app(
-                    store=store,
-                    probe=service.store,
+            reload = Reloader(config_path(ctx, config), service, daemon, listeners=listeners)
+            if metrics is not None:
+                await _listen(
+                    http,
+                    service,
+                    daemon=daemon,
+                    reload=reload,
                     metrics=metrics,
-                    readiness=daemon.readiness,
-                    sinks=lambda: [entry.name for entry in reload.settings.sinks],
-                    users=users,
-                    webhook_secret=settings.upstream.webhook_secret,
-                    targets=lambda: reload.settings.alerts.stuck,
-                    localization=localization,
+                    listeners=listeners,
                 )
-                await http.enter_async_context(listening(web, address))
             await run_until_signalled(daemon, reload)
 
-    _run(daemon())
+    run_async(daemon())
+
+
+async def _listen(
+    stack: AsyncExitStack,
+    service: Service,
+    *,
+    daemon: Daemon,
+    reload: Reloader,
+    metrics: Metrics,
+    listeners: list[Callable[[Settings], None]],
+) -> None:
+    """Serve the daemon's HTTP listener until ``stack`` closes, on its own small pool (no
+    client can take polling's connections); a reload swaps its users and language."""
+    import structlog
+
+    from tracker.store import listener_store
+    from tracker.web import build_app, listening
+    from tracker.web.auth import Users
+    from tracker.web.i18n import Localization
+
+    settings = service.settings
+    address = settings.http.address
+    assert address is not None  # noqa: S101 - only called with a listener configured
+    store = await stack.enter_async_context(listener_store(settings.database.url))
+    users = Users(settings.http.users, logins=store.logins)
+    localization = Localization.from_settings(settings.http)
+
+    def reload_users(new: Settings) -> None:
+        localization.replace(new.http)
+        ended = users.replace(new.http.users)
+        if ended:
+            structlog.get_logger("tracker.web").info(
+                "http_sessions_ended", users=ended, reason="reload"
+            )
+
+    listeners.append(reload_users)
+    web = build_app(
+        store=store,
+        probe=service.store,
+        metrics=metrics,
+        readiness=daemon.readiness,
+        sinks=lambda: [entry.name for entry in reload.settings.sinks],
+        users=users,
+        webhook_secret=settings.upstream.webhook_secret,
+        targets=lambda: reload.settings.alerts.stuck,
+        localization=localization,
+    )
+    await stack.enter_async_context(listening(web, address))
 
 
 @app.command("serve")
@@ -725,7 +507,7 @@ def serve(ctx: typer.Context, config: ConfigOption = None) -> None:
     from tracker.web import Metrics, build_app, serve_until_signalled
     from tracker.web.i18n import Localization
 
-    settings = _settings(ctx, config)
+    settings = settings_of(ctx, config)
     address = settings.http.address
     if address is None:
         raise ConfigError(
@@ -746,7 +528,7 @@ def serve(ctx: typer.Context, config: ConfigOption = None) -> None:
         )
         await serve_until_signalled(web, address)
 
-    _with_store(settings, serving)
+    with_store(settings, serving)
 
 
 @app.command("demo")
@@ -762,7 +544,7 @@ def demo(
     from tracker.logs import configure as configure_logs
 
     configure_logs(LogSettings(format="console", level="warning"), stream=sys.stderr)
-    _run(run_demo(duration=duration, console=out))
+    run_async(run_demo(duration=duration, console=out))
 
 
 def main() -> None:

@@ -4,17 +4,15 @@ Thin like ``tracker.cli``: parses, reads through ``tracker.insight`` (the layer 
 page use, so the numbers are the same) on a plain store, and prints a table, CSV or JSON.
 """
 
-# ruff: noqa: PLC0415 - each command imports what it uses, so `tracker report` starts fast
-# and stays a light reading command (tests/acceptance/test_imports.py), as tracker.cli does.
 from __future__ import annotations
 
 import json
-import os
 import sys
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from tracker.cli_base import ConfigOption, out, settings_of, with_store
 from tracker.clock import utc_now
 from tracker.errors import ConfigError
 
@@ -48,14 +46,6 @@ ByOption = Annotated[
 ]
 FormatOption = Annotated[
     str, typer.Option("--format", metavar="table|csv|json", help="How to print the rows.")
-]
-ConfigOption = Annotated[
-    str | None,
-    typer.Option(
-        "--config",
-        metavar="PATH",
-        help="Configuration file (default: $TRACKER_CONFIG, else ./tracker.toml).",
-    ),
 ]
 
 
@@ -111,16 +101,18 @@ def _report(
     fmt: str,
     config: str | None,
 ) -> None:
-    from tracker import config as config_module
-    from tracker.insight import COLUMNS, Period, by_provider
+    from tracker.insight import COLUMNS, Period, by_provider, report_items
 
     if fmt not in FORMATS:
         raise ConfigError(f"--format {fmt!r} is not one of {', '.join(FORMATS)}")
     period = Period.parse(since, until, now=utc_now())
     grouped = by_provider(by)
-    chosen = config or (ctx.find_root().obj or {}).get("config")
-    settings = config_module.load(config_module.resolve_path(chosen, os.environ))
-    items = _items(settings.database.url, name, period, grouped)
+    settings = settings_of(ctx, config, logs=False)
+    items = with_store(
+        settings,
+        lambda store: report_items(store, name, period, by=grouped),
+        reading=True,
+    )
     columns = COLUMNS[name]
     if fmt == "json":
         sys.stdout.write(json.dumps({"items": items}, indent=2) + "\n")
@@ -130,19 +122,6 @@ def _report(
         sys.stdout.write(csv_text(columns, items))
     else:
         _table(name, period, columns, items)
-
-
-def _items(url: str, name: str, period: Period, grouped: bool) -> list[dict[str, Any]]:
-    import asyncio
-
-    from tracker.insight import report_items
-    from tracker.store import open_store
-
-    async def read() -> list[dict[str, Any]]:
-        async with open_store(url, plain=True) as store:
-            return await report_items(store, name, period, by=grouped)
-
-    return asyncio.run(read())
 
 
 def _table(
@@ -162,7 +141,6 @@ def _table(
         sys.stdout.write("\t".join(columns) + "\n")
         sys.stdout.writelines("\t".join(row) + "\n" for row in rows)
         return
-    from rich.console import Console
     from rich.table import Table
 
     table = Table(title=f"{name}, {utc_day(period.since)} to {utc_day(period.until)} (UTC)")
@@ -170,4 +148,4 @@ def _table(
         table.add_column(key, no_wrap=key in ("status", "from", "to", "provider"))
     for row in rows:
         table.add_row(*row)
-    Console(highlight=False, soft_wrap=True).print(table)
+    out.print(table)

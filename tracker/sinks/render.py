@@ -335,7 +335,13 @@ def sample_digest(now: datetime) -> str:
             }
         ],
     }
-    data["report"] = {
+    data["report"] = _sample_report(now)
+    return digest_body(event_id="evt_sample", raised_at=now, data=data)
+
+
+def _sample_report(now: datetime) -> dict[str, object]:
+    """A weekly report with every part filled, for :func:`sample_digest`."""
+    return {
         "period_start": (now - timedelta(days=7)).date().isoformat(),
         "period_end": now.date().isoformat(),
         "durations": [
@@ -367,7 +373,6 @@ def sample_digest(now: datetime) -> str:
         ],
         "weeks": [{"week": "2026-11-30", "activated": 2, "cancelled": 0, "blocked": 1}],
     }
-    return digest_body(event_id="evt_sample", raised_at=now, data=data)
 
 
 #: The kinds of event a chat message is about, each with a template of its own.

@@ -70,7 +70,43 @@ def build_app(
     """
     if not isinstance(users, Users):
         users = Users(users, logins=store.logins)
-    probed = probe or store
+    guard = page_guard(store=store, users=users, sinks=sinks)
+    app = Starlette(
+        routes=[
+            *_probe_routes(store, probe or store, metrics, readiness, sinks),
+            *api_routes(store=store, users=users, sinks=sinks, stuck=targets),
+            *hook_routes(
+                store=store,
+                secret=webhook_secret,
+                clock=clock,
+                metrics=metrics,
+                throttle=users.throttle,
+            ),
+            *page_routes(store=store, users=users, sinks=sinks, stuck=targets),
+            *report_routes(store=store, users=users, guard=guard, targets=targets),
+            *refresh_routes(),
+            *desk_routes(store=store, users=users, guard=guard, sinks=sinks),
+        ],
+        exception_handlers={HTTPException: _http_error, Exception: _crash},
+        middleware=[
+            Middleware(_ApiHeaders),
+            Middleware(LocaleMiddleware, localization=localization or Localization()),
+        ],
+    )
+    app.state.bodies = BodyBudget()
+    app.state.busy = Tally("http_database_busy")
+    return app
+
+
+def _probe_routes(
+    store: Store,
+    probed: Store,
+    metrics: Metrics,
+    readiness: Readiness | None,
+    sinks: Callable[[], Collection[str]],
+) -> list[Route]:
+    """``/healthz``, ``/readyz`` (asking ``probed`` whether the database answers) and
+    ``/metrics`` (refreshed from ``store`` at each scrape)."""
 
     async def healthz(_request: Request) -> Response:
         return JSONResponse({"status": "ok"})
@@ -88,43 +124,11 @@ def build_app(
         await metrics.refresh(store, sinks(), unready=unready)
         return Response(metrics.render(), media_type=CONTENT_TYPE)
 
-    app = Starlette(
-        routes=[
-            Route("/healthz", healthz, methods=["GET"]),
-            Route("/readyz", readyz, methods=["GET"]),
-            Route("/metrics", scrape, methods=["GET"]),
-            *api_routes(store=store, users=users, sinks=sinks, stuck=targets),
-            *hook_routes(
-                store=store,
-                secret=webhook_secret,
-                clock=clock,
-                metrics=metrics,
-                throttle=users.throttle,
-            ),
-            *page_routes(store=store, users=users, sinks=sinks, stuck=targets),
-            *report_routes(
-                store=store,
-                users=users,
-                guard=page_guard(store=store, users=users, sinks=sinks),
-                targets=targets,
-            ),
-            *refresh_routes(),
-            *desk_routes(
-                store=store,
-                users=users,
-                guard=page_guard(store=store, users=users, sinks=sinks),
-                sinks=sinks,
-            ),
-        ],
-        exception_handlers={HTTPException: _http_error, Exception: _crash},
-        middleware=[
-            Middleware(_ApiHeaders),
-            Middleware(LocaleMiddleware, localization=localization or Localization()),
-        ],
-    )
-    app.state.bodies = BodyBudget()
-    app.state.busy = Tally("http_database_busy")
-    return app
+    return [
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
+        Route("/metrics", scrape, methods=["GET"]),
+    ]
 
 
 async def _ping(store: Store) -> str | None:
