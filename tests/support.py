@@ -192,7 +192,7 @@ def settings_mapping(
     """A configuration for the tests: fast timeouts, the test's database (``database_url``)."""
     upstream: dict[str, Any] = {
         "base_url": upstream_url,
-        "timeout": 0.5,
+        "timeout": 5,
         "requests_per_second": 200,
         "max_concurrency": 4,
     }
