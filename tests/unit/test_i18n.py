@@ -129,10 +129,7 @@ HANDED = [
     "Paste ids or upload a file, not both at once.",
     "Paste at least one order id, or choose a CSV file.",
     # The phrases of the statuses an error page answers with.
-    *(
-        HTTPStatus(code).phrase
-        for code in (400, 401, 403, 404, 405, 413, 415, 422, 429, 500, 503)
-    ),
+    *(HTTPStatus(code).phrase for code in (400, 401, 403, 404, 405, 413, 415, 422, 429, 500, 503)),
 ]
 
 
@@ -144,11 +141,12 @@ def german_catalog() -> Catalog:
 
 def untranslated(catalog: Catalog, msgids: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
     """The (where, msgid) pairs with no German entry in ``catalog``."""
-    return [
-        (where, msgid)
-        for where, msgid in msgids
-        if catalog.get(msgid) is None or not catalog.get(msgid).string
-    ]
+    missing = []
+    for where, msgid in msgids:
+        entry = catalog.get(msgid)
+        if entry is None or not entry.string:
+            missing.append((where, msgid))
+    return missing
 
 
 class TestCatalog:
