@@ -87,7 +87,11 @@ class TestGermanPages:
         assert_german_in_berlin(german)
         fresh = german.find_element(By.ID, "freshness").text
         assert re.fullmatch(r"Vor \d+ s aktualisiert; aktualisiert sich alle 30 s\.", fresh)
-        assert "Einbau terminiert" in german.find_element(By.TAG_NAME, "main").text
+        main = german.find_element(By.TAG_NAME, "main").text
+        assert "Einbau terminiert" in main
+        assert "Wo die aktiven Aufträge stehen" in main
+        assert "Letzte Statuswechsel" in main
+        assert "Where the active orders stand" not in main
         width = german.execute_script("return document.documentElement.scrollWidth")
         assert width <= size[0]
         shot(german, f"board-{size[0]}")
@@ -98,7 +102,13 @@ class TestGermanPages:
         chromium.viewport(german, size, mobile=size == chromium.PHONE)
         chromium.log_in(german, site.url, READ_TOKEN, path=f"/orders/{SHOWN}")
         assert_german_in_berlin(german)
-        assert "Einbau in Planung" in german.find_element(By.TAG_NAME, "main").text
+        main = german.find_element(By.TAG_NAME, "main").text
+        assert "Einbau in Planung" in main
+        journey = german.find_element(By.CSS_SELECTOR, "section.journey").text
+        assert "Verweildauer in jedem Status" in journey
+        assert "bisher" in journey
+        assert "so far" not in main
+        assert "Zeitleiste" in main
         width = german.execute_script("return document.documentElement.scrollWidth")
         assert width <= size[0]
         shot(german, f"order-{size[0]}")

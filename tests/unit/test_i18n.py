@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
+from http import HTTPStatus
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
+from babel.messages.catalog import Catalog
 from babel.messages.extract import extract_from_dir
 from babel.messages.pofile import read_po
 
-from tracker.web import i18n
+from tracker import retries
+from tracker.field_changes import Change
+from tracker.lifecycle import Kind
+from tracker.web import i18n, journey
 from tracker.web.i18n import Localization, PageLocale, negotiate
+from tracker.web.messages import Message
 
 WEB = Path(i18n.__file__).parent
 BERLIN = ZoneInfo("Europe/Berlin")
@@ -107,13 +114,70 @@ class TestTimes:
             assert i18n.ago_text(WINTER - offset, WINTER) == german
 
 
+#: Words handlers hand to a template's ``translated``: kinds, places, titles, reasons.
+HANDED = [
+    *journey.PLACE_WORDS.values(),
+    *journey.ALERT_TITLES.values(),
+    *retries.KIND_LABELS.values(),
+    "unknown",
+    *(kind.value.replace("_", " ") for kind in Kind),
+    *(change.value for change in Change),
+    "the uploaded file",
+    "the pasted lines",
+    "no id in the id column",
+    "not an order id (prdo_ and a-z, 0-9)",
+    "Paste ids or upload a file, not both at once.",
+    "Paste at least one order id, or choose a CSV file.",
+    # The phrases of the statuses an error page answers with.
+    *(HTTPStatus(code).phrase for code in (400, 401, 403, 404, 405, 413, 415, 422, 429, 500, 503)),
+]
+
+
+def german_catalog() -> Catalog:
+    """The German catalog as the pages read it."""
+    with (WEB / "locale/de/LC_MESSAGES/tracker.po").open("rb") as po:
+        return read_po(po)
+
+
+def untranslated(catalog: Catalog, msgids: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The (where, msgid) pairs with no German entry in ``catalog``."""
+    missing = []
+    for where, msgid in msgids:
+        entry = catalog.get(msgid)
+        if entry is None or not entry.string:
+            missing.append((where, msgid))
+    return missing
+
+
 class TestCatalog:
     """The German catalog covers every text the pages translate."""
 
+    def test_every_handler_msgid_has_a_german_entry(self) -> None:
+        """Each Message a page module words, and each word a handler hands to a template, is
+        translated."""
+        found = [
+            (path, message if isinstance(message, str) else message[0])
+            for path, _line, message, _comments, _context in extract_from_dir(
+                WEB,
+                method_map=[("*.py", "python")],
+                keywords={"Message": None},
+            )
+        ]
+        assert any(path == "desk.py" for path, _m in found), found
+        handed = [("handed", word) for word in HANDED]
+        assert untranslated(german_catalog(), found + handed) == []
+
+    def test_a_message_reads_as_its_english_text(self) -> None:
+        """A Message is its English text, formatted, with its msgid and values kept."""
+        said = Message("day %(day)r is not a date; use YYYY-MM-DD", day="x")
+        assert said == "day 'x' is not a date; use YYYY-MM-DD"
+        assert said.msgid == "day %(day)r is not a date; use YYYY-MM-DD"
+        assert said.values == {"day": "x"}
+        assert Message("100% sure") == "100% sure"
+
     def test_every_template_msgid_has_a_german_entry(self) -> None:
         """Each msgid the templates use (as the page environment reads them) is translated."""
-        with (WEB / "locale/de/LC_MESSAGES/tracker.po").open("rb") as po:
-            catalog = read_po(po)
+        catalog = german_catalog()
         used = [
             (path, message)
             for path, _line, message, _comments, _context in extract_from_dir(

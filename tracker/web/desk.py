@@ -31,6 +31,7 @@ from tracker.views import orphaned
 from tracker.web.api import PREFIX, retry_event
 from tracker.web.auth import Users, authenticate
 from tracker.web.bodies import bounded_body, parse_json
+from tracker.web.messages import Message
 from tracker.web.pages import (
     MAX_STATUS,
     PAGE_SIZE,
@@ -120,29 +121,38 @@ def period_of(params: Mapping[str, str], now: datetime) -> Period:
     status = params.get("status", "").strip() or None
     for name, text in (("day", day_text), ("since", since_text), ("until", until_text)):
         if len(text) > MAX_MOMENT:
-            raise HTTPException(400, f"{name}: at most {MAX_MOMENT} characters")
+            raise HTTPException(
+                400, Message("%(name)s: at most %(n)s characters", name=name, n=MAX_MOMENT)
+            )
     if status is not None and (len(status) > MAX_STATUS or not is_known(status)):
         shown = status[:MAX_STATUS]
         raise HTTPException(
-            400, f"status {shown!r} is not a known status; use one of: {', '.join(Status)}"
+            400,
+            Message(
+                "status %(status)r is not a known status; use one of: %(known)s",
+                status=shown,
+                known=", ".join(Status),
+            ),
         )
     if day_text and (since_text or until_text):
-        raise HTTPException(400, "give a day, or since and until, not both")
+        raise HTTPException(400, Message("give a day, or since and until, not both"))
     if since_text or until_text:
         if not since_text:
-            raise HTTPException(400, "since: required with until; a date YYYY-MM-DD")
+            raise HTTPException(400, Message("since: required with until; a date YYYY-MM-DD"))
         try:
             since = parse_moment(since_text, "since")
             until = parse_moment(until_text, "until") if until_text else None
         except ConfigError as exc:
             raise HTTPException(400, str(exc)) from None
         if until is not None and since >= until:
-            raise HTTPException(400, "since is not before until, so nothing can match")
+            raise HTTPException(400, Message("since is not before until, so nothing can match"))
         return Period(since, until, None, status)
     try:
         day = date.fromisoformat(day_text) if day_text else day_of(now)
     except ValueError:
-        raise HTTPException(400, f"day {day_text!r} is not a date; use YYYY-MM-DD") from None
+        raise HTTPException(
+            400, Message("day %(day)r is not a date; use YYYY-MM-DD", day=day_text)
+        ) from None
     since, until = day_bounds(day)
     return Period(since, until, day, status)
 
@@ -179,7 +189,7 @@ class _Desk:
         if params.get("cursor"):
             before = _position(params["cursor"])
             if before is None:
-                raise HTTPException(400, "that page link is not one this site made")
+                raise HTTPException(400, Message("that page link is not one this site made"))
         rows = await self._store.reports.changes(
             since=period.since,
             until=period.until,
@@ -230,7 +240,7 @@ class _Desk:
         if params.get("cursor"):
             position = _uncursor("d", params["cursor"])
             if position is None or not (position.isdigit() and len(position) <= 18):
-                raise HTTPException(400, "that page link is not one this site made")
+                raise HTTPException(400, Message("that page link is not one this site made"))
             after = int(position)
         rows = await self._store.outbox.page(
             state=DeliveryState.DEAD.value, after_id=after, limit=PAGE_SIZE + 1
@@ -277,7 +287,7 @@ class _Desk:
             self._store, sink=sink, order_id=order_id, configured=set(self._sinks())
         )
         if problem is not None:
-            raise HTTPException(400, f"{problem}; nothing was retried")
+            raise HTTPException(400, Message("%(problem)s; nothing was retried", problem=problem))
         if request.method != "POST":
             count = await retries.count_dead(self._store, sink=sink, order_id=order_id)
             return render(
@@ -286,7 +296,6 @@ class _Desk:
                 count=count,
                 sink=sink or "",
                 order=order_id or "",
-                scope=retries.scope_text(sink, order_id),
             )
         queued = await retries.retry_dead(self._store, sink=sink, order_id=order_id, now=utc_now())
         _logged(visitor.name, "page_write", queued, sink=sink, order_id=order_id)
@@ -322,7 +331,10 @@ class _Desk:
 
 def _writer(visitor: Visitor) -> None:
     if not visitor.writes:
-        raise HTTPException(403, f"user {visitor.name!r} has the read role; this needs write")
+        raise HTTPException(
+            403,
+            Message("user %(name)r has the read role; this needs write", name=visitor.name),
+        )
 
 
 def _logged(
@@ -346,14 +358,14 @@ def _day_url(day: date, period: Period) -> str:
     return "/changes?" + urllib.parse.urlencode(kept)
 
 
-def _notice(params: Mapping[str, str]) -> str | None:
-    """The message a retry left in the query string, if it is one a retry leaves."""
+def _notice(params: Mapping[str, str]) -> dict[str, Any] | None:
+    """The notice a retry left in the query string, if it is one a retry leaves: its ``kind``
+    (``retried``, ``missing``, ``queued``) and values, worded by the template."""
     retried, pending, missing = params.get("retried"), params.get("pending"), params.get("missing")
     if retried and retries.EVENT_ID.fullmatch(retried) and pending and pending.isdigit():
-        many = "delivery is" if pending == "1" else "deliveries are"
-        return f"Retried {retried}: {pending} {many} pending again and will be sent shortly."
+        return {"kind": "retried", "event": retried, "count": int(pending)}
     if missing and retries.EVENT_ID.fullmatch(missing):
-        return f"Nothing to retry for {missing}: no undelivered delivery (none, or all arrived)."
+        return {"kind": "missing", "event": missing}
     queued = params.get("queued", "")
     if queued.isdigit() and len(queued) <= 12:
         sink, order_id = params.get("sink"), params.get("order")
@@ -361,8 +373,5 @@ def _notice(params: Mapping[str, str]) -> str | None:
             return None
         if order_id and not ORDER_ID.fullmatch(order_id):
             return None
-        many = "dead letter" if queued == "1" else "dead letters"
-        scope = retries.scope_text(sink, order_id)
-        scope = "" if scope == "all" else f" {scope}"
-        return f"Queued {queued} {many}{scope} again; they will be sent shortly."
+        return {"kind": "queued", "count": int(queued), "sink": sink, "order": order_id}
     return None

@@ -2,7 +2,9 @@
 
 The computing is done by the pure core (``tracker.journey``, ``tracker.field_changes``); this
 module only words durations and merges the alerts into the timeline, so that ``pages.py`` stays
-thin. Times stay datetimes: the template shows them through the pages' ``utc`` and ``ago``.
+thin. Times stay datetimes: the template shows them through the pages' ``utc`` and ``ago``. Words
+are English msgids (:class:`~tracker.web.messages.Message`, or plain ones the template passes to
+``translated``), said in the page's language by the template.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from tracker.field_changes import Changes, changes
 from tracker.journey import Journey, Leg, Place, Step, Visit, journey
 from tracker.model import Snapshot
 from tracker.store import Alert, History
-from tracker.views import alert_dict, alert_text, span
+from tracker.views import alert_dict, span
+from tracker.web.messages import Message
 
 #: How each place of a main-path step reads.
 PLACE_WORDS = {
@@ -45,8 +48,8 @@ class StepView:
     place_words: str
     visits: int
     #: ``unknown``, ``3d 4h``, ``over 2d 1h`` (a stay of unknown length and known ones), or
-    #: empty for a step the order was never in.
-    time: str
+    #: ``None`` for a step the order was never in.
+    time: Message | None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -55,20 +58,20 @@ class LegView:
 
     status: str
     started_at: datetime | None
-    time: str
+    time: Message
     running: bool
     detour: bool
 
 
-def time_text(step: Step) -> str:
+def time_text(step: Step) -> Message | None:
     """How long the order spent in ``step``, in words."""
     if step.unknown and not step.timed:
-        return "unknown"
+        return Message("unknown")
     if not step.visits:
-        return ""
+        return None
     if step.unknown:
-        return f"over {span(step.known)}"
-    return span(step.known)
+        return Message("over %(span)s", span=span(step.known))
+    return Message(span(step.known))
 
 
 def step_view(step: Step) -> StepView:
@@ -87,7 +90,7 @@ def leg_view(leg: Leg) -> LegView:
     return LegView(
         status=leg.status,
         started_at=leg.started_at,
-        time="unknown" if leg.length is None else span(leg.length),
+        time=Message("unknown") if leg.length is None else Message(span(leg.length)),
         running=leg.running,
         detour=leg.detour,
     )
@@ -147,9 +150,33 @@ def timeline(history: History, data: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _alert_view(alert: Alert) -> dict[str, Any]:
+    shown = alert_dict(alert)
     return {
-        **alert_dict(alert),
+        **shown,
         "raised_at": alert.raised_at,
         "title": ALERT_TITLES.get(alert.kind, alert.kind),
-        "text": alert_text(alert),
+        "text": alert_words(alert.kind, alert.status, shown["details"]),
     }
+
+
+def alert_words(kind: str, status: str | None, details: dict[str, Any]) -> Message:
+    """One alert in words, as ``tracker.views.alert_text`` says it, for the page to translate."""
+    if kind == "stuck":
+        return Message(
+            "stuck in %(status)s since %(since)s, longer than %(threshold)s",
+            status=status,
+            since=details.get("since", "?"),
+            threshold=details.get("threshold", "?"),
+        )
+    if kind == "poll_failing":
+        return Message(
+            "%(failures)s failed polls in a row: %(kind)s: %(error)s",
+            failures=details.get("failures", "?"),
+            kind=details.get("last_error_kind", "?"),
+            error=details.get("last_error", ""),
+        )
+    if kind == "poll_recovered":
+        return Message(
+            "polled again after %(failures)s failed polls", failures=details.get("failures", "?")
+        )
+    return Message(kind)

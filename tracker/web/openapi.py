@@ -12,6 +12,7 @@ from typing import Any
 from tracker.lifecycle import Status
 from tracker.model import DeliveryState
 from tracker.shapes import EXPORT_KEYS, HISTORY_KEYS, TRANSITION_SCHEMA
+from tracker.web.openapi_reports import REPORT_ITEMS, REPORT_PARAMETERS, REPORT_SUMMARIES
 
 _NULLABLE_TIME: dict[str, Any] = {"type": ["string", "null"], "format": "date-time"}
 _TIME: dict[str, Any] = {"type": "string", "format": "date-time"}
@@ -481,6 +482,75 @@ _PATHS: dict[str, Any] = {
             },
         },
     },
+    "/api/v1/deliveries/retry": {
+        "post": {
+            "operationId": "retryDeadDeliveries",
+            "summary": "Make every dead delivery pending again, due now (of one sink, of one "
+            "order), as `tracker deliveries retry --all-dead [--sink] [--order]` does; needs "
+            "the write role.",
+            "description": "The request does not wait for the attempts: a running daemon "
+            "(`tracker run`) sends them at its next delivery tick, their attempts counted "
+            "afresh. Each retry is logged (`api_write`) with the user and the event ids.",
+            "requestBody": {
+                "required": True,
+                "description": "At most 4 KiB; larger bodies get 413.",
+                "content": {
+                    "application/json": {
+                        "schema": {
+                            "type": "object",
+                            "required": ["state"],
+                            "additionalProperties": False,
+                            "properties": {
+                                "state": {
+                                    "const": "dead",
+                                    "description": "Which deliveries: only dead ones can be "
+                                    "retried in bulk.",
+                                },
+                                "sink": {
+                                    "type": ["string", "null"],
+                                    "pattern": "^[A-Za-z0-9_.-]{1,64}$",
+                                    "description": "Only this sink's: one configured, or one "
+                                    "that has deliveries (else 422). Null means any.",
+                                    "examples": ["ops"],
+                                },
+                                "order_id": {
+                                    **_ORDER_ID,
+                                    "type": ["string", "null"],
+                                    "description": "Only this order's: one that is or was "
+                                    "watched (else 422). Null, like absent, means any.",
+                                },
+                            },
+                        },
+                        "examples": {
+                            "all": {"value": {"state": "dead"}},
+                            "one sink": {"value": {"state": "dead", "sink": "ops"}},
+                        },
+                    }
+                },
+            },
+            "responses": {
+                "202": _json(
+                    "Pending again; `retried` counts the deliveries made pending (0 when no "
+                    "dead one matched).",
+                    {
+                        "type": "object",
+                        "required": ["retried"],
+                        "additionalProperties": False,
+                        "properties": {"retried": {"type": "integer", "minimum": 0}},
+                    },
+                ),
+                **_WRITE_ERRORS,
+                "400": _error("The body nests too deep to be read."),
+                "413": _error("The body is larger than 4 KiB."),
+                "422": _error(
+                    'The body is not JSON, not `{"state": "dead"}` with optional string '
+                    "`sink` and `order_id`, or names a sink that is not configured and has no "
+                    "deliveries, or an order never watched (named in the message); nothing "
+                    "was retried."
+                ),
+            },
+        },
+    },
     "/api/v1/deliveries/{event_id}/retry": {
         "post": {
             "operationId": "retryDelivery",
@@ -526,90 +596,15 @@ _PATHS: dict[str, Any] = {
 }
 
 # -- the reports (``tracker.web.report_page``, numbers from ``tracker.insight``) --------------
-
-_REPORT_ITEMS: dict[str, dict[str, Any]] = {
-    "durations": {
-        "status": {"type": "string"},
-        "provider": {"type": ["string", "null"], "description": "Null without `by=provider`."},
-        "count": {"type": "integer", "minimum": 1},
-        "median_seconds": {"type": "number", "minimum": 0},
-        "p90_seconds": {"type": "number", "minimum": 0},
-    },
-    "lead-time": {
-        "provider": {"type": ["string", "null"], "description": "Null without `by=provider`."},
-        "count": {"type": "integer", "minimum": 1},
-        "median_seconds": {"type": "number", "minimum": 0},
-        "p90_seconds": {"type": "number", "minimum": 0},
-        "bins": {
-            "type": "array",
-            "items": {"type": "integer", "minimum": 0},
-            "description": "Orders per two-week bin of lead time; the last bin is open.",
-        },
-    },
-    "flow": {
-        "from": {"type": "string"},
-        "to": {"type": "string"},
-        "provider": {"type": ["string", "null"], "description": "Null without `by=provider`."},
-        "count": {"type": "integer", "minimum": 1},
-    },
-    "weekly": {
-        "week": {"type": "string", "format": "date", "description": "The week's Monday (UTC)."},
-        "activated": {"type": "integer", "minimum": 0},
-        "cancelled": {"type": "integer", "minimum": 0},
-        "blocked": {"type": "integer", "minimum": 0},
-    },
-    "over-target": {
-        "status": {"type": "string"},
-        "provider": {"type": ["string", "null"], "description": "Null: all providers."},
-        "target_seconds": {"type": "number", "minimum": 0},
-        "count": {"type": "integer", "minimum": 1},
-        "over": {"type": "integer", "minimum": 0},
-        "share": {"type": "number", "minimum": 0, "maximum": 1},
-    },
-}
-_REPORT_SUMMARIES = {
-    "durations": "Time in each status: count, median and p90 of the finished stays of known "
-    "start that ended in the period, per status (and provider with `by=provider`).",
-    "lead-time": "Lead time from the first transition into `ordered` to the first into "
-    "`activated`, for the orders first activated in the period.",
-    "flow": "How many times each transition was taken in the period, detours included.",
-    "weekly": "Entries into `activated`, `cancelled` and `blocked`/`blocked_wim` per week "
-    "(Monday 00:00 UTC), every week of the period listed.",
-    "over-target": "Finished stays longer than their status's `[alerts.stuck]` target: all "
-    "providers together, and per provider with `by=provider`.",
-}
-_REPORT_PARAMETERS: list[dict[str, Any]] = [
-    {
-        "name": "since",
-        "in": "query",
-        "required": False,
-        "description": "Inclusive: a date `YYYY-MM-DD` (midnight UTC) or ISO 8601 with an "
-        "offset; absent: 12 weeks before `until`.",
-        "schema": {"type": "string", "maxLength": 64},
-    },
-    {
-        "name": "until",
-        "in": "query",
-        "required": False,
-        "description": "Exclusive, in the same forms; absent: now.",
-        "schema": {"type": "string", "maxLength": 64},
-    },
-    {
-        "name": "by",
-        "in": "query",
-        "required": False,
-        "description": "`provider`: one item per provider; empty or absent: one overall.",
-        "schema": {"type": "string", "enum": ["provider", ""]},
-    },
-]
+# Their items, summaries and parameters are in ``tracker.web.openapi_reports``.
 
 
 def _report_path(name: str) -> dict[str, Any]:
     item = {
         "type": "object",
-        "required": list(_REPORT_ITEMS[name]),
+        "required": list(REPORT_ITEMS[name]),
         "additionalProperties": False,
-        "properties": _REPORT_ITEMS[name],
+        "properties": REPORT_ITEMS[name],
     }
     body = {
         "type": "object",
@@ -621,14 +616,14 @@ def _report_path(name: str) -> dict[str, Any]:
     return {
         "get": {
             "operationId": operation,
-            "summary": _REPORT_SUMMARIES[name],
-            "parameters": _REPORT_PARAMETERS,
+            "summary": REPORT_SUMMARIES[name],
+            "parameters": REPORT_PARAMETERS,
             "responses": {"200": _json("The period and its items.", body), **_READ_ERRORS},
         }
     }
 
 
-_PATHS.update({f"/api/v1/reports/{name}": _report_path(name) for name in _REPORT_ITEMS})
+_PATHS.update({f"/api/v1/reports/{name}": _report_path(name) for name in REPORT_ITEMS})
 
 _DOCUMENT: dict[str, Any] = {
     "openapi": "3.1.0",

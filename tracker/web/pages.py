@@ -48,6 +48,7 @@ from tracker.web.api import (
 from tracker.web.auth import Users, client_of
 from tracker.web.bodies import bounded_body
 from tracker.web.journey import journey_context, timeline
+from tracker.web.messages import Message
 from tracker.web.refresh import refresh_seconds, script_url
 from tracker.web.sessions import COOKIE, SESSION_LIFETIME, Session
 
@@ -333,7 +334,7 @@ class _Pages:
             if visitor is None:
                 if request.method in {"GET", "HEAD"}:
                     return _to_login(request)
-                raise HTTPException(401, "your session has ended; log in again at /login")
+                raise HTTPException(401, Message("your session has ended; log in again at /login"))
             if request.method == "POST":
                 _same_origin(request)
                 fields = await read(request)
@@ -343,7 +344,9 @@ class _Pages:
                     log.warning(
                         "page_post_refused", user=visitor.name, reason="csrf", path=request.url.path
                     )
-                    raise HTTPException(403, "the form is stale or foreign; reload the page")
+                    raise HTTPException(
+                        403, Message("the form is stale or foreign; reload the page")
+                    )
             return await handler(request, visitor)
 
         return endpoint
@@ -390,7 +393,7 @@ class _Pages:
         visitor = await self._visitor(request)
         if visitor is not None and visitor.session is not None:
             if not self._users.sessions.csrf_matches(visitor.session, form.get("csrf", "")):
-                raise HTTPException(403, "the form is stale or foreign; reload the page")
+                raise HTTPException(403, Message("the form is stale or foreign; reload the page"))
             await self._store.logins.end(visitor.session.digest)
             log.info("page_logout", user=visitor.name)
         response = RedirectResponse("/login", status_code=303)
@@ -446,7 +449,9 @@ class _Pages:
         if problem is None and params.get("cursor"):
             after = _uncursor("o", params["cursor"])
             if after is None:
-                problem = "That page link is not one this site made; start the search again."
+                problem = Message(
+                    "That page link is not one this site made; start the search again."
+                )
         if problem is not None:
             return render(
                 "orders.html",
@@ -490,11 +495,15 @@ class _Pages:
         try:
             order_id = validate_order_id(raw)
         except InvalidOrderId as exc:
-            text = str(exc) if len(raw) <= 80 else f"invalid order id {clip_id(raw)!r}"
+            text = (
+                str(exc) if len(raw) <= 80 else Message("invalid order id %(id)r", id=clip_id(raw))
+            )
             raise HTTPException(400, text) from exc
         history = await self._store.reports.history(order_id)
         if history is None:
-            raise HTTPException(404, f"order {order_id} is not watched and never was")
+            raise HTTPException(
+                404, Message("order %(id)s is not watched and never was", id=order_id)
+            )
         data = history_json(history)
         latest = data["snapshots"][-1]["order"] if data["snapshots"] else {}
         visits = await self._store.stays.of_order(order_id)
@@ -518,7 +527,7 @@ class _Pages:
             position = _uncursor("s", request.query_params["cursor"])
             after = stuck_position(position) if position is not None else None
             if after is None:
-                raise HTTPException(400, "that page link is not one this site made")
+                raise HTTPException(400, Message("that page link is not one this site made"))
         rows = await self._store.reports.stuck_orders(limit=PAGE_SIZE + 1, after=after)
         next_url = None
         if len(rows) > PAGE_SIZE:
@@ -546,14 +555,14 @@ class _Pages:
 def _search_problem(q: str, status: str, state: str) -> str | None:
     """What is wrong with a search's fields, in words; ``None`` when nothing is."""
     if q and not SEARCH_PATTERN.fullmatch(q):
-        return (
+        return Message(
             "Search by the start of an order id, or a whole customer or subscription id: "
             "lower-case letters, digits and _ only (e.g. prdo_x83b, or a cus_… in full)."
         )
     if len(status) > MAX_STATUS:
-        return f"A status has at most {MAX_STATUS} characters."
+        return Message("A status has at most %(n)s characters.", n=MAX_STATUS)
     if state and state not in STATES:
-        return f"The state is one of {', '.join(STATES)}."
+        return Message("The state is one of %(states)s.", states=", ".join(STATES))
     return None
 
 
@@ -632,7 +641,7 @@ def _same_origin(request: Request) -> None:
     ``Origin`` must name this host (the ``Host`` header, or the proxy's ``X-Forwarded-Host``:
     a cross-site form cannot set either); ``Sec-Fetch-Site`` must not say another site.
     """
-    refused = HTTPException(403, "a request from another site is refused")
+    refused = HTTPException(403, Message("a request from another site is refused"))
     site = request.headers.get("sec-fetch-site")
     if site is not None and site not in {"same-origin", "none"}:
         log.warning("page_post_refused", reason="sec-fetch-site", path=request.url.path)

@@ -51,6 +51,7 @@ from tracker.lifecycle import MAIN_PATH, Status
 from tracker.store import Store
 from tracker.text import human, week_label
 from tracker.web.auth import Users, authenticate
+from tracker.web.messages import Message
 from tracker.web.pages import PageRoute, Visitor, render
 
 PREFIX = "/api/v1/reports"
@@ -102,12 +103,17 @@ def _period(request: Request) -> tuple[Period, bool]:
     params = request.query_params
     unknown = sorted(set(params) - set(PARAMETERS))
     if unknown:
-        raise HTTPException(422, f"unknown query parameter {unknown[0]!r}: use since, until, by")
+        raise HTTPException(
+            422,
+            Message("unknown query parameter %(name)r: use since, until, by", name=unknown[0]),
+        )
     values = {}
     for name in PARAMETERS:
         value = params.get(name) or None
         if value is not None and len(value) > MAX_TEXT:
-            raise HTTPException(422, f"{name}: at most {MAX_TEXT} characters")
+            raise HTTPException(
+                422, Message("%(name)s: at most %(n)s characters", name=name, n=MAX_TEXT)
+            )
         values[name] = value
     try:
         period = Period.parse(values["since"], values["until"], now=utc_now())
@@ -146,7 +152,14 @@ class _Reports:
         """``/reports/NAME.csv``: the numbers of one chart, as CSV."""
         name = request.path_params["name"]
         if name not in API_REPORTS:
-            raise HTTPException(404, f"no report {name!r}; reports: {', '.join(API_REPORTS)}")
+            raise HTTPException(
+                404,
+                Message(
+                    "no report %(name)r; reports: %(known)s",
+                    name=name,
+                    known=", ".join(API_REPORTS),
+                ),
+            )
         period, grouped = _period(request)
         items = await self._items(name, period, grouped)
         filename = f"{name}_{utc_day(period.since)}_{utc_day(period.until)}.csv".replace(":", "")
@@ -236,8 +249,13 @@ def _durations_chart(rows: Sequence[Duration]) -> dict[str, Any]:
             "label": row.status,
             "median": row.median_seconds / 86_400 * scale,
             "p90": row.p90_seconds / 86_400 * scale,
-            "title": f"{row.status}: median {human(row.median_seconds)}, "
-            f"p90 {human(row.p90_seconds)}, {row.count} stays",
+            "title": Message(
+                "%(status)s: median %(median)s, p90 %(p90)s, %(n)s stays",
+                status=row.status,
+                median=human(row.median_seconds),
+                p90=human(row.p90_seconds),
+                n=row.count,
+            ),
         }
         for i, row in enumerate(rows)
     ]
@@ -364,8 +382,13 @@ def _sla_chart(rows: Sequence[OverTarget]) -> dict[str, Any]:
             "label": row.status,
             "w": row.share * scale,
             "share": f"{row.share:.0%}",
-            "title": f"{row.status}: {row.over} of {row.count} stays over "
-            f"{human(row.target_seconds)}",
+            "title": Message(
+                "%(status)s: %(over)s of %(n)s stays over %(target)s",
+                status=row.status,
+                over=row.over,
+                n=row.count,
+                target=human(row.target_seconds),
+            ),
         }
         for i, row in enumerate(rows)
     ]
