@@ -1,6 +1,7 @@
-"""API benchmark: ``GET /api/v1/orders/{id}``, the order page and ``?q=<customer>`` over 100,000
-watched orders and 1,000,000 snapshots on SQLite, served by ``tracker serve``; then the polling
-rate of ``tracker run`` alone and while a client reads its API as fast as it can.
+"""API benchmark: ``GET /api/v1/orders/{id}``, the order page, ``?q=<customer>``, the board,
+the stuck page and ``/changes`` over 100,000 watched orders and 1,000,000 snapshots on SQLite,
+served by ``tracker serve``; then the polling rate of ``tracker run`` alone and while a client
+reads its API as fast as it can (``--pages-only`` skips that part).
 
 Run with ``make bench`` (or ``python benchmarks/bench_api.py [--orders N] [--requests N]``).
 The server, the simulated upstream and this client are separate processes, so the CPU seconds
@@ -307,6 +308,12 @@ def write_config(path: Path, url: str, port: int, upstream: str | None = None) -
         'name = "bench"',
         f'token = "{API_TOKEN}"',
         'role = "read"',
+        # Stuck targets for the stuck page and the board's panel (the loaded orders sit in
+        # their last status for days: many of them are stuck).
+        "[alerts.stuck]",
+        'ordered = "2d"',
+        'checked = "2d"',
+        'installation_planning = "3d"',
     ]
     if upstream is not None:
         lines += [
@@ -519,7 +526,9 @@ class Results:
         )
 
 
-def measure(folder: Path, orders: int, requests: int, window: float) -> Results:
+def measure(
+    folder: Path, orders: int, requests: int, window: float, *, pages_only: bool = False
+) -> Results:
     """Load, serve and read; then poll alone and under readers."""
     url = f"sqlite:///{folder / 'bench.db'}"
     results = Results()
@@ -548,8 +557,13 @@ def measure(folder: Path, orders: int, requests: int, window: float) -> Results:
             results.notes.append("order page: not yet served (GET /orders/{id} answers 404)")
         searched = timed(server, [f"/api/v1/orders?q={c}" for c in customers])
         results.add("GET /api/v1/orders?q=<customer>", searched)
+        for name, path in (("board", "/"), ("stuck page", "/stuck"), ("changes", "/changes")):
+            page = timed(server, [path] * (requests // 4))
+            results.add(f"GET {path} ({name})", page, f"(goal p99 <= {GOAL_P99_MS:.0f} ms)")
     finally:
         server.stop()
+    if pages_only:
+        return results
 
     print(f"tracker run: polling {window:.0f} s alone, {window:.0f} s under readers ...")
     simulator, upstream, sim_ids = steady_simulator(
@@ -606,6 +620,9 @@ def main() -> None:
     parser.add_argument(
         "--plans", choices=("sqlite", "postgresql"), help="print the search's query plans only"
     )
+    parser.add_argument(
+        "--pages-only", action="store_true", help="time the reads only, not the polling rate"
+    )
     args = parser.parse_args()
     how = ["-m", __spec__.name] if __spec__ is not None else sys.argv[:1]
     print(f"command: {shlex.join([sys.executable, *how, *sys.argv[1:]])}", flush=True)
@@ -614,7 +631,15 @@ def main() -> None:
         print_plans(args.plans, args.orders)
     else:
         with tempfile.TemporaryDirectory(prefix="bench-api-") as folder:
-            print_table(measure(Path(folder), args.orders, args.requests, args.window))
+            print_table(
+                measure(
+                    Path(folder),
+                    args.orders,
+                    args.requests,
+                    args.window,
+                    pages_only=args.pages_only,
+                )
+            )
     print(f"(took {time.monotonic() - began:.0f} s)")
 
 

@@ -21,6 +21,7 @@ import structlog
 from pydantic import SecretStr
 from sqlalchemy import insert
 
+from tests.users import READ_TOKEN, WRITE_TOKEN
 from tracker.config import Address, HttpUser
 from tracker.store import Store, listener_store, open_store
 from tracker.store.tables import snapshots, transitions, watched_orders
@@ -36,9 +37,7 @@ pytestmark = pytest.mark.usefixtures("database")
 
 A = "prdo_aaaaaaaaaaaaaaaaaaaaaaaa"
 T0 = datetime(2026, 11, 2, 9, 30, tzinfo=UTC)
-READ_TOKEN = "read-token-7f3a9c2e5b1d8f4a"
 OTHER_READ_TOKEN = "read-token-other-5c1e9a7d3b"
-WRITE_TOKEN = "write-token-2b8e6d4c1a9f7e3b"
 HOOK_SECRET = "hook-secret-for-abuse-tests"
 #: Transitions to export: far more than a stalled client's socket buffers hold.
 EXPORTED = 3_000

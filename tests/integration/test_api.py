@@ -31,6 +31,7 @@ from tests.support import (
     tracker_cli,
     write_config,
 )
+from tests.users import NOWHERE, READ_TOKEN, USERS, WRITE_TOKEN
 from tracker import alerts
 from tracker.clock import utc_now
 from tracker.config import from_mapping
@@ -49,16 +50,8 @@ A = "prdo_aaaaaaaaaaaaaaaaaaaaaaaa"
 B = "prdo_bbbbbbbbbbbbbbbbbbbbbbbb"
 C = "prdo_cccccccccccccccccccccccc"
 NEVER = "prdo_neverwatched"
-READ_TOKEN = "read-token-7f3a9c2e5b1d8f4a"
-WRITE_TOKEN = "write-token-2b8e6d4c1a9f7e3b"
 READ = {"Authorization": f"Bearer {READ_TOKEN}"}
 WRITE = {"Authorization": f"Bearer {WRITE_TOKEN}"}
-USERS = [
-    {"name": "support-ui", "token": READ_TOKEN, "role": "read"},
-    {"name": "ops-bot", "token": WRITE_TOKEN, "role": "write"},
-]
-#: A port nothing listens on: every delivery is refused at once, and dies after its attempts.
-NOWHERE = "http://127.0.0.1:9/hook"
 Upstream = tuple[ScriptedUpstream, str]
 
 

@@ -32,6 +32,7 @@ from tests.support import (
     tracker_cli,
     write_config,
 )
+from tests.users import WRITE_TOKEN
 from tracker.clock import utc_now
 from tracker.config import Settings, from_mapping
 from tracker.demo.serving import catch_all, serve
@@ -56,7 +57,6 @@ TEAMS_PATH = (
     "/workflows/0a1b2c3d4e5f/triggers/manual/paths/invoke"
     f"?api-version=2016-06-01&sp=%2Ftriggers%2Fmanual%2Frun&sv=1.0&sig={TEAMS_SECRET}"
 )
-WRITE_TOKEN = "write-token-2b8e6d4c1a9f7e3b"
 WRITE = {"Authorization": f"Bearer {WRITE_TOKEN}"}
 Upstream = tuple[ScriptedUpstream, str]
 Check = Callable[[dict[str, Any]], list[str]]

@@ -26,6 +26,7 @@ from tests.support import (
     tracker_cli,
     write_config,
 )
+from tests.users import FORM, NOWHERE, READ_TOKEN, USERS, WRITE_TOKEN
 from tracker.clock import utc_now
 from tracker.config import from_mapping
 from tracker.model import DeliveryState
@@ -44,15 +45,6 @@ OTHER = "prdo_otherotherotherotherother"
 
 
 HOSTILE_STATUS = "<script>alert('status')</script>"
-READ_TOKEN = "read-token-7f3a9c2e5b1d8f4a"
-WRITE_TOKEN = "write-token-2b8e6d4c1a9f7e3b"
-USERS = [
-    {"name": "support-ui", "token": READ_TOKEN, "role": "read"},
-    {"name": "ops-bot", "token": WRITE_TOKEN, "role": "write"},
-]
-#: A port nothing listens on: every delivery is refused at once, and dies after its attempts.
-NOWHERE = "http://127.0.0.1:9/hook"
-FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 Upstream = tuple[ScriptedUpstream, str]
 
 

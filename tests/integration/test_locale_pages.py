@@ -12,6 +12,7 @@ import pytest
 
 from tests.outbox import FAST, deliver_all, hook_sink, poll
 from tests.support import ScriptedUpstream, app_client, ok, settings_mapping
+from tests.users import NOWHERE, READ_TOKEN, WRITE_TOKEN
 from tracker.clock import utc_now
 from tracker.config import from_mapping
 from tracker.service import open_service
@@ -21,16 +22,12 @@ from tracker.web.i18n import Localization
 pytestmark = pytest.mark.usefixtures("database")
 
 A = "prdo_aaaaaaaaaaaaaaaaaaaaaaaa"
-READ_TOKEN = "read-token-7f3a9c2e5b1d8f4a"
-WRITE_TOKEN = "write-token-2b8e6d4c1a9f7e3b"
 ENGLISH_TOKEN = "english-token-5d1c9e7a3b2f"
 USERS = [
     {"name": "support-ui", "token": READ_TOKEN, "role": "read"},
     {"name": "ops-lead", "token": WRITE_TOKEN, "role": "write"},
     {"name": "anglo", "token": ENGLISH_TOKEN, "role": "read", "language": "en"},
 ]
-#: A port nothing listens on: the ``audit`` sink is down, its deliveries die.
-NOWHERE = "http://127.0.0.1:9/hook"
 #: A time shown in Berlin: CET in winter, CEST in summer, whenever the test runs.
 BERLIN_TIME = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d CES?T")
 GERMAN = {"Accept-Language": "de-DE,de;q=0.9,en;q=0.5"}

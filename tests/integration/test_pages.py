@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from tests.outbox import FAST, deliver_all, hook_sink, poll
 from tests.support import ScriptedUpstream, app_client, error, ok, settings_mapping
+from tests.users import FORM, NOWHERE, READ_TOKEN, USERS, WRITE_TOKEN
 from tracker import alerts
 from tracker.clock import utc_now
 from tracker.config import HttpUser, from_mapping
@@ -41,15 +42,6 @@ H = "prdo_hhhhhhhhhhhhhhhhhhhhhhhh"
 NEVER = "prdo_neverwatched"
 HOSTILE_STATUS = "<script>alert('status')</script>"
 HOSTILE_CUSTOMER = '<img src=x onerror="alert(1)">'
-READ_TOKEN = "read-token-7f3a9c2e5b1d8f4a"
-WRITE_TOKEN = "write-token-2b8e6d4c1a9f7e3b"
-USERS = [
-    {"name": "support-ui", "token": READ_TOKEN, "role": "read"},
-    {"name": "ops-bot", "token": WRITE_TOKEN, "role": "write"},
-]
-#: A port nothing listens on: every delivery is refused at once, and dies after its attempts.
-NOWHERE = "http://127.0.0.1:9/hook"
-FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 Upstream = tuple[ScriptedUpstream, str]
 
 
