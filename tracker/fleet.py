@@ -197,6 +197,7 @@ class Fleet:
                 await self._store.fleet.pause_all(until)
                 self._shared_pause = until
         theirs = await self._store.fleet.paused_until()
+        now = self._clock()  # after the read: a slow database must not lengthen the pause
         if theirs is not None and theirs > now + PAUSE_SLACK:
             if self._shared_pause is None or theirs > self._shared_pause:
                 log.info("pause_shared", until=theirs.isoformat())
