@@ -112,6 +112,13 @@ watched_orders = Table(
     Column("subscription", String(80)),
     #: Serves ``claim_due``: the active orders due first.
     Index(None, "active", "next_poll_at"),
+    #: Serve the board (``Reports.board``): the active orders per status, the failing ones
+    #: longest streak first, the stuck ones longest stay first, the last successful poll,
+    #: each from its index.
+    Index(None, "active", "status"),
+    Index(None, "active", "consecutive_failures", "order_id"),
+    Index(None, "active", "stuck_at", "status_since", "order_id"),
+    Index(None, "last_success_at"),
     #: Serves the stuck check: one status's stays not reported yet, oldest first.
     Index(
         None,

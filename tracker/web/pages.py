@@ -33,7 +33,7 @@ from starlette.routing import BaseRoute, Route
 from tracker.clock import utc_now
 from tracker.errors import InvalidOrderId
 from tracker.lifecycle import BLOCKED, COMPLETE, MAIN_PATH, Status, is_known
-from tracker.model import STALE_AFTER, DeliveryState, validate_order_id
+from tracker.model import STALE_AFTER, validate_order_id
 from tracker.store import History, Store
 from tracker.views import history_json, span, state_of
 from tracker.web import i18n
@@ -405,19 +405,12 @@ class _Pages:
     async def board(self, _request: Request, visitor: Visitor) -> Response:
         """Active orders per status, unknown and failing ones, the latest transitions."""
         now = utc_now()
-        overview = await self._store.reports.overview(stale_before=now - STALE_AFTER)
-        counts: dict[str | None, int] = {}
-        for status, state, count in overview.orders:
-            if state == "active":
-                counts[status] = counts.get(status, 0) + count
+        board = await self._store.reports.board(stale_before=now - STALE_AFTER)
+        counts = dict(board.active)
         failing_count, failing = await self._store.reports.failing_now(
             at_least=1, limit=FAILING_SHOWN
         )
         stuck_count, stuck = await self._store.reports.stuck_now(limit=STUCK_SHOWN)
-        dead = sum(n for _sink, state, n, _at in overview.deliveries if state == DeliveryState.DEAD)
-        pending = sum(
-            n for _sink, state, n, _at in overview.deliveries if state == DeliveryState.PENDING
-        )
         return render(
             "board.html",
             visitor=visitor,
@@ -431,10 +424,10 @@ class _Pages:
             stuck_count=stuck_count,
             stuck=[(stay, span(now - stay.since)) for stay in stuck],
             latest=await self._store.reports.latest_transitions(limit=LATEST_SHOWN),
-            dead=dead,
-            pending=pending,
-            daemons=len(overview.daemons),
-            last_success_at=overview.last_success_at,
+            dead=board.dead,
+            pending=board.pending,
+            daemons=board.daemons,
+            last_success_at=board.last_success_at,
         )
 
     async def search(self, request: Request, visitor: Visitor) -> Response:
