@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from tracker.alerts import new_event_id
-from tracker.config import DigestTime, MessageSinkSettings, Settings
+from tracker.config import Settings
+from tracker.config_sinks import DigestTime, MessageSinkSettings
 from tracker.insight import weekly_digest_report
 from tracker.model import Event, EventKind, Transition
 from tracker.routing import matches

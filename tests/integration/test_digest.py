@@ -30,7 +30,8 @@ from tests.support import (
 )
 from tracker import alerts
 from tracker.clock import utc_now
-from tracker.config import EmailSinkSettings, Settings
+from tracker.config import Settings
+from tracker.config_sinks import EmailSinkSettings
 from tracker.digest import SETTLE, raise_due_digests
 from tracker.errors import ConfigError
 from tracker.model import DueDelivery, Event

@@ -10,7 +10,8 @@ import pytest
 import structlog
 
 from tracker.clock import utc_now
-from tracker.config import SlackSinkSettings, TeamsSinkSettings, from_mapping
+from tracker.config import from_mapping
+from tracker.config_sinks import SlackSinkSettings, TeamsSinkSettings
 from tracker.errors import ConfigError
 from tracker.sinks.registry import build_sinks
 from tracker.sinks.render import test_delivery as marked_test_delivery

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
-from tracker.config import SlackSinkSettings, TeamsSinkSettings
+from tracker.config_sinks import SlackSinkSettings, TeamsSinkSettings
 from tracker.sinks.chat import (
     SECTION_LIMIT,
     SLACK,

@@ -9,7 +9,8 @@ from typing import get_args
 import pytest
 from pydantic import BaseModel
 
-from tracker.config import SECRET_KEYS, Settings, load, parse_duration, resolve_path
+from tracker.config import SECRET_KEYS, Settings, load, resolve_path
+from tracker.config_base import parse_duration
 from tracker.errors import ConfigError
 
 SECRET = "whsec_" + "c2VjcmV0LXNlY3JldC1zZWNyZXQ="  # base64 of a 21-byte key

@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 import jinja2
 
-from tracker.config import MessageSinkSettings, SlackSinkSettings, TeamsSinkSettings
+from tracker.config_sinks import MessageSinkSettings, SlackSinkSettings, TeamsSinkSettings
 from tracker.model import DueDelivery, SendResult
 from tracker.sinks.posting import Poster
 from tracker.sinks.render import CHAT_KINDS, chat_context, sample_payload

@@ -12,7 +12,8 @@ from typing import Any
 import aiosmtplib
 import jinja2
 
-from tracker.config import EmailSinkSettings, SmtpSettings
+from tracker.config import SmtpSettings
+from tracker.config_sinks import EmailSinkSettings
 from tracker.errors import ConfigError
 from tracker.model import DueDelivery, SendResult
 from tracker.sinks.render import (

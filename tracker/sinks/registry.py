@@ -8,9 +8,9 @@ from typing import Protocol
 import httpx
 import structlog
 
-from tracker.config import (
+from tracker.config import Settings
+from tracker.config_sinks import (
     EmailSinkSettings,
-    Settings,
     SlackSinkSettings,
     TeamsSinkSettings,
     WebhookSinkSettings,

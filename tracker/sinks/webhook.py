@@ -15,7 +15,7 @@ import httpx
 import jinja2
 
 from tracker.clock import utc_now
-from tracker.config import WebhookSinkSettings
+from tracker.config_sinks import WebhookSinkSettings
 from tracker.errors import InvalidSignature
 from tracker.model import DueDelivery, SendResult
 from tracker.sinks.posting import Poster, gone_on_410
