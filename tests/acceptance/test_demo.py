@@ -100,6 +100,8 @@ async def test_the_demo_prints_live_urls_of_health_and_metrics_that_move() -> No
     assert sum(watched.values()) == ORDERS
     assert watched.get("none", 0) < ORDERS
     assert "Where each order stands" in out
+    table = out[out.index("Where each order stands") :].split("polls,")[0]
+    assert "…" not in table  # ids and statuses whole, as in every CLI table
     assert "webhooks received with verified signatures" in out
     kinds = KINDS_LINE.search(out)
     assert kinds is not None, out

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
+from rich.text import Text
 
 from tracker.config import Address, Settings
 from tracker.demo.hints import HintTarget
@@ -31,6 +31,7 @@ from tracker.demo.serving import serve
 from tracker.demo.simulator import DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, Simulator, demo_scripts
 from tracker.model import Transition
 from tracker.service import open_service
+from tracker.views import Column, show
 from tracker.web import Metrics, build_app, listening
 
 #: Seconds each simulated status lasts, before per-order staggering.
@@ -263,17 +264,19 @@ def _summary(  # noqa: PLR0917 - one call site; the pieces of the report
     counts: dict[str, int],
     polls: int,
 ) -> None:
-    table = Table(title="Where each order stands")
-    table.add_column("order", no_wrap=True)
-    table.add_column("tracked status")
-    table.add_column("upstream now")
+    columns = (
+        Column("order", whole=True),
+        Column("tracked status", whole=True),
+        Column("upstream now", whole=True),
+    )
+    rows = []
     for order_id, status in statuses.items():
         upstream = simulator.status_of(order_id)
-        table.add_row(
-            order_id, status or "-", upstream, style=None if status == upstream else "red"
-        )
+        style = "" if status == upstream else "red"  # not caught up: shown apart
+        rows.append([Text(order_id, style=style), Text(status or "-", style=style),
+                     Text(upstream, style=style)])  # fmt: skip
     console.print()
-    console.print(table)
+    show(console, columns, rows, title="Where each order stands")  # ids and statuses whole
     kinds = Counter(t.kind for t in seen)
     stats = simulator.stats
     console.print(
