@@ -12,6 +12,8 @@ from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support import expected_conditions
 from selenium.webdriver.support.wait import WebDriverWait
 
+from tests.support import ROOT
+
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
 MISSING = (
@@ -82,4 +84,12 @@ def screenshot(driver: WebDriver, path: Path, *, full: bool = False) -> Path:
         height = driver.execute_script("return document.documentElement.scrollHeight")
         viewport(driver, (int(width), min(int(height), MAX_HEIGHT)))
     driver.save_screenshot(str(path))
+    return path
+
+
+def shot(driver: WebDriver, name: str, *, full: bool = True) -> Path:
+    """Save ``test-artifacts/screenshots/NAME.png`` (the whole page unless ``full`` is false)
+    and check that it shows a rendered page, not an empty image."""
+    path = screenshot(driver, ROOT / "test-artifacts" / "screenshots" / f"{name}.png", full=full)
+    assert path.stat().st_size > 5000
     return path

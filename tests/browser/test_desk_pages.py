@@ -19,10 +19,8 @@ from selenium.webdriver.support.wait import WebDriverWait
 
 from tests.browser import chromium
 from tests.browser.site import WRITE_TOKEN, Site
-from tests.support import ROOT
 from tracker.clock import utc_now
 
-SHOTS = ROOT / "test-artifacts" / "screenshots"
 #: The sink of the seeded site that is down: its deliveries are dead letters.
 DOWN = "legacy-erp"
 #: The phone first: it only cancels the retry that the laptop then confirms.
@@ -30,9 +28,8 @@ WIDTHS = {"390": (chromium.PHONE, True), "1400": ((1400, 900), False)}
 
 
 def shot(driver: WebDriver, name: str) -> Path:
-    path = chromium.screenshot(driver, SHOTS / f"desk-{name}.png", full=True)
-    assert path.stat().st_size > 5000  # a rendered page, not an empty image
-    return path
+    """A full-page screenshot ``desk-<name>.png``."""
+    return chromium.shot(driver, f"desk-{name}")
 
 
 def fits(driver: WebDriver, width: int) -> None:

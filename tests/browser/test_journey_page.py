@@ -6,7 +6,6 @@ Screenshots go to ``test-artifacts/screenshots/journey-*.png``.
 from __future__ import annotations
 
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 from selenium.webdriver.common.by import By
@@ -14,12 +13,10 @@ from selenium.webdriver.remote.webdriver import WebDriver
 
 from tests.browser import chromium
 from tests.browser.site import READ_TOKEN, SHOWN, Site
-from tests.support import ROOT
 from tracker import alerts
 from tracker.clock import utc_now
 from tracker.service import Service
 
-SHOTS = ROOT / "test-artifacts" / "screenshots"
 WIDE = (1400, 900)
 #: The seeded order that took a detour: checked (seen first), then blocked_wim 5.5 days ago.
 DETOUR = "prdo_c5nv8ye2ha0t6kq3wz1rm7bx"
@@ -44,12 +41,6 @@ def journey_site(site: Site) -> Site:
     assert site.service is not None
     site.run(report_stuck(site.service))
     return site
-
-
-def shot(driver: WebDriver, name: str) -> Path:
-    path = chromium.screenshot(driver, SHOTS / f"{name}.png", full=True)
-    assert path.stat().st_size > 5000  # a rendered page, not an empty image
-    return path
 
 
 def steps(driver: WebDriver, selector: str) -> dict[str, str]:
@@ -95,7 +86,7 @@ class TestJourney:
             changes = browser.find_elements(By.CSS_SELECTOR, "table.changes tbody tr")
             updated = [row.text for row in changes if row.text.startswith("updated_at")]
             assert updated[0] == 'updated_at changed "2024-03-14T12:00:00Z" "2026-11-27T09:12:00Z"'
-            shot(browser, "journey-1400")
+            chromium.shot(browser, "journey-1400")
             browser.get(f"{journey_site.url}/orders/{DETOUR}")
             detours = steps(browser, "ul.path .jstep")
             assert list(detours) == ["blocked_wim"]
@@ -105,7 +96,7 @@ class TestJourney:
             assert "ALERT" in alert.text
             assert "Stuck" in alert.text
             assert "stuck in blocked_wim since" in alert.text
-            shot(browser, "journey-detour-1400")
+            chromium.shot(browser, "journey-detour-1400")
         finally:
             chromium.viewport(browser, chromium.LAPTOP)
 
@@ -125,13 +116,13 @@ class TestJourney:
             main = steps(browser, "ol.path .jstep")
             assert "3d 9h" in main["ordered"]
             assert "so far" in main["installation_scheduled"]
-            shot(browser, "journey-390")
+            chromium.shot(browser, "journey-390")
             browser.get(f"{journey_site.url}/orders/{DETOUR}")
             width = browser.execute_script("return document.documentElement.scrollWidth")
             assert width <= chromium.PHONE[0]
             assert "5d 12h so far" in steps(browser, "ul.path .jstep")["blocked_wim"]
             assert "Stuck" in browser.find_element(By.CSS_SELECTOR, ".timeline li.alert").text
-            shot(browser, "journey-detour-390")
+            chromium.shot(browser, "journey-detour-390")
         finally:
             chromium.viewport(browser, chromium.LAPTOP)
 
@@ -153,12 +144,12 @@ class TestBoardStrip:
             detours = browser.find_elements(By.CSS_SELECTOR, ".detour-box .step .name")
             names = [d.text for d in detours]
             assert names == ["blocked", "blocked wim", "pre installed", "cancelled"]
-            shot(browser, "journey-board-1400")
+            chromium.shot(browser, "journey-board-1400")
             chromium.viewport(browser, chromium.PHONE, mobile=True)
             browser.refresh()
             assert browser.execute_script(rows) == 5
             width = browser.execute_script("return document.documentElement.scrollWidth")
             assert width <= chromium.PHONE[0]
-            shot(browser, "journey-board-390")
+            chromium.shot(browser, "journey-board-390")
         finally:
             chromium.viewport(browser, chromium.LAPTOP)

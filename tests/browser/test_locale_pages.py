@@ -18,10 +18,9 @@ from selenium.webdriver.support.wait import WebDriverWait
 from tests.browser import chromium
 from tests.browser.site import READ_TOKEN, SHOWN, WRITE_TOKEN, Site
 from tests.outbox import poll
-from tests.support import ROOT, ok
+from tests.support import ok
 from tracker.web.refresh import REFRESH_SECONDS
 
-SHOTS = ROOT / "test-artifacts" / "screenshots"
 WIDE = (1400, 900)
 GERMAN = "de-DE,de;q=0.9,en;q=0.5"
 #: A time shown in Berlin: CET in winter, CEST in summer, whenever the test runs.
@@ -60,9 +59,7 @@ def german(browser: WebDriver) -> Iterator[WebDriver]:
 
 def shot(driver: WebDriver, name: str) -> Path:
     """A full-page screenshot ``locale-<name>.png``."""
-    path = chromium.screenshot(driver, SHOTS / f"locale-{name}.png", full=True)
-    assert path.stat().st_size > 5000  # a rendered page, not an empty image
-    return path
+    return chromium.shot(driver, f"locale-{name}")
 
 
 def assert_german_in_berlin(driver: WebDriver) -> None:

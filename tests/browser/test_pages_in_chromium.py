@@ -14,17 +14,13 @@ from selenium.webdriver.support.wait import WebDriverWait
 
 from tests.browser import chromium
 from tests.browser.site import FAILING, READ_TOKEN, SHOWN, WRITE_TOKEN, Site
-from tests.support import ROOT
 from tracker.model import DeliveryState
 from tracker.web.sessions import COOKIE
 
-SHOTS = ROOT / "test-artifacts" / "screenshots"
-
 
 def shot(driver: WebDriver, name: str, *, full: bool = False) -> Path:
-    path = chromium.screenshot(driver, SHOTS / f"{name}.png", full=full)
-    assert path.stat().st_size > 5000  # a rendered page, not an empty image
-    return path
+    """A screenshot ``<name>.png`` of the viewport (of the whole page with ``full``)."""
+    return chromium.shot(driver, name, full=full)
 
 
 def texts(driver: WebDriver, selector: str) -> list[str]:

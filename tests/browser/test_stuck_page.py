@@ -6,7 +6,6 @@ Screenshots go to ``test-artifacts/screenshots/stuck-*.png``.
 from __future__ import annotations
 
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 from selenium.webdriver.common.by import By
@@ -14,12 +13,10 @@ from selenium.webdriver.remote.webdriver import WebDriver
 
 from tests.browser import chromium
 from tests.browser.site import READ_TOKEN, SHOWN, Site
-from tests.support import ROOT
 from tracker import alerts
 from tracker.clock import utc_now
 from tracker.service import Service
 
-SHOTS = ROOT / "test-artifacts" / "screenshots"
 #: ``[alerts.stuck]`` for the seeded orders: three of them stay longer than this.
 THRESHOLDS = {
     "installation_scheduled": timedelta(days=1),
@@ -55,12 +52,6 @@ def stuck_site(site: Site) -> Site:
     return site
 
 
-def shot(driver: WebDriver, name: str) -> Path:
-    path = chromium.screenshot(driver, SHOTS / f"{name}.png", full=True)
-    assert path.stat().st_size > 5000  # a rendered page, not an empty image
-    return path
-
-
 class TestStuckOrders:
     """A support engineer finds the stuck orders from the board in one click."""
 
@@ -74,7 +65,7 @@ class TestStuckOrders:
         for order_id in STUCK:
             assert order_id in panel.text
         assert SHOWN not in panel.text  # scheduled an hour ago: not stuck
-        shot(laptop, "stuck-board-1400")
+        chromium.shot(laptop, "stuck-board-1400")
         panel.find_element(By.CSS_SELECTOR, "h2 a").click()
         assert laptop.current_url == f"{stuck_site.url}/stuck"
         rows = laptop.find_elements(By.CSS_SELECTOR, "#stuck-orders tbody tr")
@@ -86,7 +77,7 @@ class TestStuckOrders:
         assert rows[-1].get_attribute("data-order") == "prdo_c5nv8ye2ha0t6kq3wz1rm7bx"
         lasting = rows[0].find_elements(By.TAG_NAME, "td")[3].text
         assert lasting.startswith("12d")
-        shot(laptop, "stuck-1400")
+        chromium.shot(laptop, "stuck-1400")
 
     def test_phone_width(self, browser: WebDriver, stuck_site: Site) -> None:
         """At a phone's width the page is no wider than the screen and every id shows whole."""
@@ -97,6 +88,6 @@ class TestStuckOrders:
             assert width <= chromium.PHONE[0]
             links = browser.find_elements(By.CSS_SELECTOR, "#stuck-orders tbody td:first-child a")
             assert sorted(str(link.get_attribute("textContent")) for link in links) == sorted(STUCK)
-            shot(browser, "stuck-390")
+            chromium.shot(browser, "stuck-390")
         finally:
             chromium.viewport(browser, chromium.LAPTOP)
