@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from selenium import webdriver
+from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
 from selenium.webdriver.chrome.options import Options
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
+from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support import expected_conditions
 from selenium.webdriver.support.wait import WebDriverWait
 
@@ -93,3 +96,22 @@ def shot(driver: WebDriver, name: str, *, full: bool = True) -> Path:
     path = screenshot(driver, ROOT / "test-artifacts" / "screenshots" / f"{name}.png", full=full)
     assert path.stat().st_size > 5000
     return path
+
+
+def replaced(page: WebElement) -> Callable[[WebDriver], bool]:
+    """A wait condition: ``page`` (the old page's ``<html>``) is gone from the window. While
+    the next page loads, chromedriver may answer a look at the old node with "does not belong
+    to the document" instead of "stale": both mean it was replaced."""
+
+    def gone(_driver: WebDriver) -> bool:
+        try:
+            page.is_enabled()
+        except StaleElementReferenceException:
+            return True
+        except WebDriverException as exc:
+            if "does not belong to the document" in (exc.msg or ""):
+                return True
+            raise
+        return False
+
+    return gone

@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
-from selenium.webdriver.support import expected_conditions
 from selenium.webdriver.support.select import Select
 from selenium.webdriver.support.wait import WebDriverWait
 
@@ -41,7 +40,7 @@ def submit(driver: WebDriver, css: str) -> None:
     """Click the button ``css`` and wait until the page it leads to has replaced this one."""
     page = driver.find_element(By.TAG_NAME, "html")
     driver.find_element(By.CSS_SELECTOR, css).click()
-    WebDriverWait(driver, chromium.WAIT).until(expected_conditions.staleness_of(page))
+    WebDriverWait(driver, chromium.WAIT).until(chromium.replaced(page))
 
 
 def at(driver: WebDriver, site: Site, width: str) -> None:
