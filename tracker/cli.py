@@ -170,7 +170,7 @@ def watch_remove(
 
 
 @watch_app.command("list")
-def watch_list(
+def watch_list(  # noqa: PLR0917 - typer passes each option by name
     ctx: typer.Context,
     status: Annotated[str | None, typer.Option("--status", help="Only orders in STATUS.")] = None,
     stuck: Annotated[
@@ -181,6 +181,14 @@ def watch_list(
             "10 s of crossing), longest first, with since when and for how long.",
         ),
     ] = False,
+    source: Annotated[
+        str | None,
+        typer.Option(
+            "--source",
+            help="Only orders watched by a [watch] rule (rule) or added by hand or in "
+            "[watch] orders (manual).",
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON array.")] = False,
     config: ConfigOption = None,
 ) -> None:
@@ -188,18 +196,25 @@ def watch_list(
     from tracker.views import WATCHED_COLUMNS, watched_cells, watched_dict
 
     settings = settings_of(ctx, config, logs=False)
+    if source not in {None, "rule", "manual"}:
+        raise ConfigError(f"--source {source!r}: give rule or manual")
     if stuck:
         _stuck_list(settings, status=status, as_json=as_json)
         return
     list_rows(
         settings,
-        lambda store: store.orders.watched(status=status),
+        lambda store: store.orders.watched(status=status, by_rule=_by_rule(source)),
         watched_dict,
         WATCHED_COLUMNS,
         watched_cells,
         as_json=as_json,
         check=None if status is None else lambda store: _known_status(store, status),
     )
+
+
+def _by_rule(source: str | None) -> bool | None:
+    """``--source``: only orders watched by rule (``True``), only the others, or all."""
+    return None if source is None else source == "rule"
 
 
 def _stuck_list(settings: Settings, *, status: str | None, as_json: bool) -> None:
@@ -234,6 +249,7 @@ def status(
 ) -> None:
     """How the tracker stands: live daemons, orders, deliveries, the last successful poll."""
     from tracker.model import STALE_AFTER
+    from tracker.trust import SweepState, sweep_mode
     from tracker.views import show_status, status_json
 
     settings = settings_of(ctx, config, logs=False)
@@ -244,10 +260,15 @@ def status(
         reading=True,
     )
     sinks = [entry.name for entry in settings.sinks]
+    sweeps = sweep_mode(
+        rules=settings.watch.rules,
+        changes_every=settings.polling.changes_every,
+        state=SweepState.loads(overview.sweeps),
+    )
     if as_json:
-        sys.stdout.write(json.dumps(status_json(overview, now, sinks), indent=2) + "\n")
+        sys.stdout.write(json.dumps(status_json(overview, now, sinks, sweeps), indent=2) + "\n")
     else:
-        show_status(out, overview, now, sinks)
+        show_status(out, overview, now, sinks, sweeps)
 
 
 @app.command("poll")

@@ -110,6 +110,14 @@ class PollingSettings(Section):
     #: How due orders are learned: ``auto`` (list pages when they cost fewer requests),
     #: ``list`` (pages whenever an order's customer is known) or ``ids`` (one request each).
     sweep: Literal["auto", "list", "ids"] = "auto"
+    #: With a ``[watch]`` rule: how often to sweep the orders updated since the last sweep
+    #: (and the new ones); zero turns change sweeps off (new orders are still looked for).
+    changes_every: Duration = timedelta(minutes=1)
+    #: Full passes at this interval once change sweeps are trusted.
+    reconcile: Duration = timedelta(hours=24)
+    #: Full passes in a row that found nothing the change sweeps missed before they are
+    #: trusted; 0 trusts them from the start (only for an upstream known to move updated_at).
+    trust_after: int = Field(default=2, ge=0)
 
     @field_validator("intervals")
     @classmethod
@@ -131,9 +139,28 @@ class PollingSettings(Section):
 
 
 class WatchSettings(Section):
-    """``[watch]``: order ids watched from the configuration."""
+    """``[watch]``: order ids watched from the configuration, and rules that watch the orders
+    of the organisation matching them (every one with ``all``)."""
 
     orders: tuple[str, ...] = ()
+    all: bool = False
+    customers: tuple[str, ...] = ()
+    subscriptions: tuple[str, ...] = ()
+    products: tuple[str, ...] = ()
+
+    @property
+    def rules(self) -> bool:
+        """Whether any rule watches orders of the organisation."""
+        return self.all or bool(self.customers or self.subscriptions or self.products)
+
+    def matches(self, customer: str, subscription: str, product: str | None) -> bool:
+        """Whether an order of these is watched by a rule."""
+        return (
+            self.all
+            or customer in self.customers
+            or subscription in self.subscriptions
+            or (product is not None and product in self.products)
+        )
 
     @field_validator("orders")
     @classmethod

@@ -30,6 +30,7 @@ from tracker.digest import raise_due_digests
 from tracker.discovery import Discovery
 from tracker.fleet import Fleet
 from tracker.model import HEARTBEAT
+from tracker.organisation import Organisation
 from tracker.outage import Outage
 from tracker.outbox import Dispatcher, Rounds
 from tracker.poll_queue import PollQueue, Recorder, TransitionListener, Workers, lookahead
@@ -106,6 +107,18 @@ class Daemon:
         self._queue, self._discovery, self._workers = self._polling(
             workers=workers, capacity=capacity, lookahead=lookahead(settings)
         )
+        self._organisation = Organisation(
+            poller=poller,
+            store=store,
+            claims=self._claims,
+            record=self._recorder.put,
+            settings=settings,
+            clock=clock,
+            oldest=lambda: self._fleet.oldest,
+            stop=stop.is_set,
+        )
+        self._recorder.judge = self._organisation.judge
+        self._organisation_job: Job | None = None
         self._stuck = StuckCheck(
             store=store,
             clock=clock,
@@ -165,7 +178,11 @@ class Daemon:
     @property
     def pages(self) -> int:
         """List pages read by sweeps and discovery."""
-        return self._workers.pages + self._discovery.pages
+        return self._workers.pages + self._discovery.pages + self._organisation.pages
+
+    def change_sweeps(self) -> tuple[str, str | None]:
+        """Whether change sweeps run, are trusted, and why (``tracker.organisation``)."""
+        return self._organisation.mode()
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run until ``stop`` is set, then finish or hand back what is in flight.
@@ -206,6 +223,7 @@ class Daemon:
                 self._stop.set()
                 scheduler.pause()
                 await self._queue.idle()  # a claim in progress lands before hand-back
+                await self._organisation.idle()  # it stops after its page; that is recorded
                 if self._outbox is not None:
                     await self._outbox.idle()
                 scheduler.shutdown(wait=False)
@@ -223,6 +241,9 @@ class Daemon:
         if self._store.fleet.shared:  # on SQLite this daemon is the only one
             self._every(scheduler, self._fleet.share_pause, seconds)
         self._every(scheduler, self._stuck.run, STUCK_CHECK)
+        self._organisation_job = self._every(
+            scheduler, self._sweep_organisation, self._organisation.every.total_seconds()
+        )
         self._every(scheduler, self._send_digests, DIGEST_CHECK)
 
     async def _shut_down(self) -> None:
@@ -278,10 +299,24 @@ class Daemon:
         )
         self._stuck.reconfigure(settings.alerts.stuck, routes)
         self._planner.mode = settings.polling.sweep
+        self._organisation.reconfigure(settings)
+        if self._organisation_job is not None:
+            self._organisation_job.reschedule(
+                "interval", seconds=self._organisation.every.total_seconds()
+            )
         self._discovery.lookahead = lookahead(settings)
         self._settings = settings
         if self._dispatcher is not None:
             await self._dispatcher.replace(sinks, settings.delivery.backoff)
+
+    async def _sweep_organisation(self) -> None:
+        """Sweep the organisation's list (with a ``[watch]`` rule), waiting out an outage."""
+        await guarded(
+            self._outage,
+            self._organisation.run,
+            doing="sweeping the organisation",
+            failed=lambda exc: log.error("organisation_sweep_failed", exc_info=exc),
+        )
 
     def _raised(self) -> None:
         """Deliveries, alerts or digests were stored: the outbox sends them now."""

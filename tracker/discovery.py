@@ -49,14 +49,19 @@ ReadPage = Callable[[Mapping[str, str], str | None], Awaitable[ListPage]]
 
 
 async def list_pages(
-    read: ReadPage, filters: Mapping[str, str], *, max_pages: int | None = None
+    read: ReadPage,
+    filters: Mapping[str, str],
+    *,
+    max_pages: int | None = None,
+    start: str | None = None,
 ) -> AsyncGenerator[ListPage, None]:
-    """The pages of one listing, following their cursors until the last.
+    """The pages of one listing, following their cursors until the last (from the page of
+    the cursor ``start``, if given).
 
     A page whose cursor leads back to a page already read, or one past ``max_pages``, raises
     :class:`MalformedAnswer` before it is yielded: nothing of it is applied.
     """
-    cursor: str | None = None
+    cursor = start
     cursors: set[str] = set()
     pages = 0
     while True:

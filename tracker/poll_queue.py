@@ -14,7 +14,7 @@ import asyncio
 import functools
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
@@ -97,6 +97,8 @@ class Recorder:
         self.progress_at = time.monotonic()
         #: Outcomes handed over to be recorded.
         self.polls = 0
+        #: Shown every batch written (``tracker.organisation.Organisation.judge``).
+        self.judge: Callable[[Sequence[PollOutcome]], None] | None = None
 
     def start(self) -> None:
         """Start the writer."""
@@ -129,6 +131,8 @@ class Recorder:
             # Written, or (on failure) left to expire and be polled again.
             self._claims.drop([outcome.claim.order_id for outcome in batch])
         self.progress_at = time.monotonic()
+        if self.judge is not None:
+            self.judge(batch)
         log_transitions(transitions)
         for transition in transitions:
             self._telemetry.transitioned(transition.from_status, transition.to_status)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import random
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -101,7 +102,18 @@ class Poller:
         failing_after: int | None,
     ) -> None:
         """Poll under new settings from the next poll on; a poll in flight keeps the old."""
-        self._policy, self._routes, self._failing_after = policy, routes, failing_after
+        self._routes, self._failing_after = routes, failing_after
+        self._policy = dataclasses.replace(policy, reconcile=self._policy.reconcile)
+
+    def reconcile(self, every: timedelta | None) -> None:
+        """Schedule every order's next poll ``every`` (change sweeps are trusted), or by the
+        per-status intervals again (``None``)."""
+        self._policy = dataclasses.replace(self._policy, reconcile=every)
+
+    @property
+    def policy(self) -> PollingPolicy:
+        """The schedule polls are given now."""
+        return self._policy
 
     @property
     def pacer(self) -> Pacer:

@@ -35,16 +35,22 @@ class PollingPolicy:
     jitter: timedelta
     intervals: Mapping[str, timedelta] = field(default_factory=dict)
     final_grace: timedelta = timedelta(days=7)
+    #: Set while change sweeps are trusted: every order is polled this often (full passes),
+    #: whatever its status; a tenth of it is the jitter.
+    reconcile: timedelta | None = None
 
     def interval_for(self, status: str | None) -> timedelta:
         """The time between two polls of an order in ``status``."""
+        if self.reconcile is not None:
+            return self.reconcile
         if status is None:
             return self.interval
         return self.intervals.get(status, self.interval)
 
     def next_poll(self, now: datetime, status: str | None, rng: random.Random) -> datetime:
         """When to poll an order next after a successful poll."""
-        return now + self._jittered(self.interval_for(status), self.jitter, rng)
+        jitter = self.jitter if self.reconcile is None else self.reconcile / 10
+        return now + self._jittered(self.interval_for(status), jitter, rng)
 
     def retry_at(  # noqa: PLR0917 - all five inputs shape the wait
         self,

@@ -536,8 +536,14 @@ def daemon_dict(daemon: DaemonRecord) -> dict[str, Any]:
     }
 
 
-def status_json(overview: Overview, now: datetime, sinks: Collection[str] = ()) -> dict[str, Any]:
-    """``tracker status --json``: daemons, orders, deliveries and the last successful poll.
+def status_json(
+    overview: Overview,
+    now: datetime,
+    sinks: Collection[str] = (),
+    change_sweeps: tuple[str, str | None] = ("off", None),
+) -> dict[str, Any]:
+    """``tracker status --json``: daemons, orders, deliveries, the last successful poll, and
+    whether change sweeps run and are trusted (``change_sweeps``: mode and why).
 
     A sink that is not among the configured ``sinks`` is ``orphaned``: its pending
     deliveries wait for it to return.
@@ -561,6 +567,7 @@ def status_json(overview: Overview, now: datetime, sinks: Collection[str] = ()) 
             for sink, state, count, oldest in overview.deliveries
         ],
         "last_successful_poll_at": iso(overview.last_success_at),
+        "change_sweeps": {"mode": change_sweeps[0], "reason": change_sweeps[1]},
     }
 
 
@@ -614,15 +621,23 @@ def status_sections(
 
 
 def show_status(
-    console: Console, overview: Overview, now: datetime, sinks: Collection[str] = ()
+    console: Console,
+    overview: Overview,
+    now: datetime,
+    sinks: Collection[str] = (),
+    change_sweeps: tuple[str, str | None] = ("off", None),
 ) -> None:
-    """``tracker status`` for people: three tables and the last successful poll; in a pipe,
-    each table as tab-separated rows under a header row, a blank line between them."""
+    """``tracker status`` for people: three tables, the last successful poll and the change
+    sweeps' mode; in a pipe, each table as tab-separated rows under a header row, a blank
+    line between them."""
     last = _short(overview.last_success_at)
+    mode, why = change_sweeps
+    sweeps = mode if why is None else f"{mode}: {printable(why)}"
     sections = status_sections(overview, now, sinks)
     if not console.is_terminal:
         blocks = [tsv_lines(columns, rows) for _title, columns, rows in sections]
-        console.file.write("\n".join([*blocks, f"last_successful_poll\n{last}\n"]))
+        lines = [*blocks, f"last_successful_poll\n{last}\n", f"change_sweeps\n{sweeps}\n"]
+        console.file.write("\n".join(lines))
         return
     for title, columns, rows in sections:
         if title == "daemons" and not rows:
@@ -630,3 +645,4 @@ def show_status(
             continue
         show(console, columns, rows, title=title)
     console.print(Text(f"last successful poll: {last}"))
+    console.print(Text(f"change sweeps: {sweeps}"))

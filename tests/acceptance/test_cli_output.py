@@ -199,8 +199,9 @@ class TestTablesInAPipe:
         ran = await tracker_cli("status", "--config", world.config, env={"TTY_COMPATIBLE": ""})
         blocks = [block.splitlines() for block in ran.out.split("\n\n")]
         assert [block[0].split("\t")[0] for block in blocks] == [
-            "daemon", "status", "sink", "last_successful_poll"
+            "daemon", "status", "sink", "last_successful_poll", "change_sweeps"
         ]  # fmt: skip
+        assert blocks[-1][1].startswith("off: no [watch] rule")
         assert f"{LONGEST}\tactive\t1" in blocks[1]
         assert f"{SINK}\tdead\t2" in "\n".join(blocks[2])
 

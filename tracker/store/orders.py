@@ -79,11 +79,16 @@ class Orders(Repository):
                 removed += found.scalars().all()
         return removed
 
-    async def watched(self, *, status: str | None = None) -> AsyncIterator[WatchedOrder]:
-        """Every watched order (retired and removed too), streamed in id order."""
+    async def watched(
+        self, *, status: str | None = None, by_rule: bool | None = None
+    ) -> AsyncIterator[WatchedOrder]:
+        """Every watched order (retired and removed too), streamed in id order; with
+        ``by_rule``, only those a ``[watch]`` rule added (``True``) or only the others."""
         query = select(w).order_by(w.c.order_id)
         if status is not None:
             query = query.where(w.c.status == status)
+        if by_rule is not None:
+            query = query.where((w.c.source == "rule") if by_rule else (w.c.source != "rule"))
         async with self._engine.connect() as conn:
             result = await conn.stream(query.execution_options(yield_per=BATCH))
             async for row in result:

@@ -61,6 +61,15 @@ class PollOutcome:
     #: Set on failure.
     error_kind: str | None = None
     error: str | None = None
+    #: How the order was learned, for the trust in change sweeps (``tracker.organisation``):
+    #: ``poll`` (by id or a sweep of due orders), or the organisation's ``read``, ``new`` or
+    #: ``changes`` sweeps.
+    via: str = "poll"
+
+    @property
+    def passes(self) -> bool:
+        """Whether this poll counts towards a full pass: any but a change sweep's."""
+        return self.via != "changes"
 
 
 #: A poll's outcome lands only while its claim is still this store's (see ``Owner``).
@@ -71,6 +80,7 @@ _QUIET = (
         next_poll_at=bindparam("b_next"),
         last_polled_at=bindparam("b_at"),
         last_success_at=bindparam("b_at"),
+        passed_at=func.coalesce(bindparam("b_passed", type_=UTCDateTime()), w.c.passed_at),
         leased_until=None,
         leased_by=None,
         consecutive_failures=0,
@@ -88,6 +98,7 @@ _FAILED = (
         leased_until=None,
         leased_by=None,
         last_polled_at=bindparam("b_at"),
+        passed_at=func.coalesce(bindparam("b_passed", type_=UTCDateTime()), w.c.passed_at),
         consecutive_failures=bindparam("b_failures"),
         last_error_kind=bindparam("b_kind"),
         last_error=bindparam("b_error"),
@@ -370,6 +381,7 @@ def _quiet_values(outcome: PollOutcome) -> dict[str, Any]:
         "leased_by": None,
         "last_polled_at": outcome.polled_at,
         "last_success_at": outcome.polled_at,
+        "passed_at": outcome.polled_at if outcome.passes else w.c.passed_at,
         "consecutive_failures": 0,
         "last_error_kind": None,
         "last_error": None,
@@ -383,6 +395,7 @@ def _quiet_params(outcome: PollOutcome) -> dict[str, Any]:
         "b_id": outcome.claim.order_id,
         "b_next": outcome.next_poll_at,
         "b_at": outcome.polled_at,
+        "b_passed": outcome.polled_at if outcome.passes else None,
         "b_keep": not outcome.retire,
         "b_retired": outcome.polled_at if outcome.retire else None,
     }
@@ -393,6 +406,7 @@ def _failed_params(outcome: PollOutcome) -> dict[str, Any]:
         "b_id": outcome.claim.order_id,
         "b_next": outcome.next_poll_at,
         "b_at": outcome.polled_at,
+        "b_passed": outcome.polled_at if outcome.passes else None,
         "b_failures": outcome.claim.consecutive_failures + 1,
         "b_kind": outcome.error_kind,
         "b_error": outcome.error,

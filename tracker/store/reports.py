@@ -24,7 +24,7 @@ from tracker.store import rows
 from tracker.store.events import Alert, Stay, order_alerts
 from tracker.store.rows import DELIVERY_ROWS, TRANSITION_COLUMNS
 from tracker.store.sql import BATCH, Repository, chunks
-from tracker.store.tables import daemons, deliveries, events, snapshots, transitions
+from tracker.store.tables import daemons, deliveries, events, snapshots, sweep_state, transitions
 from tracker.store.tables import watched_orders as w
 
 if TYPE_CHECKING:
@@ -67,6 +67,8 @@ class Overview:
     last_success_at: datetime | None
     #: (status, count) of the active orders whose current stay was reported stuck.
     stuck: tuple[tuple[str | None, int], ...] = ()
+    #: The organisation's sweeps' state as kept (``tracker.trust.SweepState``), if any.
+    sweeps: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -143,7 +145,11 @@ class Reports(Repository):
                 .order_by(d.c.sink, d.c.state)
             )
             last = (await conn.execute(select(func.max(w.c.last_success_at)))).scalar()
+            kept = await conn.scalar(
+                select(sweep_state.c.value).where(sweep_state.c.name == "organisation")
+            )
             return Overview(
+                sweeps=kept,
                 daemons=tuple(rows.daemon(row) for row in live),
                 orders=tuple((row[0], row[1], row[2]) for row in orders),
                 stuck=tuple((row[0], row[3]) for row in orders if row[1] == "active" and row[3]),

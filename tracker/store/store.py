@@ -20,6 +20,7 @@ from tracker.store.polls import Polls
 from tracker.store.reports import Reports
 from tracker.store.sql import Owner, where
 from tracker.store.stays import Stays
+from tracker.store.sweeps import Sweeps
 
 if TYPE_CHECKING:
     from tracker.store.sql import Conn, Database
@@ -30,7 +31,8 @@ class Store:
 
     ``orders`` (watching), ``polls`` (claims and outcomes), ``outbox`` (deliveries),
     ``events`` (alerts, digests, stuck stays), ``hints`` (push hints), ``fleet`` (daemons),
-    ``reports`` (read models), ``logins`` (the pages' sessions) and ``stays`` (durations).
+    ``reports`` (read models), ``logins`` (the pages' sessions), ``stays`` (durations) and
+    ``sweeps`` (the organisation's sweeps).
     """
 
     def __init__(self, engine: Database) -> None:
@@ -54,6 +56,8 @@ class Store:
         self.logins = Logins(engine)
         #: Stays in each status: the reports' durations (``tracker.store.stays``).
         self.stays = Stays(engine, self._owner)
+        #: The organisation's sweeps: their state, orders found by rule (``tracker.store.sweeps``).
+        self.sweeps = Sweeps(engine, self._owner)
 
     @property
     def owner(self) -> str:

@@ -96,6 +96,9 @@ watched_orders = Table(
     #: The store (process) whose claim the lease is: ``Store.owner``.
     Column("leased_by", String(40)),
     Column("last_polled_at", UTCDateTime),
+    #: The last poll by the schedule (by id, a sweep of due orders, the organisation's read),
+    #: not by a change sweep: a full pass ends when every active order has one since it began.
+    Column("passed_at", UTCDateTime),
     Column("last_success_at", UTCDateTime),
     Column("last_change_at", UTCDateTime),
     Column("consecutive_failures", Integer, nullable=False, default=0),
@@ -119,6 +122,8 @@ watched_orders = Table(
     Index(None, "active", "consecutive_failures", "order_id"),
     Index(None, "active", "stuck_at", "status_since", "order_id"),
     Index(None, "last_success_at"),
+    #: Serves the trust check (``Sweeps.pass_done``): an active order not passed since a time.
+    Index(None, "active", "passed_at"),
     #: Serves the stuck check: one status's stays not reported yet, oldest first.
     Index(
         None,
@@ -249,6 +254,16 @@ fleet = Table(
     metadata,
     Column("id", Integer, primary_key=True, autoincrement=False),
     Column("paused_until", UTCDateTime),
+)
+
+#: What the organisation's sweeps keep between runs (``tracker.trust.SweepState``), as JSON, one
+#: row per name: cursors, and whether change sweeps are trusted and why.
+sweep_state = Table(
+    "sweep_state",
+    metadata,
+    Column("name", String(40), primary_key=True),
+    Column("value", Text, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
 )
 
 #: The running daemons: each registers on start, beats every few seconds and leaves on stop.

@@ -32,6 +32,7 @@ from tracker.lifecycle import Status, is_known
 from tracker.model import STALE_AFTER, DeliveryState
 from tracker.store import Overview, Store
 from tracker.telemetry import NO_ANSWER, PollResult
+from tracker.trust import SweepState
 
 log = structlog.get_logger("tracker.web")
 
@@ -289,4 +290,9 @@ def gauges(overview: Overview, now: datetime, sinks: Collection[str]) -> list[Me
         "tracker_live_daemons", "Daemons whose heartbeat the database holds as fresh."
     )
     live.add_metric([], len(overview.daemons))
-    return [outbox, ages, orders, last, stuck, live]
+    trusted = GaugeMetricFamily(
+        "tracker_change_sweeps_trusted",
+        "1 while change sweeps are trusted (full passes at [polling] reconcile), else 0.",
+    )
+    trusted.add_metric([], 1 if SweepState.loads(overview.sweeps).trusted else 0)
+    return [outbox, ages, orders, last, stuck, live, trusted]

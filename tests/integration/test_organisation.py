@@ -1,0 +1,237 @@
+"""Watching the organisation against the simulated upstream: rules, change sweeps, trust."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import structlog
+from sqlalchemy import func, select
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from tests.support import STATIC_TOKEN, make_settings, tracker_cli, write_config, settings_mapping
+from tracker.clock import utc_now
+from tracker.demo.serving import serve
+from tracker.demo.simulator import Script, Simulator, order_id, steady_scripts
+from tracker.organisation import STATE
+from tracker.service import Service, open_service
+from tracker.store.tables import snapshots, transitions, watched_orders
+from tracker.trust import SweepState
+
+#: Orders that move while a test runs: ordered, then checked a few seconds after the start.
+MOVING = [
+    Script(
+        order_id=order_id(f"org-moving-{i}"),
+        provider="metrify",
+        steps=(("ordered", 4.0 + i), ("checked", 0.0)),
+    )
+    for i in range(3)
+]
+#: Polls by id only every hour: whatever changes is learned from the organisation's sweeps.
+SLOW_POLLS = {"interval": 3600, "jitter": 0, "changes_every": 0.5}
+
+
+@asynccontextmanager
+async def upstream(scripts: list[Script], **options: Any) -> AsyncIterator[tuple[Simulator, str]]:
+    """The simulated organisation on a local port."""
+    sim = Simulator(scripts, static_token=STATIC_TOKEN, **options)
+    async with serve(sim.app) as server:
+        yield sim, server.url
+
+
+async def run_until(
+    service: Service, done: Callable[[], Awaitable[bool]], limit: float = 120
+) -> None:
+    """Run the daemon until ``done`` says so, then stop it (``limit`` only ends a hang)."""
+    stop = asyncio.Event()
+    running = asyncio.create_task(service.daemon().run(stop))
+    try:
+        async with asyncio.timeout(limit):
+            while not await done():  # noqa: ASYNC110 - the state is in the database
+                if running.done():
+                    running.result()
+                await asyncio.sleep(0.1)
+    finally:
+        stop.set()
+        await asyncio.wait_for(running, 10)
+
+
+async def count(service: Service, query: Any) -> int:
+    """One number from the test's database."""
+    async with service.store._engine.connect() as conn:
+        return int(await conn.scalar(query) or 0)
+
+
+async def watched_ids(service: Service) -> set[str]:
+    """The ids of every order the test's database watches."""
+    async with service.store._engine.connect() as conn:
+        return set(await conn.scalars(select(watched_orders.c.order_id)))
+
+
+async def kept(service: Service) -> SweepState:
+    """The organisation's sweep state as the database keeps it."""
+    return SweepState.loads(await service.store.sweeps.load(STATE))
+
+
+class TestRules:
+    """Orders matching a ``[watch]`` rule are watched without anyone adding them."""
+
+    async def test_all_watches_every_order(self, database: str, tmp_path: Path) -> None:
+        """`all = true` watches every order of the organisation, source rule, one snapshot each."""
+        async with upstream(steady_scripts(5), unwatched=130) as (sim, url):
+            settings = make_settings(tmp_path, url, polling=SLOW_POLLS, watch={"all": True})
+            async with open_service(settings) as service:
+
+                async def all_watched() -> bool:
+                    return (await kept(service)).created_cursor is not None
+
+                await run_until(service, all_watched)
+                watched = await count(service, select(func.count()).select_from(watched_orders))
+                sources = await count(
+                    service,
+                    select(func.count())
+                    .select_from(watched_orders)
+                    .where(watched_orders.c.source == "rule", watched_orders.c.status.is_not(None)),
+                )
+                stored = await count(service, select(func.count()).select_from(snapshots))
+        assert watched == sources == stored == 135
+        assert sim.stats.id_requests == 0  # every first snapshot came from the list's pages
+        assert sim.stats.list_requests >= 2  # 135 orders: two pages of 100
+
+    async def test_customers_rule_watches_only_theirs(self, database: str, tmp_path: Path) -> None:
+        """A `customers` rule watches those customers' orders and no other."""
+        scripts = steady_scripts(6)
+        wanted = [script.order_id for script in scripts[:2]]
+        customers = ["cus_" + order[5:] for order in wanted]
+        async with upstream(scripts, unwatched=20) as (_sim, url):
+            settings = make_settings(
+                tmp_path, url, polling=SLOW_POLLS, watch={"customers": customers}
+            )
+            async with open_service(settings) as service:
+
+                async def read() -> bool:
+                    return (await kept(service)).created_cursor is not None
+
+                await run_until(service, read)
+                ids = await watched_ids(service)
+        assert ids == set(wanted)
+
+
+async def transitions_of(service: Service, order: str) -> list[tuple[str | None, str]]:
+    """The order's stored transitions, oldest first."""
+    history = await service.store.reports.history(order)
+    assert history is not None
+    return [(t.from_status, t.to_status) for t in history.transitions]
+
+
+class TestChangeSweeps:
+    """Orders updated since the last sweep are learned from one page, as a poll would."""
+
+    async def test_changes_are_stored_like_polls(self, database: str, tmp_path: Path) -> None:
+        """A change sweep stores each move once, the event's order as the list showed it."""
+        async with upstream([*steady_scripts(3), *MOVING], unwatched=10) as (sim, url):
+            settings = make_settings(tmp_path, url, polling=SLOW_POLLS, watch={"all": True})
+            async with open_service(settings) as service:
+
+                async def moved() -> bool:
+                    orders = [await service.store.orders.get(s.order_id) for s in MOVING]
+                    return all(o is not None and o.status == "checked" for o in orders)
+
+                await run_until(service, moved)
+                for script in MOVING:
+                    assert await transitions_of(service, script.order_id) == [
+                        ("ordered", "checked")
+                    ]
+                async with service.store._engine.connect() as conn:
+                    payloads = list(await conn.scalars(select(transitions.c.payload)))
+                state = await kept(service)
+        assert sim.stats.id_requests == 0  # polls by id wait an hour: the sweeps saw the moves
+        for payload in map(json.loads, payloads):
+            assert payload["data"]["order"]["status"] == "checked"
+            assert payload["data"]["order"]["customer"].startswith("cus_")
+        assert state.changes_cursor is not None
+        assert state.swept_at is not None
+        assert not state.trusted  # not verified yet: no full pass has ended
+
+    async def test_an_ignored_filter_distrusts(self, database: str, tmp_path: Path) -> None:
+        """An upstream that ignores filter[updated_at] makes change sweeps untrusted, said once."""
+        hour_ago = upstream(  # its orders were last updated an hour before the tracker starts
+            steady_scripts(4), ignore_filters=("updated_at",), wall_clock=lambda: time.time() - 3600
+        )
+        async with hour_ago as (_sim, url):
+            settings = make_settings(
+                tmp_path, url, polling=SLOW_POLLS | {"trust_after": 0}, watch={"all": True}
+            )
+            async with open_service(settings) as service:
+                with structlog.testing.capture_logs() as logs:
+
+                    async def distrusted() -> bool:
+                        state = await kept(service)
+                        return state.retry_at is not None and state.swept_at is None
+
+                    await run_until(service, distrusted)
+                state = await kept(service)
+        said = [entry for entry in logs if entry["event"] == "updated_at_unreliable"]
+        assert len(said) == 1
+        assert "ignores filter[updated_at][gte]" in said[0]["reason"]
+        assert not state.trusted
+        assert "ignores filter[updated_at][gte]" in state.reason
+        assert state.changes_cursor is not None  # kept where it was: nothing skipped
+
+
+class Gate:
+    """The upstream, holding every list page after a first one until :attr:`opened`."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self._app = app
+        self.held = asyncio.Event()
+        self.opened = asyncio.Event()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and b"cursor=" in scope.get("query_string", b""):
+            self.held.set()
+            await self.opened.wait()
+        await self._app(scope, receive, send)
+
+
+class TestCut:
+    """A sweep cut by a stop loses nothing and stores nothing twice."""
+
+    async def test_a_stopped_read_goes_on(self, database: str, tmp_path: Path) -> None:
+        """A first read stopped on its second page goes on from the third at the next start."""
+        sim = Simulator(steady_scripts(3), unwatched=247, static_token=STATIC_TOKEN)
+        gate = Gate(sim.app)
+        async with serve(gate) as server:
+            settings = make_settings(
+                tmp_path, server.url, polling=SLOW_POLLS, watch={"all": True}
+            )
+            async with open_service(settings) as service:
+                stop = asyncio.Event()
+                running = asyncio.create_task(service.daemon().run(stop))
+                await asyncio.wait_for(gate.held.wait(), 60)  # the second page is asked for
+                stop.set()  # the stop comes while the second page is on its way
+                gate.opened.set()
+                await asyncio.wait_for(running, 60)
+                cut = await kept(service)
+                first = await count(service, select(func.count()).select_from(watched_orders))
+                with structlog.testing.capture_logs() as logs:
+
+                    async def read() -> bool:
+                        return (await kept(service)).created_cursor is not None
+
+                    await run_until(service, read)
+                watched = await count(service, select(func.count()).select_from(watched_orders))
+                stored = await count(service, select(func.count()).select_from(snapshots))
+        assert cut.created_cursor is None
+        assert cut.reading is not None  # where the next start goes on from
+        assert first == 200  # two pages of 100: the one on its way when the stop came is kept
+        assert watched == stored == 250  # each order once, one snapshot each
+        started = [entry for entry in logs if entry["event"] == "organisation_read_started"]
+        ended = [entry for entry in logs if entry["event"] == "organisation_read_ended"]
+        assert [entry["resumed"] for entry in started] == [True]
+        assert [entry["pages"] for entry in ended] == [1]  # the third page only
