@@ -4,6 +4,8 @@ Its orders move through scripted lifecycles on a clock, so ``tracker demo``, the
 benchmarks watch realistic orders without the real API. It answers ``GET /meter-orders/{id}``,
 the list endpoint ``GET /meter-orders`` (pages, cursors, filters), ``POST /oauth/token`` and,
 for benchmarks, ``GET /_stats``. Run it alone with ``python -m tracker.demo.simulator --port 8090``.
+Beside the scripted orders it can serve a whole organisation (``--organisation N``, see
+:mod:`tracker.demo.organisation`), whose list pages cost about the items they return.
 """
 
 from __future__ import annotations
