@@ -4,6 +4,8 @@ Its orders move through scripted lifecycles on a clock, so ``tracker demo``, the
 benchmarks watch realistic orders without the real API. It answers ``GET /meter-orders/{id}``,
 the list endpoint ``GET /meter-orders`` (pages, cursors, filters), ``POST /oauth/token`` and,
 for benchmarks, ``GET /_stats``. Run it alone with ``python -m tracker.demo.simulator --port 8090``.
+Beside the scripted orders it can serve a whole organisation (``--organisation N``, see
+:mod:`tracker.demo.organisation`), whose list pages cost about the items they return.
 """
 
 from __future__ import annotations
@@ -12,19 +14,16 @@ import argparse
 import asyncio
 import base64
 import contextlib
-import hashlib
 import heapq
-import itertools
 import json
 import secrets
 import sys
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Collection, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import NamedTuple, TextIO
+from typing import TextIO
 
 import httpx
 from starlette.requests import Request
@@ -34,12 +33,21 @@ from starlette.types import ASGIApp
 from tracker.config import LogSettings
 from tracker.demo.hints import HINT_TIMEOUT, HintTarget, send_hint
 from tracker.demo.listing import (
-    Filter,
+    TOP,
+    Source,
     decode_cursor,
     encode_cursor,
+    find_created,
+    list_page,
     parse_filters,
     parse_limit,
 )
+
+# Change, Script and order_id are re-exported: tests and benchmarks import them from here.
+from tracker.demo.organisation import Change as Change  # noqa: PLC0414
+from tracker.demo.organisation import Organisation, ScriptedOrders
+from tracker.demo.organisation import Script as Script  # noqa: PLC0414
+from tracker.demo.organisation import order_id as order_id  # noqa: PLC0414
 from tracker.demo.serving import catch_all, serve
 from tracker.errors import BadRequest, ConfigError
 from tracker.lifecycle import Status
@@ -48,45 +56,7 @@ from tracker.logs import configure as configure_logs
 API_VERSION = "2026-01-29.edison"
 DEMO_CLIENT_ID = "demo-client"
 DEMO_CLIENT_SECRET = "demo-secret"  # noqa: S105 - the simulator's own fixed demo credential
-_ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789"
 _STATUSES = tuple(status.value for status in Status)
-_DAY = 86_400
-#: Orders were created over the ~six months before the day the simulator starts.
-_CREATION_SPAN = 180 * _DAY
-
-
-def order_id(seed: str) -> str:
-    """A stable, valid order id derived from ``seed``."""
-    digest = hashlib.sha256(seed.encode()).digest()
-    return "prdo_" + "".join(_ALPHABET[b % len(_ALPHABET)] for b in digest[:24])
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Script:
-    """One order's lifecycle: each status with how long it lasts (the last one lasts forever)."""
-
-    order_id: str
-    provider: str
-    steps: tuple[tuple[str, float], ...]
-
-    def at(self, elapsed: float) -> tuple[int, float]:
-        """The step index at ``elapsed`` seconds and when that step began."""
-        began = 0.0
-        for index, (_status, dwell) in enumerate(self.steps[:-1]):
-            if elapsed < began + dwell:
-                return index, began
-            began += dwell
-        return len(self.steps) - 1, began
-
-    def changes(self) -> list[tuple[float, str]]:
-        """Each moment (seconds after the start) the status changes, with the new status."""
-        found = []
-        began = 0.0
-        for (before, dwell), (after, _next) in itertools.pairwise(self.steps):
-            began += dwell
-            if after != before:
-                found.append((began, after))
-        return found
 
 
 _DEMO_PATHS: tuple[tuple[str, tuple[str, ...]], ...] = (
@@ -220,20 +190,6 @@ def unwatched_scripts(count: int) -> list[Script]:
     ]
 
 
-class Change(NamedTuple):
-    """One scripted status change: which order, its new status, and when (two clocks).
-
-    A tuple, so ``for order, status, monotonic, wall in simulator.changes`` reads it too.
-    """
-
-    order_id: str
-    status: str
-    #: The simulator's clock (``time.monotonic`` unless given another) at the change.
-    monotonic: float
-    #: Wall-clock seconds (Unix time) at the change.
-    wall: float
-
-
 @dataclass(slots=True)
 class Stats:
     """What the simulator saw: requests in total and by kind, per whole second, the busiest window.
@@ -297,10 +253,13 @@ class Simulator:
 
     ``scripts`` are the orders the tracker is meant to watch (:attr:`order_ids`);
     ``unwatched`` adds that many steady orders of the same organisation that only list pages
-    show. ``ignore_filters`` names list filters this upstream ignores, like one that does not
-    know them. With ``hints``, :meth:`hints_running` POSTs a signed webhook at each scripted
-    status change. With ``request_log``, every counted request (not ``/_stats``) is written as
-    one line: the clock's seconds, the answer's status, the method and the path.
+    show; ``organisation`` adds a whole organisation of orders (:class:`Organisation`), listed
+    beside them. With ``stale_updated_at``, a scripted status change does not move the order's
+    ``updated_at`` (as the upstream may do). ``ignore_filters`` names list filters this
+    upstream ignores, like one that does not know them. With ``hints``, :meth:`hints_running`
+    POSTs a signed webhook at each scripted status change. With ``request_log``, every
+    counted request (not ``/_stats``) is written as one line: the clock's seconds, the
+    answer's status, the method and the path.
     """
 
     def __init__(
@@ -308,6 +267,8 @@ class Simulator:
         scripts: Sequence[Script],
         *,
         unwatched: int = 0,
+        organisation: Organisation | None = None,
+        stale_updated_at: bool = False,
         client_id: str = DEMO_CLIENT_ID,
         client_secret: str = DEMO_CLIENT_SECRET,
         static_token: str | None = None,
@@ -320,8 +281,6 @@ class Simulator:
         request_log: TextIO | None = None,
     ) -> None:
         self._watched = [script.order_id for script in scripts]
-        everything = [*scripts, *unwatched_scripts(unwatched)]
-        self._scripts = {script.order_id: script for script in everything}
         self._basic = "Basic " + base64.b64encode(f"{client_id}:{client_secret}".encode()).decode()
         self._static = static_token
         self._lifetime = token_lifetime
@@ -333,16 +292,14 @@ class Simulator:
         self._started = clock()
         self._wall_clock = wall_clock
         self._wall_started = wall_clock()
-        self._created = creation_times(self._scripts, _midnight(self._wall_started))
-        # Sorted once, newest first (ties: id descending); a cursor is a position in it.
-        self._listing = sorted(
-            self._scripts.values(),
-            key=lambda script: (self._created[script.order_id], script.order_id),
-            reverse=True,
-        )
-        self._listing_ids = [script.order_id for script in self._listing]
-        #: Each order's position in the listing: the index behind customer filters.
-        self._positions = {order: position for position, order in enumerate(self._listing_ids)}
+        everything = [*scripts, *unwatched_scripts(unwatched)]
+        self._scripted = ScriptedOrders(everything, self._wall_started, stale=stale_updated_at)
+        self._scripts = self._scripted.scripts
+        self.organisation = organisation
+        self._sources: list[Source] = [self._scripted]
+        if organisation is not None:
+            organisation.attach(clock, self._started, self._wall_started)
+            self._sources.append(organisation)
         self._recent: deque[float] = deque()
         self._request_log = request_log
         self.stats = Stats()
@@ -354,8 +311,9 @@ class Simulator:
 
     @property
     def changes(self) -> list[Change]:
-        """Every scripted status change up to now, oldest first."""
+        """Every status change up to now (scripted, and the organisation's), oldest first."""
         elapsed = self._clock() - self._started
+        extra = self.organisation.changes if self.organisation is not None else []
         found = [
             Change(
                 order_id=order,
@@ -367,12 +325,17 @@ class Simulator:
             for moment, status in self._scripts[order].changes()
             if moment <= elapsed
         ]
-        return sorted(found, key=lambda change: (change.monotonic, change.order_id))
+        return sorted([*found, *extra], key=lambda change: (change.monotonic, change.order_id))
 
     def status_of(self, order_id: str) -> str:
-        """The status the order has now."""
-        script = self._scripts[order_id]
-        return script.steps[script.at(self._clock() - self._started)[0]][0]
+        """The status the order (scripted, or of the organisation) has now."""
+        script = self._scripts.get(order_id)
+        if script is not None:
+            return script.steps[script.at(self._clock() - self._started)[0]][0]
+        found = self.organisation.status_of(order_id) if self.organisation is not None else None
+        if found is None:
+            raise KeyError(order_id)
+        return found
 
     @property
     def app(self) -> ASGIApp:
@@ -413,9 +376,12 @@ class Simulator:
             return _error(400, "BAD_REQUEST", f"this simulator speaks X-API-Version {API_VERSION}")
         if not self._authorized(request.headers.get("authorization", ""), now):
             return _error(401, "UNAUTHORIZED", "missing, invalid or expired token")
+        self._scripted.elapsed = now - self._started
+        if self.organisation is not None:
+            self.organisation.advance(now - self._started)
         if route == "list":
-            return self._list(request.query_params.multi_items(), now)
-        return self._order(path.removeprefix("/meter-orders/"), now)
+            return self._list(request.query_params.multi_items())
+        return self._order(path.removeprefix("/meter-orders/"))
 
     def _over_limit(self, now: float) -> bool:
         if self._rate_limit is None:
@@ -446,26 +412,24 @@ class Simulator:
             return True
         return self._tokens.get(token, 0.0) > now
 
-    def _order(self, wanted: str, now: float) -> Response:
-        script = self._scripts.get(wanted)
-        if script is None:
-            return _error(404, "NOT_FOUND", f"meter order {wanted[:40]} not found")
-        return _json(200, self._body(script, now - self._started))
+    def _order(self, wanted: str) -> Response:
+        for source in self._sources:
+            if source.created(wanted) is not None:
+                return _json(200, source.body(wanted))
+        return _error(404, "NOT_FOUND", f"meter order {wanted[:40]} not found")
 
-    def _list(self, params: list[tuple[str, str]], now: float) -> Response:
+    def _list(self, params: list[tuple[str, str]]) -> Response:
         query = dict(params)
         try:
             limit = parse_limit(query.get("limit"))
             filters = parse_filters(params, self._ignored)
             cursor = query.get("cursor")
-            start = 0 if cursor is None else decode_cursor(cursor, self._listing_ids)
+            start = TOP if cursor is None else decode_cursor(cursor, self._created)
         except BadRequest as exc:
             return _error(400, "BAD_REQUEST", str(exc))
-        items, following = self._page(start, limit, filters, now - self._started)
+        items, following = list_page(self._sources, filters, limit, start)
         self.stats.items_served += len(items)
-        next_page = (
-            None if following is None else encode_cursor(following, self._listing_ids[following])
-        )
+        next_page = None if following is None else encode_cursor(following)
         body = {
             "object": "list",
             "items": items,
@@ -474,52 +438,8 @@ class Simulator:
         }
         return _json(200, body)
 
-    def _page(
-        self, start: int, limit: int, filters: Sequence[Filter], elapsed: float
-    ) -> tuple[list[dict[str, str]], int | None]:
-        """Up to ``limit`` matching orders from ``start`` on, and where the next match stands.
-
-        The scan stops at the first match past the page, so a whole sweep reads each order
-        once however selective the filters are.
-        """
-        items: list[dict[str, str]] = []
-        for position in self._candidates(start, filters):
-            body = self._body(self._listing[position], elapsed)
-            if all(wanted.matches(body) for wanted in filters):
-                if len(items) == limit:
-                    return items, position
-                items.append(body)
-        return items, None
-
-    def _candidates(self, start: int, filters: Sequence[Filter]) -> Iterable[int]:
-        """The positions from ``start`` on that can match: with a filter on customer or
-        subscription (``eq``, ``in``), only those orders' (each order has its own, derived from
-        its id), as a database's index would; else every position."""
-        for wanted in filters:
-            prefix = {"customer": "cus_", "subscription": "sub_"}.get(wanted.field)
-            if prefix is not None and wanted.operator in {"eq", "in"}:
-                values = wanted.value.split(",") if wanted.operator == "in" else [wanted.value]
-                found = (
-                    self._positions.get("prdo_" + value.removeprefix(prefix))
-                    for value in values
-                    if value.startswith(prefix)
-                )
-                return sorted(p for p in found if p is not None and p >= start)
-        return range(start, len(self._listing))
-
-    def _body(self, script: Script, elapsed: float) -> dict[str, str]:
-        """The meter order as the API shows it ``elapsed`` seconds after the start."""
-        index, began = script.at(elapsed)
-        return {
-            "object": "meter_order",
-            "id": script.order_id,
-            "subscription": "sub_" + script.order_id[5:],
-            "customer": "cus_" + script.order_id[5:],
-            "provider": script.provider,
-            "status": script.steps[index][0],
-            "created_at": _timestamp(self._created[script.order_id]),
-            "updated_at": _timestamp(datetime.fromtimestamp(self._wall_started + began, UTC)),
-        }
+    def _created(self, order: str) -> int | None:
+        return find_created(self._sources, order)
 
     @contextlib.asynccontextmanager
     async def hints_running(self, target: HintTarget | None = None) -> AsyncIterator[None]:
@@ -581,29 +501,6 @@ class Simulator:
         print(f"simulator: hint about {order} not delivered: {failed}", file=sys.stderr)  # noqa: T201
 
 
-def creation_times(order_ids: Iterable[str], anchor: datetime) -> dict[str, datetime]:
-    """For each order, a distinct creation second over the months before ``anchor``.
-
-    Each is derived from the order's id; two ids drawing the same second are moved apart,
-    the larger id one second earlier, so the result depends on the set of ids only.
-    """
-    taken: set[int] = set()
-    created: dict[str, datetime] = {}
-    for order in sorted(order_ids):
-        digest = hashlib.sha256(order.encode()).digest()
-        back = _DAY + int.from_bytes(digest[:8], "big") % _CREATION_SPAN
-        while back in taken:
-            back += 1
-        taken.add(back)
-        created[order] = anchor - timedelta(seconds=back)
-    return created
-
-
-def _midnight(wall: float) -> datetime:
-    moment = datetime.fromtimestamp(wall, UTC)
-    return moment.replace(hour=0, minute=0, second=0, microsecond=0)
-
-
 def _route(method: str, path: str) -> str | None:
     """Which of the simulator's routes ``method path`` is, if any."""
     if method == "POST" and path == "/oauth/token":
@@ -613,10 +510,6 @@ def _route(method: str, path: str) -> str | None:
     if method == "GET" and path.startswith("/meter-orders/"):
         return "order"
     return None
-
-
-def _timestamp(moment: datetime) -> str:
-    return moment.isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def _json(status: int, body: object, headers: dict[str, str] | None = None) -> Response:
@@ -643,6 +536,15 @@ def _error(status: int, code: str, message: str, headers: dict[str, str] | None 
 
 async def _serve(args: argparse.Namespace) -> None:
     scripts = steady_scripts(args.orders) if args.steady else demo_scripts(args.step)
+    organisation = None
+    if args.organisation is not None:
+        organisation = Organisation(
+            args.organisation,
+            change_share_per_hour=args.change_share,
+            new_per_hour=args.new_per_hour,
+            stale_updated_at=args.stale_updated_at,
+        )
+        scripts = scripts if args.steady else []
     with contextlib.ExitStack() as files:
         request_log = (
             files.enter_context(args.request_log.open("a", encoding="utf-8"))
@@ -657,6 +559,8 @@ async def _serve(args: argparse.Namespace) -> None:
         simulator = Simulator(
             scripts,
             unwatched=args.unwatched,
+            organisation=organisation,
+            stale_updated_at=args.stale_updated_at,
             static_token=args.token,
             rate_limit=args.rate_limit,
             ignore_filters=args.ignore_filter,
@@ -664,7 +568,10 @@ async def _serve(args: argparse.Namespace) -> None:
             request_log=request_log,
         )
         async with serve(simulator.app, port=args.port) as server, simulator.hints_running():
-            announcement = {"url": server.url, "orders": simulator.order_ids}
+            announcement: dict[str, object] = {"url": server.url, "orders": simulator.order_ids}
+            if organisation is not None:
+                announcement["orders"] = [*simulator.order_ids, *organisation.order_ids(100)]
+                announcement["organisation"] = organisation.size
             print(json.dumps(announcement), flush=True)  # noqa: T201
             await asyncio.Event().wait()
 
@@ -696,6 +603,24 @@ def main() -> None:
         default=[],
         metavar="FIELD",
         help="ignore list filters on FIELD, like an upstream that does not know it (repeatable)",
+    )
+    parser.add_argument(
+        "--organisation",
+        type=int,
+        default=None,
+        metavar="N",
+        help="serve an organisation of N orders (instead of the demo orders, unless --steady)",
+    )
+    parser.add_argument(
+        "--change-share", type=float, default=0.001, help="share of them changing per hour"
+    )
+    parser.add_argument(
+        "--new-per-hour", type=float, default=0.0, help="new organisation orders per hour"
+    )
+    parser.add_argument(
+        "--stale-updated-at",
+        action="store_true",
+        help="a status change does not move updated_at (scripted and organisation orders)",
     )
     parser.add_argument("--hint-url", default=None, help="POST a signed webhook per change here")
     parser.add_argument("--hint-secret", default=None, help="the secret that signs the hints")
