@@ -14,8 +14,7 @@ import structlog
 from sqlalchemy import func, select
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from tests.support import STATIC_TOKEN, make_settings, tracker_cli, write_config, settings_mapping
-from tracker.clock import utc_now
+from tests.support import STATIC_TOKEN, make_settings
 from tracker.demo.serving import serve
 from tracker.demo.simulator import Script, Simulator, order_id, steady_scripts
 from tracker.organisation import STATE
@@ -52,7 +51,7 @@ async def run_until(
     running = asyncio.create_task(service.daemon().run(stop))
     try:
         async with asyncio.timeout(limit):
-            while not await done():  # noqa: ASYNC110 - the state is in the database
+            while not await done():
                 if running.done():
                     running.result()
                 await asyncio.sleep(0.1)
@@ -207,9 +206,7 @@ class TestCut:
         sim = Simulator(steady_scripts(3), unwatched=247, static_token=STATIC_TOKEN)
         gate = Gate(sim.app)
         async with serve(gate) as server:
-            settings = make_settings(
-                tmp_path, server.url, polling=SLOW_POLLS, watch={"all": True}
-            )
+            settings = make_settings(tmp_path, server.url, polling=SLOW_POLLS, watch={"all": True})
             async with open_service(settings) as service:
                 stop = asyncio.Event()
                 running = asyncio.create_task(service.daemon().run(stop))
