@@ -52,18 +52,23 @@ class Sweeps(Repository):
                     ).scalars()
                 )
                 fresh = [order_id for order_id in chunk if order_id not in known]
-                for order_id in fresh:  # one by one: RETURNING says which were new
+                if fresh:  # RETURNING says which were new (another daemon may insert too)
                     inserted = await conn.execute(
                         insert_new(conn, w)
                         .values(
-                            order_id=order_id,
-                            active=True,
-                            source="rule",
-                            added_at=now,
-                            next_poll_at=now,
-                            leased_until=lease_until,
-                            leased_by=self.owner,
-                            consecutive_failures=0,
+                            [
+                                {
+                                    "order_id": order_id,
+                                    "active": True,
+                                    "source": "rule",
+                                    "added_at": now,
+                                    "next_poll_at": now,
+                                    "leased_until": lease_until,
+                                    "leased_by": self.owner,
+                                    "consecutive_failures": 0,
+                                }
+                                for order_id in fresh
+                            ]
                         )
                         .returning(w.c.order_id)
                     )
