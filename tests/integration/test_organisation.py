@@ -7,14 +7,17 @@ import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
 import structlog
 from sqlalchemy import func, select
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from tests.support import STATIC_TOKEN, make_settings
+from tests.support import STATIC_TOKEN, make_settings, settings_mapping, tracker_cli, write_config
+from tracker.clock import utc_now
 from tracker.demo.serving import serve
 from tracker.demo.simulator import Script, Simulator, order_id, steady_scripts
 from tracker.organisation import STATE
@@ -120,6 +123,39 @@ class TestRules:
                 ids = await watched_ids(service)
         assert ids == set(wanted)
 
+    async def test_watch_list_by_source(self, database: str, tmp_path: Path) -> None:
+        """`watch list --source rule|manual` tells orders found by rule from those added by hand."""
+        scripts = steady_scripts(3)
+        by_hand = order_id("org-by-hand")
+        customers = ["cus_" + scripts[0].order_id[5:]]
+        polling = SLOW_POLLS
+        async with upstream(scripts) as (_sim, url):
+            mapping = settings_mapping(
+                tmp_path, url, polling=polling, watch={"customers": customers}
+            )
+            config = str(write_config(tmp_path / "tracker.toml", mapping))
+            settings = make_settings(tmp_path, url, polling=polling, watch={"customers": customers})
+            async with open_service(settings) as service:
+                await service.store.orders.watch([by_hand], source="cli", now=utc_now())
+
+                async def read() -> bool:
+                    return (await kept(service)).created_cursor is not None
+
+                await run_until(service, read)
+            rule = await tracker_cli(
+                "watch", "list", "--source", "rule", "--json", "--config", config
+            )
+            manual = await tracker_cli(
+                "watch", "list", "--source", "manual", "--json", "--config", config
+            )
+            wrong = await tracker_cli("watch", "list", "--source", "config", "--config", config)
+        assert [(o["order_id"], o["source"]) for o in json.loads(rule.out)] == [
+            (scripts[0].order_id, "rule")
+        ]
+        assert [(o["order_id"], o["source"]) for o in json.loads(manual.out)] == [(by_hand, "cli")]
+        assert wrong.code == 2
+        assert wrong.err.strip().endswith("--source 'config': give rule or manual")
+
 
 async def transitions_of(service: Service, order: str) -> list[tuple[str | None, str]]:
     """The order's stored transitions, oldest first."""
@@ -181,6 +217,86 @@ class TestChangeSweeps:
         assert not state.trusted
         assert "ignores filter[updated_at][gte]" in state.reason
         assert state.changes_cursor is not None  # kept where it was: nothing skipped
+
+
+class TestTrust:
+    """Change sweeps are trusted after clean full passes, and distrusted when they miss."""
+
+    async def test_clean_passes_earn_trust(self, database: str, tmp_path: Path) -> None:
+        """A clean full pass trusts change sweeps: polls go to `reconcile`, status says so."""
+        polling = {
+            "interval": 1,
+            "jitter": 0,
+            "changes_every": 0.5,
+            "trust_after": 1,
+            "reconcile": 3600,
+        }
+        mapping = settings_mapping(tmp_path, "", polling=polling, watch={"all": True})
+        async with upstream(steady_scripts(4)) as (_sim, url):
+            mapping["upstream"]["base_url"] = url
+            config = write_config(tmp_path / "tracker.toml", mapping)
+            settings = make_settings(tmp_path, url, polling=polling, watch={"all": True})
+            async with open_service(settings) as service:
+                with structlog.testing.capture_logs() as logs:
+
+                    async def reconciling() -> bool:
+                        if not (await kept(service)).trusted:
+                            return False
+                        later = utc_now() + timedelta(minutes=30)
+                        orders = [order async for order in service.store.orders.watched()]
+                        return all(o.next_poll_at and o.next_poll_at > later for o in orders)
+
+                    await run_until(service, reconciling)
+                state = await kept(service)
+            ran = await tracker_cli("status", "--json", "--config", str(config))
+        assert ran.code == 0, ran.err
+        assert json.loads(ran.out)["change_sweeps"] == {
+            "mode": "trusted",
+            "reason": "1 full passes in a row found nothing the change sweeps missed",
+        }
+        assert state.clean_passes == 1
+        assert [e["event"] for e in logs if e["event"] == "change_sweeps_trusted"] == [
+            "change_sweeps_trusted"
+        ]
+
+    @pytest.mark.parametrize("sweep", ["ids", "list"])
+    async def test_a_full_pass_finds_a_stale_change(
+        self, database: str, tmp_path: Path, sweep: str
+    ) -> None:
+        """A move whose updated_at stays is found by a full pass (by id, or by list pages):
+        change sweeps are untrusted, said once, and each move is stored once."""
+        polling = {
+            "interval": 1,
+            "jitter": 0,
+            "changes_every": 0.5,
+            "trust_after": 0,
+            "reconcile": 1,
+            "sweep": sweep,
+        }
+        stale = upstream(
+            [*steady_scripts(2), *MOVING],
+            stale_updated_at=True,
+            wall_clock=lambda: time.time() - 3600,  # last updated an hour before the start
+        )
+        async with stale as (_sim, url):
+            settings = make_settings(tmp_path, url, polling=polling, watch={"all": True})
+            async with open_service(settings) as service:
+                with structlog.testing.capture_logs() as logs:
+
+                    async def all_moved() -> bool:
+                        orders = [await service.store.orders.get(s.order_id) for s in MOVING]
+                        return all(o is not None and o.status == "checked" for o in orders)
+
+                    await run_until(service, all_moved)
+                moves = [await transitions_of(service, s.order_id) for s in MOVING]
+                state = await kept(service)
+        said = [e for e in logs if e["event"] == "updated_at_unreliable"]
+        assert len(said) == 1
+        assert said[0]["order_id"] in {s.order_id for s in MOVING}
+        assert not state.trusted
+        assert "was not in the change sweeps" in state.reason
+        assert state.retry_at is not None  # trust is tried again a day later
+        assert moves == [[("ordered", "checked")]] * len(MOVING)  # none lost, none twice
 
 
 class Gate:
