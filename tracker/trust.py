@@ -165,14 +165,16 @@ class Trust:
         return Missed(order_id=order_id, updated_at=updated_at, covered=covered)
 
     def distrust(self, reason: str, *, now: datetime) -> bool:
-        """Change sweeps are unreliable; whether they were trusted (or counting) until now."""
+        """Change sweeps are unreliable; whether they were trusted (or passes were counted)
+        until now: then passes are counted again :data:`RETRY_TRUST` later."""
         state = self.state
         was = state.trusted or state.retry_at is None or state.retry_at <= now
         state.trusted = False
         state.reason = reason
         state.clean_passes = 0
         state.pass_started = None
-        state.retry_at = now + RETRY_TRUST
+        if was:  # a miss while passes wait to be counted again does not put them off
+            state.retry_at = now + RETRY_TRUST
         return was
 
     def start_pass(self, now: datetime) -> bool:
