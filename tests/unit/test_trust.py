@@ -57,7 +57,7 @@ def test_clean_passes_earn_trust() -> None:
     assert not trust.pass_ended(T0 + timedelta(hours=1))
     assert trust.mode == "untrusted"
     assert trust.pass_ended(T0 + timedelta(hours=2))
-    assert trust.mode == "trusted"
+    assert trust.state.trusted
     assert not trust.start_pass(T0 + timedelta(hours=3))  # trusted: no pass is counted
 
 
