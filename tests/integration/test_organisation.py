@@ -16,6 +16,8 @@ import structlog
 from sqlalchemy import func, select
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from tests.processes import start_daemon
+from tests.processes import stop as stop_daemon
 from tests.support import STATIC_TOKEN, make_settings, settings_mapping, tracker_cli, write_config
 from tracker.clock import utc_now
 from tracker.demo.serving import serve
@@ -299,6 +301,20 @@ class TestTrust:
         assert moves == [[("ordered", "checked")]] * len(MOVING)  # none lost, none twice
 
 
+class HeldClock:
+    """The simulator's clock: held at its start until :meth:`release`, then running."""
+
+    def __init__(self) -> None:
+        self._released: float | None = None
+
+    def __call__(self) -> float:
+        return 0.0 if self._released is None else time.monotonic() - self._released
+
+    def release(self) -> None:
+        """Let the orders' scripts run from now."""
+        self._released = time.monotonic()
+
+
 class Gate:
     """The upstream, holding every list page after a first one until :attr:`opened`."""
 
@@ -348,3 +364,45 @@ class TestCut:
         ended = [entry for entry in logs if entry["event"] == "organisation_read_ended"]
         assert [entry["resumed"] for entry in started] == [True]
         assert [entry["pages"] for entry in ended] == [1]  # the third page only
+
+    async def test_a_killed_daemon_loses_no_change(self, database: str, tmp_path: Path) -> None:
+        """A daemon SIGKILLed while change sweeps run, then restarted, stores every move once."""
+        moving = [
+            Script(
+                order_id=order_id(f"org-killed-{i}"),
+                provider="inexogy",
+                steps=(("ordered", 4.0 + 2 * i), ("checked", 0.0)),
+            )
+            for i in range(3)
+        ]
+        clock = HeldClock()  # the orders move only once the first read has watched them
+        async with upstream([*steady_scripts(2), *moving], clock=clock) as (_sim, url):
+            mapping = settings_mapping(tmp_path, url, polling=SLOW_POLLS, watch={"all": True})
+            config = str(write_config(tmp_path / "tracker.toml", mapping))
+            settings = make_settings(tmp_path, url, polling=SLOW_POLLS, watch={"all": True})
+            async with open_service(settings) as service:
+
+                async def moved(orders: list[Script]) -> bool:
+                    found = [await service.store.orders.get(s.order_id) for s in orders]
+                    return all(o is not None and o.status == "checked" for o in found)
+
+                daemon = await start_daemon(config)
+                try:
+                    async with asyncio.timeout(120):  # ends a hang only
+                        while (await kept(service)).created_cursor is None:  # noqa: ASYNC110
+                            await asyncio.sleep(0.05)
+                        clock.release()
+                        while not await moved(moving[:1]):  # noqa: ASYNC110 - in the database
+                            await asyncio.sleep(0.05)
+                finally:
+                    daemon.kill()  # mid-sweep or between sweeps: either must lose nothing
+                    await daemon.wait()
+                again = await start_daemon(config)
+                try:
+                    async with asyncio.timeout(120):
+                        while not await moved(moving):  # noqa: ASYNC110 - in the database
+                            await asyncio.sleep(0.1)
+                finally:
+                    await stop_daemon(again)
+                moves = [await transitions_of(service, s.order_id) for s in moving]
+        assert moves == [[("ordered", "checked")]] * len(moving)
