@@ -20,6 +20,7 @@ from tests.processes import start_daemon
 from tests.processes import stop as stop_daemon
 from tests.support import STATIC_TOKEN, make_settings, settings_mapping, tracker_cli, write_config
 from tracker.clock import utc_now
+from tracker.demo.organisation import Organisation
 from tracker.demo.serving import serve
 from tracker.demo.simulator import Script, Simulator, order_id, steady_scripts
 from tracker.organisation import STATE
@@ -157,6 +158,41 @@ class TestRules:
         assert [(o["order_id"], o["source"]) for o in json.loads(manual.out)] == [(by_hand, "cli")]
         assert wrong.code == 2
         assert wrong.err.strip().endswith("--source 'config': give rule or manual")
+
+    async def test_narrowing_a_rule_keeps_what_it_added(
+        self, database: str, tmp_path: Path
+    ) -> None:
+        """A rule narrowed on reload adds only what still matches; what it added stays watched."""
+        organisation = Organisation(8, change_share_per_hour=0, seed="org-narrowed")
+        kept_one, dropped_one = order_id("org-narrowed-8"), order_id("org-narrowed-9")
+        async with upstream([], organisation=organisation) as (_sim, url):
+            settings = make_settings(tmp_path, url, polling=SLOW_POLLS, watch={"all": True})
+            async with open_service(settings) as service:
+                stop = asyncio.Event()
+                daemon = service.daemon()
+                running = asyncio.create_task(daemon.run(stop))
+                try:
+                    async with asyncio.timeout(120):  # ends a hang only
+                        while len(await watched_ids(service)) < 8:  # noqa: ASYNC110
+                            await asyncio.sleep(0.05)
+                        narrowed = make_settings(
+                            tmp_path,
+                            url,
+                            polling=SLOW_POLLS,
+                            watch={"customers": ["cus_" + kept_one[5:]]},
+                        )
+                        await daemon.reconfigure(narrowed, {})
+                        assert organisation.create(2) == [kept_one, dropped_one]
+                        while kept_one not in await watched_ids(service):  # noqa: ASYNC110
+                            await asyncio.sleep(0.05)
+                finally:
+                    stop.set()
+                    await asyncio.wait_for(running, 10)
+                orders = [order async for order in service.store.orders.watched()]
+        active = {order.order_id for order in orders if order.active}
+        assert active == {*organisation.order_ids(8), kept_one}
+        assert dropped_one not in {order.order_id for order in orders}
+        assert {order.source for order in orders} == {"rule"}
 
 
 async def transitions_of(service: Service, order: str) -> list[tuple[str | None, str]]:
