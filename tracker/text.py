@@ -1,4 +1,11 @@
-"""Text from outside: made safe for a mail header or a terminal, or read as a header's value.
+"""Text from outside: made safe for a mail header or a terminal, or read as a header's value;
+and :class:`Message`, words with values that a page can say in its visitor's language.
+
+A handler or a view that words something with values (``status 'x' is not a known status``)
+gives a :class:`Message`: it reads as the English text wherever a string goes (an error's JSON,
+a log, a test, the CLI), and keeps its msgid and values so that a page says it in German
+(``_macros.html``'s ``say``). The msgids are extracted like the templates' (``Message`` is a
+gettext keyword to ``tests/unit/test_i18n.py``), so each has an entry in the German catalog.
 
 Pure: standard library only, no I/O.
 """
@@ -58,3 +65,17 @@ def week_label(monday: date) -> str:
     """A week as ISO calendar week, e.g. ``2026-W48``."""
     year, number, _ = monday.isocalendar()
     return f"{year}-W{number:02d}"
+
+
+class Message(str):
+    """``msgid % values`` in English, its msgid and values kept for a translation."""
+
+    msgid: str
+    values: dict[str, object]
+
+    def __new__(cls, msgid: str, /, **values: object) -> Message:
+        """The message ``msgid`` (``%(name)s`` placeholders, ``%%`` only with values)."""
+        message = super().__new__(cls, msgid % values if values else msgid)
+        message.msgid = msgid
+        message.values = values
+        return message

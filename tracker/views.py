@@ -15,7 +15,7 @@ from rich.text import Text
 from tracker.model import DaemonRecord, Delivery, DeliveryState, Transition, WatchedOrder
 from tracker.shapes import HISTORY_KEYS, shown
 from tracker.store import Alert, Attempt, History, Overview, PollOutcome, Store
-from tracker.text import printable
+from tracker.text import Message, printable
 
 T = TypeVar("T")
 
@@ -373,20 +373,30 @@ def alert_dict(alert: Alert) -> dict[str, Any]:
 
 def alert_text(alert: Alert) -> str:
     """One alert in words: ``stuck in ordered since …``, ``3 failed polls in a row: …``."""
-    data = _alert_data(alert)
-    if alert.kind == "stuck":
-        return (
-            f"stuck in {alert.status} since {data.get('since', '?')}, "
-            f"longer than {data.get('threshold', '?')}"
+    return str(alert_words(alert.kind, alert.status, _alert_data(alert)))
+
+
+def alert_words(kind: str, status: str | None, details: dict[str, Any]) -> Message:
+    """One alert in words, as a :class:`~tracker.text.Message` a page can translate."""
+    if kind == "stuck":
+        return Message(
+            "stuck in %(status)s since %(since)s, longer than %(threshold)s",
+            status=status,
+            since=details.get("since", "?"),
+            threshold=details.get("threshold", "?"),
         )
-    if alert.kind == "poll_failing":
-        return (
-            f"{data.get('failures', '?')} failed polls in a row: "
-            f"{data.get('last_error_kind', '?')}: {data.get('last_error', '')}"
+    if kind == "poll_failing":
+        return Message(
+            "%(failures)s failed polls in a row: %(kind)s: %(error)s",
+            failures=details.get("failures", "?"),
+            kind=details.get("last_error_kind", "?"),
+            error=details.get("last_error", ""),
         )
-    if alert.kind == "poll_recovered":
-        return f"polled again after {data.get('failures', '?')} failed polls"
-    return alert.kind
+    if kind == "poll_recovered":
+        return Message(
+            "polled again after %(failures)s failed polls", failures=details.get("failures", "?")
+        )
+    return Message(kind)
 
 
 def transition_dict(transition: Transition, deliveries: Iterable[Delivery]) -> dict[str, Any]:

@@ -16,9 +16,9 @@ from babel.messages.pofile import read_po
 from tracker import retries
 from tracker.field_changes import Change
 from tracker.lifecycle import Kind
+from tracker.text import Message
 from tracker.web import i18n, journey
 from tracker.web.i18n import Localization, PageLocale, negotiate
-from tracker.web.messages import Message
 
 WEB = Path(i18n.__file__).parent
 BERLIN = ZoneInfo("Europe/Berlin")
@@ -157,13 +157,15 @@ class TestCatalog:
         translated."""
         found = [
             (path, message if isinstance(message, str) else message[0])
+            for folder in (WEB, WEB.parent)  # the page modules, and the views they share
             for path, _line, message, _comments, _context in extract_from_dir(
-                WEB,
-                method_map=[("*.py", "python")],
+                folder,
+                method_map=[("*.py", "python")] if folder == WEB else [("views.py", "python")],
                 keywords={"Message": None},
             )
         ]
         assert any(path == "desk.py" for path, _m in found), found
+        assert any(path == "views.py" for path, _m in found), found
         handed = [("handed", word) for word in HANDED]
         assert untranslated(german_catalog(), found + handed) == []
 

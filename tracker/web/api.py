@@ -10,10 +10,8 @@ from __future__ import annotations
 import base64
 import binascii
 import functools
-import io
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
-from contextlib import aclosing
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -27,14 +25,7 @@ from starlette.types import Receive, Scope, Send
 from tracker import retries
 from tracker.clock import utc_now
 from tracker.errors import ConfigError, InvalidOrderId
-from tracker.export import (
-    FORMATS,
-    CsvWriter,
-    ExportRequest,
-    NdjsonWriter,
-    chunks,
-    parse_moment,
-)
+from tracker.export import FORMATS, ExportRequest, parse_moment, streamed
 from tracker.lifecycle import Status
 from tracker.model import DeliveryState, validate_order_id
 from tracker.store import Store
@@ -235,7 +226,7 @@ class _Api:
         media = "text/csv; charset=utf-8" if wanted.format == "csv" else "application/x-ndjson"
         self._exporting[caller.name] = self._exporting.get(caller.name, 0) + 1
         return _Streaming(
-            self._export(wanted),
+            streamed(self._store.reading, wanted),
             media_type=media,
             done=functools.partial(self._exported, caller.name),
         )
@@ -244,20 +235,6 @@ class _Api:
         left = self._exporting.pop(name, 1) - 1
         if left:
             self._exporting[name] = left
-
-    async def _export(self, wanted: ExportRequest) -> AsyncIterator[str]:
-        buffer = io.StringIO()
-        writer = (
-            CsvWriter(buffer, terminal=False) if wanted.format == "csv" else NdjsonWriter(buffer)
-        )
-        async with aclosing(chunks(self._store.reading, wanted)) as rows:
-            async for batch in rows:
-                writer.write(batch)
-                yield buffer.getvalue()
-                buffer.seek(0)
-                buffer.truncate()
-        if buffer.tell():  # the CSV header of an empty period
-            yield buffer.getvalue()
 
     async def retry_delivery(self, request: Request) -> Response:
         caller = authenticate(request, self._users, write=True)

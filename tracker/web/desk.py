@@ -27,11 +27,11 @@ from tracker.export import ExportRequest, day_bounds, day_of, parse_moment, stre
 from tracker.lifecycle import Status, is_known
 from tracker.model import ORDER_ID, DeliveryState
 from tracker.store import Store
+from tracker.text import Message
 from tracker.views import orphaned
 from tracker.web.api import PREFIX, retry_event
 from tracker.web.auth import Users, authenticate
 from tracker.web.bodies import bounded_body, parse_json
-from tracker.web.messages import Message
 from tracker.web.pages import (
     MAX_STATUS,
     PAGE_SIZE,

@@ -3,7 +3,7 @@
 The computing is done by the pure core (``tracker.journey``, ``tracker.field_changes``); this
 module only words durations and merges the alerts into the timeline, so that ``pages.py`` stays
 thin. Times stay datetimes: the template shows them through the pages' ``utc`` and ``ago``. Words
-are English msgids (:class:`~tracker.web.messages.Message`, or plain ones the template passes to
+are English msgids (:class:`~tracker.text.Message`, or plain ones the template passes to
 ``translated``), said in the page's language by the template.
 """
 
@@ -20,8 +20,8 @@ from tracker.field_changes import Changes, changes
 from tracker.journey import Journey, Leg, Place, Step, Visit, journey
 from tracker.model import Snapshot
 from tracker.store import Alert, History
-from tracker.views import alert_dict, span
-from tracker.web.messages import Message
+from tracker.text import Message
+from tracker.views import alert_dict, alert_words, span
 
 #: How each place of a main-path step reads.
 PLACE_WORDS = {
@@ -157,26 +157,3 @@ def _alert_view(alert: Alert) -> dict[str, Any]:
         "title": ALERT_TITLES.get(alert.kind, alert.kind),
         "text": alert_words(alert.kind, alert.status, shown["details"]),
     }
-
-
-def alert_words(kind: str, status: str | None, details: dict[str, Any]) -> Message:
-    """One alert in words, as ``tracker.views.alert_text`` says it, for the page to translate."""
-    if kind == "stuck":
-        return Message(
-            "stuck in %(status)s since %(since)s, longer than %(threshold)s",
-            status=status,
-            since=details.get("since", "?"),
-            threshold=details.get("threshold", "?"),
-        )
-    if kind == "poll_failing":
-        return Message(
-            "%(failures)s failed polls in a row: %(kind)s: %(error)s",
-            failures=details.get("failures", "?"),
-            kind=details.get("last_error_kind", "?"),
-            error=details.get("last_error", ""),
-        )
-    if kind == "poll_recovered":
-        return Message(
-            "polled again after %(failures)s failed polls", failures=details.get("failures", "?")
-        )
-    return Message(kind)

@@ -35,6 +35,7 @@ from tracker.errors import InvalidOrderId
 from tracker.lifecycle import BLOCKED, COMPLETE, MAIN_PATH, Status, is_known
 from tracker.model import STALE_AFTER, validate_order_id
 from tracker.store import History, Store
+from tracker.text import Message
 from tracker.views import history_json, span, state_of
 from tracker.web import i18n
 from tracker.web.api import (
@@ -48,7 +49,6 @@ from tracker.web.api import (
 from tracker.web.auth import Users, client_of
 from tracker.web.bodies import bounded_body
 from tracker.web.journey import journey_context, timeline
-from tracker.web.messages import Message
 from tracker.web.refresh import refresh_seconds, script_url
 from tracker.web.sessions import COOKIE, SESSION_LIFETIME, Session
 

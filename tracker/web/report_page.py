@@ -49,9 +49,8 @@ from tracker.insight import (
 )
 from tracker.lifecycle import MAIN_PATH, Status
 from tracker.store import Store
-from tracker.text import human, week_label
+from tracker.text import Message, human, week_label
 from tracker.web.auth import Users, authenticate
-from tracker.web.messages import Message
 from tracker.web.pages import PageRoute, Visitor, render
 
 PREFIX = "/api/v1/reports"
