@@ -279,19 +279,24 @@ def lead_times_of(found: Sequence[Lead], *, by: bool) -> list[LeadTime]:
     result = []
     for provider in sorted(groups, key=lambda name: name or ""):
         values = sorted(groups[provider])
-        bins = [0] * LEAD_BINS
-        for micros in values:
-            bins[min(micros // (LEAD_BIN // timedelta(microseconds=1)), LEAD_BINS - 1)] += 1
         result.append(
             LeadTime(
                 provider=provider,
                 count=len(values),
                 median_seconds=seconds(quantile(values, MEDIAN)),
                 p90_seconds=seconds(quantile(values, P90)),
-                bins=tuple(bins),
+                bins=lead_bins(values),
             )
         )
     return result
+
+
+def lead_bins(values: Sequence[int]) -> tuple[int, ...]:
+    """How many of ``values`` (microseconds, sorted, positive) fall in each
+    :data:`LEAD_BIN`-wide bin, the last one open: counted between the bins' edges."""
+    width = LEAD_BIN // timedelta(microseconds=1)
+    edges = [0, *(bisect.bisect_left(values, k * width) for k in range(1, LEAD_BINS)), len(values)]
+    return tuple(end - start for start, end in itertools.pairwise(edges))
 
 
 def flow_of(stays: Finished, *, by: bool) -> list[Flow]:
