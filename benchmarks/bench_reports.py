@@ -5,9 +5,14 @@ transitions (default 1,000,000) over ``--orders`` orders spread across two years
 stays, written in bulk the way ``Polls.record`` writes them one at a time. Then it times each
 query of the page's default period (the last twelve weeks) and of the whole history, and
 serves the app on a loopback port to time ``GET /reports`` and ``GET /api/v1/reports/durations``
-(p50 and p99 of ``--requests`` each). Numbers, not assertions.
+(p50 and p99 of ``--requests`` each, and the CPU time each request costs this process: the
+server, its SQLite thread and the client). Numbers, not assertions.
 
     .venv/bin/python benchmarks/bench_reports.py [--transitions N] [--postgresql URL]
+    .venv/bin/python benchmarks/bench_reports.py --database URL [--fill] [--pages-only]
+
+``--database URL`` measures a database filled before (by ``--fill`` on a first run), so that the
+code before and after a change can be timed on the same data beside each other.
 """
 
 from __future__ import annotations
@@ -15,7 +20,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import random
+import resource
 import statistics
 import tempfile
 import time
@@ -154,28 +161,43 @@ def quantiles(samples: list[float]) -> tuple[float, float]:
     return cuts[49] * 1000, cuts[98] * 1000
 
 
-async def measure(url: str, requests: int) -> dict[str, Any]:
-    """Time each query, then the page and the API over a real loopback server."""
+def cpu_seconds() -> float:
+    """CPU time this process has used (all its threads: the server, SQLite's, the client)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+async def time_queries(store: Store) -> dict[str, Any]:
+    """The best of five of each report's query, over twelve weeks and over the two years."""
+    result: dict[str, Any] = {}
+    default = Period(since=NOW - timedelta(weeks=12), until=NOW)
+    whole = Period(since=NOW - SPAN, until=NOW)
+    for label, period in (("12 weeks", default), ("2 years", whole)):
+        for name, call in (
+            ("durations", lambda p: durations(store, p, by=False)),
+            ("durations by provider", lambda p: durations(store, p, by=True)),
+            ("lead time", lambda p: lead_times(store, p, by=False)),
+            ("flow", lambda p: flow(store, p, by=False)),
+            ("weekly", lambda p: weekly(store, p)),
+            ("over target", lambda p: over_target(store, p, TARGETS)),
+        ):
+            times = []
+            for _ in range(5):
+                began = time.perf_counter()
+                await call(period)
+                times.append(time.perf_counter() - began)
+            result[f"query {name} ({label}) ms"] = round(min(times) * 1000, 1)
+    return result
+
+
+async def measure(url: str, requests: int, *, queries: bool = True) -> dict[str, Any]:
+    """Time each query (unless not ``queries``), then the page and the API over a real
+    loopback server: wall p50 and p99, and the median CPU time per request."""
     store = Store(connect(url))
     result: dict[str, Any] = {}
     try:
-        default = Period(since=NOW - timedelta(weeks=12), until=NOW)
-        whole = Period(since=NOW - SPAN, until=NOW)
-        for label, period in (("12 weeks", default), ("2 years", whole)):
-            for name, call in (
-                ("durations", lambda p: durations(store, p, by=False)),
-                ("durations by provider", lambda p: durations(store, p, by=True)),
-                ("lead time", lambda p: lead_times(store, p, by=False)),
-                ("flow", lambda p: flow(store, p, by=False)),
-                ("weekly", lambda p: weekly(store, p)),
-                ("over target", lambda p: over_target(store, p, TARGETS)),
-            ):
-                times = []
-                for _ in range(5):
-                    began = time.perf_counter()
-                    await call(period)
-                    times.append(time.perf_counter() - began)
-                result[f"query {name} ({label}) ms"] = round(min(times) * 1000, 1)
+        if queries:
+            result.update(await time_queries(store))
         users = [HttpUser.model_validate({"name": "bench", "token": TOKEN, "role": "read"})]
         app = build_app(store=store, metrics=Metrics(), users=users, targets=lambda: TARGETS)
         headers = {"Authorization": f"Bearer {TOKEN}"}
@@ -193,15 +215,20 @@ async def measure(url: str, requests: int) -> dict[str, Any]:
                 ),
                 ("page /reports (2 years)", f"/reports?since=2024-12-01&until={until}"),
             ):
-                samples = []
-                for _ in range(requests):
-                    began = time.perf_counter()
+                count = max(2, requests // 10) if "2 years" in label else requests
+                await client.get(path)  # the first request warms the caches
+                samples, cpu = [], []
+                for _ in range(count):
+                    began, used = time.perf_counter(), cpu_seconds()
                     answer = await client.get(path)
                     samples.append(time.perf_counter() - began)
+                    cpu.append(cpu_seconds() - used)
                     assert answer.status_code == 200, answer.text[:200]  # noqa: S101
                 p50, p99 = quantiles(samples)
                 result[f"{label} p50 ms"] = round(p50, 1)
                 result[f"{label} p99 ms"] = round(p99, 1)
+                result[f"{label} CPU median ms"] = round(statistics.median(cpu) * 1000, 1)
+                result[f"{label} requests"] = count
     finally:
         await store.close()
     return result
@@ -214,7 +241,21 @@ def main() -> None:
     parser.add_argument("--orders", type=int, default=125_000)
     parser.add_argument("--requests", type=int, default=40)
     parser.add_argument("--postgresql", metavar="URL", help="also an empty PostgreSQL database")
+    parser.add_argument(
+        "--database", metavar="URL", help="measure this database only (filled before, or --fill)"
+    )
+    parser.add_argument("--fill", action="store_true", help="fill --database first")
+    parser.add_argument("--pages-only", action="store_true", help="skip the queries' timings")
     args = parser.parse_args()
+    if args.database:
+        if args.fill:
+            print(f"{fill(args.database, args.transitions, args.orders):,} transitions written")
+        print(f"load average before: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+        found = asyncio.run(measure(args.database, args.requests, queries=not args.pages_only))
+        for key, value in found.items():
+            print(f"  {key}: {value}")
+        print(f"load average after: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+        return
     with tempfile.TemporaryDirectory() as folder:
         urls = [f"sqlite:///{Path(folder) / 'bench.db'}"]
         if args.postgresql:

@@ -21,8 +21,10 @@ Definitions (the README's "Reports" says the same):
 
 from __future__ import annotations
 
+import bisect
 import csv
 import io
+import itertools
 import math
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -35,8 +37,7 @@ from tracker.export import neutralise, parse_moment
 
 if TYPE_CHECKING:
     from tracker.store import Store
-    from tracker.store.stays import Finished
-    from tracker.store.stays import LeadTime as Lead
+    from tracker.store.stays import Finished, Lead
 
 #: The period a report covers when ``since`` is not given: the last twelve weeks.
 DEFAULT_PERIOD = timedelta(weeks=12)
@@ -231,12 +232,13 @@ async def finished(store: Store, period: Period) -> Finished:
 
 def durations_of(stays: Finished, *, by: bool) -> list[Duration]:
     """Per status (and provider, with ``by``), how long the finished stays lasted."""
-    groups: dict[tuple[str, str | None], list[int]] = {}
+    groups: dict[tuple[str, str | None], list[Sequence[int]]] = {}
     for (status, provider), lengths in stays.lengths.items():
-        groups.setdefault((status, provider if by else None), []).extend(lengths)
+        groups.setdefault((status, provider if by else None), []).append(lengths)
     result = []
-    for (status, provider), values in sorted(groups.items(), key=_by_names):
-        values.sort()
+    for (status, provider), parts in sorted(groups.items(), key=_by_names):
+        # Each part is sorted: one alone is used as it is, several merge (sorted runs).
+        values = parts[0] if len(parts) == 1 else sorted(itertools.chain.from_iterable(parts))
         result.append(
             Duration(
                 status=status,
@@ -272,25 +274,29 @@ async def leads(store: Store, period: Period) -> list[Lead]:
 def lead_times_of(found: Sequence[Lead], *, by: bool) -> list[LeadTime]:
     """Lead times of ``found``, overall or per provider, with their distribution."""
     groups: dict[str | None, list[int]] = {}
-    for lead in found:
-        micros = (lead.activated_at - lead.ordered_at) // timedelta(microseconds=1)
-        groups.setdefault(lead.provider if by else None, []).append(micros)
+    for provider, micros in found:
+        groups.setdefault(provider if by else None, []).append(micros)
     result = []
     for provider in sorted(groups, key=lambda name: name or ""):
         values = sorted(groups[provider])
-        bins = [0] * LEAD_BINS
-        for micros in values:
-            bins[min(micros // (LEAD_BIN // timedelta(microseconds=1)), LEAD_BINS - 1)] += 1
         result.append(
             LeadTime(
                 provider=provider,
                 count=len(values),
                 median_seconds=seconds(quantile(values, MEDIAN)),
                 p90_seconds=seconds(quantile(values, P90)),
-                bins=tuple(bins),
+                bins=lead_bins(values),
             )
         )
     return result
+
+
+def lead_bins(values: Sequence[int]) -> tuple[int, ...]:
+    """How many of ``values`` (microseconds, sorted, positive) fall in each
+    :data:`LEAD_BIN`-wide bin, the last one open: counted between the bins' edges."""
+    width = LEAD_BIN // timedelta(microseconds=1)
+    edges = [0, *(bisect.bisect_left(values, k * width) for k in range(1, LEAD_BINS)), len(values)]
+    return tuple(end - start for start, end in itertools.pairwise(edges))
 
 
 def flow_of(stays: Finished, *, by: bool) -> list[Flow]:
@@ -343,7 +349,7 @@ def over_target_of(stays: Finished, targets: Mapping[str, timedelta]) -> list[Ov
         if status not in targets:
             continue
         limit = targets[status] // timedelta(microseconds=1)
-        over = sum(1 for micros in lengths if micros > limit)
+        over = len(lengths) - bisect.bisect_right(lengths, limit)  # sorted: those past it
         count, total_over = overall.get(status, (0, 0))
         overall[status] = (count + len(lengths), total_over + over)
         rows.append((status, provider, len(lengths), over))

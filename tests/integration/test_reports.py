@@ -20,7 +20,7 @@ import csv
 import io
 import json
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -51,7 +51,9 @@ A = "prdo_aaaaaaaaaaaaaaaaaaaaaaaa"
 B = "prdo_bbbbbbbbbbbbbbbbbbbbbbbb"
 C = "prdo_cccccccccccccccccccccccc"
 D = "prdo_dddddddddddddddddddddddd"
-HISTORY: dict[str, tuple[str, list[tuple[float, str]]]] = {
+#: Per order: its provider, and each poll's time (days after ``D0``, or a timedelta) and status.
+History = Mapping[str, tuple[str, list[tuple["float | timedelta", str]]]]
+HISTORY: History = {
     A: (
         "metrify",
         [
@@ -82,12 +84,12 @@ HISTORY: dict[str, tuple[str, list[tuple[float, str]]]] = {
 PERIOD = Period(since=D0, until=D0 + 28 * DAY)
 
 
-async def record_history(store: Store) -> None:
-    """Poll each order of :data:`HISTORY` at its days, through the store's own recording."""
-    await store.orders.watch(list(HISTORY), source="manual", now=D0 - DAY)
+async def record_history(store: Store, history: History = HISTORY) -> None:
+    """Poll each order of ``history`` at its times, through the store's own recording."""
+    await store.orders.watch(list(history), source="manual", now=D0 - DAY)
     steps = sorted(
-        (D0 + day * DAY, order_id, status, provider)
-        for order_id, (provider, journey) in HISTORY.items()
+        (D0 + (day if isinstance(day, timedelta) else day * DAY), order_id, status, provider)
+        for order_id, (provider, journey) in history.items()
         for day, status in journey
     )
     for number, (at, order_id, status, provider) in enumerate(steps):
