@@ -20,7 +20,7 @@ from datetime import timedelta
 
 import pytest
 
-from tests.integration.test_reports import D0, DAY, History, record_history
+from tests.histories import D0, DAY, History, record_history
 from tracker.insight import Period, durations, flow, lead_times, over_target
 from tracker.store import Store, upgrade
 from tracker.store.db import connect

@@ -20,8 +20,7 @@ import csv
 import io
 import json
 import re
-from collections.abc import AsyncIterator, Mapping
-from datetime import UTC, datetime, timedelta
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -30,13 +29,12 @@ import pytest
 import sqlalchemy as sa
 from alembic import command
 
+from tests.histories import D0, DAY, History, record_history
 from tests.schema import assert_no_drift, engine_for
-from tests.support import order_body, settings_mapping, tracker_cli, write_config
+from tests.support import settings_mapping, tracker_cli, write_config
 from tracker.config import Address, HttpUser
-from tracker.diff import decide
 from tracker.insight import Period, durations, flow, lead_times, over_target, weekly
-from tracker.model import MeterOrder
-from tracker.store import PollOutcome, Store, upgrade
+from tracker.store import Store, upgrade
 from tracker.store.db import SCHEMA_HEAD, _alembic_config, connect
 from tracker.store.tables import stays
 from tracker.web import Metrics, build_app, listening
@@ -44,15 +42,11 @@ from tracker.web import Metrics, build_app, listening
 #: Every test here runs on SQLite and on PostgreSQL.
 pytestmark = pytest.mark.usefixtures("database")
 
-D0 = datetime(2026, 10, 5, tzinfo=UTC)
-DAY = timedelta(days=1)
 DAY_S = 86_400.0
 A = "prdo_aaaaaaaaaaaaaaaaaaaaaaaa"
 B = "prdo_bbbbbbbbbbbbbbbbbbbbbbbb"
 C = "prdo_cccccccccccccccccccccccc"
 D = "prdo_dddddddddddddddddddddddd"
-#: Per order: its provider, and each poll's time (days after ``D0``, or a timedelta) and status.
-History = Mapping[str, tuple[str, list[tuple["float | timedelta", str]]]]
 HISTORY: History = {
     A: (
         "metrify",
@@ -84,41 +78,13 @@ HISTORY: History = {
 PERIOD = Period(since=D0, until=D0 + 28 * DAY)
 
 
-async def record_history(store: Store, history: History = HISTORY) -> None:
-    """Poll each order of ``history`` at its times, through the store's own recording."""
-    await store.orders.watch(list(history), source="manual", now=D0 - DAY)
-    steps = sorted(
-        (D0 + (day if isinstance(day, timedelta) else day * DAY), order_id, status, provider)
-        for order_id, (provider, journey) in history.items()
-        for day, status in journey
-    )
-    for number, (at, order_id, status, provider) in enumerate(steps):
-        [claim] = await store.polls.claim([order_id], lease_until=at + DAY)
-        body = json.dumps(order_body(order_id, status, provider=provider)).encode()
-        order = MeterOrder.from_json(body, expected_id=order_id)
-        decision = decide(claim.status, claim.fingerprint, order)
-        event_id = f"evt_test{number:04d}" if decision.change is not None else None
-        await store.polls.record(
-            [
-                PollOutcome(
-                    claim=claim,
-                    polled_at=at,
-                    next_poll_at=at + DAY,
-                    order=order,
-                    decision=decision,
-                    event_id=event_id,
-                )
-            ]
-        )
-
-
 @pytest.fixture
 async def store(database: str) -> AsyncIterator[Store]:
     """A migrated store holding :data:`HISTORY`."""
     upgrade(database)
     opened = Store(connect(database))
     try:
-        await record_history(opened)
+        await record_history(opened, HISTORY)
         yield opened
     finally:
         await opened.close()
