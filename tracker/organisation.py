@@ -151,6 +151,9 @@ class Organisation:
             return
         trust = await self._load(settings)
         self._sweeping = self._oldest()
+        # Before sweeping too: the orders a sweep records are scheduled by the mode as it is
+        # (a first read of a trusted organisation must not make them all due in an interval).
+        self._poller.reconcile(settings.polling.reconcile if trust.state.trusted else None)
         if self._sweeping:
             await self._sweep(settings, trust)
         self._poller.reconcile(settings.polling.reconcile if trust.state.trusted else None)
