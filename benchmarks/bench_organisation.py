@@ -276,7 +276,7 @@ def _moment(event: dict[str, Any]) -> float:
 def query(database: str, sql: str, *params: object) -> list[tuple[Any, ...]]:
     """Rows of one query on the tracker's database."""
     with psycopg.connect(database) as conn:
-        return list(conn.execute(sql, params).fetchall())  # type: ignore[arg-type]
+        return list(conn.execute(sql, params).fetchall())
 
 
 def recorded(database: str, orders: int, limit: float) -> float:
