@@ -603,6 +603,9 @@ def main() -> None:
     parser.add_argument("--api-requests", type=int, default=50, help="phase C; 0 skips it")
     parser.add_argument("--keep", action="store_true", help="keep the folder of logs")
     args = parser.parse_args()
+    # SIGTERM (a background run stopped) ends it as Ctrl-C would: the daemon, the simulator and
+    # the cluster are stopped by the blocks that started them.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if args.keep:
         run(args, Path(tempfile.mkdtemp(prefix="bench-org-")))
         return
