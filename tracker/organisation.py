@@ -50,6 +50,11 @@ NEW_ORDERS_EVERY = timedelta(minutes=1)
 MAX_PAGES = 1_000
 #: A first read of the whole list keeps where it stands every this many pages.
 KEEP_EVERY = 20
+#: Outcomes a sweep lets wait to be recorded before it reads its next page: the recorder
+#: writes more slowly than pages arrive, and what waits is held in memory (with its claim).
+BACKLOG = 1_000
+#: How often a sweep looks whether the recorder caught up.
+_BACKLOG_CHECK = 0.05
 #: Far enough ahead that every watched order counts as due for a sweep's item.
 _ANY_TIME = timedelta(days=365 * 100)
 #: ``PollOutcome.via`` of a change sweep's items: not judged against change sweeps.
@@ -151,6 +156,9 @@ class Organisation:
             return
         trust = await self._load(settings)
         self._sweeping = self._oldest()
+        # Before sweeping too: the orders a sweep records are scheduled by the mode as it is
+        # (a first read of a trusted organisation must not make them all due in an interval).
+        self._poller.reconcile(settings.polling.reconcile if trust.state.trusted else None)
         if self._sweeping:
             await self._sweep(settings, trust)
         self._poller.reconcile(settings.polling.reconcile if trust.state.trusted else None)
@@ -341,7 +349,15 @@ class Organisation:
             self._record(dataclasses.replace(outcome, via=via))
         created = max(filter(None, (_moment(o.created_at) for o in items)), default=None)
         updated = max(filter(None, (_moment(o.updated_at) for o in items)), default=None)
+        await self._caught_up()
         return created, updated
+
+    async def _caught_up(self) -> None:
+        """Wait while more than :data:`BACKLOG` outcomes wait to be recorded (their claims are
+        held until then): a read of a million orders keeps memory flat, and goes at the pace
+        the database takes them, not the upstream's."""
+        while len(self._claims) > BACKLOG and not self._stopping():  # noqa: ASYNC110 - no event
+            await asyncio.sleep(_BACKLOG_CHECK)
 
     def judge(self, outcomes: Sequence[PollOutcome]) -> None:
         """Recorded outcomes: a change stored by anything but a change sweep, that change

@@ -305,6 +305,11 @@ class Simulator:
         self.stats = Stats()
 
     @property
+    def wall_started(self) -> float:
+        """When the simulator's clock started, in Unix seconds: every change is timed from it."""
+        return self._wall_started
+
+    @property
     def order_ids(self) -> list[str]:
         """The ids of the scripted orders, the ones the tracker is meant to watch."""
         return list(self._watched)
@@ -572,6 +577,9 @@ async def _serve(args: argparse.Namespace) -> None:
             if organisation is not None:
                 announcement["orders"] = [*simulator.order_ids, *organisation.order_ids(100)]
                 announcement["organisation"] = organisation.size
+                # A benchmark works out the organisation's changes (and when they happened)
+                # from the same options and this moment.
+                announcement["wall_started"] = simulator.wall_started
             print(json.dumps(announcement), flush=True)  # noqa: T201
             await asyncio.Event().wait()
 
