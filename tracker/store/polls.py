@@ -202,8 +202,12 @@ class Polls(Repository):
                 )
 
     async def extend_leases(self, order_ids: Sequence[str], *, lease_until: datetime) -> None:
-        """Keep claims alive that are still queued or being polled (however long they wait)."""
-        await self._extend(w.c.order_id, order_ids, lease_until)
+        """Keep claims alive that are still queued or being polled (however long they wait).
+
+        In id order, as :meth:`record` writes: two transactions that lock the same orders in
+        another order could deadlock (PostgreSQL then fails one).
+        """
+        await self._extend(w.c.order_id, sorted(order_ids), lease_until)
 
     async def release_all(self) -> int:
         """Drop every lease: a starting daemon takes over what a crashed one had claimed."""
@@ -219,31 +223,23 @@ class Polls(Repository):
         return taken
 
     async def record(self, outcomes: Sequence[PollOutcome]) -> list[Transition]:
-        """Write poll outcomes in one transaction; returns the transitions stored."""
+        """Write poll outcomes in one transaction; returns the transitions stored.
+
+        Orders are written in id order (see :meth:`extend_leases`); first snapshots with
+        nothing else to write (a list's items just watched) are written a batch at a time.
+        """
         quiet: list[dict[str, Any]] = []
         failed: list[dict[str, Any]] = []
         stored: list[Transition] = []
-        mine = {"b_owner": self.owner}
+        ordered = sorted(outcomes, key=lambda outcome: outcome.claim.order_id)
+        firsts = [outcome for outcome in ordered if _first(outcome)]
         async with self._engine.begin() as conn:
-            for outcome in outcomes:
-                if outcome.decision is not None and outcome.decision.store_snapshot:
-                    landed, changes = await _record_change(conn, outcome, self.owner)
-                    stored += changes
-                elif outcome.alerts:  # written alone, to know whether its claim held
-                    statement, params = (
-                        (_FAILED, _failed_params(outcome))
-                        if outcome.error_kind is not None
-                        else (_QUIET, _quiet_params(outcome))
-                    )
-                    landed = (await conn.execute(statement, [params | mine])).rowcount == 1
-                elif outcome.error_kind is not None:
-                    failed.append(_failed_params(outcome) | mine)
-                    continue
-                else:
-                    quiet.append(_quiet_params(outcome) | mine)
-                    continue
-                if landed and outcome.alerts:
-                    await raise_on(conn, outcome.alerts)
+            await _lock(conn, [outcome.claim.order_id for outcome in ordered])
+            if firsts:
+                await _record_firsts(conn, firsts, self.owner)
+            for outcome in ordered:
+                if not _first(outcome):
+                    stored += await _write(conn, outcome, self.owner, quiet=quiet, failed=failed)
             if quiet:
                 await conn.execute(_QUIET, quiet)
             if failed:
@@ -252,6 +248,150 @@ class Polls(Repository):
                 at = min(outcome.polled_at for outcome in outcomes)
                 await settle(conn, [outcome.claim.order_id for outcome in outcomes], at=at)
         return stored
+
+
+async def _lock(conn: Conn, order_ids: Sequence[str]) -> None:
+    """On PostgreSQL, lock the orders' rows in id order before writing any: lease renewals
+    lock them in that order too, and two transactions taking the same rows in another order
+    deadlock (one of them fails). SQLite has one writer at a time."""
+    if conn.dialect.name != "postgresql":
+        return
+    for ids in chunks(order_ids):
+        await conn.execute(
+            select(w.c.order_id)
+            .where(w.c.order_id.in_(ids))
+            .order_by(w.c.order_id)
+            .with_for_update()
+        )
+
+
+async def _write(
+    conn: Conn,
+    outcome: PollOutcome,
+    owner: str,
+    *,
+    quiet: list[dict[str, Any]],
+    failed: list[dict[str, Any]],
+) -> list[Transition]:
+    """Write one outcome now (a change, or anything with alerts), or add it to the ``quiet``
+    or ``failed`` batch; the transitions it stored."""
+    mine = {"b_owner": owner}
+    stored: list[Transition] = []
+    if outcome.decision is not None and outcome.decision.store_snapshot:
+        landed, stored = await _record_change(conn, outcome, owner)
+    elif outcome.alerts:  # written alone, to know whether its claim held
+        statement, params = (
+            (_FAILED, _failed_params(outcome))
+            if outcome.error_kind is not None
+            else (_QUIET, _quiet_params(outcome))
+        )
+        landed = (await conn.execute(statement, [params | mine])).rowcount == 1
+    elif outcome.error_kind is not None:
+        failed.append(_failed_params(outcome) | mine)
+        return stored
+    else:
+        quiet.append(_quiet_params(outcome) | mine)
+        return stored
+    if landed and outcome.alerts:
+        await raise_on(conn, outcome.alerts)
+    return stored
+
+
+def _first(outcome: PollOutcome) -> bool:
+    """Whether ``outcome`` is an order's first snapshot, with no transition or alert."""
+    decision = outcome.decision
+    return (
+        decision is not None
+        and decision.store_snapshot
+        and decision.change is None
+        and outcome.order is not None
+        and outcome.claim.status is None
+        and outcome.claim.fingerprint is None
+        and not outcome.alerts
+    )
+
+
+#: A first snapshot's order row, for :func:`_record_firsts` (the one the claim still holds).
+_FIRST = (
+    update(w)
+    .where(
+        w.c.order_id == bindparam("b_id"),
+        w.c.leased_by == bindparam("b_owner"),
+        w.c.fingerprint.is_(None),
+    )
+    .values(
+        status_since=bindparam("b_at"),
+        stuck_at=None,
+        status=bindparam("b_status"),
+        fingerprint=bindparam("b_fingerprint"),
+        final_since=bindparam("b_final"),
+        last_change_at=bindparam("b_at"),
+        customer=bindparam("b_customer"),
+        subscription=bindparam("b_subscription"),
+        next_poll_at=bindparam("b_next"),
+        leased_until=None,
+        leased_by=None,
+        last_polled_at=bindparam("b_at"),
+        last_success_at=bindparam("b_at"),
+        passed_at=func.coalesce(bindparam("b_passed", type_=UTCDateTime()), w.c.passed_at),
+        consecutive_failures=0,
+        last_error_kind=None,
+        last_error=None,
+        active=and_(w.c.active, bindparam("b_keep")),
+        retired_at=bindparam("b_retired"),
+    )
+)
+
+
+async def _record_firsts(conn: Conn, outcomes: Sequence[PollOutcome], owner: str) -> None:
+    """Store the first snapshots of ``outcomes`` (see :func:`_first`) a batch at a time: those
+    whose claims still hold (locked first), their order rows, snapshots and unknown-start stays.
+    """
+    held: set[str] = set()
+    for ids in chunks([outcome.claim.order_id for outcome in outcomes]):
+        held.update(
+            await conn.scalars(
+                select(w.c.order_id)
+                .where(w.c.order_id.in_(ids), w.c.leased_by == owner, w.c.fingerprint.is_(None))
+                .with_for_update()
+            )
+        )
+    landing = [outcome for outcome in outcomes if outcome.claim.order_id in held]
+    for batch in chunks(landing):
+        rows = [(outcome, outcome.order) for outcome in batch if outcome.order is not None]
+        await conn.execute(
+            _FIRST,
+            [
+                _quiet_params(outcome)
+                | {
+                    "b_owner": owner,
+                    "b_status": order.status,
+                    "b_fingerprint": order.fingerprint,
+                    "b_final": outcome.final_since,
+                    "b_customer": _searchable(order.customer),
+                    "b_subscription": _searchable(order.subscription),
+                }
+                for outcome, order in rows
+            ],
+        )
+        await conn.execute(
+            insert(snapshots),
+            [
+                {
+                    "order_id": order.id,
+                    "observed_at": outcome.polled_at,
+                    "body": pack_body(order.raw),
+                }
+                for outcome, order in rows
+            ],
+        )
+        await stays.begin_firsts(
+            conn,
+            [
+                (order.id, order.status, order.provider, outcome.polled_at)
+                for outcome, order in rows
+            ],
+        )
 
 
 async def _record_change(

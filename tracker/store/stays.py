@@ -67,6 +67,23 @@ async def begin_first(
     )
 
 
+async def begin_firsts(conn: Conn, firsts: Sequence[tuple[str, str, str, datetime]]) -> None:
+    """:func:`begin_first` for many orders at once: (order id, status, provider, seen at)."""
+    await conn.execute(
+        insert(stays),
+        [
+            {
+                "order_id": order_id,
+                "status": status,
+                "provider": provider_of(provider),
+                "started_at": None,
+                "seen_at": at,
+            }
+            for order_id, status, provider, at in firsts
+        ],
+    )
+
+
 async def move(conn: Conn, *, order_id: str, status: str, provider: str, at: datetime) -> None:
     """A transition to ``status`` at ``at``: the current stay ends, the next one begins."""
     current = (
