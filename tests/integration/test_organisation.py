@@ -18,8 +18,16 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from tests.processes import start_daemon
 from tests.processes import stop as stop_daemon
-from tests.support import STATIC_TOKEN, make_settings, settings_mapping, tracker_cli, write_config
+from tests.support import (
+    STATIC_TOKEN,
+    app_client,
+    make_settings,
+    settings_mapping,
+    tracker_cli,
+    write_config,
+)
 from tracker.clock import utc_now
+from tracker.demo.hints import HintTarget
 from tracker.demo.organisation import Organisation
 from tracker.demo.serving import serve
 from tracker.demo.simulator import Script, Simulator, order_id, steady_scripts
@@ -27,6 +35,7 @@ from tracker.organisation import STATE
 from tracker.service import Service, open_service
 from tracker.store.tables import snapshots, transitions, watched_orders
 from tracker.trust import SweepState
+from tracker.web import Metrics, build_app
 
 #: Orders that move while a test runs: ordered, then checked a few seconds after the start.
 MOVING = [
@@ -337,6 +346,60 @@ class TestTrust:
         assert moves == [[("ordered", "checked")]] * len(MOVING)  # none lost, none twice
 
 
+class TestHints:
+    """A push hint's poll is judged like any other."""
+
+    async def test_a_hinted_poll_finds_a_stale_change(self, database: str, tmp_path: Path) -> None:
+        """A move whose updated_at stays, polled after the provider's hint (by id or a page of
+        its customer), makes change sweeps untrusted, and is stored once."""
+        moving = Script(
+            order_id=order_id("org-hinted"),
+            provider="metrify",
+            steps=(("ordered", 1.0), ("checked", 0.0)),
+        )
+        secret = "nomos-hint-secret-org-7d3e"
+        polling = SLOW_POLLS | {"trust_after": 0, "reconcile": 3600}
+        clock = HeldClock()  # the order moves once the first read has watched it
+        # Its updated_at is older than change sweeps' overlap (2 min), its hint's signature
+        # still within the hook's tolerance (5 min).
+        behind = upstream(
+            [moving], stale_updated_at=True, clock=clock, wall_clock=lambda: time.time() - 200
+        )
+        async with behind as (sim, url):
+            settings = make_settings(
+                tmp_path,
+                url,
+                upstream={"webhook_secret": secret},
+                polling=polling,
+                watch={"all": True},
+            )
+            async with open_service(settings) as service:
+                app = build_app(
+                    store=service.store,
+                    metrics=Metrics(),
+                    webhook_secret=settings.upstream.webhook_secret,
+                )
+                async with app_client(app) as (hooks, _client):
+                    target = HintTarget(url=hooks + "/hooks/nomos", secret=secret)
+                    with structlog.testing.capture_logs() as logs:
+
+                        async def moved() -> bool:
+                            if (await kept(service)).created_cursor is not None:
+                                clock.release()
+                            found = await service.store.orders.get(moving.order_id)
+                            return found is not None and found.status == "checked"
+
+                        async with sim.hints_running(target):
+                            await run_until(service, moved)
+                moves = await transitions_of(service, moving.order_id)
+                state = await kept(service)
+        said = [e for e in logs if e["event"] == "updated_at_unreliable"]
+        assert [e["order_id"] for e in said] == [moving.order_id]
+        assert sim.stats.hints_sent == 1
+        assert moves == [("ordered", "checked")]
+        assert not state.trusted
+
+
 class HeldClock:
     """The simulator's clock: held at its start until :meth:`release`, then running."""
 
@@ -347,8 +410,9 @@ class HeldClock:
         return 0.0 if self._released is None else time.monotonic() - self._released
 
     def release(self) -> None:
-        """Let the orders' scripts run from now."""
-        self._released = time.monotonic()
+        """Let the orders' scripts run from now (from the first call)."""
+        if self._released is None:
+            self._released = time.monotonic()
 
 
 class Gate:
