@@ -139,9 +139,11 @@ class Organisation:
             self._trust.trust_after = settings.polling.trust_after
 
     async def idle(self) -> None:
-        """Wait for a round that runs to end (it stops after the page it is on)."""
+        """Wait for a round that runs to end (it stops after the page it is on); keep trust
+        lost since (by a change judged after the last round)."""
         async with self._busy:
-            return
+            if self._lost and self._trust is not None:
+                await self._keep(self._trust)
 
     async def run(self) -> None:
         """One round: sweep if this daemon is the one to, then keep the state."""
