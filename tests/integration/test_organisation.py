@@ -7,7 +7,7 @@ import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -202,6 +202,33 @@ class TestRules:
         assert active == {*organisation.order_ids(8), kept_one}
         assert dropped_one not in {order.order_id for order in orders}
         assert {order.source for order in orders} == {"rule"}
+
+    async def test_final_orders_retire_and_stay_retired(
+        self, database: str, tmp_path: Path
+    ) -> None:
+        """An order found by rule retires after its final status and grace, and later sweeps
+        that list it do not watch it again."""
+        done = Script(order_id=order_id("org-done"), provider="metrify", steps=(("activated", 0),))
+        polling = {"interval": 1, "jitter": 0, "changes_every": 0.5, "final_grace": 1}
+        async with upstream([done, *steady_scripts(2)]) as (_sim, url):
+            settings = make_settings(tmp_path, url, polling=polling, watch={"all": True})
+            async with open_service(settings) as service:
+                sweeps: list[datetime] = []
+
+                async def retired_then_swept_twice() -> bool:
+                    order = await service.store.orders.get(done.order_id)
+                    swept = (await kept(service)).swept_at
+                    retired = order is not None and order.retired_at is not None
+                    if retired and swept and (not sweeps or swept > sweeps[-1]):
+                        sweeps.append(swept)  # a change sweep (listing it) since it retired
+                    return len(sweeps) >= 3
+
+                await run_until(service, retired_then_swept_twice)
+                order = await service.store.orders.get(done.order_id)
+        assert order is not None
+        assert not order.active
+        assert order.retired_at is not None
+        assert order.source == "rule"
 
 
 async def transitions_of(service: Service, order: str) -> list[tuple[str | None, str]]:
