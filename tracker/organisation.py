@@ -228,10 +228,11 @@ class Organisation:
                     if read % KEEP_EVERY == 0:
                         await self._store.sweeps.save(STATE, state.dumps(), now=self._clock())
         except RequestRejected as exc:
-            if state.reading is None:
-                raise
-            log.warning("organisation_read_restarted", reason=exc.reason)
-            state.reading = state.read_started = None  # its cursor expired: from the top
+            if state.reading is not None:  # the cursor kept expired: from the top next time
+                log.warning("organisation_read_restarted", reason=exc.reason)
+                state.reading = state.read_started = None
+                return
+            log.warning("organisation_read_failed", reason=exc.reason, pages=read)
             return
         except (MalformedAnswer, *LIST_REFUSED, UpstreamError) as exc:
             log.warning("organisation_read_failed", reason=exc.reason, pages=read)
