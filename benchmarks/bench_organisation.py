@@ -97,8 +97,11 @@ class Upstream:
     log: RequestLog
 
     @classmethod
-    def start(cls, orders: int, change_share: float, new_per_hour: float, folder: Path) -> Upstream:
-        """Start it and read its announcement (its URL and when its clock started)."""
+    def start(
+        cls, orders: int, change_share: float, new_per_hour: float, folder: Path, *, stale: bool
+    ) -> Upstream:
+        """Start it and read its announcement (its URL and when its clock started); with
+        ``stale``, a status change does not move ``updated_at``."""
         request_log = folder / "requests.log"
         request_log.touch()
         process = subprocess.Popen(
@@ -107,6 +110,7 @@ class Upstream:
                 *("--organisation", str(orders), "--change-share", str(change_share)),
                 *("--new-per-hour", str(new_per_hour), "--token", TOKEN),
                 *("--request-log", str(request_log)),
+                *(("--stale-updated-at",) if stale else ()),
             ],
             stdout=subprocess.PIPE,
             text=True,
@@ -178,7 +182,9 @@ def tracker(config: Path, *command: str, log: Path) -> subprocess.Popen[bytes]:
         )
 
 
-def write_config(folder: Path, database: str, upstream: str, rate: float) -> Path:
+def write_config(
+    folder: Path, database: str, upstream: str, rate: float, reconcile: str = "24h"
+) -> Path:
     """The daemon's configuration: every order of the organisation, trusted change sweeps."""
     config = folder / "tracker.toml"
     config.write_text(
@@ -197,7 +203,7 @@ all = true
 [polling]
 interval = "1h"
 changes_every = "1m"
-reconcile = "24h"
+reconcile = "{reconcile}"
 trust_after = 0
 
 [log]
@@ -447,6 +453,24 @@ def _stored_after(found: dict[tuple[str, str], list[float]], change: Change) -> 
     return [t for t in found.get((change.order_id, change.status), []) if t >= change.wall - 1]
 
 
+def trust_lost(log: DaemonLog, window: Window) -> None:
+    """When change sweeps were found unreliable (``--stale-updated-at``), and by what."""
+    log.refresh()
+    lost = [e for e in log.events if e.get("event") == "updated_at_unreliable"]
+    if not lost:
+        say("   change sweeps stayed trusted (no updated_at_unreliable)")
+        return
+    first = lost[0]
+    resumed = log.first("full_passes_resumed")
+    into = _moment(first) - window.wall[0]
+    say(
+        f"   updated_at_unreliable: {len(lost)} time(s), the first {into:.0f} s "
+        f"into B, about {first.get('order_id')} (updated_at {first.get('updated_at')}, covered "
+        f"{first.get('covered')}); then {resumed.get('orders_due_now') if resumed else '?'} orders "
+        "made due at once"
+    )
+
+
 def requests(up: Upstream, window: Window, pass_pages: int) -> None:
     """Requests during B per minute, and a day's worth with one full pass a day."""
     up.log.refresh()
@@ -546,7 +570,9 @@ def running(args: argparse.Namespace, folder: Path) -> Iterator[tuple[str, Upstr
     """The cluster (a fresh database) and the simulator, stopped afterwards."""
     with running_cluster() as cluster:
         database = cluster.empty()
-        up = Upstream.start(args.orders, args.change_share, args.new_per_hour, folder)
+        up = Upstream.start(
+            args.orders, args.change_share, args.new_per_hour, folder, stale=args.stale_updated_at
+        )
         try:
             yield database, up
         finally:
@@ -561,7 +587,7 @@ def run(args: argparse.Namespace, folder: Path) -> None:
         f"CPUs; files in {folder}"
     )
     with running(args, folder) as (database, up):
-        config = write_config(folder, database, up.url, args.rate)
+        config = write_config(folder, database, up.url, args.rate, args.reconcile)
         upgrade = tracker(config, "db", "upgrade", log=folder / "upgrade.log")
         if upgrade.wait() != 0:
             raise SystemExit((folder / "upgrade.log").read_text())
@@ -582,6 +608,7 @@ def run(args: argparse.Namespace, folder: Path) -> None:
             window = phase_b(daemon, args.minutes)
             requests(up, window, pass_pages)
             latencies(database, changes_in(replica, window), grace=args.grace)
+            trust_lost(log, window)
         finally:
             daemon.stop()
             log.refresh()
@@ -601,6 +628,12 @@ def main() -> None:
         "--grace", type=float, default=240.0, help="seconds after B for its last changes"
     )
     parser.add_argument("--api-requests", type=int, default=50, help="phase C; 0 skips it")
+    parser.add_argument(
+        "--stale-updated-at",
+        action="store_true",
+        help="the simulator keeps updated_at on status changes: full passes must find them",
+    )
+    parser.add_argument("--reconcile", default="24h", help="[polling] reconcile (e.g. 10m)")
     parser.add_argument("--keep", action="store_true", help="keep the folder of logs")
     args = parser.parse_args()
     # SIGTERM (a background run stopped) ends it as Ctrl-C would: the daemon, the simulator and
