@@ -54,7 +54,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as a file (``make bench``), not with ``-m``
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import RequestLog  # noqa: E402 - needs the root on the path
+from benchmarks.common import RequestLog, new_lines  # noqa: E402 - needs the root on the path
 from tests.postgres import running_cluster  # noqa: E402
 from tracker.demo.organisation import Change, Organisation  # noqa: E402
 
@@ -252,12 +252,8 @@ class DaemonLog:
 
     def refresh(self) -> None:
         """Read the complete lines written since the last refresh."""
-        with self.path.open("rb") as file:
-            file.seek(self._offset)
-            chunk = file.read()
-        complete = chunk[: chunk.rfind(b"\n") + 1]
-        self._offset += len(complete)
-        for line in complete.decode(errors="replace").splitlines():
+        lines, self._offset = new_lines(self.path, self._offset)
+        for line in lines:
             if line.startswith("{"):
                 self.events.append(json.loads(line))
 

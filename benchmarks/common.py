@@ -96,6 +96,16 @@ class Request:
         return None
 
 
+def new_lines(path: Path, offset: int) -> tuple[list[str], int]:
+    """The complete lines a growing file gained after ``offset``, and where they end (a
+    partial last line waits for the next read)."""
+    with path.open("rb") as file:
+        file.seek(offset)
+        chunk = file.read()
+    complete = chunk[: chunk.rfind(b"\n") + 1]
+    return complete.decode(errors="replace").splitlines(), offset + len(complete)
+
+
 @dataclass(slots=True)
 class RequestLog:
     """The simulator's ``--request-log`` file, read as it grows."""
@@ -106,12 +116,8 @@ class RequestLog:
 
     def refresh(self) -> None:
         """Read the lines written since the last refresh (a partial last line waits)."""
-        with self.path.open("rb") as file:
-            file.seek(self._offset)
-            chunk = file.read()
-        complete = chunk[: chunk.rfind(b"\n") + 1]
-        self._offset += len(complete)
-        for line in complete.decode().splitlines():
+        lines, self._offset = new_lines(self.path, self._offset)
+        for line in lines:
             at, status, method, path = line.split(" ", 3)
             self.requests.append(Request(float(at), int(status), method, path))
 
