@@ -180,10 +180,6 @@ class Daemon:
         """List pages read by sweeps and discovery."""
         return self._workers.pages + self._discovery.pages + self._organisation.pages
 
-    def change_sweeps(self) -> tuple[str, str | None]:
-        """Whether change sweeps run, are trusted, and why (``tracker.organisation``)."""
-        return self._organisation.mode()
-
     async def run(self, stop: asyncio.Event) -> None:
         """Run until ``stop`` is set, then finish or hand back what is in flight.
 

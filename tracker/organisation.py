@@ -38,7 +38,7 @@ from tracker.model import MeterOrder
 from tracker.poller import Poller
 from tracker.store import PollOutcome, Store
 from tracker.supervision import HeldClaims
-from tracker.trust import OVERLAP, Mode, SweepState, Trust, sweep_mode
+from tracker.trust import OVERLAP, SweepState, Trust
 
 log = structlog.get_logger("tracker.organisation")
 
@@ -121,17 +121,6 @@ class Organisation:
         changes = self._settings.polling.changes_every
         return changes if changes > timedelta(0) else NEW_ORDERS_EVERY
 
-    def mode(self) -> tuple[Mode, str | None]:
-        """The change sweeps' mode and why, as this daemon last knew it."""
-        if self._settings is None:
-            return "off", "no configuration"
-        settings, trust = self._settings, self._trust
-        return sweep_mode(
-            rules=settings.watch.rules,
-            changes_every=settings.polling.changes_every,
-            state=None if trust is None else trust.state,
-        )
-
     def reconfigure(self, settings: Settings) -> None:
         """Sweep under new settings from the next run."""
         self._settings = settings
@@ -160,9 +149,13 @@ class Organisation:
         self._sweeping = self._oldest()
         # Before sweeping too: the orders a sweep records are scheduled by the mode as it is
         # (a first read of a trusted organisation must not make them all due in an interval).
-        self._poller.reconcile(settings.polling.reconcile if trust.state.trusted else None)
+        self._schedule(settings, trust)
         if self._sweeping:
             await self._sweep(settings, trust)
+        self._schedule(settings, trust)
+
+    def _schedule(self, settings: Settings, trust: Trust) -> None:
+        """Polls go to ``reconcile`` while change sweeps are trusted, else by status."""
         self._poller.reconcile(settings.polling.reconcile if trust.state.trusted else None)
 
     async def _load(self, settings: Settings) -> Trust:
