@@ -18,8 +18,9 @@ steady state, not how trust is earned. The budget is ``[upstream] requests_per_s
   changes never stored or stored twice. Requests per minute (the request log), extrapolated to
   a day with one full pass a day (phase A's pages), as a share of a 10 req/s budget; peak RSS
   and average CPU of the daemon over B.
-- Phase C (``--api-requests 0`` skips it): p50/p99 of the board, an order page and
-  ``GET /api/v1/orders?status=ordered`` served by ``tracker serve`` over that database.
+- Phase C (``--api-requests 0`` skips it): p50/p99 of the board, an order page,
+  ``GET /api/v1/orders?status=ordered`` and the search page (by status, by a customer, by an
+  order id's prefix) served by ``tracker serve`` over that database.
 
 Run it from the repository with its virtualenv (the children import ``tracker`` from this
 tree)::
@@ -493,7 +494,8 @@ def requests(up: Upstream, window: Window, pass_pages: int) -> None:
 
 
 def phase_c(folder: Path, database: str, count: int) -> None:
-    """p50/p99 of the board, an order page and the API's status filter from ``tracker serve``."""
+    """p50/p99 of the board, an order page, the API's status filter and the search page from
+    ``tracker serve``."""
     say(f"\nC. tracker serve over that database, {count} requests each (after 5 warm-up ones)")
     port = _free_port()
     config = write_serve_config(folder, database, port)
@@ -501,11 +503,15 @@ def phase_c(folder: Path, database: str, count: int) -> None:
     base = f"http://127.0.0.1:{port}"
     try:
         _wait_ready(server, base)
-        ids = [row[0] for row in query(database, _SAMPLE, count)]
+        sample = query(database, _SAMPLE, count)
+        ids = [row[0] for row in sample]
         series = {
             "GET / (the board)": ["/"] * count,
             "GET /orders/{id}": [f"/orders/{order_id}" for order_id in ids],
             "GET /api/v1/orders?status=ordered": ["/api/v1/orders?status=ordered"] * count,
+            "search GET /orders?status=ordered": ["/orders?status=ordered"] * count,
+            "search GET /orders?q={customer}": [f"/orders?q={row[1]}" for row in sample],
+            "search GET /orders?q={id prefix}": [f"/orders?q={i[:12]}" for i in ids],
         }
         with httpx.Client(
             base_url=base, headers={"Authorization": f"Bearer {API_TOKEN}"}, timeout=120
@@ -521,7 +527,7 @@ def phase_c(folder: Path, database: str, count: int) -> None:
         server.stop()
 
 
-_SAMPLE = "SELECT order_id FROM watched_orders TABLESAMPLE SYSTEM (1) LIMIT %s"
+_SAMPLE = "SELECT order_id, customer FROM watched_orders TABLESAMPLE SYSTEM (1) LIMIT %s"
 
 
 def _timed(client: httpx.Client, paths: Sequence[str]) -> tuple[list[float], int]:
@@ -611,6 +617,9 @@ def run(args: argparse.Namespace, folder: Path) -> None:
             say(f"   warnings and errors in the daemon's log: {dict(log.counts()) or 'none'}")
         if args.api_requests:
             phase_c(folder, database, args.api_requests)
+        if args.hold:  # measure more over the database by hand; SIGTERM ends it all
+            say(f"\nholding {database} (and the cluster) until stopped")
+            signal.pause()
 
 
 def main() -> None:
@@ -631,6 +640,9 @@ def main() -> None:
     )
     parser.add_argument("--reconcile", default="24h", help="[polling] reconcile (e.g. 10m)")
     parser.add_argument("--keep", action="store_true", help="keep the folder of logs")
+    parser.add_argument(
+        "--hold", action="store_true", help="at the end, keep the database up until stopped"
+    )
     args = parser.parse_args()
     # SIGTERM (a background run stopped) ends it as Ctrl-C would: the daemon, the simulator and
     # the cluster are stopped by the blocks that started them.

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 from starlette.requests import Request
@@ -23,6 +23,9 @@ from starlette.types import ASGIApp
 from tracker.config import Address, Settings, from_mapping
 from tracker.demo.serving import DroppedAnswer
 from tracker.web import listening
+
+if TYPE_CHECKING:
+    from tracker.service import Service
 
 API_VERSION = "2026-01-29.edison"
 STATIC_TOKEN = "nom_static_9f8e7d6c5b4a"
@@ -343,3 +346,21 @@ async def app_client(app: ASGIApp) -> AsyncIterator[tuple[str, httpx.AsyncClient
         httpx.AsyncClient(base_url=url, timeout=10) as client,
     ):
         yield url, client
+
+
+async def run_until(
+    service: Service, done: Callable[[], Awaitable[bool]], limit: float = 180
+) -> None:
+    """Run the service's daemon until ``done`` says so, then stop it. ``limit`` only ends a
+    hang: a loaded machine took over 30 s for a discovery pass that takes 3 alone."""
+    stop = asyncio.Event()
+    running = asyncio.create_task(service.daemon().run(stop))
+    try:
+        async with asyncio.timeout(limit):
+            while not await done():
+                if running.done():
+                    running.result()  # the daemon ended: say why
+                await asyncio.sleep(0.1)
+    finally:
+        stop.set()
+        await asyncio.wait_for(running, 10)

@@ -47,6 +47,8 @@ log = structlog.get_logger("tracker.daemon")
 
 #: Seconds between two looks for a due digest (one key lookup per digest sink).
 DIGEST_CHECK = 60.0
+#: Seconds between folds of the active orders' counts per status (``Tally.fold``).
+COUNTS_FOLD = 60.0
 
 
 class Daemon:
@@ -241,6 +243,7 @@ class Daemon:
             scheduler, self._sweep_organisation, self._organisation.every.total_seconds()
         )
         self._every(scheduler, self._send_digests, DIGEST_CHECK)
+        self._every(scheduler, self._fold_counts, COUNTS_FOLD)
 
     async def _shut_down(self) -> None:
         """Stop in the reverse order of starting; hand back every claim not recorded."""
@@ -313,6 +316,20 @@ class Daemon:
             doing="sweeping the organisation",
             failed=lambda exc: log.error("organisation_sweep_failed", exc_info=exc),
         )
+
+    async def _fold_counts(self) -> None:
+        """Fold the rows of the active orders' counts per status, waiting out an outage."""
+        await guarded(
+            self._outage,
+            self._fold_counts_once,
+            doing="folding the order counts",
+            failed=lambda exc: log.error("counts_fold_failed", exc_info=exc),
+        )
+
+    async def _fold_counts_once(self) -> None:
+        folded = await self._store.tally.fold()
+        if folded:
+            log.debug("counts_folded", rows=folded)
 
     def _raised(self) -> None:
         """Deliveries, alerts or digests were stored: the outbox sends them now."""

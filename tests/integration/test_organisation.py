@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -22,6 +22,7 @@ from tests.support import (
     STATIC_TOKEN,
     app_client,
     make_settings,
+    run_until,
     settings_mapping,
     tracker_cli,
     write_config,
@@ -56,23 +57,6 @@ async def upstream(scripts: list[Script], **options: Any) -> AsyncIterator[tuple
     sim = Simulator(scripts, static_token=STATIC_TOKEN, **options)
     async with serve(sim.app) as server:
         yield sim, server.url
-
-
-async def run_until(
-    service: Service, done: Callable[[], Awaitable[bool]], limit: float = 120
-) -> None:
-    """Run the daemon until ``done`` says so, then stop it (``limit`` only ends a hang)."""
-    stop = asyncio.Event()
-    running = asyncio.create_task(service.daemon().run(stop))
-    try:
-        async with asyncio.timeout(limit):
-            while not await done():
-                if running.done():
-                    running.result()
-                await asyncio.sleep(0.1)
-    finally:
-        stop.set()
-        await asyncio.wait_for(running, 10)
 
 
 async def count(service: Service, query: Any) -> int:

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -15,7 +14,7 @@ from sqlalchemy import func, select
 from starlette.requests import Request
 from starlette.responses import Response
 
-from tests.support import STATIC_TOKEN, make_settings, order_body
+from tests.support import STATIC_TOKEN, make_settings, order_body, run_until
 from tracker.clock import utc_now
 from tracker.demo.serving import catch_all, serve
 from tracker.demo.simulator import Script, Simulator, order_id, steady_scripts
@@ -39,22 +38,6 @@ async def simulator() -> AsyncIterator[tuple[Simulator, str]]:
     sim = Simulator([*steady_scripts(40), *MOVING], unwatched=30, static_token=STATIC_TOKEN)
     async with serve(sim.app) as server:
         yield sim, server.url
-
-
-async def run_until(
-    service: Service, done: Callable[[], Awaitable[bool]], limit: float = 180
-) -> None:
-    """Run the daemon until ``done`` says so, then stop it. ``limit`` only ends a hang: a
-    loaded machine took over 30 s for the discovery pass that takes 3 alone."""
-    stop = asyncio.Event()
-    running = asyncio.create_task(service.daemon().run(stop))
-    try:
-        async with asyncio.timeout(limit):
-            while not await done():  # noqa: ASYNC110 - the state is in the database
-                await asyncio.sleep(0.1)
-    finally:
-        stop.set()
-        await asyncio.wait_for(running, 10)
 
 
 class TestSweeps:

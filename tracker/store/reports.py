@@ -26,6 +26,7 @@ from tracker.store.rows import DELIVERY_ROWS, TRANSITION_COLUMNS
 from tracker.store.sql import BATCH, Repository, chunks
 from tracker.store.tables import daemons, deliveries, events, snapshots, sweep_state, transitions
 from tracker.store.tables import watched_orders as w
+from tracker.store.tally import active_counts
 
 if TYPE_CHECKING:
     from tracker.store.sql import Conn
@@ -89,12 +90,11 @@ class Reports(Repository):
     async def board(self, *, stale_before: datetime) -> Board:
         """The board's counts: active orders per status, dead and pending deliveries, live
         daemons, the last successful poll. Unlike :meth:`overview`, nothing here scans a
-        table: each count walks an index over what it counts."""
+        table: the active orders per status are kept by the database (``tracker.store.tally``),
+        each other count walks an index over what it counts."""
         d = deliveries
         async with self._engine.connect() as conn:
-            active = await conn.execute(
-                select(w.c.status, func.count()).where(w.c.active).group_by(w.c.status)
-            )
+            active = await active_counts(conn)
             states = await conn.execute(
                 select(d.c.state, func.count())
                 .where(d.c.state.in_([DeliveryState.DEAD, DeliveryState.PENDING]))
@@ -108,7 +108,7 @@ class Reports(Repository):
             )
             last = await conn.scalar(select(func.max(w.c.last_success_at)))
             return Board(
-                active=tuple((row[0], row[1]) for row in active),
+                active=tuple(active.items()),
                 dead=by_state.get(DeliveryState.DEAD, 0),
                 pending=by_state.get(DeliveryState.PENDING, 0),
                 daemons=int(live or 0),

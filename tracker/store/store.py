@@ -21,6 +21,7 @@ from tracker.store.reports import Reports
 from tracker.store.sql import Owner, where
 from tracker.store.stays import Stays
 from tracker.store.sweeps import Sweeps
+from tracker.store.tally import Tally
 
 if TYPE_CHECKING:
     from tracker.store.sql import Conn, Database
@@ -31,8 +32,8 @@ class Store:
 
     ``orders`` (watching), ``polls`` (claims and outcomes), ``outbox`` (deliveries),
     ``events`` (alerts, digests, stuck stays), ``hints`` (push hints), ``fleet`` (daemons),
-    ``reports`` (read models), ``logins`` (the pages' sessions), ``stays`` (durations) and
-    ``sweeps`` (the organisation's sweeps).
+    ``reports`` (read models), ``logins`` (the pages' sessions), ``stays`` (durations),
+    ``sweeps`` (the organisation's sweeps) and ``tally`` (active orders per status).
     """
 
     def __init__(self, engine: Database) -> None:
@@ -58,6 +59,8 @@ class Store:
         self.stays = Stays(engine, self._owner)
         #: The organisation's sweeps: their state, orders found by rule (``tracker.store.sweeps``).
         self.sweeps = Sweeps(engine, self._owner)
+        #: The active orders per status, kept by the database (``tracker.store.tally``).
+        self.tally = Tally(engine, self._owner)
 
     @property
     def owner(self) -> str:

@@ -78,6 +78,8 @@ metadata = MetaData(
     }
 )
 
+#: Triggers on it keep ``order_counts`` (migration ``0012``; a migration that copies the table on
+#: SQLite, ``batch_alter_table``, must create them again).
 watched_orders = Table(
     "watched_orders",
     metadata,
@@ -264,6 +266,16 @@ sweep_state = Table(
     Column("name", String(40), primary_key=True),
     Column("value", Text, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
+)
+
+#: The active orders per status, kept by triggers on ``watched_orders`` (migration ``0012``):
+#: a status's count is the sum of its rows' ``n``, +1 for each order entering it, -1 for each
+#: leaving it; ``tracker.store.tally.Tally.fold`` folds them into one row per status.
+order_counts = Table(
+    "order_counts",
+    metadata,
+    Column("status", String(64)),
+    Column("n", Integer, nullable=False),
 )
 
 #: The running daemons: each registers on start, beats every few seconds and leaves on stop.
