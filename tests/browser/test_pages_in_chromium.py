@@ -38,7 +38,11 @@ class TestLogin:
         shot(laptop, "login")
         laptop.find_element(By.ID, "token").send_keys("not-the-token-at-all")
         laptop.find_element(By.CSS_SELECTOR, "form[action='/login'] button").click()
-        assert "not one of the configured" in laptop.find_element(By.CSS_SELECTOR, ".notice").text
+        # The refusal is a new page: wait for it, not for the form the click left behind.
+        notice = WebDriverWait(laptop, chromium.WAIT).until(
+            expected_conditions.presence_of_element_located((By.CSS_SELECTOR, ".notice"))
+        )
+        assert "not one of the configured" in notice.text
         laptop.find_element(By.ID, "token").send_keys(READ_TOKEN)
         laptop.find_element(By.CSS_SELECTOR, "form[action='/login'] button").click()
         WebDriverWait(laptop, chromium.WAIT).until(

@@ -10,6 +10,8 @@ from datetime import timedelta
 import pytest
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
+from selenium.webdriver.support import expected_conditions
+from selenium.webdriver.support.wait import WebDriverWait
 
 from tests.browser import chromium
 from tests.browser.site import READ_TOKEN, SHOWN, Site
@@ -67,7 +69,9 @@ class TestStuckOrders:
         assert SHOWN not in panel.text  # scheduled an hour ago: not stuck
         chromium.shot(laptop, "stuck-board-1400")
         panel.find_element(By.CSS_SELECTOR, "h2 a").click()
-        assert laptop.current_url == f"{stuck_site.url}/stuck"
+        WebDriverWait(laptop, chromium.WAIT).until(
+            expected_conditions.url_to_be(f"{stuck_site.url}/stuck")
+        )
         rows = laptop.find_elements(By.CSS_SELECTOR, "#stuck-orders tbody tr")
         listed = {
             row.get_attribute("data-order"): row.find_elements(By.TAG_NAME, "td")[1].text
