@@ -112,7 +112,10 @@ def quantile_of_runs(runs: Sequence[Sequence[int]], p: Fraction) -> int | Fracti
     position = (total - 1) * p
     low = math.floor(position)
     below = ranked(runs, low)
-    above = ranked(runs, low + 1) if low + 1 < total else below
+    above = below
+    if sum(bisect.bisect_right(run, below) for run in runs) <= low + 1 < total:
+        # Rank low + 1 is past every copy of ``below``: the smallest value after it.
+        above = min(run[i] for run in runs if (i := bisect.bisect_right(run, below)) < len(run))
     return below + (position - low) * (above - below)
 
 
