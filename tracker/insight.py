@@ -103,6 +103,36 @@ def quantile(values: Sequence[int], p: Fraction) -> int | Fraction:
     return below + (position - low) * (above - below)
 
 
+def quantile_of_runs(runs: Sequence[Sequence[int]], p: Fraction) -> int | Fraction:
+    """:func:`quantile` of the values of several sorted runs together, without merging
+    them: the two ranks around the position are found by :func:`ranked`."""
+    if len(runs) == 1:
+        return quantile(runs[0], p)
+    total = sum(map(len, runs))
+    position = (total - 1) * p
+    low = math.floor(position)
+    below = ranked(runs, low)
+    above = below
+    if sum(bisect.bisect_right(run, below) for run in runs) <= low + 1 < total:
+        # Rank low + 1 is past every copy of ``below``: the smallest value after it.
+        above = min(run[i] for run in runs if (i := bisect.bisect_right(run, below)) < len(run))
+    return below + (position - low) * (above - below)
+
+
+def ranked(runs: Sequence[Sequence[int]], rank: int) -> int:
+    """The value at ``rank`` (from 0) of the sorted runs' values together: the smallest value
+    that at least ``rank + 1`` of them do not exceed, found by bisection over the values."""
+    low = min(run[0] for run in runs if run)
+    high = max(run[-1] for run in runs if run)
+    while low < high:
+        middle = (low + high) // 2
+        if sum(bisect.bisect_right(run, middle) for run in runs) > rank:
+            high = middle
+        else:
+            low = middle + 1
+    return low
+
+
 MEDIAN = Fraction(1, 2)
 P90 = Fraction(9, 10)
 
@@ -233,19 +263,18 @@ async def finished(store: Store, period: Period) -> Finished:
 def durations_of(stays: Finished, *, by: bool) -> list[Duration]:
     """Per status (and provider, with ``by``), how long the finished stays lasted."""
     groups: dict[tuple[str, str | None], list[Sequence[int]]] = {}
-    for (status, provider), lengths in stays.lengths.items():
-        groups.setdefault((status, provider if by else None), []).append(lengths)
+    for status, provider in stays.groups():
+        key = (status, provider if by else None)
+        groups.setdefault(key, []).append(stays.lengths((status, provider)))
     result = []
-    for (status, provider), parts in sorted(groups.items(), key=_by_names):
-        # Each part is sorted: one alone is used as it is, several merge (sorted runs).
-        values = parts[0] if len(parts) == 1 else sorted(itertools.chain.from_iterable(parts))
+    for (status, provider), runs in sorted(groups.items(), key=_by_names):
         result.append(
             Duration(
                 status=status,
                 provider=provider,
-                count=len(values),
-                median_seconds=seconds(quantile(values, MEDIAN)),
-                p90_seconds=seconds(quantile(values, P90)),
+                count=sum(map(len, runs)),
+                median_seconds=seconds(quantile_of_runs(runs, MEDIAN)),
+                p90_seconds=seconds(quantile_of_runs(runs, P90)),
             )
         )
     return result
@@ -345,9 +374,10 @@ def over_target_of(stays: Finished, targets: Mapping[str, timedelta]) -> list[Ov
     length, and how many of them lasted longer than the target."""
     overall: dict[str, tuple[int, int]] = {}
     rows = []
-    for (status, provider), lengths in sorted(stays.lengths.items(), key=_by_names):
+    for status, provider in sorted(stays.groups(), key=lambda group: (group[0], group[1] or "")):
         if status not in targets:
             continue
+        lengths = stays.lengths((status, provider))  # parsed only for statuses with a target
         limit = targets[status] // timedelta(microseconds=1)
         over = len(lengths) - bisect.bisect_right(lengths, limit)  # sorted: those past it
         count, total_over = overall.get(status, (0, 0))

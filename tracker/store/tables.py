@@ -201,8 +201,12 @@ stays = Table(
     #: Serves the durations and the flow of a period: finished stays by end, what the
     #: reports read of them in the index itself.
     Index(None, "ended_at", "status", "provider", "micros", "next_status"),
-    #: Serves the weekly trend: entries into a status in a period.
-    Index(None, "status", "started_at"),
+    #: Serves SQLite's grouping of the finished stays (``tracker.store.stays.Stays.finished``):
+    #: each (status, next status, provider)'s stays by end, found by seeks, not a sort.
+    Index(None, "status", "next_status", "provider", "ended_at", "micros"),
+    #: Serves the weekly trend (entries into a status in a period) and lead times, whose
+    #: order and provider it holds so that they are read from the index alone.
+    Index(None, "status", "started_at", "order_id", "provider"),
     #: Serves closing an order's current stay, and lead times' first entries per order.
     Index(None, "order_id", "status", "started_at"),
 )
