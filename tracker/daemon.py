@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import signal
 import time
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -239,11 +239,21 @@ class Daemon:
         if self._store.fleet.shared:  # on SQLite this daemon is the only one
             self._every(scheduler, self._fleet.share_pause, seconds)
         self._every(scheduler, self._stuck.run, STUCK_CHECK)
-        self._organisation_job = self._every(
-            scheduler, self._sweep_organisation, self._organisation.every.total_seconds()
+        sweep = self._guarded(
+            self._organisation.run,
+            doing="sweeping the organisation",
+            failed="organisation_sweep_failed",
         )
-        self._every(scheduler, self._send_digests, DIGEST_CHECK)
-        self._every(scheduler, self._fold_counts, COUNTS_FOLD)
+        every = self._organisation.every.total_seconds()
+        self._organisation_job = self._every(scheduler, sweep, every)
+        digests = self._guarded(
+            self._raise_digests, doing="raising digests", failed="digest_failed"
+        )
+        self._every(scheduler, digests, DIGEST_CHECK)
+        fold = self._guarded(
+            self._store.tally.fold, doing="folding the order counts", failed="counts_fold_failed"
+        )
+        self._every(scheduler, fold, COUNTS_FOLD)
 
     async def _shut_down(self) -> None:
         """Stop in the reverse order of starting; hand back every claim not recorded."""
@@ -308,47 +318,31 @@ class Daemon:
         if self._dispatcher is not None:
             await self._dispatcher.replace(sinks, settings.delivery.backoff)
 
-    async def _sweep_organisation(self) -> None:
-        """Sweep the organisation's list (with a ``[watch]`` rule), waiting out an outage."""
-        await guarded(
-            self._outage,
-            self._organisation.run,
-            doing="sweeping the organisation",
-            failed=lambda exc: log.error("organisation_sweep_failed", exc_info=exc),
-        )
+    def _guarded(
+        self, job: Callable[[], Awaitable[object]], *, doing: str, failed: str
+    ) -> Callable[[], Coroutine[Any, Any, None]]:
+        """A periodic job's round that waits out a database outage (``supervision.guarded``)
+        and logs any other failure as the event ``failed``, with its traceback."""
 
-    async def _fold_counts(self) -> None:
-        """Fold the rows of the active orders' counts per status, waiting out an outage."""
-        await guarded(
-            self._outage,
-            self._fold_counts_once,
-            doing="folding the order counts",
-            failed=lambda exc: log.error("counts_fold_failed", exc_info=exc),
-        )
+        async def round_() -> None:
+            await guarded(
+                self._outage,
+                job,
+                doing=doing,
+                failed=lambda exc: log.error(failed, exc_info=exc),
+            )
 
-    async def _fold_counts_once(self) -> None:
-        folded = await self._store.tally.fold()
-        if folded:
-            log.debug("counts_folded", rows=folded)
+        return round_
 
     def _raised(self) -> None:
         """Deliveries, alerts or digests were stored: the outbox sends them now."""
         if self._outbox is not None:
             self._outbox.soon()
 
-    async def _send_digests(self) -> None:
+    async def _raise_digests(self) -> None:
         """Raise each digest sink's due digest, once (a missed one when the daemon starts)."""
         if self._stop.is_set() or self._settings is None:
             return
-        await guarded(
-            self._outage,
-            self._raise_digests,
-            doing="raising digests",
-            failed=lambda exc: log.error("digest_failed", exc_info=exc),
-        )
-
-    async def _raise_digests(self) -> None:
-        assert self._settings is not None  # noqa: S101 - checked by the caller
         raised = await raise_due_digests(self._store, self._settings, now=self._clock())
         for event in raised:  # one with nothing to say goes to no sink
             log.info("digest_raised", key=event.key, sent_to=list(event.sinks))

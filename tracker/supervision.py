@@ -134,7 +134,7 @@ async def renewing(claims: HeldClaims[Any]) -> AsyncIterator[None]:
 
 async def guarded(
     outage: Outage,
-    job: Callable[[], Awaitable[None]],
+    job: Callable[[], Awaitable[object]],
     *,
     doing: str,
     failed: Callable[[Exception], None],
