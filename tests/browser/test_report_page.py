@@ -5,6 +5,8 @@ Screenshots go to ``test-artifacts/screenshots/reports-1400.png`` and ``reports-
 
 from __future__ import annotations
 
+import itertools
+
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 
@@ -14,6 +16,49 @@ from tests.support import ROOT
 
 SHOTS = ROOT / "test-artifacts" / "screenshots"
 WIDE = (1400, 900)
+#: For each flow arrow, the points along its path (SVG units) that lie inside a box, and the
+#: boxes its count's label overlaps; then the pairs of labels that overlap each other.
+FLOW_CLASHES = """
+const svg = document.querySelector('svg[data-chart=flow]');
+const boxes = [...svg.querySelectorAll('g[data-status] rect')].map(r => r.getBBox());
+const inside = (x, y, b) => x > b.x + 0.5 && x < b.x + b.width - 0.5
+  && y > b.y + 0.5 && y < b.y + b.height - 0.5;
+const meet = (a, b) => a.x < b.x + b.width && b.x < a.x + a.width
+  && a.y < b.y + b.height && b.y < a.y + a.height;
+const paths = [...svg.querySelectorAll('g[data-count] path')];
+const labels = [...svg.querySelectorAll('g.count rect')].map(r => r.getBBox());
+const crossing = paths.map(p => {
+  const n = 200, length = p.getTotalLength(), hits = [];
+  for (let i = 0; i <= n; i++) {
+    const q = p.getPointAtLength(length * i / n);
+    if (boxes.some(b => inside(q.x, q.y, b))) hits.push([q.x, q.y]);
+  }
+  return hits;
+});
+const covering = labels.map(l => boxes.filter(b => meet(l, b)).length);
+const stacked = labels.flatMap((l, i) => labels.slice(i + 1).filter(m => meet(l, m)).map(() => i));
+return {arrows: paths.length, labels: labels.length, crossing, covering, stacked};
+"""
+#: Each number cell of the report tables whose text runs over more than one line.
+WRAPPED = """
+return [...document.querySelectorAll('.report table td.num')].filter(td => {
+  const range = document.createRange();
+  range.selectNodeContents(td);
+  return new Set([...range.getClientRects()].map(r => Math.round(r.top))).size > 1;
+}).map(td => td.textContent);
+"""
+#: Each report table's width beyond its box, in CSS pixels (0: it fits).
+OVERFLOW = """
+return Object.fromEntries([...document.querySelectorAll('.report .scroll')].map(
+  s => [s.querySelector('table').dataset.table, s.scrollWidth - s.clientWidth]));
+"""
+#: The week labels shown under the trend chart: their rectangles on the screen.
+WEEK_LABELS = """
+return [...document.querySelectorAll('svg[data-chart=weekly] text.week')]
+  .filter(t => getComputedStyle(t).display !== 'none')
+  .map(t => { const r = t.getBoundingClientRect();
+              return {text: t.textContent, left: r.left, right: r.right, height: r.height}; });
+"""
 
 
 class TestReportPage:
@@ -50,11 +95,15 @@ class TestReportPage:
         figure = browser.find_element(By.CSS_SELECTOR, "#durations figure")
         table = browser.find_element(By.CSS_SELECTOR, "#durations table")
         assert table.location["x"] > figure.location["x"] + figure.size["width"] - 1
+        self.check_flow(browser)
+        assert browser.execute_script(WRAPPED) == []
+        self.check_weeks(browser)
         path = chromium.screenshot(browser, SHOTS / "reports-1400.png", full=True)
         assert path.stat().st_size > 5000
 
     def test_phone(self, browser: WebDriver, site: Site) -> None:
-        """At 390 px: nothing wider than the screen, the table below its chart."""
+        """At 390 px: nothing wider than the screen, the table below its chart; every table
+        fits its box, numbers on one line, week labels apart, the flow arrows clear of boxes."""
         chromium.viewport(browser, chromium.PHONE, mobile=True)
         chromium.log_in(browser, site.url, READ_TOKEN, "/reports")
         width = browser.execute_script("return document.documentElement.scrollWidth")
@@ -62,5 +111,32 @@ class TestReportPage:
         figure = browser.find_element(By.CSS_SELECTOR, "#durations figure")
         table = browser.find_element(By.CSS_SELECTOR, "#durations table")
         assert table.location["y"] >= figure.location["y"] + figure.size["height"]
+        assert browser.execute_script(OVERFLOW) == {
+            "durations": 0,
+            "lead-time": 0,
+            "weekly": 0,
+            "flow": 0,
+        }
+        assert browser.execute_script(WRAPPED) == []
+        self.check_weeks(browser)
+        self.check_flow(browser)
         path = chromium.screenshot(browser, SHOTS / "reports-390.png", full=True)
         assert path.stat().st_size > 5000
+
+    @staticmethod
+    def check_flow(browser: WebDriver) -> None:
+        """No flow arrow passes through a box; each count's label covers no box and no other."""
+        found = browser.execute_script(FLOW_CLASHES)
+        assert found["arrows"] == found["labels"] > 0
+        assert found["crossing"] == [[]] * found["arrows"]
+        assert found["covering"] == [0] * found["labels"]
+        assert found["stacked"] == []
+
+    @staticmethod
+    def check_weeks(browser: WebDriver) -> None:
+        """The trend chart's week labels: at least two, none overlapping the next, readable."""
+        labels = browser.execute_script(WEEK_LABELS)
+        assert len(labels) >= 2
+        for one, following in itertools.pairwise(labels):
+            assert one["right"] < following["left"], (one, following)
+        assert min(label["height"] for label in labels) >= 9

@@ -29,7 +29,6 @@ from tracker.insight import (
     LEAD_BIN,
     LEAD_BINS,
     Duration,
-    Flow,
     LeadTime,
     OverTarget,
     Period,
@@ -47,10 +46,10 @@ from tracker.insight import (
     utc_day,
     weekly,
 )
-from tracker.lifecycle import MAIN_PATH, Status
 from tracker.store import Store
 from tracker.text import Message, human, week_label
 from tracker.web.auth import Users, authenticate
+from tracker.web.flow_chart import flow_chart
 from tracker.web.pages import PageRoute, Visitor, render
 
 PREFIX = "/api/v1/reports"
@@ -205,7 +204,7 @@ class _Reports:
             leads_by=leads_by,
             lead_chart=_lead_chart(lead_overall[0] if lead_overall else None),
             moves=moves,
-            flow_chart=_flow_chart(moves),
+            flow_chart=flow_chart(moves),
             weeks=weeks,
             week_label=week_label,
             weekly_chart=_weekly_chart(weeks),
@@ -284,92 +283,34 @@ def _lead_chart(lead: LeadTime | None) -> dict[str, Any]:
 
 
 def _weekly_chart(weeks: Sequence[Week]) -> dict[str, Any]:
-    """Three lines over the weeks: activations, cancellations, blocks."""
+    """Three lines over the weeks: activations, cancellations, blocks. At most eight week
+    labels, and of those at most four marked ``narrow``: the ones a phone shows (larger)."""
     top = max((max(w.activated, w.cancelled, w.blocked) for w in weeks), default=0) or 1
-    step = (WIDTH - 60) / max(len(weeks) - 1, 1)
+    # Inset so that a label centred on the first or last week stays inside the drawing.
+    left, span = 48, WIDTH - 96
+    step = span / max(len(weeks) - 1, 1)
 
     def line(values: Sequence[int]) -> str:
         return " ".join(
-            f"{40 + i * step:.1f},{170 - v / top * 150:.1f}" for i, v in enumerate(values)
+            f"{left + i * step:.1f},{170 - v / top * 150:.1f}" for i, v in enumerate(values)
         )
 
     every = max(1, math.ceil(len(weeks) / 8))
+    sparse = every * max(1, math.ceil(math.ceil(len(weeks) / every) / 4))
     return {
-        "height": 200,
+        "height": 204,
         "series": [
             ("activated", "#1c6b3c", line([w.activated for w in weeks])),
             ("cancelled", "#a12a2a", line([w.cancelled for w in weeks])),
             ("blocked", "#8a5a00", line([w.blocked for w in weeks])),
         ],
         "labels": [
-            {"x": 40 + i * step, "label": week_label(w.week)}
+            {"x": left + i * step, "label": week_label(w.week), "narrow": i % sparse == 0}
             for i, w in enumerate(weeks)
             if i % every == 0
         ],
         "top": top,
     }
-
-
-#: Where each status sits in the flow diagram: the main path on two rows, detours beside.
-_LAYOUT: dict[str, tuple[int, int]] = {
-    **{status.value: (i, 0) for i, status in enumerate(MAIN_PATH[:5])},
-    **{status.value: (4 - i, 1) for i, status in enumerate(MAIN_PATH[5:])},
-    Status.BLOCKED.value: (0, 2),
-    Status.BLOCKED_WIM.value: (1, 2),
-    Status.PRE_INSTALLED.value: (2, 2),
-    Status.CANCELLED.value: (3, 2),
-}
-_CELL_W, _CELL_H, _NODE_W, _NODE_H = 128, 110, 116, 34
-
-
-def _center(status: str) -> tuple[float, float]:
-    column, row = _LAYOUT.get(status, (5, 0))
-    return 8 + column * _CELL_W + _NODE_W / 2, 20 + row * _CELL_H + _NODE_H / 2
-
-
-def _flow_chart(moves: Sequence[Flow]) -> dict[str, Any]:
-    """The lifecycle as boxes, an arrow per transition taken with its count on it; arrows
-    between the same two statuses both ways bend to opposite sides."""
-    statuses = list(_LAYOUT)
-    extra = sorted(
-        {s for m in moves for s in (m.from_status, m.to_status)} - set(statuses)
-    )  # a status the provider added: drawn in a last column
-    nodes = []
-    for status in statuses + extra[:3]:
-        x, y = _center(status)
-        if status in extra:
-            y += extra.index(status) * _CELL_H
-        nodes.append({"x": x - _NODE_W / 2, "y": y - _NODE_H / 2, "label": status})
-    top = max((m.count for m in moves), default=1)
-    arrows = []
-    for move in moves:
-        if move.from_status in extra[3:] or move.to_status in extra[3:]:
-            continue
-        (x1, y1), (x2, y2) = _center(move.from_status), _center(move.to_status)
-        dx, dy = x2 - x1, y2 - y1
-        length = math.hypot(dx, dy) or 1
-        # Start and end at the boxes' edges, bent sideways so that A→B and B→A do not overlap.
-        ux, uy = dx / length, dy / length
-        trim = min(
-            _NODE_W / 2 / abs(ux) if ux else math.inf, _NODE_H / 2 / abs(uy) if uy else math.inf
-        )
-        sx, sy = x1 + ux * trim, y1 + uy * trim
-        ex, ey = x2 - ux * (trim + 4), y2 - uy * (trim + 4)
-        bend = 18 if length > _CELL_W * 1.1 else 10
-        cx, cy = (sx + ex) / 2 - uy * bend, (sy + ey) / 2 + ux * bend
-        arrows.append(
-            {
-                "d": f"M{sx:.1f},{sy:.1f} Q{cx:.1f},{cy:.1f} {ex:.1f},{ey:.1f}",
-                "width": 1 + 4 * move.count / top,
-                "lx": (sx + 2 * cx + ex) / 4,
-                "ly": (sy + 2 * cy + ey) / 4,
-                "count": move.count,
-                "title": f"{move.from_status} → {move.to_status}: {move.count}",
-            }
-        )
-    width = 16 + (6 if extra else 5) * _CELL_W
-    return {"nodes": nodes, "arrows": arrows, "width": width, "height": 40 + 3 * _CELL_H,
-            "node_w": _NODE_W, "node_h": _NODE_H}  # fmt: skip
 
 
 def _sla_chart(rows: Sequence[OverTarget]) -> dict[str, Any]:
