@@ -3,6 +3,7 @@ written by the first revision, and run once when several processes start at once
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import os
@@ -14,12 +15,14 @@ from dataclasses import replace
 from datetime import datetime, timedelta
 from pathlib import Path
 
+import psycopg
 import pytest
 import sqlalchemy as sa
 from alembic import command
 from alembic.script import ScriptDirectory
 from sqlalchemy import inspect
 
+from tests.postgres import Cluster
 from tests.schema import T0, assert_no_drift, engine_for
 from tests.support import order_body
 from tracker.diff import UNCHANGED, decide
@@ -415,3 +418,43 @@ class TestGoneFromThisHost:
         ended = subprocess.Popen(["true"])
         ended.wait()
         assert gone_from_this_host(replace(me, pid=ended.pid))
+
+
+class TestLockOrder:
+    """On PostgreSQL, writes of several claimed orders lock their rows in id order."""
+
+    @pytest.mark.parametrize("write", ["extend_leases", "release"])
+    async def test_rows_locked_in_id_order(self, postgres: Cluster, write: str) -> None:
+        """Renewing or releasing claims waits for the first id's lock before taking a later
+        id's, whatever the rows' places in the table: no deadlock with a recording."""
+        url = postgres.clone()
+        async with open_store(url) as store:
+            await store.orders.watch([B], source="cli", now=T0)  # B's row first in the table
+            await store.orders.watch([A], source="cli", now=T0)
+            await store.polls.claim([A, B], lease_until=T0 + timedelta(hours=1))
+            with psycopg.connect(url, autocommit=False) as holder:
+                holder.execute("SELECT 1 FROM watched_orders WHERE order_id = %s FOR UPDATE", [A])
+                if write == "extend_leases":
+                    job = store.polls.extend_leases([B, A], lease_until=T0 + timedelta(hours=2))
+                else:
+                    job = store.polls.release([B, A])
+                writing = asyncio.create_task(job)
+                with psycopg.connect(url, autocommit=True) as watcher:
+                    async with asyncio.timeout(60):  # only ends a hang
+                        while not watcher.execute(_WAITING_FOR_A_LOCK).fetchone():
+                            assert not writing.done()
+                            await asyncio.sleep(0.01)
+                    # Waiting for A, it has not locked B.
+                    watcher.execute("BEGIN")
+                    watcher.execute(
+                        "SELECT 1 FROM watched_orders WHERE order_id = %s FOR UPDATE NOWAIT", [B]
+                    )
+                    watcher.execute("ROLLBACK")
+                holder.rollback()
+                await writing
+
+
+#: A backend other than the asker waiting for a row lock.
+_WAITING_FOR_A_LOCK = (
+    "SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND pid <> pg_backend_pid()"
+)

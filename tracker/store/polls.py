@@ -28,7 +28,7 @@ from tracker.store.events import raise_on
 from tracker.store.hints import settle
 from tracker.store.packing import pack_body
 from tracker.store.rows import CLAIM_COLUMNS
-from tracker.store.sql import Repository, chunks
+from tracker.store.sql import Repository, chunks, lock_in_order
 from tracker.store.tables import UTCDateTime, deliveries, snapshots, transitions
 from tracker.store.tables import watched_orders as w
 
@@ -193,7 +193,9 @@ class Polls(Repository):
 
     async def release(self, order_ids: Sequence[str]) -> None:
         """Hand claimed orders back unpolled; their schedule is unchanged."""
+        order_ids = sorted(order_ids)
         async with self._engine.begin() as conn:
+            await lock_in_order(conn, w.c.order_id, order_ids)
             for chunk in chunks(order_ids):
                 await conn.execute(
                     update(w)
@@ -204,10 +206,9 @@ class Polls(Repository):
     async def extend_leases(self, order_ids: Sequence[str], *, lease_until: datetime) -> None:
         """Keep claims alive that are still queued or being polled (however long they wait).
 
-        In id order, as :meth:`record` writes: two transactions that lock the same orders in
-        another order could deadlock (PostgreSQL then fails one).
+        Their rows are locked in id order first, as :meth:`record` does (``lock_in_order``).
         """
-        await self._extend(w.c.order_id, sorted(order_ids), lease_until)
+        await self._extend(w.c.order_id, order_ids, lease_until)
 
     async def release_all(self) -> int:
         """Drop every lease: a starting daemon takes over what a crashed one had claimed."""
@@ -225,7 +226,7 @@ class Polls(Repository):
     async def record(self, outcomes: Sequence[PollOutcome]) -> list[Transition]:
         """Write poll outcomes in one transaction; returns the transitions stored.
 
-        Orders are written in id order (see :meth:`extend_leases`); first snapshots with
+        Orders are locked in id order first (``lock_in_order``); first snapshots with
         nothing else to write (a list's items just watched) are written a batch at a time.
         """
         quiet: list[dict[str, Any]] = []
@@ -234,7 +235,7 @@ class Polls(Repository):
         ordered = sorted(outcomes, key=lambda outcome: outcome.claim.order_id)
         firsts = [outcome for outcome in ordered if _first(outcome)]
         async with self._engine.begin() as conn:
-            await _lock(conn, [outcome.claim.order_id for outcome in ordered])
+            await lock_in_order(conn, w.c.order_id, [outcome.claim.order_id for outcome in ordered])
             if firsts:
                 await _record_firsts(conn, firsts, self.owner)
             for outcome in ordered:
@@ -248,21 +249,6 @@ class Polls(Repository):
                 at = min(outcome.polled_at for outcome in outcomes)
                 await settle(conn, [outcome.claim.order_id for outcome in outcomes], at=at)
         return stored
-
-
-async def _lock(conn: Conn, order_ids: Sequence[str]) -> None:
-    """On PostgreSQL, lock the orders' rows in id order before writing any: lease renewals
-    lock them in that order too, and two transactions taking the same rows in another order
-    deadlock (one of them fails). SQLite has one writer at a time."""
-    if conn.dialect.name != "postgresql":
-        return
-    for ids in chunks(order_ids):
-        await conn.execute(
-            select(w.c.order_id)
-            .where(w.c.order_id.in_(ids))
-            .order_by(w.c.order_id)
-            .with_for_update()
-        )
 
 
 async def _write(

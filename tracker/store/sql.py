@@ -6,7 +6,7 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 
-from sqlalchemy import Column, Table, or_, update
+from sqlalchemy import Column, Table, or_, select, update
 from sqlalchemy.engine import URL
 
 from tracker.store.tables import watched_orders as w
@@ -56,13 +56,29 @@ class Repository:
     async def _extend(self, key: Column[Any], keys: Sequence[Any], lease_until: datetime) -> None:
         """Push the leases this store still holds on the rows of ``keys`` to ``lease_until``."""
         table = key.table
+        keys = sorted(keys)
         async with self._engine.begin() as conn:
+            await lock_in_order(conn, key, keys)
             for chunk in chunks(keys):
                 await conn.execute(
                     update(table)
                     .where(key.in_(chunk), table.c.leased_by == self.owner)
                     .values(leased_until=lease_until)
                 )
+
+
+async def lock_in_order(conn: Conn, key: Column[Any], keys: Sequence[Any]) -> None:
+    """On PostgreSQL, lock the rows of ``keys`` (sorted) in key order before writing any.
+
+    Two transactions that lock the same rows in different orders deadlock, and PostgreSQL
+    fails one of them. An ``UPDATE … WHERE key IN (…)`` locks in whatever order its plan
+    visits the rows (a bitmap scan: their place in the table), so every write of several
+    claimed rows takes their locks here first. SQLite has one writer at a time.
+    """
+    if conn.dialect.name != "postgresql":
+        return
+    for chunk in chunks(keys):
+        await conn.execute(select(key).where(key.in_(chunk)).order_by(key).with_for_update())
 
 
 def chunks(items: Sequence[T]) -> Iterable[Sequence[T]]:
