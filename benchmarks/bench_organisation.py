@@ -20,7 +20,8 @@ steady state, not how trust is earned. The budget is ``[upstream] requests_per_s
   and average CPU of the daemon over B.
 - Phase C (``--api-requests 0`` skips it): p50/p99 of the board, an order page,
   ``GET /api/v1/orders?status=ordered`` and the search page (by status, by a customer, by an
-  order id's prefix) served by ``tracker serve`` over that database.
+  order id's prefix, long or one character after ``prdo_``) served by ``tracker serve`` over
+  that database.
 
 Run it from the repository with its virtualenv (the children import ``tracker`` from this
 tree)::
@@ -512,6 +513,7 @@ def phase_c(folder: Path, database: str, count: int) -> None:
             "search GET /orders?status=ordered": ["/orders?status=ordered"] * count,
             "search GET /orders?q={customer}": [f"/orders?q={row[1]}" for row in sample],
             "search GET /orders?q={id prefix}": [f"/orders?q={i[:12]}" for i in ids],
+            "search GET /orders?q={short prefix}": [f"/orders?q={i[:6]}" for i in ids],
         }
         with httpx.Client(
             base_url=base, headers={"Authorization": f"Bearer {API_TOKEN}"}, timeout=120

@@ -144,8 +144,11 @@ def _search(q: str, filters: Sequence[ColumnElement[bool]], limit: int, *, backe
     by_id: ColumnElement[bool]
     if backend == "postgresql":
         # LIKE with a constant prefix: ix_watched_orders_order_id_pattern serves it under
-        # any collation (the primary key's index only under C).
-        by_id = w.c.order_id.startswith(q, autoescape=True)
+        # any collation (the primary key's index only under C). ``>= q`` holds for every id
+        # it matches under any collation, and lets the planner start a walk of the primary
+        # key in id order there: without it, it walked from the first id and filtered (200 ms
+        # for "prdo_a" at a million orders).
+        by_id = and_(w.c.order_id.startswith(q, autoescape=True), w.c.order_id >= q)
     elif q[-1] == "\U0010ffff":  # the last code point has no successor (no id holds it)
         by_id = and_(w.c.order_id >= q, func.substr(w.c.order_id, 1, len(q)) == q)
     else:
