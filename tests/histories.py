@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 
 from tests.support import order_body
 from tracker.diff import decide
 from tracker.model import MeterOrder
-from tracker.store import PollOutcome, Store
+from tracker.store import PollOutcome, Store, upgrade
+from tracker.store.db import connect
 
 #: Day 0 of a history: a Monday at midnight UTC.
 D0 = datetime(2026, 10, 5, tzinfo=UTC)
@@ -44,3 +46,15 @@ async def record_history(store: Store, history: History) -> None:
                 )
             ]
         )
+
+
+@asynccontextmanager
+async def holding(database: str, history: History) -> AsyncIterator[Store]:
+    """A store on ``database``, migrated, holding ``history``; closed at the block's end."""
+    upgrade(database)
+    opened = Store(connect(database))
+    try:
+        await record_history(opened, history)
+        yield opened
+    finally:
+        await opened.close()

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Connection, Engine, create_engine, inspect, text
 from sqlalchemy.schema import CreateIndex
 
-from tracker.store.db import _SYNC_DRIVERS, _with_driver
+from tracker.store.db import _SYNC_DRIVERS, _alembic_config, _with_driver
 from tracker.store.tables import POSTGRESQL_ONLY, for_postgresql, metadata
 
 #: A moment with microseconds, as the store keeps them.
@@ -19,6 +20,16 @@ T0 = datetime(2026, 11, 2, 9, 30, 15, 123456, tzinfo=UTC)
 def engine_for(url: str) -> Engine:
     """A plain synchronous engine on the tracker's driver for ``url``."""
     return create_engine(_with_driver(url, _SYNC_DRIVERS))
+
+
+def downgrade_to(url: str, revision: str) -> None:
+    """Take the database's schema back to ``revision`` with the project's migrations."""
+    config = _alembic_config()
+    engine = engine_for(url)
+    with engine.begin() as conn:
+        config.attributes["connection"] = conn
+        command.downgrade(config, revision)
+    engine.dispose()
 
 
 def assert_no_drift(url: str) -> None:

@@ -20,10 +20,9 @@ from datetime import timedelta
 
 import pytest
 
-from tests.histories import D0, DAY, History, record_history
+from tests.histories import D0, DAY, History, holding
 from tracker.insight import Period, durations, flow, lead_times, over_target
-from tracker.store import Store, upgrade
-from tracker.store.db import connect
+from tracker.store import Store
 
 #: Every test here runs on SQLite and on PostgreSQL.
 pytestmark = pytest.mark.usefixtures("database")
@@ -52,13 +51,8 @@ D = 86_400
 @pytest.fixture
 async def store(database: str) -> AsyncIterator[Store]:
     """A migrated store holding :data:`EXACT`."""
-    upgrade(database)
-    opened = Store(connect(database))
-    try:
-        await record_history(opened, EXACT)
+    async with holding(database, EXACT) as opened:
         yield opened
-    finally:
-        await opened.close()
 
 
 class TestToTheMicrosecond:

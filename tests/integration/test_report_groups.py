@@ -17,11 +17,10 @@ from collections.abc import AsyncIterator
 import pytest
 from sqlalchemy import text
 
-from tests.histories import D0, DAY, History, record_history
+from tests.histories import D0, DAY, History, holding
 from tests.schema import engine_for
 from tracker.insight import Period, durations, flow
-from tracker.store import Store, upgrade
-from tracker.store.db import connect
+from tracker.store import Store
 
 #: Every test here runs on SQLite and on PostgreSQL.
 pytestmark = pytest.mark.usefixtures("database")
@@ -46,17 +45,12 @@ D = 86_400
 @pytest.fixture
 async def store(database: str) -> AsyncIterator[Store]:
     """A migrated store holding :data:`GROUPS`."""
-    upgrade(database)
-    opened = Store(connect(database))
-    try:
-        await record_history(opened, GROUPS)
+    async with holding(database, GROUPS) as opened:
         engine = engine_for(database)
         with engine.begin() as conn:
             conn.execute(text("UPDATE stays SET provider = NULL WHERE order_id = :id"), {"id": H})
         engine.dispose()
         yield opened
-    finally:
-        await opened.close()
 
 
 class TestEveryGroup:

@@ -27,15 +27,14 @@ from typing import Any
 import httpx
 import pytest
 import sqlalchemy as sa
-from alembic import command
 
-from tests.histories import D0, DAY, History, record_history
-from tests.schema import assert_no_drift, engine_for
+from tests.histories import D0, DAY, History, holding
+from tests.schema import assert_no_drift, downgrade_to, engine_for
 from tests.support import settings_mapping, tracker_cli, write_config
 from tracker.config import Address, HttpUser
 from tracker.insight import Period, durations, flow, lead_times, over_target, weekly
 from tracker.store import Store, upgrade
-from tracker.store.db import SCHEMA_HEAD, _alembic_config, connect
+from tracker.store.db import SCHEMA_HEAD
 from tracker.store.tables import stays
 from tracker.web import Metrics, build_app, listening
 
@@ -81,13 +80,8 @@ PERIOD = Period(since=D0, until=D0 + 28 * DAY)
 @pytest.fixture
 async def store(database: str) -> AsyncIterator[Store]:
     """A migrated store holding :data:`HISTORY`."""
-    upgrade(database)
-    opened = Store(connect(database))
-    try:
-        await record_history(opened, HISTORY)
+    async with holding(database, HISTORY) as opened:
         yield opened
-    finally:
-        await opened.close()
 
 
 def stay_rows(url: str) -> list[tuple[Any, ...]]:
@@ -143,12 +137,7 @@ class TestStays:
         """Downgrading to 0008 and upgrading again rebuilds every stay exactly as recorded."""
         recorded = stay_rows(database)
         await store.close()
-        engine = engine_for(database)
-        config = _alembic_config()
-        with engine.begin() as conn:
-            config.attributes["connection"] = conn
-            command.downgrade(config, "0008")
-        engine.dispose()
+        downgrade_to(database, "0008")
         assert upgrade(database) == [f"0008 -> {SCHEMA_HEAD}"]
         assert_no_drift(database)
         assert stay_rows(database) == recorded

@@ -10,18 +10,17 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from alembic import command
 
 from tests.histories import D0, DAY, History, record_history
 from tests.postgres import Cluster
-from tests.schema import engine_for
+from tests.schema import downgrade_to, engine_for
 from tests.support import ScriptedUpstream, make_settings, order_body, run_until
 from tracker.clock import utc_now
 from tracker.diff import decide
 from tracker.model import MeterOrder
 from tracker.service import open_service
 from tracker.store import PollOutcome, Store, open_store, upgrade
-from tracker.store.db import SCHEMA_HEAD, _alembic_config
+from tracker.store.db import SCHEMA_HEAD
 from tracker.store.tables import order_counts
 from tracker.store.tables import watched_orders as w
 from tracker.store.tally import FOLD_ABOVE
@@ -181,12 +180,7 @@ class TestOrderCounts:
         await store.orders.watch([order(3)], source="manual", now=D0)
         await store.orders.unwatch([order(2)], now=D0 + timedelta(hours=1))
         await store.close()
-        engine = engine_for(database)
-        config = _alembic_config()
-        with engine.begin() as conn:
-            config.attributes["connection"] = conn
-            command.downgrade(config, "0011")
-        engine.dispose()
+        downgrade_to(database, "0011")
         assert upgrade(database) == [f"0011 -> {SCHEMA_HEAD}"]
         assert count_rows(database) == 2  # one row per status, from the backfill
         async with open_store(database) as again:
