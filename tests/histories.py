@@ -29,23 +29,40 @@ async def record_history(store: Store, history: History) -> None:
         for day, status in journey
     )
     for number, (at, order_id, status, provider) in enumerate(steps):
-        [claim] = await store.polls.claim([order_id], lease_until=at + DAY)
-        body = json.dumps(order_body(order_id, status, provider=provider)).encode()
-        order = MeterOrder.from_json(body, expected_id=order_id)
-        decision = decide(claim.status, claim.fingerprint, order)
-        event_id = f"evt_test{number:04d}" if decision.change is not None else None
-        await store.polls.record(
-            [
-                PollOutcome(
-                    claim=claim,
-                    polled_at=at,
-                    next_poll_at=at + DAY,
-                    order=order,
-                    decision=decision,
-                    event_id=event_id,
-                )
-            ]
-        )
+        await poll_once(store, order_id, status, at=at, provider=provider, number=number)
+
+
+async def poll_once(
+    store: Store,
+    order_id: str,
+    status: str,
+    *,
+    at: datetime,
+    provider: str = "metrify",
+    number: int = 0,
+    retire: bool = False,
+) -> None:
+    """Record one poll of ``order_id`` finding it in ``status`` at ``at`` (its transition's
+    event numbered ``number``); ``retire``: the poll retires it (its final grace is over)."""
+    [claim] = await store.polls.claim([order_id], lease_until=at + DAY)
+    body = json.dumps(order_body(order_id, status, provider=provider)).encode()
+    order = MeterOrder.from_json(body, expected_id=order_id)
+    decision = decide(claim.status, claim.fingerprint, order)
+    event_id = f"evt_test{number:04d}" if decision.change is not None else None
+    await store.polls.record(
+        [
+            PollOutcome(
+                claim=claim,
+                polled_at=at,
+                next_poll_at=at + DAY,
+                order=order,
+                decision=decision,
+                event_id=event_id,
+                final_since=at if retire else None,
+                retire=retire,
+            )
+        ]
+    )
 
 
 @asynccontextmanager

@@ -3,7 +3,6 @@ every way an order is written keeps them equal to a count of the orders, and fol
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
@@ -11,15 +10,13 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from tests.histories import D0, DAY, History, record_history
+from tests.histories import D0, DAY, History, poll_once, record_history
 from tests.postgres import Cluster
 from tests.schema import downgrade_to, engine_for
-from tests.support import ScriptedUpstream, make_settings, order_body, run_until
+from tests.support import ScriptedUpstream, make_settings, run_until
 from tracker.clock import utc_now
-from tracker.diff import decide
-from tracker.model import MeterOrder
 from tracker.service import open_service
-from tracker.store import PollOutcome, Store, open_store, upgrade
+from tracker.store import Store, open_store, upgrade
 from tracker.store.db import SCHEMA_HEAD
 from tracker.store.tables import order_counts
 from tracker.store.tables import watched_orders as w
@@ -67,29 +64,6 @@ async def kept(store: Store) -> dict[str | None, int]:
     return dict(board.active)
 
 
-async def retire(store: Store, order_id: str, status: str) -> None:
-    """Record a poll of ``order_id`` in ``status`` that retires it (its final grace is over)."""
-    at = D0 + 30 * DAY
-    [claim] = await store.polls.claim([order_id], lease_until=at + DAY)
-    body = json.dumps(order_body(order_id, status)).encode()
-    seen = MeterOrder.from_json(body, expected_id=order_id)
-    decision = decide(claim.status, claim.fingerprint, seen)
-    await store.polls.record(
-        [
-            PollOutcome(
-                claim=claim,
-                polled_at=at,
-                next_poll_at=at + DAY,
-                order=seen,
-                decision=decision,
-                event_id="evt_tally_retire" if decision.change is not None else None,
-                final_since=at,
-                retire=True,
-            )
-        ]
-    )
-
-
 class TestOrderCounts:
     """``order_counts`` follows every write of ``watched_orders``."""
 
@@ -112,7 +86,7 @@ class TestOrderCounts:
             "activated": 1,
             None: 2,
         }
-        await retire(store, order(4), "activated")
+        await poll_once(store, order(4), "activated", at=D0 + 30 * DAY, retire=True)
         await store.orders.unwatch([order(2), order(5)], now=D0 + DAY)
         assert (
             await kept(store)
