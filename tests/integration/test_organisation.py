@@ -281,7 +281,7 @@ class TestTrust:
     """Change sweeps are trusted after clean full passes, and distrusted when they miss."""
 
     async def test_clean_passes_earn_trust(self, database: str, tmp_path: Path) -> None:
-        """A clean full pass trusts change sweeps: polls go to `reconcile`, status says so."""
+        """A clean pass trusts change sweeps: polls go to `reconcile`, status and metrics say so."""
         polling = {
             "interval": 1,
             "jitter": 0,
@@ -306,7 +306,12 @@ class TestTrust:
 
                     await run_until(service, reconciling)
                 state = await kept(service)
+                metrics = Metrics(cache=0)
+                await metrics.refresh(service.store, ())
+                served = metrics.render().decode()
             ran = await tracker_cli("status", "--json", "--config", str(config))
+        assert "tracker_change_sweeps_trusted 1.0" in served
+        assert 'tracker_watched_orders{status="ordered"} 4.0' in served
         assert ran.code == 0, ran.err
         assert json.loads(ran.out)["change_sweeps"] == {
             "mode": "trusted",

@@ -15,12 +15,13 @@ from tracker.store.events import Alert, Stay
 from tracker.store.fleet import Joined, Taken
 from tracker.store.outbox import Attempt
 from tracker.store.polls import PollOutcome
-from tracker.store.reports import History, Overview
+from tracker.store.reports import Board, History, Overview
 from tracker.store.store import Store
 
 __all__ = [
     "Alert",
     "Attempt",
+    "Board",
     "History",
     "Joined",
     "Overview",

@@ -74,45 +74,72 @@ class Overview:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Board:
-    """What the support board counts, each read from an index (``Reports.board``)."""
+    """What the support board and ``/metrics`` count, each read from an index or from the
+    counts the database keeps (``Reports.board``): never a walk over every order or delivery."""
 
     #: (status, count) of the active orders; ``None`` for those never answered yet.
     active: tuple[tuple[str | None, int], ...]
+    #: (status, count) of the active orders whose current stay was reported stuck.
+    stuck: tuple[tuple[str | None, int], ...]
+    #: (sink, count, oldest ``created_at``) of the pending deliveries.
+    pending_by_sink: tuple[tuple[str, int, datetime | None], ...]
     dead: int
-    pending: int
     daemons: int
     last_success_at: datetime | None
+    #: The organisation's sweeps' state as kept (``tracker.trust.SweepState``), if any.
+    sweeps: str | None = None
+
+    @property
+    def pending(self) -> int:
+        """How many deliveries are pending, every sink's."""
+        return sum(count for _sink, count, _oldest in self.pending_by_sink)
 
 
 class Reports(Repository):
     """Timelines, the overview, counts and the lists the pages and digests show."""
 
     async def board(self, *, stale_before: datetime) -> Board:
-        """The board's counts: active orders per status, dead and pending deliveries, live
-        daemons, the last successful poll. Unlike :meth:`overview`, nothing here scans a
-        table: the active orders per status are kept by the database (``tracker.store.tally``),
-        each other count walks an index over what it counts."""
+        """The board's counts, and ``/metrics``'s gauges: active and stuck orders per status,
+        pending deliveries per sink (and the oldest), dead ones, live daemons, the last
+        successful poll. Unlike :meth:`overview`, nothing here scans a table: the active
+        orders per status are kept by the database (``tracker.store.tally``), each other
+        count walks an index over what it counts."""
         d = deliveries
+        pending = d.c.state == DeliveryState.PENDING
         async with self._engine.connect() as conn:
             active = await active_counts(conn)
-            states = await conn.execute(
-                select(d.c.state, func.count())
-                .where(d.c.state.in_([DeliveryState.DEAD, DeliveryState.PENDING]))
-                .group_by(d.c.state)
+            stuck = await conn.execute(
+                select(w.c.status, func.count())
+                .where(w.c.active, w.c.stuck_at.is_not(None))
+                .group_by(w.c.status)
             )
-            by_state = {row[0]: row[1] for row in states}
+            waiting = await conn.execute(
+                select(d.c.sink, func.count(), func.min(d.c.created_at))
+                .where(pending)
+                .group_by(d.c.sink)
+                .order_by(d.c.sink)
+            )
+            dead = await conn.scalar(
+                select(func.count()).select_from(d).where(d.c.state == DeliveryState.DEAD)
+            )
             live = await conn.scalar(
                 select(func.count())
                 .select_from(daemons)
                 .where(daemons.c.heartbeat_at >= stale_before)
             )
             last = await conn.scalar(select(func.max(w.c.last_success_at)))
+            kept = await conn.scalar(
+                select(sweep_state.c.value).where(sweep_state.c.name == "organisation")
+            )
             return Board(
                 active=tuple(active.items()),
-                dead=by_state.get(DeliveryState.DEAD, 0),
-                pending=by_state.get(DeliveryState.PENDING, 0),
+                stuck=tuple((row[0], row[1]) for row in stuck),
+                pending_by_sink=tuple((row[0], row[1], row[2]) for row in waiting),
+                dead=int(dead or 0),
                 daemons=int(live or 0),
+                # max() and min() keep their column's type, so these are aware datetimes.
                 last_success_at=last,
+                sweeps=kept,
             )
 
     async def overview(self, *, stale_before: datetime) -> Overview:

@@ -30,7 +30,7 @@ from tracker.clock import utc_now
 from tracker.errors import clip, first_line
 from tracker.lifecycle import Status, is_known
 from tracker.model import STALE_AFTER, DeliveryState
-from tracker.store import Overview, Store
+from tracker.store import Board, Store
 from tracker.telemetry import NO_ANSWER, PollResult
 from tracker.trust import SweepState
 
@@ -56,7 +56,6 @@ NO_STATUS = "none"
 
 #: The exposition's media type: the classic text format, which every Prometheus reads.
 CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
-_ACTIVE = "active"
 
 # The library's switch (process-wide): a ``*_created`` series beside every counter doubles the
 # series scraped, and no dashboard of ours reads them.
@@ -203,13 +202,13 @@ class Metrics:
         self._ready.set(0 if unready is not None or self._failing else 1)
 
     async def _read(self, store: Store, sinks: Collection[str]) -> None:
-        """Read the overview into the gauges, unless the last reading is fresh enough."""
+        """Read the board's counts into the gauges, unless the last reading is fresh enough."""
         if self._read_at is not None and self._clock() - self._read_at < self._cache:
             return
         try:
             async with asyncio.timeout(GAUGE_TIMEOUT):
                 now = utc_now()
-                overview = await store.reports.overview(stale_before=now - STALE_AFTER)
+                board = await store.reports.board(stale_before=now - STALE_AFTER)
         except Exception as exc:
             self._gauges.families = []
             if not self._failing:
@@ -219,7 +218,7 @@ class Metrics:
                 log.warning("metrics_database_failed", error=clip(error))
             self._failing = True
         else:
-            self._gauges.families = gauges(overview, now, sinks)
+            self._gauges.families = gauges(board, now, sinks)
             self._failing = False
         self._read_at = self._clock()
 
@@ -239,20 +238,18 @@ class _DatabaseGauges:
         return self.families
 
 
-def gauges(overview: Overview, now: datetime, sinks: Collection[str]) -> list[Metric]:
+def gauges(board: Board, now: datetime, sinks: Collection[str]) -> list[Metric]:
     """The gauges of one reading: every configured sink and every status appear, if at 0."""
     pending = dict.fromkeys(sinks, 0)
     oldest: dict[str, float] = dict.fromkeys(sinks, 0.0)
-    for sink, state, count, since in overview.deliveries:
-        if state == DeliveryState.PENDING:
-            pending[sink] = pending.get(sink, 0) + count
-            age = (now - since).total_seconds() if since is not None else 0.0
-            oldest[sink] = max(oldest.get(sink, 0.0), age, 0.0)
+    for sink, count, since in board.pending_by_sink:
+        pending[sink] = pending.get(sink, 0) + count
+        age = (now - since).total_seconds() if since is not None else 0.0
+        oldest[sink] = max(oldest.get(sink, 0.0), age, 0.0)
     watched = {str(status): 0 for status in Status}
-    for status, state, count in overview.orders:
-        if state == _ACTIVE:
-            label = status_label(status)
-            watched[label] = watched.get(label, 0) + count
+    for status, count in board.active:
+        label = status_label(status)
+        watched[label] = watched.get(label, 0) + count
     outbox = GaugeMetricFamily(
         "tracker_outbox_pending", "Deliveries not yet delivered nor dead.", labels=["sink"]
     )
@@ -273,15 +270,15 @@ def gauges(overview: Overview, now: datetime, sinks: Collection[str]) -> list[Me
         "tracker_last_successful_poll_timestamp_seconds",
         "When the last poll of any daemon succeeded (Unix time).",
     )
-    if overview.last_success_at is not None:
-        last.add_metric([], overview.last_success_at.timestamp())
+    if board.last_success_at is not None:
+        last.add_metric([], board.last_success_at.timestamp())
     stuck = GaugeMetricFamily(
         "tracker_stuck_orders",
         "Active orders whose current stay was reported stuck ([alerts.stuck]), by status.",
         labels=["status"],
     )
     stuck_by_status = {str(status): 0 for status in Status}
-    for status, count in overview.stuck:
+    for status, count in board.stuck:
         label = status_label(status)
         stuck_by_status[label] = stuck_by_status.get(label, 0) + count
     for status in sorted(stuck_by_status):
@@ -289,10 +286,10 @@ def gauges(overview: Overview, now: datetime, sinks: Collection[str]) -> list[Me
     live = GaugeMetricFamily(
         "tracker_live_daemons", "Daemons whose heartbeat the database holds as fresh."
     )
-    live.add_metric([], len(overview.daemons))
+    live.add_metric([], board.daemons)
     trusted = GaugeMetricFamily(
         "tracker_change_sweeps_trusted",
         "1 while change sweeps are trusted (full passes at [polling] reconcile), else 0.",
     )
-    trusted.add_metric([], 1 if SweepState.loads(overview.sweeps).trusted else 0)
+    trusted.add_metric([], 1 if SweepState.loads(board.sweeps).trusted else 0)
     return [outbox, ages, orders, last, stuck, live, trusted]
