@@ -8,7 +8,6 @@ PostgreSQL) never wait on one another's counts; :meth:`Tally.fold` keeps them fe
 
 from __future__ import annotations
 
-from collections import Counter
 from typing import TYPE_CHECKING
 
 from sqlalchemy import delete, func, insert, select
@@ -38,20 +37,26 @@ class Tally(Repository):
         """Fold the rows into one per status, when there are more than :data:`FOLD_ABOVE`; how
         many rows were folded (0 if none).
 
-        One transaction deletes the rows and writes their sums: ``DELETE … RETURNING`` hands
-        back exactly the rows it deleted, so a row another transaction adds meanwhile is left
-        for the next fold, never lost or counted twice.
+        One transaction deletes the rows and writes their sums, summed by the database (a
+        million rows after a bulk watch cost no memory here). On PostgreSQL ``DELETE …
+        RETURNING`` sums exactly the rows it deleted, so a row another transaction adds
+        meanwhile is left for the next fold, never lost or counted twice; SQLite has one
+        writer at a time, so its sum, delete and insert see the same rows.
         """
         async with self._engine.begin() as conn:
             rows = await conn.scalar(select(func.count()).select_from(c))
             if not rows or rows <= FOLD_ABOVE:
                 return 0
-            sums: Counter[str | None] = Counter()
-            folded = 0
-            for status, n in await conn.execute(delete(c).returning(c.c.status, c.c.n)):
-                sums[status] += n
-                folded += 1
-            kept = [{"status": status, "n": n} for status, n in sums.items() if n]
+            if conn.dialect.name == "postgresql":
+                gone = delete(c).returning(c.c.status, c.c.n).cte("gone")
+                summed = select(gone.c.status, func.sum(gone.c.n), func.count())
+                sums = (await conn.execute(summed.group_by(gone.c.status))).all()
+            else:
+                summed = select(c.c.status, func.sum(c.c.n), func.count())
+                sums = (await conn.execute(summed.group_by(c.c.status))).all()
+            kept = [{"status": status, "n": int(n)} for status, n, _rows in sums if n]
+            if conn.dialect.name != "postgresql":
+                await conn.execute(delete(c))
             if kept:
                 await conn.execute(insert(c), kept)
-            return folded
+            return sum(int(folded) for _status, _n, folded in sums)
