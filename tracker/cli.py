@@ -308,6 +308,8 @@ def poll(
                 for outcome in outcomes:
                     out.print(outcome_line(outcome, changes.get(outcome.claim.order_id)))
                     every_poll_succeeded &= outcome.error_kind is None
+            # Without a daemon (polls from cron), the board's kept counts are folded here.
+            await polling.store.tally.fold()
             return every_poll_succeeded
 
     if not run_async(once()):

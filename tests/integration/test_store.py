@@ -457,4 +457,5 @@ class TestLockOrder:
 #: A backend other than the asker waiting for a row lock.
 _WAITING_FOR_A_LOCK = (
     "SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND pid <> pg_backend_pid()"
+    " AND datname = current_database()"
 )

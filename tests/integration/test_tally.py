@@ -13,7 +13,15 @@ import sqlalchemy as sa
 from tests.histories import D0, DAY, History, poll_once, record_history
 from tests.postgres import Cluster
 from tests.schema import downgrade_to, engine_for
-from tests.support import ScriptedUpstream, make_settings, run_until
+from tests.support import (
+    ScriptedUpstream,
+    make_settings,
+    ok,
+    run_until,
+    settings_mapping,
+    tracker_cli,
+    write_config,
+)
 from tracker.clock import utc_now
 from tracker.service import open_service
 from tracker.store import Store, open_store, upgrade
@@ -177,3 +185,24 @@ async def test_a_running_daemon_folds_the_counts(
 
         await run_until(service, folded, limit=60)
         assert await kept(service.store) == counted(database) == {None: FOLD_ABOVE + 50}
+
+
+async def test_polling_without_a_daemon_folds_the_counts(
+    database: str, tmp_path: Path, upstream: tuple[ScriptedUpstream, str]
+) -> None:
+    """`tracker poll --all` (from cron, with no daemon) folds the counts' rows as it ends."""
+    scripted, url = upstream
+    ids = [order(n) for n in range(FOLD_ABOVE + 20)]
+    polled = ids[:3]
+    for order_id in polled:
+        scripted.script(order_id, ok("ordered"))
+    config = write_config(tmp_path / "tracker.toml", settings_mapping(tmp_path, url))
+    async with open_service(make_settings(tmp_path, url)) as service:
+        await service.store.orders.watch(ids, source="cli", now=utc_now())
+        await service.store.orders.unwatch(ids[3:], now=utc_now())
+    assert count_rows(database) > FOLD_ABOVE
+    ran = await tracker_cli("poll", "--all", "--config", str(config))
+    assert ran.code == 0, ran.err
+    assert count_rows(database) == 1
+    async with open_store(database) as store:
+        assert await kept(store) == counted(database) == {"ordered": 3}

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy import func, insert, select, tuple_, update
 
 from tracker.model import DeliveryState, Event, EventKind
-from tracker.store.sql import Repository, chunks, insert_new
+from tracker.store.sql import Repository, chunks, insert_new, lock_in_order
 from tracker.store.tables import deliveries, events
 from tracker.store.tables import watched_orders as w
 
@@ -109,6 +109,7 @@ class Events(Repository):
         stay, so that a first start with thousands of stuck orders holds no lock for long."""
         raised: list[Event] = []
         async with self._engine.begin() as conn:
+            await lock_in_order(conn, w.c.order_id, sorted({stay.order_id for stay, _ in reports}))
             for chunk in chunks(reports):
                 at = chunk[0][1].raised_at
                 marked = await conn.execute(

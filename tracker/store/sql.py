@@ -72,8 +72,12 @@ async def lock_in_order(conn: Conn, key: Column[Any], keys: Sequence[Any]) -> No
 
     Two transactions that lock the same rows in different orders deadlock, and PostgreSQL
     fails one of them. An ``UPDATE … WHERE key IN (…)`` locks in whatever order its plan
-    visits the rows (a bitmap scan: their place in the table), so every write of several
-    claimed rows takes their locks here first. SQLite has one writer at a time.
+    visits the rows (a bitmap scan: their place in the table), so the writes of several named
+    orders (recording, renewing and releasing claims, reporting stuck stays, watching and
+    unwatching) take their locks here first. Claims of due orders skip locked rows instead.
+    Python's sort of the chunks and the database's within one agree because order ids are
+    ``prdo_`` and lowercase letters and digits (``model.ORDER_ID``). SQLite has one writer at
+    a time.
     """
     if conn.dialect.name != "postgresql":
         return

@@ -7,11 +7,11 @@ start is unknown (null), never zero, and it has no length. :func:`begin_first` a
 migration ``0009`` built them for the history stored before.
 
 :class:`Stays` reads them for the reports (``tracker.insight``). The durations, the flow and the
-SLA share of a period all come from one scan of the finished stays (:meth:`Stays.finished`,
-served by one covering index), grouped by the database: a compact :class:`Finished` holds the
-moves' counts and the sorted lengths of each status and provider in an integer array, so that
-a page asking for all three reads the period once, and the percentiles are exact on both
-databases.
+SLA share of a period all come from one read of the finished stays (:meth:`Stays.finished`),
+grouped by the database (PostgreSQL in one scan of a covering index, SQLite group by group
+from another): a compact :class:`Finished` holds the moves' counts and each status and
+provider's lengths, parsed and sorted into an integer array only when asked for, so that a page
+asking for all three reads the period once, and the percentiles are exact on both databases.
 """
 
 from __future__ import annotations
@@ -132,7 +132,7 @@ async def move(conn: Conn, *, order_id: str, status: str, provider: str, at: dat
 Group = tuple[str, "str | None"]
 #: A move between statuses: (from, to, provider).
 Move = tuple[str, str, "str | None"]
-#: One row of the scan: status, provider, next status, how many stays, and the lengths of
+#: One group of the read: status, provider, next status, how many stays, and the lengths of
 #: those of known start in microseconds, as decimal text joined by commas (``None`` if none).
 Grouped = tuple[str, "str | None", str, int, "str | None"]
 
