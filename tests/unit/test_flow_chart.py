@@ -92,3 +92,24 @@ class TestChart:
         assert [n["label"] for n in chart["nodes"]][-2:] == ADDED
         assert chart == flow_chart(moves)
         assert flow_chart([])["arrows"] == []
+
+
+class TestUnusual:
+    """Large counts and many added statuses still draw: nothing raises, nothing is invented."""
+
+    def test_large_counts_and_many_added_statuses(self) -> None:
+        """Counts of seven digits get a label each; beyond three added statuses, boxes stop."""
+        added = [f"added_{n}" for n in range(5)]
+        moves = [
+            Flow(from_status="ordered", to_status="checked", provider=None, count=1_234_567),
+            *(
+                Flow(from_status="ordered", to_status=status, provider=None, count=n + 1)
+                for n, status in enumerate(added)
+            ),
+        ]
+        chart = flow_chart(moves)
+        labels = {node["label"] for node in chart["nodes"]}
+        assert labels == {*STATUSES, *added[:3]}
+        drawn = {(a["to"], a["count"]) for a in chart["arrows"]}
+        assert drawn == {("checked", 1_234_567), ("added_0", 1), ("added_1", 2), ("added_2", 3)}
+        assert all(len(a["label"]) == 4 for a in chart["arrows"])
