@@ -4,10 +4,10 @@ Everything runs as a user would: a throwaway PostgreSQL cluster (as the tests st
 ``tests/postgres.py``), the simulated upstream in its own process serving an organisation
 (``python -m tracker.demo.simulator --organisation N --change-share 0.001 --request-log F``),
 ``tracker db upgrade``, then ``tracker run`` as a child process with ``[watch] all = true``,
-``[polling] changes_every = "1m"``, ``reconcile = "24h"``, ``interval = "1h"`` and
-``trust_after = 0``: change sweeps are trusted from the start, so this run measures the trusted
-steady state, not how trust is earned. The budget is ``[upstream] requests_per_second = 8``
-(the tracker's default share of the upstream's 10 req/s).
+``[polling] changes_every = "1m"``, ``reconcile = "24h"``, ``interval = "1h"`` (``--reconcile``,
+``--interval``) and ``trust_after = 0``: change sweeps are trusted from the start, so this run
+measures the trusted steady state, not how trust is earned. The budget is ``[upstream]
+requests_per_second = 8`` (the tracker's default share of the upstream's 10 req/s).
 
 - Phase A, the first read: a full pass over the list (wall time and pages, from the daemon's
   ``organisation_read_started``/``_ended`` log lines), the daemon's peak RSS and CPU, then
@@ -185,7 +185,13 @@ def tracker(config: Path, *command: str, log: Path) -> subprocess.Popen[bytes]:
 
 
 def write_config(
-    folder: Path, database: str, upstream: str, rate: float, reconcile: str = "24h"
+    folder: Path,
+    database: str,
+    upstream: str,
+    rate: float,
+    *,
+    reconcile: str = "24h",
+    interval: str = "1h",
 ) -> Path:
     """The daemon's configuration: every order of the organisation, trusted change sweeps."""
     config = folder / "tracker.toml"
@@ -203,7 +209,7 @@ url = "{database}"
 all = true
 
 [polling]
-interval = "1h"
+interval = "{interval}"
 changes_every = "1m"
 reconcile = "{reconcile}"
 trust_after = 0
@@ -591,7 +597,9 @@ def run(args: argparse.Namespace, folder: Path) -> None:
         f"CPUs; files in {folder}"
     )
     with running(args, folder) as (database, up):
-        config = write_config(folder, database, up.url, args.rate, args.reconcile)
+        config = write_config(
+            folder, database, up.url, args.rate, reconcile=args.reconcile, interval=args.interval
+        )
         upgrade = tracker(config, "db", "upgrade", log=folder / "upgrade.log")
         if upgrade.wait() != 0:
             raise SystemExit((folder / "upgrade.log").read_text())
@@ -641,6 +649,9 @@ def main() -> None:
         help="the simulator keeps updated_at on status changes: full passes must find them",
     )
     parser.add_argument("--reconcile", default="24h", help="[polling] reconcile (e.g. 10m)")
+    parser.add_argument(
+        "--interval", default="1h", help="[polling] interval: full passes while untrusted"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the folder of logs")
     parser.add_argument(
         "--hold", action="store_true", help="at the end, keep the database up until stopped"
