@@ -280,9 +280,14 @@ def durations_of(stays: Finished, *, by: bool) -> list[Duration]:
     return result
 
 
-def _by_names(item: tuple[tuple[str, str | None], Any]) -> tuple[str, str]:
-    (status, provider), _ = item
+def _named(group: tuple[str, str | None]) -> tuple[str, str]:
+    """A (status, provider) group's sort key: by names, no provider first."""
+    status, provider = group
     return (status, provider or "")
+
+
+def _by_names(item: tuple[tuple[str, str | None], Any]) -> tuple[str, str]:
+    return _named(item[0])
 
 
 async def durations(store: Store, period: Period, *, by: bool) -> list[Duration]:
@@ -374,7 +379,7 @@ def over_target_of(stays: Finished, targets: Mapping[str, timedelta]) -> list[Ov
     length, and how many of them lasted longer than the target."""
     overall: dict[str, tuple[int, int]] = {}
     rows = []
-    for status, provider in sorted(stays.groups(), key=lambda group: (group[0], group[1] or "")):
+    for status, provider in sorted(stays.groups(), key=_named):
         if status not in targets:
             continue
         lengths = stays.lengths((status, provider))  # parsed only for statuses with a target
